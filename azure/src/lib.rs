@@ -1,0 +1,1 @@
+//! Azure access for podid, behind small project-owned traits.
