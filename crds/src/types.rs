@@ -1,0 +1,489 @@
+//! Wire types of the `aadpodidentity.k8s.io/v1` custom resources, field for field compatible with
+//! aad-pod-identity v1.8.17, so objects written by the original MIC/NMI and by podid read the same.
+//!
+//! Every field is optional on read (`serde(default)`): a cluster may hold objects written before
+//! our schema validation existed, and one odd object must never break a watch of all of them.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::SecretReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The API group of every pod-identity resource.
+pub const GROUP: &str = "aadpodidentity.k8s.io";
+/// The only served and stored version.
+pub const VERSION: &str = "v1";
+/// Pod label whose value is matched against `AzureIdentityBinding.spec.selector`.
+pub const POD_LABEL: &str = "aadpodidbinding";
+/// Annotation on an AzureIdentity that makes it namespaced (identity, binding and pod must share
+/// a namespace). The value must be `namespaced`.
+pub const BEHAVIOR_ANNOTATION: &str = "aadpodidentity.k8s.io/Behavior";
+/// Value of [`BEHAVIOR_ANNOTATION`] that marks an identity namespaced.
+pub const BEHAVIOR_NAMESPACED: &str = "namespaced";
+/// Finalizer the MIC puts on every AzureAssignedIdentity it creates.
+pub const ASSIGNED_IDENTITY_FINALIZER: &str =
+    "azureassignedidentity.finalizers.aadpodidentity.k8s.io";
+/// Label carrying the node name on AzureAssignedIdentities (the node agent watches by it).
+pub const NODENAME_LABEL: &str = "nodename";
+
+/// Case-insensitive shape of a user-assigned managed identity's ARM resource ID, the same check
+/// the original MIC applies to type-0 identities.
+pub const RESOURCE_ID_PATTERN: &str = "(?i)^/subscriptions/[^/]+/resourcegroups/[^/]+/providers/microsoft\\.managedidentity/userassignedidentities/[^/]+$";
+
+/// `AzureIdentity.spec.type`: which kind of Azure identity this is.
+///
+/// Serialized as the original's integer. Unknown integers survive a read so that a single bad
+/// object cannot break a watch; the API server rejects them on write.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum IdentityType {
+    /// `0`: a user-assigned managed identity, assigned to the node's VM or scale set.
+    #[default]
+    UserAssignedMsi,
+    /// `1`: a service principal with a client secret kept in a Kubernetes Secret.
+    ServicePrincipal,
+    /// `2`: a service principal with a PKCS#12 certificate kept in a Kubernetes Secret.
+    ServicePrincipalCertificate,
+    /// Any other integer (the original NMI answers "unsupported identity type").
+    Unknown(i64),
+}
+
+impl IdentityType {
+    /// The integer written on the wire.
+    pub fn as_i64(self) -> i64 {
+        match self {
+            Self::UserAssignedMsi => 0,
+            Self::ServicePrincipal => 1,
+            Self::ServicePrincipalCertificate => 2,
+            Self::Unknown(v) => v,
+        }
+    }
+
+    /// Builds the type from its wire integer.
+    pub fn from_i64(v: i64) -> Self {
+        match v {
+            0 => Self::UserAssignedMsi,
+            1 => Self::ServicePrincipal,
+            2 => Self::ServicePrincipalCertificate,
+            other => Self::Unknown(other),
+        }
+    }
+
+    /// A short stable name for reports and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::UserAssignedMsi => "user-assigned-msi",
+            Self::ServicePrincipal => "service-principal",
+            Self::ServicePrincipalCertificate => "service-principal-certificate",
+            Self::Unknown(_) => "unknown",
+        }
+    }
+
+    /// Service principals (types 1 and 2) need no assignment to a VM or scale set.
+    pub fn is_service_principal(self) -> bool {
+        matches!(
+            self,
+            Self::ServicePrincipal | Self::ServicePrincipalCertificate
+        )
+    }
+}
+
+impl Serialize for IdentityType {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_i64(self.as_i64())
+    }
+}
+
+impl<'de> Deserialize<'de> for IdentityType {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Pre-1.6 objects and hand-written manifests sometimes carry the number as a string.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(i64),
+            Str(String),
+        }
+        Ok(match Raw::deserialize(d)? {
+            Raw::Int(v) => Self::from_i64(v),
+            Raw::Str(s) => Self::from_i64(s.trim().parse().unwrap_or(-1)),
+        })
+    }
+}
+
+impl JsonSchema for IdentityType {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "IdentityType".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "integer",
+            "enum": [0, 1, 2],
+            "description": "0: user-assigned managed identity (needs resourceID and clientID); 1: service principal with a client secret (needs tenantID, clientID, clientPassword); 2: service principal with a certificate (needs tenantID, clientID, clientPassword). Omitted means 0."
+        })
+    }
+}
+
+/// An object kept verbatim (the original's unused embedded `metadata` in spec and status).
+fn preserved_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
+/// An embedded full Kubernetes object (AzureAssignedIdentity's copies of identity and binding).
+fn embedded_resource(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-embedded-resource": true,
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
+/// Spec of an `AzureIdentity`: an Azure identity that pods may be bound to.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "aadpodidentity.k8s.io",
+    version = "v1",
+    kind = "AzureIdentity",
+    plural = "azureidentities",
+    singular = "azureidentity",
+    namespaced,
+    status = "AzureIdentityStatus",
+    annotation("api-approved.kubernetes.io", "unapproved"),
+    printcolumn(name = "Type", type_ = "integer", json_path = ".spec.type"),
+    printcolumn(name = "ClientID", type_ = "string", json_path = ".spec.clientID"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    doc = "AzureIdentity is an Azure identity (user-assigned managed identity or service principal) that pods can be bound to with an AzureIdentityBinding."
+)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "(has(self.type) && self.type != 0) || (has(self.resourceID) && self.resourceID.matches('(?i)^/subscriptions/[^/]+/resourcegroups/[^/]+/providers/microsoft[.]managedidentity/userassignedidentities/[^/]+$'))",
+        "message": "resourceID must be the ARM ID of a user-assigned identity, /subscriptions/<sub>/resourcegroups/<rg>/providers/Microsoft.ManagedIdentity/userAssignedIdentities/<name>, when type is 0 (or omitted)",
+        "fieldPath": ".resourceID",
+        "reason": "FieldValueInvalid"
+    }
+]))]
+pub struct AzureIdentitySpec {
+    /// 0 user-assigned MSI, 1 service principal, 2 service principal certificate.
+    #[serde(rename = "type", default)]
+    pub type_: IdentityType,
+    /// ARM resource ID of the user-assigned identity (type 0).
+    #[serde(
+        rename = "resourceID",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    #[schemars(length(max = 1024))]
+    pub resource_id: String,
+    /// Client (application) ID of the identity.
+    #[serde(rename = "clientID", default, skip_serializing_if = "String::is_empty")]
+    pub client_id: String,
+    /// Secret holding the service principal's secret (type 1) or certificate (type 2).
+    #[serde(
+        rename = "clientPassword",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub client_password: Option<SecretReference>,
+    /// Tenant of the service principal (types 1 and 2).
+    #[serde(rename = "tenantID", default, skip_serializing_if = "String::is_empty")]
+    pub tenant_id: String,
+    /// Extra tenants for a multi-tenant service principal token (type 1).
+    #[serde(
+        rename = "auxiliaryTenantIDs",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub auxiliary_tenant_ids: Option<Vec<String>>,
+    /// Declared by the original and never read.
+    #[serde(
+        rename = "adResourceID",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub ad_resource_id: String,
+    /// Entra authority for service principals; default `https://login.microsoftonline.com/`.
+    #[serde(
+        rename = "adEndpoint",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub ad_endpoint: String,
+    /// Declared by the original and never read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// Unused embedded metadata kept for compatibility with the original's schema.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserved_object")]
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// Status of an AzureIdentity or AzureIdentityBinding (unused by the original; kept for schema parity).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct AzureIdentityStatus {
+    #[serde(
+        rename = "availableReplicas",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub available_replicas: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserved_object")]
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// Spec of an `AzureIdentityBinding`: pods whose `aadpodidbinding` label equals `selector` may
+/// use the AzureIdentity named `azureIdentity` in the binding's namespace.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "aadpodidentity.k8s.io",
+    version = "v1",
+    kind = "AzureIdentityBinding",
+    plural = "azureidentitybindings",
+    singular = "azureidentitybinding",
+    namespaced,
+    status = "AzureIdentityBindingStatus",
+    annotation("api-approved.kubernetes.io", "unapproved"),
+    printcolumn(
+        name = "AzureIdentity",
+        type_ = "string",
+        json_path = ".spec.azureIdentity"
+    ),
+    printcolumn(name = "Selector", type_ = "string", json_path = ".spec.selector"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    doc = "AzureIdentityBinding lets pods labelled aadpodidbinding=<selector> use the named AzureIdentity."
+)]
+pub struct AzureIdentityBindingSpec {
+    /// Name of an AzureIdentity in this binding's namespace.
+    #[serde(
+        rename = "azureIdentity",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub azure_identity: String,
+    /// Exact value of the pod label `aadpodidbinding` this binding applies to.
+    #[serde(default)]
+    pub selector: String,
+    /// Declared by the original and never read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<i32>,
+    /// Unused embedded metadata kept for compatibility with the original's schema.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserved_object")]
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// Status of an AzureIdentityBinding (unused, kept for schema parity).
+pub type AzureIdentityBindingStatus = AzureIdentityStatus;
+
+/// An AzureIdentity as embedded in an AzureAssignedIdentity (a full copy as the MIC saw it).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct EmbeddedIdentity {
+    #[serde(
+        rename = "apiVersion",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub api_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: AzureIdentitySpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<AzureIdentityStatus>,
+}
+
+/// An AzureIdentityBinding as embedded in an AzureAssignedIdentity.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct EmbeddedBinding {
+    #[serde(
+        rename = "apiVersion",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub api_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: AzureIdentityBindingSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<AzureIdentityStatus>,
+}
+
+impl From<&AzureIdentity> for EmbeddedIdentity {
+    fn from(id: &AzureIdentity) -> Self {
+        Self {
+            api_version: Some(format!("{GROUP}/{VERSION}")),
+            kind: Some("AzureIdentity".into()),
+            metadata: id.metadata.clone(),
+            spec: id.spec.clone(),
+            status: id.status.clone(),
+        }
+    }
+}
+
+impl From<&AzureIdentityBinding> for EmbeddedBinding {
+    fn from(b: &AzureIdentityBinding) -> Self {
+        Self {
+            api_version: Some(format!("{GROUP}/{VERSION}")),
+            kind: Some("AzureIdentityBinding".into()),
+            metadata: b.metadata.clone(),
+            spec: b.spec.clone(),
+            status: b.status.clone(),
+        }
+    }
+}
+
+/// Spec of an `AzureAssignedIdentity`: written by the MIC, one per (pod, identity) on a node.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "aadpodidentity.k8s.io",
+    version = "v1",
+    kind = "AzureAssignedIdentity",
+    plural = "azureassignedidentities",
+    singular = "azureassignedidentity",
+    namespaced,
+    status = "AzureAssignedIdentityStatus",
+    annotation("api-approved.kubernetes.io", "unapproved"),
+    printcolumn(name = "Pod", type_ = "string", json_path = ".spec.pod"),
+    printcolumn(
+        name = "PodNamespace",
+        type_ = "string",
+        json_path = ".spec.podNamespace"
+    ),
+    printcolumn(name = "Node", type_ = "string", json_path = ".spec.nodename"),
+    printcolumn(name = "Status", type_ = "string", json_path = ".status.status"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    selectable = ".spec.nodename",
+    selectable = ".spec.podNamespace",
+    doc = "AzureAssignedIdentity records that a pod on a node has been given an AzureIdentity (written by the Managed Identity Controller)."
+)]
+pub struct AzureAssignedIdentitySpec {
+    /// Copy of the AzureIdentity as the controller saw it.
+    #[serde(
+        rename = "azureIdentityRef",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(schema_with = "embedded_resource")]
+    pub azure_identity_ref: Option<EmbeddedIdentity>,
+    /// Copy of the AzureIdentityBinding as the controller saw it.
+    #[serde(
+        rename = "azureBindingRef",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(schema_with = "embedded_resource")]
+    pub azure_binding_ref: Option<EmbeddedBinding>,
+    /// Pod name.
+    #[serde(default)]
+    pub pod: String,
+    /// Pod namespace.
+    #[serde(rename = "podNamespace", default)]
+    pub pod_namespace: String,
+    /// Node name (lowercase `nodename`, as in the original).
+    #[serde(rename = "nodename", default)]
+    pub node_name: String,
+    /// Declared by the original and never read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// Unused embedded metadata kept for compatibility with the original's schema.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserved_object")]
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// Assignment state of an AzureAssignedIdentity.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum AssignedIdentityState {
+    /// The object exists; the identity is not yet on the node (ARM write pending).
+    Created,
+    /// The identity is on the node; the node agent may serve it.
+    Assigned,
+    /// The identity was removed from the node; the object is about to go.
+    Unassigned,
+    /// Written by pre-1.5 MICs (an empty string) or any value we do not know.
+    #[default]
+    #[serde(rename = "", other)]
+    Legacy,
+}
+
+/// Status of an AzureAssignedIdentity.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct AzureAssignedIdentityStatus {
+    /// `Created`, `Assigned` or `Unassigned` (empty on objects of pre-1.5 controllers).
+    #[serde(default)]
+    #[schemars(schema_with = "assigned_state_schema")]
+    pub status: AssignedIdentityState,
+    #[serde(
+        rename = "availableReplicas",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub available_replicas: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserved_object")]
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// The status string is free-form in the original's schema; keep it so (old objects hold "").
+fn assigned_state_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "description": "Created, Assigned or Unassigned."
+    })
+}
+
+/// Spec of an `AzurePodIdentityException`: pods in this namespace carrying any of these labels
+/// bypass the node agent and reach the instance metadata service directly.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "aadpodidentity.k8s.io",
+    version = "v1",
+    kind = "AzurePodIdentityException",
+    plural = "azurepodidentityexceptions",
+    singular = "azurepodidentityexception",
+    namespaced,
+    status = "AzurePodIdentityExceptionStatus",
+    annotation("api-approved.kubernetes.io", "unapproved"),
+    doc = "AzurePodIdentityException lets pods with any of the given labels call the instance metadata service directly."
+)]
+pub struct AzurePodIdentityExceptionSpec {
+    /// A pod matching any one (key, value) pair is excepted; values compare case-insensitively.
+    #[serde(rename = "podLabels", default)]
+    pub pod_labels: BTreeMap<String, String>,
+    /// Unused embedded metadata kept for compatibility with the original's schema.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserved_object")]
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// Status of an AzurePodIdentityException (unused, kept for schema parity).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct AzurePodIdentityExceptionStatus {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserved_object")]
+    pub metadata: Option<serde_json::Value>,
+}
