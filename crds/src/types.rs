@@ -4,6 +4,9 @@
 //! Every field is optional on read (`serde(default)`): a cluster may hold objects written before
 //! our schema validation existed, and one odd object must never break a watch of all of them.
 
+// kube-derive repeats `type_ = "string"` across printcolumn(...) attributes by design.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::SecretReference;
