@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every podid test on this machine: builds (once, cached) what the tests need outside Cargo
+# — a real Kubernetes control plane from the Go module proxy, a Python venv with azure-identity —
+# then `cargo test --workspace`. Extra arguments go to `cargo test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export PODID_CACHE_DIR="${PODID_CACHE_DIR:-$HOME/.cache/podid}"
+mkdir -p "$PODID_CACHE_DIR"
+
+# Kubernetes binaries (kube-apiserver, etcd, kwok, ...) for the test harness.
+if [ -x tests/cluster/build.sh ]; then
+  PODID_K8S_BIN="$(tests/cluster/build.sh | tail -n 1)"
+  export PODID_K8S_BIN
+fi
+
+# Python azure-identity, for tests that drive real SDK clients.
+if [ -x tests/azure-emulator/setup-python.sh ]; then
+  PODID_PY_VENV="$(tests/azure-emulator/setup-python.sh | tail -n 1)"
+  export PODID_PY_VENV
+fi
+
+exec cargo test --workspace --locked "$@"
