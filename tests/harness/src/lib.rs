@@ -1,1 +1,571 @@
-//! Test harness.
+//! A real Kubernetes control plane for podid's tests: etcd + kube-apiserver on loopback with
+//! generated PKI, and on demand kube-controller-manager + kube-scheduler + kwok with fake AKS-like
+//! nodes whose pods get 127.x addresses. One control plane per test binary, started lazily,
+//! stopped (apiserver first) when the binary exits.
+//!
+//! ```no_run
+//! # async fn t() {
+//! let cluster = podid_testkit::Cluster::shared();
+//! let ns = cluster.namespace("report").await;      // a fresh namespace for this test
+//! let client = ns.client.clone();
+//! # }
+//! ```
+
+mod pki;
+mod process;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Client, Config};
+
+pub use process::dump_logs;
+
+/// Errors while building or starting the control plane.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "control-plane binary {0} not found; run tests/cluster/build.sh (or tests/run.sh) first, or set PODID_K8S_BIN to its bin directory"
+    )]
+    MissingBinary(String),
+    #[error("generating test PKI: {0}")]
+    Pki(#[from] rcgen::Error),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{component} did not become ready in {secs}s; its log: {log}")]
+    NotReady {
+        component: String,
+        secs: u64,
+        log: PathBuf,
+    },
+    #[error("{component} exited at start ({status}); its log: {log}")]
+    Exited {
+        component: String,
+        status: String,
+        log: PathBuf,
+    },
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("kubeconfig: {0}")]
+    Kubeconfig(String),
+    #[error("waiting: {0}")]
+    Wait(String),
+}
+
+/// Where the control-plane binaries are: `$PODID_K8S_BIN`, or the newest build of
+/// `tests/cluster/build.sh` under `$PODID_CACHE_DIR` (default `~/.cache/podid`).
+pub fn bin_dir() -> Result<PathBuf, Error> {
+    if let Some(dir) = std::env::var_os("PODID_K8S_BIN") {
+        return Ok(PathBuf::from(dir));
+    }
+    let cache = std::env::var_os("PODID_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/podid")
+        });
+    let mut builds: Vec<PathBuf> = std::fs::read_dir(&cache)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .filter(|p| p.join("kube-apiserver").is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    builds.sort();
+    builds
+        .pop()
+        .ok_or_else(|| Error::MissingBinary("kube-apiserver".into()))
+}
+
+fn binary(name: &str) -> Result<PathBuf, Error> {
+    let p = bin_dir()?.join(name);
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(Error::MissingBinary(p.display().to_string()))
+    }
+}
+
+/// Fake AKS-like nodes for the second tier.
+#[derive(Clone, Debug)]
+pub struct NodePool {
+    pub subscription: String,
+    pub resource_group: String,
+    pub scale_set: String,
+    pub count: usize,
+}
+
+impl NodePool {
+    /// `aks-<name>-12345678-vmss` in `MC_podid_test_eastus` of subscription `sub-podid-test`.
+    pub fn aks(name: &str, count: usize) -> Self {
+        Self {
+            subscription: "00000000-0000-0000-0000-00000000beef".into(),
+            resource_group: "MC_podid_test_eastus".into(),
+            scale_set: format!("aks-{name}-12345678-vmss"),
+            count,
+        }
+    }
+
+    /// Node name of instance `i`, as AKS names VMSS nodes.
+    pub fn node_name(&self, i: usize) -> String {
+        format!("{}{i:06}", self.scale_set)
+    }
+
+    /// `spec.providerID` of instance `i`.
+    pub fn provider_id(&self, i: usize) -> String {
+        format!(
+            "azure:///subscriptions/{}/resourceGroups/{}/providers/Microsoft.Compute/virtualMachineScaleSets/{}/virtualMachines/{i}",
+            self.subscription, self.resource_group, self.scale_set
+        )
+    }
+}
+
+/// A running control plane.
+pub struct Cluster {
+    dir: PathBuf,
+    kubeconfig: PathBuf,
+    server: String,
+    issuer: String,
+    ca_pem: String,
+    workloads: Mutex<bool>,
+}
+
+static SHARED: OnceLock<Cluster> = OnceLock::new();
+
+/// The range kwok gives pod IPs from; a test can bind these addresses on loopback.
+pub const POD_CIDR: &str = "127.10.0.0/16";
+
+impl Cluster {
+    /// The control plane of this test binary (etcd + kube-apiserver, podid's CRDs installed),
+    /// started on first use. Panics with the reason (and the logs) if it cannot start.
+    pub fn shared() -> &'static Cluster {
+        SHARED.get_or_init(|| match Self::start_blocking() {
+            Ok(c) => c,
+            Err(e) => {
+                process::dump_logs();
+                panic!("starting the test control plane: {e}");
+            }
+        })
+    }
+
+    fn start_blocking() -> Result<Cluster, Error> {
+        // Processes are spawned from a thread that lives as long as the test binary, because
+        // PR_SET_PDEATHSIG fires when the *thread* that spawned a child exits.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("podid-testkit-keeper".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("tokio runtime");
+                let jobs = process::become_keeper();
+                let result = rt.block_on(Self::start());
+                let _ = tx.send(result);
+                process::keeper_loop(&rt, jobs);
+            })?;
+        rx.recv()
+            .unwrap_or_else(|_| Err(Error::Wait("control-plane thread died".into())))
+    }
+
+    /// Starts a new control plane (normally through [`Cluster::shared`]).
+    async fn start() -> Result<Cluster, Error> {
+        process::install_exit_hook();
+        let dir = tempfile::Builder::new()
+            .prefix("podid-cluster-")
+            .tempdir()?
+            .keep();
+        process::remove_at_exit(&dir);
+        let pki = pki::Pki::generate(&dir)?;
+
+        let etcd_client = process::free_port()?;
+        let etcd_peer = process::free_port()?;
+        process::spawn(
+            "etcd",
+            &binary("etcd")?,
+            &[
+                "--data-dir".into(),
+                dir.join("etcd").display().to_string(),
+                format!("--listen-client-urls=http://127.0.0.1:{etcd_client}"),
+                format!("--advertise-client-urls=http://127.0.0.1:{etcd_client}"),
+                format!("--listen-peer-urls=http://127.0.0.1:{etcd_peer}"),
+                format!("--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}"),
+                format!("--initial-cluster=default=http://127.0.0.1:{etcd_peer}"),
+                "--unsafe-no-fsync".into(),
+                "--log-level=warn".into(),
+            ],
+            &dir,
+            process::Order::Late,
+        )?;
+        let http = reqwest::Client::new();
+        process::wait_ready("etcd", 60, || {
+            let http = http.clone();
+            async move {
+                http.get(format!("http://127.0.0.1:{etcd_client}/health"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        })
+        .await?;
+
+        let port = process::free_port()?;
+        let server = format!("https://127.0.0.1:{port}");
+        let issuer = server.clone();
+        let p = |f: &str| dir.join(f).display().to_string();
+        process::spawn(
+            "kube-apiserver",
+            &binary("kube-apiserver")?,
+            &[
+                format!("--etcd-servers=http://127.0.0.1:{etcd_client}"),
+                "--bind-address=127.0.0.1".into(),
+                "--advertise-address=127.0.0.1".into(),
+                format!("--secure-port={port}"),
+                "--endpoint-reconciler-type=none".into(),
+                format!("--tls-cert-file={}", p("serving.crt")),
+                format!("--tls-private-key-file={}", p("serving.key")),
+                format!("--client-ca-file={}", p("ca.crt")),
+                "--authorization-mode=Node,RBAC".into(),
+                format!("--service-account-issuer={issuer}"),
+                format!("--service-account-key-file={}", p("sa.key")),
+                format!("--service-account-signing-key-file={}", p("sa.key")),
+                format!("--api-audiences={issuer},api://AzureADTokenExchange"),
+                "--service-cluster-ip-range=10.0.0.0/24".into(),
+                "--allow-privileged=true".into(),
+                "--storage-media-type=application/json".into(),
+                "--v=1".into(),
+            ],
+            &dir,
+            process::Order::First,
+        )?;
+        let anon = reqwest::Client::builder()
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(pki.ca_pem.as_bytes())
+                    .map_err(|e| Error::Kubeconfig(e.to_string()))?,
+            )
+            .build()
+            .map_err(|e| Error::Kubeconfig(e.to_string()))?;
+        process::wait_ready("kube-apiserver", 120, || {
+            let anon = anon.clone();
+            let url = format!("{server}/readyz");
+            async move {
+                anon.get(url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        })
+        .await?;
+
+        let kubeconfig = dir.join("kubeconfig");
+        std::fs::write(&kubeconfig, pki.kubeconfig(&server))?;
+        let cluster = Cluster {
+            dir,
+            kubeconfig,
+            server,
+            issuer,
+            ca_pem: pki.ca_pem.clone(),
+            workloads: Mutex::new(false),
+        };
+        let client = cluster.client().await?;
+        open_oidc_discovery(&client).await?;
+        install_crds(&client).await?;
+        Ok(cluster)
+    }
+
+    /// A new client for the admin user (system:masters). Create one per test runtime: a
+    /// kube client is tied to the tokio runtime that made it.
+    pub async fn client(&self) -> Result<Client, Error> {
+        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig)
+            .map_err(|e| Error::Kubeconfig(e.to_string()))?;
+        let cfg = Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .map_err(|e| Error::Kubeconfig(e.to_string()))?;
+        Ok(Client::try_from(cfg)?)
+    }
+
+    /// Path of an admin kubeconfig (for kubectl and for podid binaries under test).
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// `https://127.0.0.1:<port>` of the apiserver.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// The ServiceAccount token issuer (the apiserver itself; discovery is anonymous).
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// PEM of the CA that signed the apiserver's serving certificate.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// Path of that CA's PEM file.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    /// Directory holding PKI, kubeconfig and component logs.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `kubectl` against this cluster.
+    pub fn kubectl(&self) -> Result<std::process::Command, Error> {
+        let mut cmd = std::process::Command::new(binary("kubectl")?);
+        cmd.env("KUBECONFIG", &self.kubeconfig);
+        Ok(cmd)
+    }
+
+    /// A fresh namespace `<prefix>-<random>`, with a client to use in this test. When the
+    /// test panics, dropping it prints the control plane's logs.
+    pub async fn namespace(&self, prefix: &str) -> TestNamespace {
+        let client = self.client().await.expect("kube client");
+        let name = format!("{prefix}-{:06x}", rand::random::<u32>() & 0xff_ffff);
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some([("podid.dev/test".to_string(), prefix.to_string())].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("create test namespace");
+        TestNamespace { name, client }
+    }
+
+    /// Starts the second tier once (kube-controller-manager, kube-scheduler, kwok), so
+    /// Deployments roll out and pods on fake nodes become Running with 127.x IPs.
+    pub async fn ensure_workloads(&self) -> Result<(), Error> {
+        // Serialize starters; the flag is only set once everything runs.
+        let started = *self.workloads.lock().expect("lock");
+        if started {
+            return Ok(());
+        }
+        let this: &'static Cluster = SHARED.get().expect("workloads need Cluster::shared()");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        process::on_keeper(Box::new(move |rt| {
+            let r = rt.block_on(this.start_workloads());
+            let _ = tx.send(r);
+        }));
+        rx.await
+            .map_err(|_| Error::Wait("keeper thread gone".into()))?
+    }
+
+    async fn start_workloads(&self) -> Result<(), Error> {
+        if *self.workloads.lock().expect("lock") {
+            return Ok(());
+        }
+        let kc = self.kubeconfig.display().to_string();
+        let p = |f: &str| self.dir.join(f).display().to_string();
+        let kcm_port = process::free_port()?;
+        process::spawn(
+            "kube-controller-manager",
+            &binary("kube-controller-manager")?,
+            &[
+                format!("--kubeconfig={kc}"),
+                format!("--authentication-kubeconfig={kc}"),
+                format!("--authorization-kubeconfig={kc}"),
+                "--bind-address=127.0.0.1".into(),
+                format!("--secure-port={kcm_port}"),
+                "--leader-elect=false".into(),
+                format!("--root-ca-file={}", p("ca.crt")),
+                format!("--service-account-private-key-file={}", p("sa.key")),
+                "--controllers=*".into(),
+                "--v=1".into(),
+            ],
+            &self.dir,
+            process::Order::Late,
+        )?;
+        let sched_port = process::free_port()?;
+        process::spawn(
+            "kube-scheduler",
+            &binary("kube-scheduler")?,
+            &[
+                format!("--kubeconfig={kc}"),
+                format!("--authentication-kubeconfig={kc}"),
+                format!("--authorization-kubeconfig={kc}"),
+                "--bind-address=127.0.0.1".into(),
+                format!("--secure-port={sched_port}"),
+                "--leader-elect=false".into(),
+                "--v=1".into(),
+            ],
+            &self.dir,
+            process::Order::Late,
+        )?;
+        let kwok_port = process::free_port()?;
+        process::spawn(
+            "kwok",
+            &binary("kwok")?,
+            &[
+                format!("--kubeconfig={kc}"),
+                "--manage-all-nodes=false".into(),
+                "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake".into(),
+                format!("--cidr={POD_CIDR}"),
+                "--node-ip=127.9.0.1".into(),
+                format!("--server-address=127.0.0.1:{kwok_port}"),
+            ],
+            &self.dir,
+            process::Order::Late,
+        )?;
+        // The ServiceAccount controller creating `default` in kube-system shows the
+        // controller-manager is working.
+        let client = self.client().await?;
+        let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(client, "kube-system");
+        let cond = await_condition(sas, "default", conditions::is_created());
+        let died = process::watch_exits(&["kube-controller-manager", "kube-scheduler", "kwok"]);
+        tokio::select! {
+            r = tokio::time::timeout(Duration::from_secs(120), cond) => {
+                r.map_err(|_| Error::NotReady {
+                    component: "kube-controller-manager".into(),
+                    secs: 120,
+                    log: self.dir.join("kube-controller-manager.log"),
+                })?
+                .map_err(|e| Error::Wait(e.to_string()))?;
+            }
+            e = died => return Err(e),
+        }
+        *self.workloads.lock().expect("lock") = true;
+        Ok(())
+    }
+
+    /// Creates the pool's fake nodes (idempotent) and waits until kwok reports them Ready.
+    pub async fn add_nodes(&self, pool: &NodePool) -> Result<Vec<Node>, Error> {
+        self.ensure_workloads().await?;
+        let client = self.client().await?;
+        let nodes: Api<Node> = Api::all(client);
+        let mut out = Vec::new();
+        for i in 0..pool.count {
+            let name = pool.node_name(i);
+            let node: Node = serde_json::from_value(serde_json::json!({
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": {
+                    "name": name,
+                    "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+                    "labels": {
+                        "kubernetes.io/hostname": name,
+                        "kubernetes.io/os": "linux",
+                        "kubernetes.io/role": "agent",
+                        "type": "kwok",
+                        "kubernetes.azure.com/agentpool": pool.scale_set,
+                    }
+                },
+                "spec": {"providerID": pool.provider_id(i)}
+            }))
+            .expect("node json");
+            nodes
+                .patch(
+                    &name,
+                    &PatchParams::apply("podid-testkit").force(),
+                    &Patch::Apply(&node),
+                )
+                .await?;
+            let ready = await_condition(nodes.clone(), &name, |n: Option<&Node>| {
+                n.and_then(|n| n.status.as_ref())
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            });
+            let node = tokio::time::timeout(Duration::from_secs(60), ready)
+                .await
+                .map_err(|_| Error::NotReady {
+                    component: format!("kwok node {name}"),
+                    secs: 60,
+                    log: self.dir.join("kwok.log"),
+                })?
+                .map_err(|e| Error::Wait(e.to_string()))?;
+            out.extend(node);
+        }
+        Ok(out)
+    }
+}
+
+/// One test's namespace. Dropping it while the test panics prints the control-plane logs.
+pub struct TestNamespace {
+    pub name: String,
+    pub client: Client,
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "test in namespace {} failed; control-plane logs:",
+                self.name
+            );
+            process::dump_logs();
+        }
+    }
+}
+
+/// Lets anyone fetch the ServiceAccount issuer's discovery document and JWKS, as an outside
+/// party (Entra) must.
+async fn open_oidc_discovery(client: &Client) -> Result<(), Error> {
+    let crb: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "podid-testkit:oidc-discovery-anonymous"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": "system:service-account-issuer-discovery"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
+                      "name": "system:unauthenticated"}]
+    }))
+    .expect("crb json");
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .patch(
+            crb.metadata.name.as_deref().unwrap_or_default(),
+            &PatchParams::apply("podid-testkit").force(),
+            &Patch::Apply(&crb),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Installs podid's CRDs and waits until each is Established.
+pub async fn install_crds(client: &Client) -> Result<(), Error> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in podid_crds::all_crds() {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        api.patch(
+            &name,
+            &PatchParams::apply("podid-testkit").force(),
+            &Patch::Apply(&crd),
+        )
+        .await?;
+        let established = await_condition(api.clone(), &name, conditions::is_crd_established());
+        tokio::time::timeout(Duration::from_secs(30), established)
+            .await
+            .map_err(|_| Error::Wait(format!("CRD {name} not Established after 30s")))?
+            .map_err(|e| Error::Wait(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Waits (with a watch) until `cond` holds for object `name`, failing after `secs` seconds.
+pub async fn wait_for<K, C>(api: Api<K>, name: &str, secs: u64, cond: C) -> Result<Option<K>, Error>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+    C: kube::runtime::wait::Condition<K>,
+{
+    tokio::time::timeout(Duration::from_secs(secs), await_condition(api, name, cond))
+        .await
+        .map_err(|_| Error::Wait(format!("{name}: condition not met after {secs}s")))?
+        .map_err(|e| Error::Wait(e.to_string()))
+}
+
+/// Stops every control-plane process now (also done automatically at exit).
+pub fn stop() {
+    process::stop_all();
+}

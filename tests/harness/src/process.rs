@@ -1,0 +1,238 @@
+//! Control-plane child processes: spawned from one long-lived keeper thread so they die with the
+//! test binary (PR_SET_PDEATHSIG), logged to files, and stopped at exit — apiserver first.
+
+use std::future::Future;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::time::Duration;
+
+use crate::Error;
+
+/// Stop order at exit.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Stopped first (the apiserver, so nothing writes to etcd while it goes).
+    First,
+    /// Stopped after the `First` ones.
+    Late,
+}
+
+struct Proc {
+    name: String,
+    log: PathBuf,
+    order: Order,
+    child: Child,
+}
+
+static PROCS: Mutex<Vec<Proc>> = Mutex::new(Vec::new());
+
+type Job = Box<dyn FnOnce(&tokio::runtime::Runtime) + Send>;
+static KEEPER: Mutex<Option<Sender<Job>>> = Mutex::new(None);
+
+/// Makes the calling thread the keeper: the thread every component is spawned from.
+pub fn become_keeper() -> Receiver<Job> {
+    let (tx, rx): (Sender<Job>, Receiver<Job>) = channel();
+    *KEEPER.lock().expect("keeper lock") = Some(tx);
+    rx
+}
+
+/// Runs on the keeper thread for the life of the test binary, executing jobs sent to it.
+pub fn keeper_loop(rt: &tokio::runtime::Runtime, jobs: Receiver<Job>) {
+    while let Ok(job) = jobs.recv() {
+        job(rt);
+    }
+}
+
+/// Runs `job` on the keeper thread (so processes it spawns outlive the calling test).
+pub fn on_keeper(job: Job) {
+    let guard = KEEPER.lock().expect("keeper lock");
+    guard
+        .as_ref()
+        .expect("keeper thread not running")
+        .send(job)
+        .expect("keeper thread gone");
+}
+
+/// Starts `bin` with `args`, output to `<dir>/<name>.log`.
+pub fn spawn(
+    name: &str,
+    bin: &Path,
+    args: &[String],
+    dir: &Path,
+    order: Order,
+) -> Result<(), Error> {
+    let log = dir.join(format!("{name}.log"));
+    let out = std::fs::File::create(&log)?;
+    let err = out.try_clone()?;
+    let mut cmd = Command::new(bin);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .current_dir(dir);
+    // SAFETY: prctl and setpgid are async-signal-safe and touch only the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            libc::setpgid(0, 0);
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    tracing::debug!(component = name, pid = child.id(), "started");
+    PROCS.lock().expect("procs lock").push(Proc {
+        name: name.into(),
+        log,
+        order,
+        child,
+    });
+    Ok(())
+}
+
+/// Polls `ready` with backoff until it holds, failing fast if the component exits.
+pub async fn wait_ready<F, Fut>(name: &str, secs: u64, ready: F) -> Result<(), Error>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    let mut delay = Duration::from_millis(50);
+    loop {
+        if ready().await {
+            return Ok(());
+        }
+        if let Some((status, log)) = exited(name) {
+            return Err(Error::Exited {
+                component: name.into(),
+                status,
+                log,
+            });
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(Error::NotReady {
+                component: name.into(),
+                secs,
+                log: log_of(name).unwrap_or_default(),
+            });
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(500));
+    }
+}
+
+/// Resolves with [`Error::Exited`] as soon as one of `names` exits.
+pub async fn watch_exits(names: &[&str]) -> Error {
+    let mut delay = Duration::from_millis(50);
+    loop {
+        for name in names {
+            if let Some((status, log)) = exited(name) {
+                return Error::Exited {
+                    component: (*name).into(),
+                    status,
+                    log,
+                };
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(500));
+    }
+}
+
+fn exited(name: &str) -> Option<(String, PathBuf)> {
+    let mut procs = PROCS.lock().expect("procs lock");
+    let p = procs.iter_mut().find(|p| p.name == name)?;
+    match p.child.try_wait() {
+        Ok(Some(status)) => Some((status.to_string(), p.log.clone())),
+        _ => None,
+    }
+}
+
+fn log_of(name: &str) -> Option<PathBuf> {
+    PROCS
+        .lock()
+        .ok()?
+        .iter()
+        .find(|p| p.name == name)
+        .map(|p| p.log.clone())
+}
+
+/// Prints the last lines of every component's log to stderr.
+pub fn dump_logs() {
+    let Ok(procs) = PROCS.lock() else { return };
+    for p in procs.iter() {
+        let text = std::fs::read_to_string(&p.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(40)..];
+        eprintln!(
+            "----- {} ({}; last {} lines) -----",
+            p.name,
+            p.log.display(),
+            tail.len()
+        );
+        for l in tail {
+            eprintln!("{l}");
+        }
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> Result<u16, Error> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Stops every component: the `First` ones, then the rest; SIGTERM, then SIGKILL.
+pub fn stop_all() {
+    let Ok(mut procs) = PROCS.lock() else { return };
+    for order in [Order::First, Order::Late] {
+        let group: Vec<&mut Proc> = procs.iter_mut().filter(|p| p.order == order).collect();
+        for p in &group {
+            // SAFETY: signalling the child's own process group.
+            unsafe { libc::kill(-(p.child.id() as i32), libc::SIGTERM) };
+        }
+        for p in group {
+            let mut waited = Duration::ZERO;
+            while matches!(p.child.try_wait(), Ok(None)) && waited < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(20));
+                waited += Duration::from_millis(20);
+            }
+            if matches!(p.child.try_wait(), Ok(None)) {
+                // SAFETY: as above.
+                unsafe { libc::kill(-(p.child.id() as i32), libc::SIGKILL) };
+                let _ = p.child.wait();
+            }
+        }
+    }
+    procs.clear();
+}
+
+static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Removes `dir` at exit, after the processes stopped, unless `PODID_KEEP_CLUSTER_DIR` is set.
+pub fn remove_at_exit(dir: &Path) {
+    if std::env::var_os("PODID_KEEP_CLUSTER_DIR").is_none() {
+        DIRS.lock().expect("dirs lock").push(dir.to_path_buf());
+    }
+}
+
+extern "C" fn at_exit() {
+    stop_all();
+    if let Ok(dirs) = DIRS.lock() {
+        for d in dirs.iter() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// Registers the exit hook (once).
+pub fn install_exit_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: registering a plain extern "C" function.
+    ONCE.call_once(|| unsafe {
+        libc::atexit(at_exit);
+    });
+}
