@@ -138,10 +138,12 @@ fn preserved_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 }
 
 /// An embedded full Kubernetes object (AzureAssignedIdentity's copies of identity and binding).
+/// Kept verbatim and not marked `x-kubernetes-embedded-resource`: that marker makes the API
+/// server require `apiVersion` and `kind` in the copy, which writers of these objects do not
+/// always set.
 fn embedded_resource(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "object",
-        "x-kubernetes-embedded-resource": true,
         "x-kubernetes-preserve-unknown-fields": true
     })
 }
