@@ -82,7 +82,8 @@ async fn generated_crd_yaml_applies_and_fixtures_apply_unchanged() {
             "json",
         ],
     );
-    let id: serde_json::Value = serde_json::from_slice(&out.stdout).expect(&text(&out));
+    let id: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)));
     assert_eq!(id["spec"]["type"], 1);
     assert_eq!(id["spec"]["clientPassword"]["name"], "demo-aad1-sp");
     assert_eq!(
