@@ -1,0 +1,277 @@
+//! What the report reads: every object that bears on a move to Workload ID, from snapshot files
+//! (`kubectl get -o yaml|json` output, or `podid snapshot`) or from a live cluster.
+
+use std::path::Path;
+
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
+use podid_crds::{
+    AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding, AzurePodIdentityException,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// API version and kind of the snapshot header document.
+pub const SNAPSHOT_API_VERSION: &str = "podid.dev/v1alpha1";
+pub const SNAPSHOT_KIND: &str = "ClusterSnapshot";
+
+/// Cluster-wide facts a snapshot records in its header (a live scan discovers them).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterFacts {
+    /// Name of the cluster or kubeconfig context the data came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The ServiceAccount token issuer (AKS: `oidcIssuerProfile.issuerUrl`); absent when the
+    /// cluster has no OIDC issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oidc_issuer: Option<String>,
+    /// `kubenet`, `azure`, … when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_plugin: Option<String>,
+    /// When the data was read (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub captured_at: Option<String>,
+}
+
+/// Every object the report looks at.
+#[derive(Clone, Debug, Default)]
+pub struct Inventory {
+    pub cluster: ClusterFacts,
+    pub pods: Vec<Pod>,
+    pub service_accounts: Vec<ServiceAccount>,
+    pub deployments: Vec<Deployment>,
+    pub replica_sets: Vec<ReplicaSet>,
+    pub stateful_sets: Vec<StatefulSet>,
+    pub daemon_sets: Vec<DaemonSet>,
+    pub jobs: Vec<Job>,
+    pub cron_jobs: Vec<CronJob>,
+    pub identities: Vec<AzureIdentity>,
+    pub bindings: Vec<AzureIdentityBinding>,
+    pub assigned: Vec<AzureAssignedIdentity>,
+    pub exceptions: Vec<AzurePodIdentityException>,
+    pub webhooks: Vec<MutatingWebhookConfiguration>,
+    pub nodes: Vec<Node>,
+    /// Kinds seen in input but not used (`apiVersion/kind` → count), reported as a note.
+    pub skipped_kinds: std::collections::BTreeMap<String, usize>,
+}
+
+fn typed<T: serde::de::DeserializeOwned>(
+    v: serde_json::Value,
+    file: &str,
+    doc: usize,
+    what: &str,
+) -> Result<T, Error> {
+    serde_path_to_error::deserialize(v).map_err(|e| Error::Snapshot {
+        file: file.into(),
+        document: doc,
+        object: what.into(),
+        field: e.path().to_string(),
+        message: e.inner().to_string(),
+    })
+}
+
+impl Inventory {
+    /// Adds one object (any supported kind; other kinds are counted in `skipped_kinds`).
+    fn add(&mut self, v: serde_json::Value, file: &str, doc: usize) -> Result<(), Error> {
+        let api_version = v.get("apiVersion").and_then(|x| x.as_str()).unwrap_or("");
+        let kind = v.get("kind").and_then(|x| x.as_str()).unwrap_or("");
+        if kind.is_empty() {
+            return Err(Error::Snapshot {
+                file: file.into(),
+                document: doc,
+                object: "object".into(),
+                field: "kind".into(),
+                message: "missing: every object needs apiVersion and kind (as `kubectl get -o yaml` prints)".into(),
+            });
+        }
+        let meta = v.get("metadata");
+        let name = meta
+            .and_then(|m| m.get("name"))
+            .and_then(|x| x.as_str())
+            .unwrap_or("?");
+        let what = match meta
+            .and_then(|m| m.get("namespace"))
+            .and_then(|x| x.as_str())
+        {
+            Some(ns) => format!("{kind} {ns}/{name}"),
+            None => format!("{kind} {name}"),
+        };
+        let group = api_version.split('/').next().unwrap_or("");
+        match (group, kind) {
+            (_, k) if k.ends_with("List") => {
+                let items = match v.get("items") {
+                    Some(serde_json::Value::Array(items)) => items.clone(),
+                    Some(serde_json::Value::Null) | None => Vec::new(),
+                    Some(_) => {
+                        return Err(Error::Snapshot {
+                            file: file.into(),
+                            document: doc,
+                            object: kind.into(),
+                            field: "items".into(),
+                            message: "must be a list of objects".into(),
+                        });
+                    }
+                };
+                for item in items {
+                    self.add(item, file, doc)?;
+                }
+            }
+            (SNAPSHOT_GROUP, SNAPSHOT_KIND) => {
+                let cluster: ClusterFacts = typed(
+                    v.get("cluster").cloned().unwrap_or_default(),
+                    file,
+                    doc,
+                    &what,
+                )?;
+                self.cluster = cluster;
+            }
+            ("v1", "Pod") => self.pods.push(typed(v, file, doc, &what)?),
+            ("v1", "ServiceAccount") => self.service_accounts.push(typed(v, file, doc, &what)?),
+            ("v1", "Node") => self.nodes.push(typed(v, file, doc, &what)?),
+            ("v1", "Secret") => {
+                // Never kept, even if someone exported them.
+                *self.skipped_kinds.entry("v1/Secret".into()).or_default() += 1;
+            }
+            ("apps", "Deployment") => self.deployments.push(typed(v, file, doc, &what)?),
+            ("apps", "ReplicaSet") => self.replica_sets.push(typed(v, file, doc, &what)?),
+            ("apps", "StatefulSet") => self.stateful_sets.push(typed(v, file, doc, &what)?),
+            ("apps", "DaemonSet") => self.daemon_sets.push(typed(v, file, doc, &what)?),
+            ("batch", "Job") => self.jobs.push(typed(v, file, doc, &what)?),
+            ("batch", "CronJob") => self.cron_jobs.push(typed(v, file, doc, &what)?),
+            ("aadpodidentity.k8s.io", "AzureIdentity") => {
+                self.identities.push(typed(v, file, doc, &what)?)
+            }
+            ("aadpodidentity.k8s.io", "AzureIdentityBinding") => {
+                self.bindings.push(typed(v, file, doc, &what)?)
+            }
+            ("aadpodidentity.k8s.io", "AzureAssignedIdentity") => {
+                self.assigned.push(typed(v, file, doc, &what)?)
+            }
+            ("aadpodidentity.k8s.io", "AzurePodIdentityException") => {
+                self.exceptions.push(typed(v, file, doc, &what)?)
+            }
+            ("admissionregistration.k8s.io", "MutatingWebhookConfiguration") => {
+                self.webhooks.push(typed(v, file, doc, &what)?)
+            }
+            _ => {
+                *self
+                    .skipped_kinds
+                    .entry(format!("{api_version}/{kind}"))
+                    .or_default() += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads one snapshot text (YAML, multi-document YAML, or JSON). `file` names it in errors.
+    pub fn add_text(&mut self, text: &str, file: &str) -> Result<(), Error> {
+        for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+            let doc_no = i + 1;
+            let v: serde_json::Value =
+                serde::Deserialize::deserialize(doc).map_err(|e| Error::Snapshot {
+                    file: file.into(),
+                    document: doc_no,
+                    object: "document".into(),
+                    field: e
+                        .location()
+                        .map(|l| format!("line {} column {}", l.line(), l.column()))
+                        .unwrap_or_default(),
+                    message: e.to_string(),
+                })?;
+            match v {
+                serde_json::Value::Null => continue,
+                serde_json::Value::Object(_) => self.add(v, file, doc_no)?,
+                _ => {
+                    return Err(Error::Snapshot {
+                        file: file.into(),
+                        document: doc_no,
+                        object: "document".into(),
+                        field: String::new(),
+                        message: "expected a Kubernetes object or List".into(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads snapshot files into one inventory.
+    pub fn from_files(paths: &[impl AsRef<Path>]) -> Result<Self, Error> {
+        let mut inv = Inventory::default();
+        for p in paths {
+            let p = p.as_ref();
+            let text = std::fs::read_to_string(p).map_err(|e| Error::Read {
+                file: p.display().to_string(),
+                source: e,
+            })?;
+            inv.add_text(&text, &p.display().to_string())?;
+        }
+        Ok(inv)
+    }
+
+    /// Writes the inventory as a snapshot: a header, then one List per kind. Secrets are never
+    /// part of an inventory, so never part of a snapshot.
+    pub fn to_snapshot_yaml(&self) -> Result<String, Error> {
+        fn list<T: Serialize>(
+            out: &mut String,
+            api_version: &str,
+            kind: &str,
+            items: &[T],
+        ) -> Result<(), Error> {
+            if items.is_empty() {
+                return Ok(());
+            }
+            let mut values = Vec::with_capacity(items.len());
+            for item in items {
+                let mut v = serde_json::to_value(item)?;
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("apiVersion".into(), api_version.into());
+                    o.insert("kind".into(), kind.into());
+                    if let Some(m) = o.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+                        m.remove("managedFields");
+                    }
+                }
+                values.push(v);
+            }
+            out.push_str("---\n");
+            out.push_str(&serde_yaml::to_string(&serde_json::json!({
+                "apiVersion": "v1", "kind": "List", "items": values
+            }))?);
+            Ok(())
+        }
+        let mut out =
+            String::from("# podid cluster snapshot: `podid report --from-file <this file>`\n---\n");
+        out.push_str(&serde_yaml::to_string(&serde_json::json!({
+            "apiVersion": SNAPSHOT_API_VERSION,
+            "kind": SNAPSHOT_KIND,
+            "cluster": self.cluster,
+        }))?);
+        list(&mut out, "v1", "Node", &self.nodes)?;
+        list(&mut out, "v1", "ServiceAccount", &self.service_accounts)?;
+        list(&mut out, "v1", "Pod", &self.pods)?;
+        list(&mut out, "apps/v1", "Deployment", &self.deployments)?;
+        list(&mut out, "apps/v1", "ReplicaSet", &self.replica_sets)?;
+        list(&mut out, "apps/v1", "StatefulSet", &self.stateful_sets)?;
+        list(&mut out, "apps/v1", "DaemonSet", &self.daemon_sets)?;
+        list(&mut out, "batch/v1", "Job", &self.jobs)?;
+        list(&mut out, "batch/v1", "CronJob", &self.cron_jobs)?;
+        let crd = "aadpodidentity.k8s.io/v1";
+        list(&mut out, crd, "AzureIdentity", &self.identities)?;
+        list(&mut out, crd, "AzureIdentityBinding", &self.bindings)?;
+        list(&mut out, crd, "AzureAssignedIdentity", &self.assigned)?;
+        list(&mut out, crd, "AzurePodIdentityException", &self.exceptions)?;
+        list(
+            &mut out,
+            "admissionregistration.k8s.io/v1",
+            "MutatingWebhookConfiguration",
+            &self.webhooks,
+        )?;
+        Ok(out)
+    }
+}
+
+const SNAPSHOT_GROUP: &str = "podid.dev";

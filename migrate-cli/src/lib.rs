@@ -1,0 +1,35 @@
+//! podid's migration CLI as a library: read a cluster (live or from snapshot files), decide per
+//! workload whether it can move from pod identity to Workload ID, and render the report.
+
+pub mod inventory;
+pub mod live;
+pub mod render;
+pub mod report;
+pub mod synth;
+pub mod verdict;
+pub mod workload;
+
+/// Errors of the migration CLI.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{file}: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: document {document} ({object}): {field}: {message}")]
+    Snapshot {
+        file: String,
+        document: usize,
+        object: String,
+        field: String,
+        message: String,
+    },
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("YAML: {0}")]
+    Yaml(#[from] serde_yaml::Error),
+}

@@ -1,0 +1,488 @@
+//! Can this workload move to Workload ID, and what stands in the way? Pure functions over the
+//! inventory; every decision carries a stable reason code (documented in docs/report.md).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kube::ResourceExt;
+use podid_crds::policy::{GrantSkip, MatchOptions, PodFacts, is_pod_excepted, pod_identities};
+use podid_crds::{AzureIdentity, IdentityType, POD_LABEL};
+use serde::{Deserialize, Serialize};
+
+use crate::inventory::Inventory;
+use crate::workload::{Workload, workloads};
+
+/// Workload ID's ServiceAccount annotation naming the identity's client ID.
+pub const WI_CLIENT_ID_ANNOTATION: &str = "azure.workload.identity/client-id";
+/// Workload ID's pod label that makes the webhook inject token and environment.
+pub const WI_USE_LABEL: &str = "azure.workload.identity/use";
+/// Annotation the podid bridge writes on a ServiceAccount: comma-separated client IDs whose
+/// federated credential for this ServiceAccount exists.
+pub const BRIDGE_CREDENTIALS_ANNOTATION: &str = "podid.dev/federated-credentials";
+/// Name of the Workload ID mutating webhook.
+pub const WI_WEBHOOK_NAME: &str = "mutation.azure-workload-identity.io";
+/// Entra's limit of federated identity credentials per identity.
+pub const MAX_FEDERATED_CREDENTIALS: usize = 20;
+
+/// The outcome for one workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// Can move as is: nothing left to do.
+    Ready,
+    /// Can move after the listed steps.
+    NeedsChanges,
+    /// Cannot move until the listed reasons are resolved.
+    Blocked,
+    /// Does not use pod identity.
+    NotUsing,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "ready",
+            Self::NeedsChanges => "needs-changes",
+            Self::Blocked => "blocked",
+            Self::NotUsing => "not-using",
+        }
+    }
+}
+
+/// How a finding weighs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Severity {
+    /// Stops the move.
+    Blocker,
+    /// Something to do before the move.
+    Step,
+    /// Worth knowing; changes nothing.
+    Note,
+}
+
+/// One reason or step, with a stable code.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Finding {
+    pub code: String,
+    pub severity: Severity,
+    pub message: String,
+}
+
+fn finding(code: &str, severity: Severity, message: impl Into<String>) -> Finding {
+    Finding {
+        code: code.into(),
+        severity,
+        message: message.into(),
+    }
+}
+
+/// An identity a workload uses.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentityRef {
+    pub namespace: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub type_: String,
+    #[serde(rename = "clientID")]
+    pub client_id: String,
+    pub binding: String,
+}
+
+/// What is already in place for Workload ID (by hand or by the podid bridge).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BridgeState {
+    /// The ServiceAccount carries `azure.workload.identity/client-id` with the identity's client ID.
+    pub annotation_present: bool,
+    /// The bridge recorded a federated credential for (identity, ServiceAccount).
+    pub credential_ready: bool,
+    /// The pod template carries `azure.workload.identity/use: "true"`.
+    pub label_present: bool,
+}
+
+/// The assessment of one workload.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Assessment {
+    #[serde(flatten)]
+    pub workload: Workload,
+    pub uses_pod_identity: bool,
+    pub identities: Vec<IdentityRef>,
+    pub verdict: Verdict,
+    pub findings: Vec<Finding>,
+    pub bridge: BridgeState,
+    /// ServiceAccount the workload would run as under Workload ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_service_account: Option<String>,
+}
+
+/// Cluster-wide facts that shape every verdict.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterContext {
+    pub oidc_issuer: Option<String>,
+    pub webhook_installed: bool,
+    pub kubenet: bool,
+    pub match_options: MatchOptions,
+}
+
+impl ClusterContext {
+    pub fn from_inventory(inv: &Inventory, match_options: MatchOptions) -> Self {
+        let webhook_installed = inv.webhooks.iter().any(|w| {
+            w.webhooks
+                .iter()
+                .flatten()
+                .any(|h| h.name == WI_WEBHOOK_NAME)
+        });
+        let kubenet = inv
+            .cluster
+            .network_plugin
+            .as_deref()
+            .map(|p| p.eq_ignore_ascii_case("kubenet"))
+            .unwrap_or_else(|| {
+                inv.nodes.iter().any(|n| {
+                    n.labels()
+                        .get("kubernetes.azure.com/network-plugin")
+                        .is_some_and(|p| p == "kubenet")
+                })
+            });
+        Self {
+            oidc_issuer: inv.cluster.oidc_issuer.clone().filter(|s| !s.is_empty()),
+            webhook_installed,
+            kubenet,
+            match_options,
+        }
+    }
+}
+
+fn identity_ref(id: &AzureIdentity, binding: &str) -> IdentityRef {
+    IdentityRef {
+        namespace: id.namespace().unwrap_or_default(),
+        name: id.name_any(),
+        type_: id.spec.type_.name().into(),
+        client_id: id.spec.client_id.clone(),
+        binding: binding.into(),
+    }
+}
+
+/// First pass: what one workload uses and what it alone decides (no cross-workload rules).
+pub fn assess_one(w: &Workload, inv: &Inventory, ctx: &ClusterContext) -> Assessment {
+    let pod = PodFacts {
+        namespace: w.namespace.clone(),
+        name: w.name.clone(),
+        labels: w.labels.clone(),
+        node_name: String::new(),
+    };
+    let label = pod
+        .binding_label()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string);
+    let excepted = is_pod_excepted(&pod, &inv.exceptions);
+    let mut findings = Vec::new();
+    let mut identities = Vec::new();
+    let mut ids: Vec<&AzureIdentity> = Vec::new();
+
+    if let Some(label) = &label {
+        let matched = pod_identities(&pod, &inv.bindings, &inv.identities, ctx.match_options);
+        for g in &matched.grants {
+            identities.push(identity_ref(g.identity, &g.binding.name_any()));
+            ids.push(g.identity);
+        }
+        let sev = if matched.grants.is_empty() {
+            Severity::Blocker
+        } else {
+            Severity::Note
+        };
+        if matched.grants.is_empty() && matched.skipped.is_empty() {
+            findings.push(finding(
+                "no-matching-binding",
+                Severity::Blocker,
+                format!("label {POD_LABEL}={label} matches no AzureIdentityBinding, so the workload gets no identity today; fix or remove the label"),
+            ));
+        }
+        for (b, skip) in &matched.skipped {
+            let bname = format!("{}/{}", b.namespace().unwrap_or_default(), b.name_any());
+            let f = match skip {
+                GrantSkip::NoIdentityNamed => finding(
+                    "binding-without-identity",
+                    sev,
+                    format!("binding {bname} names no AzureIdentity (spec.azureIdentity is empty)"),
+                ),
+                GrantSkip::IdentityMissing { identity } => finding(
+                    "identity-missing",
+                    sev,
+                    format!(
+                        "binding {bname} names AzureIdentity {identity}, which does not exist in {}",
+                        b.namespace().unwrap_or_default()
+                    ),
+                ),
+                GrantSkip::NamespaceMismatch { identity } => finding(
+                    "namespace-mismatch",
+                    sev,
+                    format!(
+                        "identity {identity} of binding {bname} is namespaced and cannot serve namespace {}",
+                        w.namespace
+                    ),
+                ),
+                GrantSkip::DuplicateIdentityName { identity } => finding(
+                    "duplicate-identity-name",
+                    sev,
+                    format!(
+                        "binding {bname} grants a second identity named {identity}; pod identity keeps only the first"
+                    ),
+                ),
+                GrantSkip::InvalidResourceId { identity } => finding(
+                    "invalid-resource-id",
+                    sev,
+                    format!(
+                        "identity {identity} of binding {bname} has no valid user-assigned identity resourceID"
+                    ),
+                ),
+            };
+            findings.push(f);
+        }
+        for id in &ids {
+            if id.spec.type_.is_service_principal()
+                || matches!(id.spec.type_, IdentityType::Unknown(_))
+            {
+                findings.push(finding(
+                    "service-principal-identity",
+                    Severity::Blocker,
+                    format!("identity {} is a {} (type {}); podid creates federated credentials on user-assigned managed identities only — add a federated credential to the app registration by hand, or move the workload to a managed identity", id.name_any(), id.spec.type_.name(), id.spec.type_.as_i64()),
+                ));
+            }
+        }
+        if ids.len() > 1 {
+            findings.push(finding(
+                "multiple-identities",
+                Severity::Blocker,
+                format!("bound to {} identities ({}); a ServiceAccount names one default identity — confirm the application passes client_id for the others, then move each with its own federated credential", ids.len(), ids.iter().map(|i| i.name_any()).collect::<Vec<_>>().join(", ")),
+            ));
+        }
+        if excepted {
+            findings.push(finding(
+                "exception-pod",
+                Severity::Blocker,
+                "an AzurePodIdentityException matches this workload, so its token requests bypass pod identity and use the node's identities; decide which identity it really needs",
+            ));
+        }
+        if ctx.oidc_issuer.is_none() {
+            findings.push(finding(
+                "no-oidc-issuer",
+                Severity::Blocker,
+                "the cluster has no OIDC issuer; enable it (az aks update --enable-oidc-issuer) so Entra can verify ServiceAccount tokens",
+            ));
+        }
+        if w.host_network {
+            findings.push(finding(
+                "host-network",
+                Severity::Note,
+                "host-network pod: the Workload ID migration sidecar cannot be injected, so the application itself must use a Workload ID-capable Azure SDK",
+            ));
+        }
+        if ctx.kubenet && !w.drops_net_raw {
+            findings.push(finding(
+                "kubenet-net-raw",
+                Severity::Note,
+                "kubenet cluster and containers keep NET_RAW: under pod identity such pods can spoof other pods' traffic to the identity endpoint; Workload ID removes that exposure",
+            ));
+        }
+        if w.unsupported_owner {
+            findings.push(finding(
+                "unsupported-owner",
+                Severity::Note,
+                format!("owned by a {} that podid does not resolve; its pod template must be changed where that controller keeps it", w.kind),
+            ));
+        }
+    } else if excepted {
+        findings.push(finding(
+            "exception-pod",
+            Severity::Note,
+            "an AzurePodIdentityException matches this workload: it calls the instance metadata service directly and is not affected by pod identity",
+        ));
+    }
+
+    Assessment {
+        workload: w.clone(),
+        uses_pod_identity: label.is_some(),
+        identities,
+        verdict: Verdict::NotUsing,
+        findings,
+        bridge: BridgeState::default(),
+        target_service_account: None,
+    }
+}
+
+/// Assesses every workload, applying the cross-workload rules (shared ServiceAccounts, the
+/// 20-credential limit) and the per-workload steps.
+pub fn assess(inv: &Inventory, ctx: &ClusterContext) -> Vec<Assessment> {
+    let mut all: Vec<Assessment> = workloads(inv)
+        .iter()
+        .map(|w| assess_one(w, inv, ctx))
+        .collect();
+
+    // Target ServiceAccount: the workload's own, or a dedicated one instead of `default`.
+    for a in all.iter_mut().filter(|a| a.uses_pod_identity) {
+        let sa = if a.workload.service_account == "default" {
+            a.workload.name.clone()
+        } else {
+            a.workload.service_account.clone()
+        };
+        a.target_service_account = Some(sa);
+    }
+
+    // A non-default ServiceAccount shared by workloads on different identities.
+    let mut sa_users: BTreeMap<(String, String), BTreeSet<Vec<String>>> = BTreeMap::new();
+    for a in all
+        .iter()
+        .filter(|a| a.uses_pod_identity && a.workload.service_account != "default")
+    {
+        let ids: Vec<String> = a
+            .identities
+            .iter()
+            .map(|i| i.client_id.to_lowercase())
+            .collect();
+        sa_users
+            .entry((
+                a.workload.namespace.clone(),
+                a.workload.service_account.clone(),
+            ))
+            .or_default()
+            .insert(ids);
+    }
+    // Federated credentials each identity needs: one per (namespace, ServiceAccount).
+    let mut subjects: BTreeMap<String, BTreeSet<(String, String)>> = BTreeMap::new();
+    for a in all.iter().filter(|a| a.uses_pod_identity) {
+        for i in &a.identities {
+            subjects
+                .entry(i.client_id.to_lowercase())
+                .or_default()
+                .insert((
+                    a.workload.namespace.clone(),
+                    a.target_service_account.clone().unwrap_or_default(),
+                ));
+        }
+    }
+
+    let service_accounts: BTreeMap<(String, String), &k8s_openapi::api::core::v1::ServiceAccount> =
+        inv.service_accounts
+            .iter()
+            .map(|s| ((s.namespace().unwrap_or_default(), s.name_any()), s))
+            .collect();
+
+    for a in all.iter_mut() {
+        if !a.uses_pod_identity {
+            a.verdict = Verdict::NotUsing;
+            continue;
+        }
+        let ns = a.workload.namespace.clone();
+        let sa_name = a.workload.service_account.clone();
+        if let Some(users) = sa_users.get(&(ns.clone(), sa_name.clone()))
+            && users.len() > 1
+        {
+            a.findings.push(finding(
+                "shared-service-account",
+                Severity::Blocker,
+                format!("ServiceAccount {ns}/{sa_name} is shared by workloads bound to different identities; give each workload its own ServiceAccount"),
+            ));
+        }
+        for i in &a.identities {
+            let n = subjects
+                .get(&i.client_id.to_lowercase())
+                .map_or(0, |s| s.len());
+            if n > MAX_FEDERATED_CREDENTIALS {
+                a.findings.push(finding(
+                    "federated-credential-limit",
+                    Severity::Blocker,
+                    format!("identity {}/{} would need {n} federated credentials (one per namespace and ServiceAccount); Entra allows {MAX_FEDERATED_CREDENTIALS} — share ServiceAccounts or split the identity", i.namespace, i.name),
+                ));
+            }
+        }
+
+        // Steps, unless already in place.
+        let target = a.target_service_account.clone().unwrap_or_default();
+        let sa = service_accounts.get(&(ns.clone(), target.clone()));
+        let annotations = sa.map(|s| s.annotations().clone()).unwrap_or_default();
+        let default_id = a.identities.first();
+        a.bridge.annotation_present = default_id.is_some_and(|i| {
+            annotations
+                .get(WI_CLIENT_ID_ANNOTATION)
+                .is_some_and(|v| v.eq_ignore_ascii_case(&i.client_id))
+        });
+        let recorded: BTreeSet<String> = annotations
+            .get(BRIDGE_CREDENTIALS_ANNOTATION)
+            .map(|v| {
+                v.split(',')
+                    .map(|s| s.trim().to_lowercase())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        a.bridge.credential_ready = !a.identities.is_empty()
+            && a.identities
+                .iter()
+                .all(|i| recorded.contains(&i.client_id.to_lowercase()));
+        a.bridge.label_present = a
+            .workload
+            .labels
+            .get(WI_USE_LABEL)
+            .is_some_and(|v| v == "true");
+
+        if a.workload.service_account == "default" {
+            a.findings.push(finding(
+                "default-service-account",
+                Severity::Step,
+                format!("runs as the namespace's default ServiceAccount; create ServiceAccount {ns}/{target} for it and set spec.serviceAccountName"),
+            ));
+        }
+        if !a.bridge.credential_ready {
+            for i in &a.identities {
+                a.findings.push(finding(
+                    "federated-credential",
+                    Severity::Step,
+                    format!("create a federated credential on identity {} for subject system:serviceaccount:{ns}:{target}, audience api://AzureADTokenExchange", i.name),
+                ));
+            }
+        }
+        if !a.bridge.annotation_present
+            && let Some(i) = default_id
+        {
+            a.findings.push(finding(
+                "service-account-annotation",
+                Severity::Step,
+                format!(
+                    "annotate ServiceAccount {ns}/{target} with {WI_CLIENT_ID_ANNOTATION}: {}",
+                    i.client_id
+                ),
+            ));
+        }
+        if !a.bridge.label_present {
+            a.findings.push(finding(
+                "pod-label",
+                Severity::Step,
+                format!(
+                    "label the pod template {WI_USE_LABEL}: \"true\" and roll the {} out",
+                    a.workload.kind
+                ),
+            ));
+        }
+        if !ctx.webhook_installed {
+            a.findings.push(finding(
+                "webhook-not-installed",
+                Severity::Step,
+                "install the Workload ID mutating webhook (az aks update --enable-workload-identity, or the azure-workload-identity Helm chart)",
+            ));
+        }
+        a.findings
+            .sort_by(|x, y| x.severity.cmp(&y.severity).then(x.code.cmp(&y.code)));
+        a.findings.dedup();
+        a.verdict = if a.findings.iter().any(|f| f.severity == Severity::Blocker) {
+            Verdict::Blocked
+        } else if a.findings.iter().any(|f| f.severity == Severity::Step) {
+            Verdict::NeedsChanges
+        } else {
+            Verdict::Ready
+        };
+    }
+    all
+}

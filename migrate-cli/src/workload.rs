@@ -1,0 +1,236 @@
+//! Workloads as the report sees them: pod templates of Deployments, StatefulSets, DaemonSets,
+//! Jobs and CronJobs (so scaled-to-zero and idle workloads count), plus bare pods and pods of
+//! owners podid does not know, each with the live pods that belong to it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use k8s_openapi::api::core::v1::{Pod, PodSpec, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::ResourceExt;
+use serde::{Deserialize, Serialize};
+
+use crate::inventory::Inventory;
+
+/// A workload: one pod template and its live pods.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Workload {
+    pub namespace: String,
+    /// Deployment, StatefulSet, DaemonSet, Job, CronJob, ReplicaSet, Pod, or the kind of an
+    /// owner podid does not know (reported, never fatal).
+    pub kind: String,
+    pub name: String,
+    /// Labels of the pod template (or of the pod).
+    pub labels: BTreeMap<String, String>,
+    /// `spec.serviceAccountName`, `default` when unset.
+    pub service_account: String,
+    pub host_network: bool,
+    /// Whether every container drops NET_RAW (or ALL).
+    pub drops_net_raw: bool,
+    /// Desired replicas where the kind has them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// Live pods that belong to this workload.
+    pub live_pods: usize,
+    /// True when the owner's kind is not one podid resolves.
+    #[serde(default)]
+    pub unsupported_owner: bool,
+}
+
+fn from_spec(
+    namespace: &str,
+    kind: &str,
+    name: &str,
+    labels: BTreeMap<String, String>,
+    spec: Option<&PodSpec>,
+    replicas: Option<i32>,
+) -> Workload {
+    let drops_net_raw = spec.is_some_and(|s| {
+        s.containers.iter().all(|c| {
+            c.security_context
+                .as_ref()
+                .and_then(|sc| sc.capabilities.as_ref())
+                .and_then(|cap| cap.drop.as_ref())
+                .is_some_and(|d| d.iter().any(|x| x == "NET_RAW" || x == "ALL"))
+        })
+    });
+    Workload {
+        namespace: namespace.into(),
+        kind: kind.into(),
+        name: name.into(),
+        labels,
+        service_account: spec
+            .and_then(|s| s.service_account_name.clone())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "default".into()),
+        host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
+        drops_net_raw,
+        replicas,
+        live_pods: 0,
+        unsupported_owner: false,
+    }
+}
+
+fn from_template(
+    namespace: &str,
+    kind: &str,
+    name: &str,
+    t: &PodTemplateSpec,
+    replicas: Option<i32>,
+) -> Workload {
+    let labels = t
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    from_spec(namespace, kind, name, labels, t.spec.as_ref(), replicas)
+}
+
+fn controller(refs: Option<&Vec<OwnerReference>>) -> Option<&OwnerReference> {
+    refs?.iter().find(|r| r.controller == Some(true))
+}
+
+type Key = (String, String, String); // namespace, kind, name
+
+/// All workloads of the inventory, sorted by namespace, kind and name.
+pub fn workloads(inv: &Inventory) -> Vec<Workload> {
+    let mut out: BTreeMap<Key, Workload> = BTreeMap::new();
+    let ns = |o: &dyn Fn() -> Option<String>| o().unwrap_or_default();
+    for d in &inv.deployments {
+        let n = ns(&|| d.namespace());
+        if let Some(spec) = &d.spec {
+            let w = from_template(
+                &n,
+                "Deployment",
+                &d.name_any(),
+                &spec.template,
+                spec.replicas.or(Some(1)),
+            );
+            out.insert((n, "Deployment".into(), d.name_any()), w);
+        }
+    }
+    for s in &inv.stateful_sets {
+        let n = ns(&|| s.namespace());
+        if let Some(spec) = &s.spec {
+            let w = from_template(
+                &n,
+                "StatefulSet",
+                &s.name_any(),
+                &spec.template,
+                spec.replicas.or(Some(1)),
+            );
+            out.insert((n, "StatefulSet".into(), s.name_any()), w);
+        }
+    }
+    for d in &inv.daemon_sets {
+        let n = ns(&|| d.namespace());
+        if let Some(spec) = &d.spec {
+            let w = from_template(&n, "DaemonSet", &d.name_any(), &spec.template, None);
+            out.insert((n, "DaemonSet".into(), d.name_any()), w);
+        }
+    }
+    for c in &inv.cron_jobs {
+        let n = ns(&|| c.namespace());
+        if let Some(t) = c.spec.as_ref().and_then(|s| s.job_template.spec.as_ref()) {
+            let w = from_template(&n, "CronJob", &c.name_any(), &t.template, None);
+            out.insert((n, "CronJob".into(), c.name_any()), w);
+        }
+    }
+    for j in &inv.jobs {
+        let n = ns(&|| j.namespace());
+        if controller(j.metadata.owner_references.as_ref()).is_some_and(|o| o.kind == "CronJob") {
+            continue;
+        }
+        if let Some(spec) = &j.spec {
+            let w = from_template(&n, "Job", &j.name_any(), &spec.template, None);
+            out.insert((n, "Job".into(), j.name_any()), w);
+        }
+    }
+    // ReplicaSet → its Deployment; Job → its CronJob.
+    let mut parent: HashMap<(String, String, String), (String, String)> = HashMap::new();
+    for rs in &inv.replica_sets {
+        let n = ns(&|| rs.namespace());
+        match controller(rs.metadata.owner_references.as_ref()) {
+            Some(o) => {
+                parent.insert(
+                    (n, "ReplicaSet".into(), rs.name_any()),
+                    (o.kind.clone(), o.name.clone()),
+                );
+            }
+            None => {
+                if let Some(spec) = &rs.spec
+                    && let Some(t) = &spec.template
+                {
+                    let w = from_template(&n, "ReplicaSet", &rs.name_any(), t, spec.replicas);
+                    out.insert((n, "ReplicaSet".into(), rs.name_any()), w);
+                }
+            }
+        }
+    }
+    for j in &inv.jobs {
+        if let Some(o) = controller(j.metadata.owner_references.as_ref()) {
+            parent.insert(
+                (ns(&|| j.namespace()), "Job".into(), j.name_any()),
+                (o.kind.clone(), o.name.clone()),
+            );
+        }
+    }
+    for pod in &inv.pods {
+        let n = ns(&|| pod.namespace());
+        let key = owner_of(pod, &n, &parent, &out);
+        let entry = out.entry(key.clone()).or_insert_with(|| {
+            let mut w = from_spec(
+                &n,
+                &key.1,
+                &key.2,
+                pod.labels().clone(),
+                pod.spec.as_ref(),
+                None,
+            );
+            w.unsupported_owner = !KNOWN.contains(&key.1.as_str());
+            w
+        });
+        entry.live_pods += 1;
+    }
+    out.into_values().collect()
+}
+
+const KNOWN: [&str; 7] = [
+    "Deployment",
+    "StatefulSet",
+    "DaemonSet",
+    "Job",
+    "CronJob",
+    "ReplicaSet",
+    "Pod",
+];
+
+/// The top-most known owner of a pod: Pod → ReplicaSet → Deployment, Pod → Job → CronJob.
+fn owner_of(
+    pod: &Pod,
+    ns: &str,
+    parent: &HashMap<Key, (String, String)>,
+    known: &BTreeMap<Key, Workload>,
+) -> Key {
+    let Some(o) = controller(pod.metadata.owner_references.as_ref()) else {
+        return (ns.into(), "Pod".into(), pod.name_any());
+    };
+    let mut kind = o.kind.clone();
+    let mut name = o.name.clone();
+    while let Some((k, n)) = parent.get(&(ns.to_string(), kind.clone(), name.clone())) {
+        kind = k.clone();
+        name = n.clone();
+    }
+    // A ReplicaSet (or Job) absent from the input: its Deployment (CronJob) is named by the
+    // prefix before the last dash, when such a workload is known.
+    for (child, up) in [("ReplicaSet", "Deployment"), ("Job", "CronJob")] {
+        if kind == child
+            && !known.contains_key(&(ns.into(), kind.clone(), name.clone()))
+            && let Some((prefix, _)) = name.rsplit_once('-')
+            && known.contains_key(&(ns.into(), up.into(), prefix.into()))
+        {
+            return (ns.into(), up.into(), prefix.into());
+        }
+    }
+    (ns.into(), kind, name)
+}
