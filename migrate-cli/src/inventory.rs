@@ -79,12 +79,12 @@ impl Inventory {
     fn add(&mut self, v: serde_json::Value, file: &str, doc: usize) -> Result<(), Error> {
         let api_version = v.get("apiVersion").and_then(|x| x.as_str()).unwrap_or("");
         let kind = v.get("kind").and_then(|x| x.as_str()).unwrap_or("");
-        if kind.is_empty() {
+        if kind.is_empty() || api_version.is_empty() {
             return Err(Error::Snapshot {
                 file: file.into(),
                 document: doc,
                 object: "object".into(),
-                field: "kind".into(),
+                field: if kind.is_empty() { "kind" } else { "apiVersion" }.into(),
                 message: "missing: every object needs apiVersion and kind (as `kubectl get -o yaml` prints)".into(),
             });
         }

@@ -1,0 +1,472 @@
+//! One test per reason code: the verdict logic over small clusters built in code.
+
+use podid_cli::inventory::{ClusterFacts, Inventory};
+use podid_cli::report::Report;
+use podid_cli::verdict::{Assessment, ClusterContext, Severity, Verdict};
+use podid_crds::policy::MatchOptions;
+use serde_json::{Value, json};
+
+const ISSUER: &str = "https://eastus.oic.prod-aks.azure.com/tenant/cluster/";
+
+fn uami(ns: &str, name: &str, client_id: &str) -> Value {
+    json!({"apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzureIdentity",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"type": 0, "clientID": client_id,
+          "resourceID": format!("/subscriptions/s/resourcegroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}")}})
+}
+fn binding(ns: &str, name: &str, identity: &str, selector: &str) -> Value {
+    json!({"apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzureIdentityBinding",
+        "metadata": {"name": name, "namespace": ns}, "spec": {"azureIdentity": identity, "selector": selector}})
+}
+fn deploy(ns: &str, name: &str, labels: Value, sa: Option<&str>) -> Value {
+    let mut spec = json!({"containers": [{"name": "app", "image": "app:1"}]});
+    if let Some(sa) = sa {
+        spec["serviceAccountName"] = json!(sa);
+    }
+    json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": ns},
+        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": labels}, "spec": spec}}})
+}
+fn sa(ns: &str, name: &str, annotations: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": ns, "annotations": annotations}})
+}
+fn webhook() -> Value {
+    json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": "azure-wi-webhook-mutating-webhook-configuration"},
+        "webhooks": [{"name": "mutation.azure-workload-identity.io", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+                      "clientConfig": {"url": "https://127.0.0.1/mutate"}}]})
+}
+
+fn inventory(objects: Vec<Value>, issuer: Option<&str>) -> Inventory {
+    let mut inv = Inventory::default();
+    inv.add_text(
+        &json!({"apiVersion": "v1", "kind": "List", "items": objects}).to_string(),
+        "test",
+    )
+    .unwrap();
+    inv.cluster = ClusterFacts {
+        oidc_issuer: issuer.map(str::to_string),
+        ..Default::default()
+    };
+    inv
+}
+
+fn assess(objects: Vec<Value>) -> Vec<Assessment> {
+    let inv = inventory(objects, Some(ISSUER));
+    let ctx = ClusterContext::from_inventory(&inv, MatchOptions::standard(false));
+    Report::build(&inv, &ctx, &[]).workloads
+}
+
+fn one(objects: Vec<Value>, name: &str) -> Assessment {
+    assess(objects)
+        .into_iter()
+        .find(|a| a.workload.name == name)
+        .expect("workload present")
+}
+
+fn codes(a: &Assessment, sev: Severity) -> Vec<String> {
+    a.findings
+        .iter()
+        .filter(|f| f.severity == sev)
+        .map(|f| f.code.clone())
+        .collect()
+}
+
+/// A workload that is fully prepared: own SA annotated, credential recorded, label set.
+fn prepared() -> Vec<Value> {
+    vec![
+        webhook(),
+        uami("apps", "app-id", "C1"),
+        binding("apps", "app-binding", "app-id", "app"),
+        sa(
+            "apps",
+            "web",
+            json!({"azure.workload.identity/client-id": "c1", "podid.dev/federated-credentials": "c1"}),
+        ),
+        deploy(
+            "apps",
+            "web",
+            json!({"aadpodidbinding": "app", "azure.workload.identity/use": "true"}),
+            Some("web"),
+        ),
+    ]
+}
+
+#[test]
+fn ready_when_everything_is_in_place() {
+    let a = one(prepared(), "web");
+    assert_eq!(a.verdict, Verdict::Ready, "{:?}", a.findings);
+    assert!(a.bridge.annotation_present && a.bridge.credential_ready && a.bridge.label_present);
+}
+
+#[test]
+fn not_using_without_the_label() {
+    let a = one(
+        vec![
+            webhook(),
+            deploy("apps", "plain", json!({"app": "plain"}), None),
+        ],
+        "plain",
+    );
+    assert_eq!(a.verdict, Verdict::NotUsing);
+    assert!(!a.uses_pod_identity);
+}
+
+#[test]
+fn steps_federated_credential_annotation_and_label() {
+    let mut objs = prepared();
+    objs[3] = sa("apps", "web", json!({}));
+    objs[4] = deploy(
+        "apps",
+        "web",
+        json!({"aadpodidbinding": "app"}),
+        Some("web"),
+    );
+    let a = one(objs, "web");
+    assert_eq!(a.verdict, Verdict::NeedsChanges);
+    assert_eq!(
+        codes(&a, Severity::Step),
+        [
+            "federated-credential",
+            "pod-label",
+            "service-account-annotation"
+        ]
+    );
+    let fic = a
+        .findings
+        .iter()
+        .find(|f| f.code == "federated-credential")
+        .unwrap();
+    assert!(
+        fic.message.contains("system:serviceaccount:apps:web"),
+        "{}",
+        fic.message
+    );
+}
+
+#[test]
+fn default_service_account_gets_a_dedicated_one() {
+    let mut objs = prepared();
+    objs[4] = deploy(
+        "apps",
+        "web",
+        json!({"aadpodidbinding": "app", "azure.workload.identity/use": "true"}),
+        None,
+    );
+    let a = one(objs, "web");
+    assert_eq!(a.verdict, Verdict::NeedsChanges);
+    assert!(codes(&a, Severity::Step).contains(&"default-service-account".to_string()));
+    assert_eq!(a.target_service_account.as_deref(), Some("web"));
+}
+
+#[test]
+fn webhook_not_installed_is_a_step() {
+    let mut objs = prepared();
+    objs.remove(0);
+    let a = one(objs, "web");
+    assert_eq!(a.verdict, Verdict::NeedsChanges);
+    assert_eq!(codes(&a, Severity::Step), ["webhook-not-installed"]);
+}
+
+#[test]
+fn no_oidc_issuer_blocks() {
+    let inv = inventory(prepared(), None);
+    let ctx = ClusterContext::from_inventory(&inv, MatchOptions::standard(false));
+    let r = Report::build(&inv, &ctx, &[]);
+    assert_eq!(r.workloads[0].verdict, Verdict::Blocked);
+    assert_eq!(
+        codes(&r.workloads[0], Severity::Blocker),
+        ["no-oidc-issuer"]
+    );
+}
+
+#[test]
+fn service_principal_identity_blocks() {
+    let mut objs = prepared();
+    objs[1] = json!({"apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzureIdentity",
+        "metadata": {"name": "app-id", "namespace": "apps"},
+        "spec": {"type": 1, "clientID": "C1", "tenantID": "t", "clientPassword": {"name": "s", "namespace": "apps"}}});
+    let a = one(objs, "web");
+    assert_eq!(a.verdict, Verdict::Blocked);
+    assert_eq!(codes(&a, Severity::Blocker), ["service-principal-identity"]);
+    assert_eq!(
+        a.identities[0].type_, "service-principal",
+        "reported, not dropped"
+    );
+}
+
+#[test]
+fn multiple_identities_block() {
+    let mut objs = prepared();
+    objs.push(uami("apps", "second-id", "C2"));
+    objs.push(binding("apps", "second-binding", "second-id", "app"));
+    let a = one(objs, "web");
+    assert_eq!(codes(&a, Severity::Blocker), ["multiple-identities"]);
+    assert_eq!(a.identities.len(), 2);
+}
+
+#[test]
+fn shared_service_account_on_different_identities_blocks() {
+    let mut objs = prepared();
+    objs.push(uami("apps", "other-id", "C2"));
+    objs.push(binding("apps", "other-binding", "other-id", "other"));
+    objs.push(deploy(
+        "apps",
+        "worker",
+        json!({"aadpodidbinding": "other"}),
+        Some("web"),
+    ));
+    let all = assess(objs);
+    for name in ["web", "worker"] {
+        let a = all.iter().find(|a| a.workload.name == name).unwrap();
+        assert!(
+            codes(a, Severity::Blocker).contains(&"shared-service-account".to_string()),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn shared_service_account_on_the_same_identity_is_fine() {
+    let mut objs = prepared();
+    objs.push(deploy(
+        "apps",
+        "worker",
+        json!({"aadpodidbinding": "app", "azure.workload.identity/use": "true"}),
+        Some("web"),
+    ));
+    assert!(assess(objs).iter().all(|a| a.verdict == Verdict::Ready));
+}
+
+#[test]
+fn more_than_twenty_subjects_per_identity_block() {
+    let mut objs = vec![
+        webhook(),
+        uami("ids", "shared", "C9"),
+        binding("ids", "b", "shared", "shared"),
+    ];
+    for i in 0..21 {
+        objs.push(deploy(
+            &format!("team-{i}"),
+            "svc",
+            json!({"aadpodidbinding": "shared"}),
+            None,
+        ));
+    }
+    let all = assess(objs.clone());
+    assert!(
+        all.iter()
+            .all(|a| codes(a, Severity::Blocker) == ["federated-credential-limit"])
+    );
+    objs.pop();
+    assert!(
+        assess(objs)
+            .iter()
+            .all(|a| a.verdict == Verdict::NeedsChanges),
+        "20 fit"
+    );
+}
+
+#[test]
+fn host_network_is_a_note() {
+    let mut objs = prepared();
+    objs[4]["spec"]["template"]["spec"]["hostNetwork"] = json!(true);
+    let a = one(objs, "web");
+    assert_eq!(a.verdict, Verdict::Ready);
+    assert_eq!(codes(&a, Severity::Note), ["host-network"]);
+}
+
+#[test]
+fn kubenet_without_dropping_net_raw_is_a_note() {
+    let mut inv = inventory(prepared(), Some(ISSUER));
+    inv.cluster.network_plugin = Some("kubenet".into());
+    let ctx = ClusterContext::from_inventory(&inv, MatchOptions::standard(false));
+    let a = &Report::build(&inv, &ctx, &[]).workloads[0];
+    assert_eq!(codes(a, Severity::Note), ["kubenet-net-raw"]);
+    let mut objs = prepared();
+    objs[4]["spec"]["template"]["spec"]["containers"][0]["securityContext"] =
+        json!({"capabilities": {"drop": ["NET_RAW"]}});
+    let mut inv = inventory(objs, Some(ISSUER));
+    inv.cluster.network_plugin = Some("kubenet".into());
+    let ctx = ClusterContext::from_inventory(&inv, MatchOptions::standard(false));
+    assert!(codes(&Report::build(&inv, &ctx, &[]).workloads[0], Severity::Note).is_empty());
+}
+
+#[test]
+fn binding_without_identity_blocks() {
+    let objs = vec![
+        webhook(),
+        binding("apps", "b", "", "app"),
+        deploy(
+            "apps",
+            "web",
+            json!({"aadpodidbinding": "app"}),
+            Some("web"),
+        ),
+    ];
+    assert_eq!(
+        codes(&one(objs, "web"), Severity::Blocker),
+        ["binding-without-identity"]
+    );
+}
+
+#[test]
+fn identity_missing_blocks() {
+    let objs = vec![
+        webhook(),
+        binding("apps", "b", "gone", "app"),
+        deploy(
+            "apps",
+            "web",
+            json!({"aadpodidbinding": "app"}),
+            Some("web"),
+        ),
+    ];
+    assert_eq!(
+        codes(&one(objs, "web"), Severity::Blocker),
+        ["identity-missing"]
+    );
+}
+
+#[test]
+fn no_matching_binding_blocks() {
+    let objs = vec![
+        webhook(),
+        deploy(
+            "apps",
+            "web",
+            json!({"aadpodidbinding": "nothing"}),
+            Some("web"),
+        ),
+    ];
+    assert_eq!(
+        codes(&one(objs, "web"), Severity::Blocker),
+        ["no-matching-binding"]
+    );
+}
+
+#[test]
+fn namespace_mismatch_blocks() {
+    let mut id = uami("ids", "ns-id", "C1");
+    id["metadata"]["annotations"] = json!({"aadpodidentity.k8s.io/Behavior": "namespaced"});
+    let objs = vec![
+        webhook(),
+        id,
+        binding("ids", "b", "ns-id", "app"),
+        deploy(
+            "apps",
+            "web",
+            json!({"aadpodidbinding": "app"}),
+            Some("web"),
+        ),
+    ];
+    assert_eq!(
+        codes(&one(objs, "web"), Severity::Blocker),
+        ["namespace-mismatch"]
+    );
+}
+
+#[test]
+fn invalid_resource_id_blocks() {
+    let mut id = uami("apps", "app-id", "C1");
+    id["spec"]["resourceID"] =
+        json!("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm");
+    let objs = vec![
+        webhook(),
+        id,
+        binding("apps", "b", "app-id", "app"),
+        deploy(
+            "apps",
+            "web",
+            json!({"aadpodidbinding": "app"}),
+            Some("web"),
+        ),
+    ];
+    assert_eq!(
+        codes(&one(objs, "web"), Severity::Blocker),
+        ["invalid-resource-id"]
+    );
+}
+
+#[test]
+fn duplicate_identity_name_is_a_note_when_another_grant_exists() {
+    let mut objs = prepared();
+    objs.push(uami("other", "app-id", "C2"));
+    objs.push(binding("other", "app-binding", "app-id", "app"));
+    let a = one(objs, "web");
+    assert_eq!(a.identities.len(), 1);
+    assert_eq!(a.identities[0].client_id, "C1");
+    assert_eq!(codes(&a, Severity::Note), ["duplicate-identity-name"]);
+}
+
+#[test]
+fn exception_pod_with_the_label_blocks_and_without_is_a_note() {
+    let ex = json!({"apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzurePodIdentityException",
+        "metadata": {"name": "ex", "namespace": "apps"}, "spec": {"podLabels": {"app": "agent"}}});
+    let mut objs = prepared();
+    objs.push(ex.clone());
+    objs.push(deploy(
+        "apps",
+        "agent",
+        json!({"app": "agent", "aadpodidbinding": "app"}),
+        Some("agent"),
+    ));
+    objs.push(deploy(
+        "apps",
+        "agent2",
+        json!({"app": "AGENT"}),
+        Some("agent2"),
+    ));
+    let all = assess(objs);
+    let a = all.iter().find(|a| a.workload.name == "agent").unwrap();
+    assert!(codes(a, Severity::Blocker).contains(&"exception-pod".to_string()));
+    let b = all.iter().find(|a| a.workload.name == "agent2").unwrap();
+    assert_eq!(b.verdict, Verdict::NotUsing);
+    assert_eq!(codes(b, Severity::Note), ["exception-pod"]);
+}
+
+#[test]
+fn unsupported_owner_is_reported_and_the_scan_goes_on() {
+    let mut objs = prepared();
+    objs.push(json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "roll-abc", "namespace": "apps", "labels": {"aadpodidbinding": "app"},
+            "ownerReferences": [{"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "name": "roll", "uid": "u", "controller": true}]},
+        "spec": {"serviceAccountName": "web", "containers": [{"name": "c", "image": "i"}]}}));
+    let all = assess(objs);
+    let a = all.iter().find(|a| a.workload.kind == "Rollout").unwrap();
+    assert_eq!(a.workload.name, "roll");
+    assert!(codes(a, Severity::Note).contains(&"unsupported-owner".to_string()));
+}
+
+#[test]
+fn pods_roll_up_to_deployments_and_cronjobs_and_idle_templates_count() {
+    let mut objs = prepared();
+    objs.push(json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {"name": "web-5f7c", "namespace": "apps",
+          "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "u", "controller": true}]},
+        "spec": {"selector": {"matchLabels": {"app": "web"}}}}));
+    objs.push(json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web-5f7c-xyz12", "namespace": "apps", "labels": {"aadpodidbinding": "app"},
+          "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5f7c", "uid": "u", "controller": true}]},
+        "spec": {"containers": [{"name": "c", "image": "i"}]}}));
+    objs.push(json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "nightly", "namespace": "apps"},
+        "spec": {"schedule": "0 0 * * *", "jobTemplate": {"spec": {"template": {"metadata": {"labels": {"aadpodidbinding": "app"}},
+          "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "i"}]}}}}}}));
+    let all = assess(objs);
+    assert_eq!(
+        all.len(),
+        2,
+        "{:?}",
+        all.iter()
+            .map(|a| (&a.workload.kind, &a.workload.name))
+            .collect::<Vec<_>>()
+    );
+    let web = all.iter().find(|a| a.workload.name == "web").unwrap();
+    assert_eq!(
+        (web.workload.kind.as_str(), web.workload.live_pods),
+        ("Deployment", 1)
+    );
+    let cron = all.iter().find(|a| a.workload.kind == "CronJob").unwrap();
+    assert_eq!(cron.workload.live_pods, 0, "idle CronJob still reported");
+    assert!(cron.uses_pod_identity);
+}
