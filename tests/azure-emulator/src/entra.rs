@@ -85,8 +85,8 @@ fn unverified_claims(token: &str) -> Option<(jsonwebtoken::Header, Value)> {
     Some((header, serde_json::from_slice(&bytes).ok()?))
 }
 
-fn check_time(claims: &Value) -> Result<(), EntraError> {
-    let now = unix_now();
+fn check_time(ctx: &Ctx, claims: &Value) -> Result<(), EntraError> {
+    let now = unix_now() + ctx.settings.lock().expect("settings").clock_offset_secs;
     let nbf = claims.get("nbf").and_then(Value::as_u64).unwrap_or(0);
     let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
     if now < nbf || now >= exp {
@@ -303,7 +303,7 @@ async fn authenticate(
         && let Some(pem) = &app.certificate_pem
         && iss == client_id
     {
-        check_time(&claims)?;
+        check_time(ctx, &claims)?;
         let aud_ok = claims
             .get("aud")
             .and_then(Value::as_str)
@@ -341,7 +341,7 @@ async fn authenticate(
     let Some(identity) = identity else {
         return Err(not_found());
     };
-    check_time(&claims)?;
+    check_time(ctx, &claims)?;
     let sub = claims
         .get("sub")
         .and_then(Value::as_str)

@@ -238,6 +238,7 @@ impl Emulator {
                 fic_write_latency: settings.fic_write_latency,
                 issuer_ca_pem: settings.issuer_ca_pem.clone(),
                 require_arm_auth: settings.require_arm_auth,
+                clock_offset_secs: 0,
             }),
         });
         let app = server::router(ctx.clone());
@@ -462,6 +463,15 @@ impl Emulator {
             .expect("settings")
             .issuer_ca_pem
             .push(pem.to_string());
+    }
+
+    /// Moves the emulator's clock for assertion lifetimes forward (to test expired tokens).
+    pub fn advance_clock(&self, by: Duration) {
+        self.ctx
+            .settings
+            .lock()
+            .expect("settings")
+            .clock_offset_secs += by.as_secs();
     }
 
     pub fn set_lro_polls(&self, polls: u32) {

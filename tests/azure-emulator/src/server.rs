@@ -64,6 +64,8 @@ pub struct Settings {
     pub issuer_ca_pem: Vec<String>,
     /// Require a valid ARM bearer token on `/subscriptions/...`.
     pub require_arm_auth: bool,
+    /// Seconds added to the clock when checking assertion lifetimes (tests of expiry).
+    pub clock_offset_secs: u64,
 }
 
 /// Everything mutable.
