@@ -496,6 +496,12 @@ impl Emulator {
         }))
     }
 
+    /// Signs arbitrary claims with the emulator's key: a stand-in external issuer for tests
+    /// (the emulator serves the matching discovery document and JWKS under its tenant).
+    pub fn sign_for_tests(&self, claims: &Value) -> String {
+        self.ctx.keys.sign(claims)
+    }
+
     /// The emulator's JWKS (tokens it issues verify against it).
     pub fn jwks(&self) -> Value {
         serde_json::json!({"keys": [self.ctx.keys.jwk.clone()]})
