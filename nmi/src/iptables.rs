@@ -1,0 +1,218 @@
+//! The NAT rules that send pods' IMDS traffic to the agent: chain `aad-metadata` in table
+//! `nat`, jumped to from `PREROUTING`, exactly the original's rules. Rendering is pure (an
+//! `iptables-restore` payload); applying shells out to `iptables`/`iptables-restore`, optionally
+//! through a command prefix such as `ip netns exec <ns>`.
+
+use std::net::Ipv4Addr;
+
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+pub const CHAIN: &str = "aad-metadata";
+
+/// What the rules redirect, and where to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleSpec {
+    pub metadata_ip: Ipv4Addr,
+    pub metadata_port: u16,
+    /// `--nmi-listen-address`; `0.0.0.0` redirects to `127.0.0.1`.
+    pub target_ip: Ipv4Addr,
+    pub target_port: u16,
+}
+
+impl RuleSpec {
+    fn target(&self) -> Ipv4Addr {
+        if self.target_ip.is_unspecified() {
+            Ipv4Addr::LOCALHOST
+        } else {
+            self.target_ip
+        }
+    }
+
+    /// The chain's rules exactly as `iptables -t nat -S aad-metadata` lists them.
+    pub fn expected_listing(&self) -> Vec<String> {
+        vec![
+            format!("-N {CHAIN}"),
+            self.dnat_rule(),
+            format!("-A {CHAIN} -j RETURN"),
+        ]
+    }
+
+    fn dnat_rule(&self) -> String {
+        format!(
+            "-A {CHAIN} ! -s 127.0.0.1/32 -d {}/32 -p tcp -m tcp --dport {} -j DNAT --to-destination {}:{}",
+            self.metadata_ip,
+            self.metadata_port,
+            self.target(),
+            self.target_port
+        )
+    }
+}
+
+/// The `iptables-restore --noflush` payload that (re)writes the chain. Declaring the chain
+/// flushes it; the `PREROUTING` jump is inserted at position 1 only when `jump_present` is
+/// false, so an existing jump is never duplicated or moved (as in the original).
+pub fn render_restore(spec: &RuleSpec, jump_present: bool) -> String {
+    let mut out = format!("*nat\n:{CHAIN} - [0:0]\n");
+    if !jump_present {
+        out.push_str(&format!("-I PREROUTING 1 -j {CHAIN}\n"));
+    }
+    out.push_str(&spec.dnat_rule());
+    out.push('\n');
+    out.push_str(&format!("-A {CHAIN} -j RETURN\nCOMMIT\n"));
+    out
+}
+
+/// The payload that removes `jumps` PREROUTING jumps, then the chain.
+pub fn render_cleanup(jumps: usize) -> String {
+    let mut out = format!("*nat\n:{CHAIN} - [0:0]\n");
+    for _ in 0..jumps {
+        out.push_str(&format!("-D PREROUTING -j {CHAIN}\n"));
+    }
+    out.push_str(&format!("-X {CHAIN}\nCOMMIT\n"));
+    out
+}
+
+/// True when `listing` (of `iptables -t nat -S aad-metadata`) is exactly the expected chain.
+pub fn chain_is_current(spec: &RuleSpec, listing: &str) -> bool {
+    let lines: Vec<&str> = listing
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines == spec.expected_listing()
+}
+
+/// How many `-A PREROUTING -j aad-metadata` rules `iptables -t nat -S PREROUTING` lists.
+pub fn count_jumps(prerouting_listing: &str) -> usize {
+    let jump = format!("-A PREROUTING -j {CHAIN}");
+    prerouting_listing
+        .lines()
+        .filter(|l| l.trim() == jump)
+        .count()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IptablesError {
+    #[error("running {cmd}: {source}")]
+    Spawn { cmd: String, source: std::io::Error },
+    #[error("{cmd} failed ({status}): {stderr}")]
+    Failed {
+        cmd: String,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+}
+
+/// Runs the iptables tools, optionally through a prefix (e.g. `["ip","netns","exec","t1"]`).
+#[derive(Clone, Debug, Default)]
+pub struct Iptables {
+    pub prefix: Vec<String>,
+}
+
+impl Iptables {
+    fn command(&self, program: &str, args: &[&str]) -> (Command, String) {
+        let mut argv: Vec<String> = self.prefix.clone();
+        argv.push(program.to_owned());
+        argv.extend(args.iter().map(|s| (*s).to_owned()));
+        let mut c = Command::new(&argv[0]);
+        c.args(&argv[1..]).kill_on_drop(true);
+        (c, argv.join(" "))
+    }
+
+    async fn run(
+        &self,
+        program: &str,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> Result<String, IptablesError> {
+        let (mut c, cmd) = self.command(program, args);
+        c.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().map_err(|source| IptablesError::Spawn {
+            cmd: cmd.clone(),
+            source,
+        })?;
+        if let Some(mut pipe) = child.stdin.take() {
+            if let Some(input) = stdin {
+                pipe.write_all(input.as_bytes())
+                    .await
+                    .map_err(|source| IptablesError::Spawn {
+                        cmd: cmd.clone(),
+                        source,
+                    })?;
+            }
+        }
+        let out = child
+            .wait_with_output()
+            .await
+            .map_err(|source| IptablesError::Spawn {
+                cmd: cmd.clone(),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(IptablesError::Failed {
+                cmd,
+                status: out.status,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    async fn jumps(&self) -> Result<usize, IptablesError> {
+        Ok(count_jumps(
+            &self
+                .run("iptables", &["-w", "-t", "nat", "-S", "PREROUTING"], None)
+                .await?,
+        ))
+    }
+
+    /// Makes the rules current; returns true when anything was written.
+    pub async fn ensure(&self, spec: &RuleSpec) -> Result<bool, IptablesError> {
+        let jumps = self.jumps().await?;
+        let current = match self
+            .run("iptables", &["-w", "-t", "nat", "-S", CHAIN], None)
+            .await
+        {
+            Ok(listing) => chain_is_current(spec, &listing),
+            Err(IptablesError::Failed { .. }) => false, // the chain does not exist yet
+            Err(e) => return Err(e),
+        };
+        if current && jumps > 0 {
+            return Ok(false);
+        }
+        self.run(
+            "iptables-restore",
+            &["-w", "--noflush"],
+            Some(&render_restore(spec, jumps > 0)),
+        )
+        .await?;
+        Ok(true)
+    }
+
+    /// Removes the jump(s) and the chain; does nothing if they are gone.
+    pub async fn cleanup(&self) -> Result<(), IptablesError> {
+        let jumps = self.jumps().await?;
+        let exists = self
+            .run("iptables", &["-w", "-t", "nat", "-S", CHAIN], None)
+            .await
+            .is_ok();
+        if jumps == 0 && !exists {
+            return Ok(());
+        }
+        self.run(
+            "iptables-restore",
+            &["-w", "--noflush"],
+            Some(&render_cleanup(jumps)),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// True when a kubelet configuration selects kubenet (the original refuses to run there).
+pub fn is_kubenet(kubelet_config: &str) -> bool {
+    kubelet_config.contains("--network-plugin=kubenet")
+}

@@ -1,0 +1,167 @@
+//! Which identity a pod's token request gets, in both modes, as pure functions over a snapshot
+//! (the waiting itself is `crate::wait`). The matching rules are `podid_crds::policy`'s.
+
+use kube::ResourceExt;
+use podid_crds::policy::{
+    IdentityRequest, MatchOptions, is_namespaced, is_pod_excepted, pod_identities, select_identity,
+};
+use podid_crds::{AzureIdentity, AzureIdentityBinding, AzurePodIdentityException};
+
+use crate::reply::Reply;
+use crate::view::PodInfo;
+use crate::wait::WaitError;
+
+/// `--operation-mode`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// A controller assigns identities to nodes and records AzureAssignedIdentities.
+    #[default]
+    Standard,
+    /// Identities are assigned by hand; bindings in the pod's namespace decide.
+    Managed,
+}
+
+/// Why a request gets no token.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    #[error("the requested identity is not bound to pod {pod}")]
+    NotBound { pod: String },
+    #[error("no azure identity found for pod {pod}")]
+    NoIdentity { pod: String },
+    #[error(
+        "Multiple user assigned identities exist for pod {pod} ({}), please specify the clientId / resourceId of the identity in the token request",
+        names.join(", ")
+    )]
+    Ambiguous { pod: String, names: Vec<String> },
+    #[error(transparent)]
+    Wait(#[from] WaitError),
+}
+
+impl ResolveError {
+    /// 403 for an identity not bound to the pod; 404 when the pod has none (503 with
+    /// `Retry-After: 20` when `retry_after` and the wait timed out, like the original); 400 in
+    /// IMDS's own shape when several are bound and none is named.
+    pub fn reply(&self, retry_after: bool) -> Reply {
+        match self {
+            Self::NotBound { .. } => Reply::text(403, self.to_string()),
+            Self::Ambiguous { .. } => Reply::oauth_error(400, "invalid_request", &self.to_string()),
+            Self::Wait(WaitError::NotCreated { .. } | WaitError::NotAssigned { .. })
+                if retry_after =>
+            {
+                Reply {
+                    retry_after: Some(20),
+                    ..Reply::text(503, self.to_string())
+                }
+            }
+            Self::NoIdentity { .. } | Self::Wait(_) => Reply::text(404, self.to_string()),
+        }
+    }
+
+    /// A short stable label for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::NotBound { .. } => "not_bound",
+            Self::NoIdentity { .. } => "no_identity",
+            Self::Ambiguous { .. } => "ambiguous",
+            Self::Wait(WaitError::Cancelled) => "cancelled",
+            Self::Wait(_) => "not_assigned",
+        }
+    }
+}
+
+/// True when the pod bypasses the agent: an AzurePodIdentityException in its namespace matches
+/// it, or it is the original's built-in MIC exception (namespace `mic_namespace`, any case, and
+/// an owning ReplicaSet whose name starts with `mic`).
+pub fn is_exempt(
+    pod: &PodInfo,
+    exceptions: &[AzurePodIdentityException],
+    mic_namespace: &str,
+) -> bool {
+    let is_mic = pod.facts.namespace.eq_ignore_ascii_case(mic_namespace)
+        && pod
+            .replica_set
+            .as_deref()
+            .is_some_and(|rs| rs.starts_with("mic"));
+    is_mic || is_pod_excepted(&pod.facts, exceptions)
+}
+
+fn map_select(
+    pod: &PodInfo,
+    r: Result<&AzureIdentity, podid_crds::Error>,
+) -> Result<AzureIdentity, ResolveError> {
+    let key = pod.key();
+    match r {
+        Ok(i) => Ok(i.clone()),
+        Err(podid_crds::Error::IdentityNotBound) => Err(ResolveError::NotBound { pod: key }),
+        Err(podid_crds::Error::AmbiguousIdentity { names, .. }) => {
+            Err(ResolveError::Ambiguous { pod: key, names })
+        }
+        Err(_) => Err(ResolveError::NoIdentity { pod: key }),
+    }
+}
+
+/// Standard mode, before waiting: a request naming an identity the pod's bindings do not grant
+/// is refused at once (403), and a pod granted nothing is answered at once (404) unless
+/// `wait_for_unbound` restores the original's full wait.
+pub fn standard_preflight(
+    pod: &PodInfo,
+    request: &IdentityRequest,
+    bindings: &[AzureIdentityBinding],
+    identities: &[AzureIdentity],
+    force_namespaced: bool,
+    wait_for_unbound: bool,
+) -> Result<(), ResolveError> {
+    let grants = pod_identities(
+        &pod.facts,
+        bindings,
+        identities,
+        MatchOptions::standard(force_namespaced),
+    )
+    .grants;
+    if grants.is_empty() {
+        return if wait_for_unbound {
+            Ok(())
+        } else if request.is_unspecified() {
+            Err(ResolveError::NoIdentity { pod: pod.key() })
+        } else {
+            Err(ResolveError::NotBound { pod: pod.key() })
+        };
+    }
+    if !request.is_unspecified() && !grants.iter().any(|g| request.names(g.identity, None)) {
+        return Err(ResolveError::NotBound { pod: pod.key() });
+    }
+    Ok(())
+}
+
+/// Standard mode, after the wait: choose among the identities assigned to the pod. Namespaced
+/// identities (by `--forceNamespaced` or annotation) count only in the pod's namespace.
+pub fn select_assigned(
+    pod: &PodInfo,
+    request: &IdentityRequest,
+    assigned: &[AzureIdentity],
+    force_namespaced: bool,
+) -> Result<AzureIdentity, ResolveError> {
+    let mut allowed: Vec<&AzureIdentity> = assigned
+        .iter()
+        .filter(|i| {
+            !is_namespaced(i, force_namespaced)
+                || i.namespace().as_deref() == Some(&pod.facts.namespace)
+        })
+        .collect();
+    // The same identity can be assigned to a pod through several bindings.
+    allowed.sort_by_key(|i| (i.namespace(), i.name_any()));
+    allowed.dedup_by_key(|i| (i.namespace(), i.name_any()));
+    map_select(pod, select_identity(request, &allowed))
+}
+
+/// Managed mode: bindings and identities in the pod's namespace decide; no waiting.
+pub fn select_managed(
+    pod: &PodInfo,
+    request: &IdentityRequest,
+    bindings: &[AzureIdentityBinding],
+    identities: &[AzureIdentity],
+) -> Result<AzureIdentity, ResolveError> {
+    let grants = pod_identities(&pod.facts, bindings, identities, MatchOptions::managed()).grants;
+    let allowed: Vec<&AzureIdentity> = grants.iter().map(|g| g.identity).collect();
+    map_select(pod, select_identity(request, &allowed))
+}

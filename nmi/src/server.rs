@@ -1,0 +1,513 @@
+//! The agent's HTTP server: IMDS's token endpoint answered with the calling pod's identity,
+//! the legacy `/host/token`, everything else proxied to the real IMDS; plus `/healthz` and
+//! `/metrics` on their own ports.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, StatusCode, header};
+use podid_crds::AzureIdentity;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info_span};
+
+use crate::cache::{CacheKey, Clock, TokenCache};
+use crate::metrics::Metrics;
+use crate::reply::Reply;
+use crate::request::{self, Route, TokenRequest};
+use crate::resolve::{self, Mode, ResolveError};
+use crate::token::{AccessToken, Credentials, TokenError};
+use crate::view::{ClusterView, PodInfo, PodLookupError, pod_for_ip};
+use crate::wait::{RetryPolicy, wait_for_assignment};
+
+/// Behaviour switches of the server (from the command line).
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub mode: Mode,
+    pub force_namespaced: bool,
+    pub metadata_header_required: bool,
+    pub block_instance_metadata: bool,
+    pub set_retry_after_header: bool,
+    pub retry: RetryPolicy,
+    /// podid: restore the original's full wait for pods no binding grants an identity.
+    pub wait_for_unbound_pods: bool,
+    pub mic_namespace: String,
+    /// The real IMDS, e.g. `http://169.254.169.254:80/`.
+    pub imds_endpoint: url::Url,
+    /// Scans of the pod index for a caller's IP before giving up (the original: 5, 300 ms apart).
+    pub pod_lookup_attempts: u32,
+    pub pod_lookup_interval: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Standard,
+            force_namespaced: false,
+            metadata_header_required: true,
+            block_instance_metadata: false,
+            set_retry_after_header: false,
+            retry: RetryPolicy::default(),
+            wait_for_unbound_pods: false,
+            mic_namespace: "default".into(),
+            imds_endpoint: url::Url::parse("http://169.254.169.254:80/").expect("static URL"),
+            pod_lookup_attempts: 5,
+            pod_lookup_interval: Duration::from_millis(300),
+        }
+    }
+}
+
+/// Everything the handlers share.
+pub struct Agent {
+    pub config: ServerConfig,
+    pub view: Arc<dyn ClusterView>,
+    pub credentials: Arc<dyn Credentials>,
+    pub cache: TokenCache,
+    pub metrics: Metrics,
+    pub clock: Arc<dyn Clock>,
+    /// Client for the IMDS proxy.
+    pub http: reqwest::Client,
+    /// Set after the first iptables reconcile (`/healthz` says `Active`).
+    pub initialized: AtomicBool,
+    pub shutdown: CancellationToken,
+}
+
+/// What became of one request, for metrics and the log line.
+struct Outcome {
+    reply: Response,
+    status: u16,
+    result: &'static str,
+    namespace: String,
+    resource: String,
+}
+
+impl Outcome {
+    fn new(reply: Reply, result: &'static str) -> Self {
+        Self {
+            status: reply.status,
+            reply: reply.into_response(),
+            result,
+            namespace: String::new(),
+            resource: String::new(),
+        }
+    }
+
+    fn raw(resp: Response, result: &'static str) -> Self {
+        Self {
+            status: resp.status().as_u16(),
+            reply: resp,
+            result,
+            namespace: String::new(),
+            resource: String::new(),
+        }
+    }
+
+    fn pod(mut self, pod: &PodInfo) -> Self {
+        self.namespace = pod.facts.namespace.clone();
+        self
+    }
+
+    fn resource(mut self, r: &TokenRequest) -> Self {
+        self.resource = r.resource.clone();
+        self
+    }
+}
+
+/// The IMDS-facing router. Serve it with `into_make_service_with_connect_info::<SocketAddr>()`.
+pub fn router(agent: Arc<Agent>) -> Router {
+    Router::new().fallback(dispatch).with_state(agent)
+}
+
+/// `/healthz` (always 200: `Active` once iptables is in place, else `Not Active`).
+pub fn probe_router(agent: Arc<Agent>) -> Router {
+    Router::new()
+        .route(
+            "/healthz",
+            axum::routing::get(|State(a): State<Arc<Agent>>| async move {
+                if a.initialized.load(Ordering::SeqCst) {
+                    "Active"
+                } else {
+                    "Not Active"
+                }
+            }),
+        )
+        .with_state(agent)
+}
+
+/// `/metrics` in the Prometheus text format.
+pub fn metrics_router(agent: Arc<Agent>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(|State(a): State<Arc<Agent>>| async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    a.metrics.render(),
+                )
+            }),
+        )
+        .with_state(agent)
+}
+
+fn caller_ip(addr: SocketAddr) -> IpAddr {
+    addr.ip().to_canonical()
+}
+
+async fn dispatch(
+    State(agent): State<Arc<Agent>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    let started = Instant::now();
+    let route = request::route(req.uri().path(), agent.config.block_instance_metadata);
+    let ip = caller_ip(addr);
+    let span = info_span!(
+        "request",
+        method = %req.method(),
+        path = req.uri().path(),
+        remote = %ip,
+        pod.namespace = tracing::field::Empty,
+        pod.name = tracing::field::Empty,
+    );
+    let (name, outcome) = async {
+        match route {
+            Route::Token => ("token", token(&agent, ip, req).await),
+            Route::HostToken => ("host_token", host_token(&agent, ip, req).await),
+            Route::InvalidToken => (
+                "invalid_token_path",
+                Outcome::new(request::RequestError::InvalidPath.reply(), "bad_request"),
+            ),
+            Route::BlockedInstance => (
+                "instance",
+                Outcome::new(
+                    Reply::text(403, "Request blocked by AAD Pod Identity NMI"),
+                    "blocked",
+                ),
+            ),
+            Route::Proxy => ("proxy", proxy_checked(&agent, req).await),
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    let secs = started.elapsed().as_secs_f64();
+    if matches!(route, Route::Token | Route::HostToken) {
+        let op = if route == Route::Token {
+            "/metadata/identity/oauth2/token"
+        } else {
+            "/host/token"
+        };
+        agent.metrics.observe_nmi(
+            op,
+            outcome.status,
+            &outcome.namespace,
+            &outcome.resource,
+            secs,
+        );
+    }
+    agent.metrics.observe_request(name, outcome.result, secs);
+    span.in_scope(|| {
+        tracing::info!(
+            status = outcome.status,
+            result = outcome.result,
+            elapsed_ms = (secs * 1000.0) as u64,
+            "request served"
+        )
+    });
+    outcome.reply
+}
+
+/// Finds the caller's pod, scanning again a few times: a new pod's IP can reach the agent
+/// before its watch event does.
+async fn find_pod(agent: &Agent, ip: IpAddr) -> Result<PodInfo, PodLookupError> {
+    let mut attempt = 1;
+    loop {
+        match pod_for_ip(agent.view.as_ref(), ip) {
+            Ok(p) => return Ok(p),
+            Err(e) => {
+                agent.metrics.kubernetes_error("get_pod_list");
+                if attempt >= agent.config.pod_lookup_attempts.max(1) {
+                    return Err(e);
+                }
+            }
+        }
+        attempt += 1;
+        tokio::time::sleep(agent.config.pod_lookup_interval).await;
+    }
+}
+
+fn record_pod(pod: &PodInfo) {
+    let span = tracing::Span::current();
+    span.record("pod.namespace", pod.facts.namespace.as_str());
+    span.record("pod.name", pod.facts.name.as_str());
+}
+
+async fn token(agent: &Agent, ip: IpAddr, req: Request) -> Outcome {
+    if let Err(e) =
+        request::check_metadata_header(req.headers(), agent.config.metadata_header_required)
+    {
+        return Outcome::new(e.reply(), "bad_request");
+    }
+    let parsed = match request::parse_token_query(req.uri().query()) {
+        Ok(p) => p,
+        Err(e) => return Outcome::new(e.reply(), "bad_request"),
+    };
+    let pod = match find_pod(agent, ip).await {
+        Ok(p) => p,
+        Err(e @ PodLookupError::Unknown(_)) => {
+            tracing::warn!(error = %e, "token request from an address that is no pod of this node");
+            return Outcome::new(Reply::text(403, e.to_string()), "unknown_pod").resource(&parsed);
+        }
+        Err(e) => {
+            return Outcome::new(Reply::text(500, e.to_string()), "ambiguous_pod").resource(&parsed);
+        }
+    };
+    record_pod(&pod);
+    let exceptions = agent.view.exceptions(&pod.facts.namespace);
+    if resolve::is_exempt(&pod, &exceptions, &agent.config.mic_namespace) {
+        tracing::info!("pod is excepted: passing the request through to IMDS");
+        return proxy(agent, req).await.pod(&pod).resource(&parsed);
+    }
+    let out = serve_pod(agent, &pod, &parsed, |tokens, _| {
+        if let [one] = tokens {
+            serde_json::to_string(one)
+        } else {
+            serde_json::to_string(tokens)
+        }
+    })
+    .await;
+    out.pod(&pod).resource(&parsed)
+}
+
+async fn host_token(agent: &Agent, ip: IpAddr, req: Request) -> Outcome {
+    let parsed = match request::parse_host_token(req.headers(), ip, req.uri().query()) {
+        Ok(p) => p,
+        Err(e) => return Outcome::new(e.reply(), "bad_request"),
+    };
+    let Some(pod) = agent.view.pod(&parsed.pod_namespace, &parsed.pod_name) else {
+        return Outcome::new(
+            Reply::text(
+                404,
+                format!(
+                    "no azure identity found for pod {}/{}: no such pod on this node",
+                    parsed.pod_namespace, parsed.pod_name
+                ),
+            ),
+            "no_identity",
+        )
+        .resource(&parsed.token);
+    };
+    record_pod(&pod);
+    serve_pod(agent, &pod, &parsed.token, |tokens, identity| {
+        serde_json::to_string(&serde_json::json!({
+            "token": tokens.first(),
+            "clientid": identity.spec.client_id,
+        }))
+    })
+    .await
+    .pod(&pod)
+    .resource(&parsed.token)
+}
+
+/// Resolves the pod's identity for the request, gets (or reuses) its tokens and renders them.
+async fn serve_pod(
+    agent: &Agent,
+    pod: &PodInfo,
+    req: &TokenRequest,
+    render: impl FnOnce(&[crate::token::MsiResponse], &AzureIdentity) -> serde_json::Result<String>,
+) -> Outcome {
+    let identity = match resolve_identity(agent, pod, req).await {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::info!(error = %e, "no identity for this request");
+            return Outcome::new(e.reply(agent.config.set_retry_after_header), e.label());
+        }
+    };
+    tracing::debug!(
+        identity.namespace = identity.metadata.namespace.as_deref().unwrap_or(""),
+        identity.name = identity.metadata.name.as_deref().unwrap_or(""),
+        "identity selected"
+    );
+    let tokens = match tokens_for(agent, &identity, &req.resource).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %e, "token fetch failed");
+            let msg = format!(
+                "failed to get service principal token for pod:{}, error: {e}",
+                pod.key()
+            );
+            let result = if e.status() == 403 {
+                "token_rejected"
+            } else {
+                "token_unavailable"
+            };
+            return Outcome::new(Reply::text(e.status(), msg), result);
+        }
+    };
+    let now = agent.clock.now_unix();
+    let msi: Vec<_> = tokens.iter().map(|t| t.to_msi_response(now)).collect();
+    match render(&msi, &identity) {
+        Ok(body) => Outcome::new(Reply::json(body), "ok"),
+        Err(e) => Outcome::new(Reply::text(500, e.to_string()), "internal"),
+    }
+}
+
+async fn resolve_identity(
+    agent: &Agent,
+    pod: &PodInfo,
+    req: &TokenRequest,
+) -> Result<AzureIdentity, ResolveError> {
+    let cfg = &agent.config;
+    let (bindings, identities) = (agent.view.bindings(), agent.view.identities());
+    match cfg.mode {
+        Mode::Managed => resolve::select_managed(pod, &req.identity, &bindings, &identities),
+        Mode::Standard => {
+            resolve::standard_preflight(
+                pod,
+                &req.identity,
+                &bindings,
+                &identities,
+                cfg.force_namespaced,
+                cfg.wait_for_unbound_pods,
+            )?;
+            let assigned = wait_for_assignment(
+                &req.identity,
+                &cfg.retry,
+                &pod.key(),
+                || {
+                    agent
+                        .view
+                        .assigned_identities(&pod.facts.namespace, &pod.facts.name)
+                },
+                &agent.shutdown,
+            )
+            .await?;
+            resolve::select_assigned(pod, &req.identity, &assigned, cfg.force_namespaced)
+        }
+    }
+}
+
+async fn tokens_for(
+    agent: &Agent,
+    identity: &AzureIdentity,
+    resource: &str,
+) -> Result<Vec<AccessToken>, TokenError> {
+    let sources = agent.credentials.sources(identity).await?;
+    let key = CacheKey {
+        identity: sources.cache_key.clone(),
+        resource: resource.to_owned(),
+    };
+    if let Some(t) = agent.cache.get(&key) {
+        tracing::debug!("token served from cache");
+        return Ok(t);
+    }
+    let mut tokens = Vec::with_capacity(sources.sources.len());
+    for source in &sources.sources {
+        let started = Instant::now();
+        let r = source.fetch(resource).await;
+        agent.metrics.observe_fetch(
+            source.operation(),
+            r.is_ok(),
+            started.elapsed().as_secs_f64(),
+        );
+        tokens.push(r?);
+    }
+    agent.cache.put(key, tokens.clone());
+    Ok(tokens)
+}
+
+async fn proxy_checked(agent: &Agent, req: Request) -> Outcome {
+    if let Err(e) =
+        request::check_metadata_header(req.headers(), agent.config.metadata_header_required)
+    {
+        return Outcome::new(e.reply(), "bad_request");
+    }
+    proxy(agent, req).await
+}
+
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "trailer",
+    "host",
+    "content-length",
+];
+
+fn copy_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    for (k, v) in from {
+        if !HOP_BY_HOP.contains(&k.as_str()) {
+            to.append(k.clone(), v.clone());
+        }
+    }
+}
+
+/// Forwards the request unchanged (method, path, query, headers, body) to the real IMDS and
+/// relays its answer.
+async fn proxy(agent: &Agent, req: Request) -> Outcome {
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+    let mut url = agent.config.imds_endpoint.clone();
+    let (path, query) = path_and_query
+        .split_once('?')
+        .map_or((path_and_query.as_str(), None), |(p, q)| (p, Some(q)));
+    url.set_path(path);
+    url.set_query(query);
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, 1 << 20).await {
+        Ok(b) => b,
+        Err(e) => return Outcome::new(Reply::text(500, e.to_string()), "proxy_error"),
+    };
+    let mut headers = HeaderMap::new();
+    copy_headers(&parts.headers, &mut headers);
+    let upstream = agent
+        .http
+        .request(parts.method, url)
+        .headers(headers)
+        .body(body)
+        .send()
+        .await;
+    let upstream = match upstream {
+        Ok(r) => r,
+        Err(e) => return Outcome::new(Reply::text(500, e.to_string()), "proxy_error"),
+    };
+    let status =
+        StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut resp_headers = HeaderMap::new();
+    copy_headers(upstream.headers(), &mut resp_headers);
+    let bytes = match upstream.bytes().await {
+        Ok(b) => b,
+        Err(e) => return Outcome::new(Reply::text(500, e.to_string()), "proxy_error"),
+    };
+    let mut resp = Response::new(Body::from(bytes));
+    *resp.status_mut() = status;
+    *resp.headers_mut() = resp_headers;
+    Outcome::raw(resp, "proxied")
+}
+
+/// Serves `router` on `listener` until `shutdown` fires, finishing requests in flight.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
+}

@@ -1,0 +1,493 @@
+//! Where tokens come from, behind one trait: the node's IMDS for user-assigned managed
+//! identities, and Entra client credentials (secret or certificate) for service principals.
+//! A federated (workload identity) source can be added as another [`TokenSource`].
+//! Tokens and secrets never reach logs: [`AccessToken`]'s `Debug` redacts them.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use kube::ResourceExt;
+use podid_crds::{AzureIdentity, IdentityType};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::cache::Clock;
+use crate::view::SecretSource;
+
+/// An access token and when it stops being valid.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AccessToken {
+    pub access_token: String,
+    /// Unix seconds.
+    pub expires_on: u64,
+    /// Unix seconds, when known.
+    pub not_before: Option<u64>,
+    pub resource: String,
+    pub token_type: String,
+}
+
+impl std::fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessToken")
+            .field("access_token", &"<redacted>")
+            .field("expires_on", &self.expires_on)
+            .field("resource", &self.resource)
+            .finish()
+    }
+}
+
+/// The original's `msiResponse`: every field a string, in this order.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MsiResponse {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub expires_in: String,
+    pub expires_on: String,
+    pub not_before: String,
+    pub resource: String,
+    pub token_type: String,
+}
+
+impl AccessToken {
+    /// The IMDS-shaped answer at `now` (`expires_in` counts down while a token is cached).
+    pub fn to_msi_response(&self, now: u64) -> MsiResponse {
+        MsiResponse {
+            access_token: self.access_token.clone(),
+            refresh_token: String::new(),
+            expires_in: self.expires_on.saturating_sub(now).to_string(),
+            expires_on: self.expires_on.to_string(),
+            not_before: self.not_before.unwrap_or(now).to_string(),
+            resource: self.resource.clone(),
+            token_type: self.token_type.clone(),
+        }
+    }
+
+    /// Reads an IMDS or Entra (v1 or v2) token response; numbers may be strings or numbers.
+    pub fn from_response(body: &Value, resource: &str, now: u64) -> Result<Self, String> {
+        let num = |k: &str| -> Option<u64> {
+            match body.get(k)? {
+                Value::Number(n) => n.as_u64(),
+                Value::String(s) => s.parse().ok(),
+                _ => None,
+            }
+        };
+        let access_token = body
+            .get("access_token")
+            .and_then(Value::as_str)
+            .ok_or("token response has no access_token")?
+            .to_owned();
+        let expires_on = num("expires_on")
+            .or_else(|| num("expires_in").map(|s| now + s))
+            .ok_or("token response has neither expires_on nor expires_in")?;
+        Ok(Self {
+            access_token,
+            expires_on,
+            not_before: num("not_before"),
+            resource: body
+                .get("resource")
+                .and_then(Value::as_str)
+                .unwrap_or(resource)
+                .to_owned(),
+            token_type: body
+                .get("token_type")
+                .and_then(Value::as_str)
+                .unwrap_or("Bearer")
+                .to_owned(),
+        })
+    }
+}
+
+/// Why no token was obtained.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// IMDS or Entra answered with an error (the original's ADAL `TokenRefreshError`): 403.
+    #[error("{source_kind} refused the token request with HTTP {status}: {detail}")]
+    Rejected {
+        source_kind: &'static str,
+        status: u16,
+        detail: String,
+    },
+    /// Could not ask (network, bad configuration, unreadable secret): 503.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl TokenError {
+    /// The original's statuses: 403 for a refusal, 503 otherwise.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::Rejected { .. } => 403,
+            Self::Unavailable(_) => 503,
+        }
+    }
+}
+
+/// Something that can get an access token for a resource.
+pub trait TokenSource: Send + Sync {
+    fn fetch<'a>(&'a self, resource: &'a str) -> BoxFuture<'a, Result<AccessToken, TokenError>>;
+    /// The original's metric `operation_type` (`adal_token_msi_userassignedid`, `adal_token`).
+    fn operation(&self) -> &'static str;
+}
+
+/// An HTTP client that never goes through a proxy (IMDS must be reached directly).
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(60))
+        .build()
+        .expect("building HTTP client")
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(512).collect()
+}
+
+async fn read_token(
+    kind: &'static str,
+    resp: Result<reqwest::Response, reqwest::Error>,
+    resource: &str,
+    clock: &dyn Clock,
+) -> Result<AccessToken, TokenError> {
+    let resp = resp.map_err(|e| TokenError::Unavailable(format!("{kind}: {e}")))?;
+    let status = resp.status();
+    let body = resp
+        .text()
+        .await
+        .map_err(|e| TokenError::Unavailable(format!("{kind}: reading response: {e}")))?;
+    if !status.is_success() {
+        return Err(TokenError::Rejected {
+            source_kind: kind,
+            status: status.as_u16(),
+            detail: truncate(&body),
+        });
+    }
+    let v: Value = serde_json::from_str(&body)
+        .map_err(|e| TokenError::Unavailable(format!("{kind}: malformed token response: {e}")))?;
+    AccessToken::from_response(&v, resource, clock.now_unix())
+        .map_err(|e| TokenError::Unavailable(format!("{kind}: {e}")))
+}
+
+/// A user-assigned managed identity through the node's IMDS (type 0).
+pub struct ImdsTokenSource {
+    pub http: reqwest::Client,
+    /// Base URL, e.g. `http://169.254.169.254:80`.
+    pub endpoint: url::Url,
+    /// The identity's client ID; `None` asks for the node's system-assigned identity.
+    pub client_id: Option<String>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl TokenSource for ImdsTokenSource {
+    fn fetch<'a>(&'a self, resource: &'a str) -> BoxFuture<'a, Result<AccessToken, TokenError>> {
+        Box::pin(async move {
+            let mut url = self
+                .endpoint
+                .join("/metadata/identity/oauth2/token")
+                .map_err(|e| TokenError::Unavailable(format!("IMDS endpoint: {e}")))?;
+            {
+                let mut q = url.query_pairs_mut();
+                q.append_pair("api-version", "2018-02-01");
+                if let Some(id) = &self.client_id {
+                    q.append_pair("client_id", id);
+                }
+                q.append_pair("resource", resource);
+            }
+            let resp = self.http.get(url).header("Metadata", "true").send().await;
+            read_token("IMDS", resp, resource, self.clock.as_ref()).await
+        })
+    }
+
+    fn operation(&self) -> &'static str {
+        if self.client_id.is_some() {
+            "adal_token_msi_userassignedid"
+        } else {
+            "adal_token_msi"
+        }
+    }
+}
+
+/// A service principal's credential.
+#[derive(Clone)]
+pub enum ClientCredential {
+    Secret(String),
+    /// An RSA private key (PEM, PKCS#1 or PKCS#8) and its certificate (DER).
+    Certificate {
+        key_pem: Vec<u8>,
+        cert_der: Vec<u8>,
+    },
+}
+
+/// A service principal through Entra's client-credentials grant, v1 endpoint
+/// `<authority>/<tenant>/oauth2/token` (types 1 and 2), as the original's ADAL did.
+pub struct ClientCredentialsSource {
+    pub http: reqwest::Client,
+    /// E.g. `https://login.microsoftonline.com/`.
+    pub authority: url::Url,
+    pub tenant_id: String,
+    pub client_id: String,
+    pub credential: ClientCredential,
+    pub clock: Arc<dyn Clock>,
+}
+
+#[derive(Serialize)]
+struct AssertionClaims<'a> {
+    aud: &'a str,
+    iss: &'a str,
+    sub: &'a str,
+    jti: String,
+    nbf: u64,
+    iat: u64,
+    exp: u64,
+}
+
+impl ClientCredentialsSource {
+    fn token_url(&self) -> Result<url::Url, TokenError> {
+        let mut base = self.authority.clone();
+        if !base.path().ends_with('/') {
+            base.set_path(&format!("{}/", base.path()));
+        }
+        base.join(&format!("{}/oauth2/token", self.tenant_id))
+            .map_err(|e| TokenError::Unavailable(format!("Entra authority: {e}")))
+    }
+
+    fn assertion(&self, aud: &str, key_pem: &[u8], cert_der: &[u8]) -> Result<String, TokenError> {
+        use base64::Engine;
+        use sha2::Digest;
+        let now = self.clock.now_unix();
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        header.x5t_s256 = Some(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(cert_der)),
+        );
+        let claims = AssertionClaims {
+            aud,
+            iss: &self.client_id,
+            sub: &self.client_id,
+            jti: uuid::Uuid::new_v4().to_string(),
+            nbf: now,
+            iat: now,
+            exp: now + 600,
+        };
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(key_pem)
+            .map_err(|e| TokenError::Unavailable(format!("certificate private key: {e}")))?;
+        jsonwebtoken::encode(&header, &claims, &key)
+            .map_err(|e| TokenError::Unavailable(format!("signing client assertion: {e}")))
+    }
+}
+
+impl TokenSource for ClientCredentialsSource {
+    fn fetch<'a>(&'a self, resource: &'a str) -> BoxFuture<'a, Result<AccessToken, TokenError>> {
+        Box::pin(async move {
+            let url = self.token_url()?;
+            let mut form: Vec<(&str, String)> = vec![
+                ("grant_type", "client_credentials".into()),
+                ("client_id", self.client_id.clone()),
+                ("resource", resource.to_owned()),
+            ];
+            match &self.credential {
+                ClientCredential::Secret(s) => form.push(("client_secret", s.clone())),
+                ClientCredential::Certificate { key_pem, cert_der } => {
+                    form.push((
+                        "client_assertion_type",
+                        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
+                    ));
+                    form.push((
+                        "client_assertion",
+                        self.assertion(url.as_str(), key_pem, cert_der)?,
+                    ));
+                }
+            }
+            let resp = self.http.post(url).form(&form).send().await;
+            read_token("Entra", resp, resource, self.clock.as_ref()).await
+        })
+    }
+
+    fn operation(&self) -> &'static str {
+        "adal_token"
+    }
+}
+
+/// The token sources for one identity (primary first, then auxiliary tenants) and the key its
+/// tokens are cached under.
+pub struct IdentitySources {
+    pub cache_key: String,
+    pub sources: Vec<Arc<dyn TokenSource>>,
+}
+
+/// Turns an AzureIdentity into token sources (reading Secrets for service principals).
+pub trait Credentials: Send + Sync {
+    fn sources<'a>(
+        &'a self,
+        identity: &'a AzureIdentity,
+    ) -> BoxFuture<'a, Result<IdentitySources, TokenError>>;
+}
+
+/// Production [`Credentials`]: IMDS for managed identities, Entra for service principals.
+pub struct AzureCredentials {
+    pub http: reqwest::Client,
+    pub imds_endpoint: url::Url,
+    /// Used when an identity has no `adEndpoint`.
+    pub default_authority: url::Url,
+    pub secrets: Arc<dyn SecretSource>,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// The client secret in a type-1 Secret: its only value, else key `clientsecret`, else the
+/// first key in order (the original took a random "first" map entry).
+pub fn client_secret_value(data: &crate::view::SecretData) -> Option<String> {
+    let v = if data.len() == 1 {
+        data.values().next()
+    } else {
+        data.get("clientsecret").or_else(|| data.values().next())
+    }?;
+    String::from_utf8(v.clone()).ok()
+}
+
+/// The certificate credential in a type-2 Secret: key `certificate` holding a PEM bundle with
+/// an RSA private key and a certificate. PKCS#12 (the original's format) is not yet supported.
+pub fn certificate_credential(data: &crate::view::SecretData) -> Result<ClientCredential, String> {
+    use base64::Engine;
+    let cert = data
+        .get("certificate")
+        .ok_or("the secret has no key 'certificate'")?;
+    let text = std::str::from_utf8(cert)
+        .map_err(|_| "PKCS#12 certificates are not supported yet; store a PEM bundle (private key + certificate) under 'certificate'")?;
+    let block = |label: &str| -> Option<String> {
+        let begin = format!("-----BEGIN {label}-----");
+        let end = format!("-----END {label}-----");
+        let start = text.find(&begin)?;
+        let stop = text[start..].find(&end)? + start + end.len();
+        Some(text[start..stop].to_owned())
+    };
+    let key = block("PRIVATE KEY")
+        .or_else(|| block("RSA PRIVATE KEY"))
+        .ok_or("no PEM private key under 'certificate'")?;
+    let cert_pem = block("CERTIFICATE").ok_or("no PEM certificate under 'certificate'")?;
+    let b64: String = cert_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let cert_der = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .map_err(|e| format!("certificate PEM: {e}"))?;
+    Ok(ClientCredential::Certificate {
+        key_pem: key.into_bytes(),
+        cert_der,
+    })
+}
+
+impl Credentials for AzureCredentials {
+    fn sources<'a>(
+        &'a self,
+        identity: &'a AzureIdentity,
+    ) -> BoxFuture<'a, Result<IdentitySources, TokenError>> {
+        Box::pin(async move {
+            let spec = &identity.spec;
+            let client_id = spec.client_id.to_ascii_lowercase();
+            match spec.type_ {
+                IdentityType::UserAssignedMsi => Ok(IdentitySources {
+                    cache_key: format!("msi:{client_id}"),
+                    sources: vec![Arc::new(ImdsTokenSource {
+                        http: self.http.clone(),
+                        endpoint: self.imds_endpoint.clone(),
+                        client_id: Some(spec.client_id.clone()),
+                        clock: self.clock.clone(),
+                    })],
+                }),
+                IdentityType::ServicePrincipal | IdentityType::ServicePrincipalCertificate => {
+                    let secret_ref = spec.client_password.as_ref().ok_or_else(|| {
+                        TokenError::Unavailable(format!(
+                            "identity {} has no clientPassword secret reference",
+                            identity.name_any()
+                        ))
+                    })?;
+                    let (ns, name) = (
+                        secret_ref
+                            .namespace
+                            .clone()
+                            .unwrap_or_else(|| identity.namespace().unwrap_or_default()),
+                        secret_ref.name.clone().unwrap_or_default(),
+                    );
+                    let data = self
+                        .secrets
+                        .secret(&ns, &name)
+                        .await
+                        .map_err(|e| {
+                            TokenError::Unavailable(format!(
+                                "failed to get Kubernetes secret {ns}/{name}: {e}"
+                            ))
+                        })?
+                        .ok_or_else(|| {
+                            TokenError::Unavailable(format!(
+                                "failed to get Kubernetes secret {ns}/{name}: not found"
+                            ))
+                        })?;
+                    let credential = if spec.type_ == IdentityType::ServicePrincipal {
+                        ClientCredential::Secret(client_secret_value(&data).ok_or_else(|| {
+                            TokenError::Unavailable(format!(
+                                "secret {ns}/{name} holds no client secret"
+                            ))
+                        })?)
+                    } else {
+                        certificate_credential(&data).map_err(|e| {
+                            TokenError::Unavailable(format!("secret {ns}/{name}: {e}"))
+                        })?
+                    };
+                    let authority = if spec.ad_endpoint.is_empty() {
+                        self.default_authority.clone()
+                    } else {
+                        url::Url::parse(&spec.ad_endpoint).map_err(|e| {
+                            TokenError::Unavailable(format!(
+                                "adEndpoint {:?}: {e}",
+                                spec.ad_endpoint
+                            ))
+                        })?
+                    };
+                    let tenants = std::iter::once(spec.tenant_id.clone())
+                        .chain(spec.auxiliary_tenant_ids.clone().unwrap_or_default());
+                    // Secret contents change the key, so a rotated secret is used at once.
+                    let fingerprint = {
+                        use sha2::Digest;
+                        let mut h = sha2::Sha256::new();
+                        for (k, v) in &data {
+                            h.update(k.as_bytes());
+                            h.update(v);
+                        }
+                        let d = h.finalize();
+                        d.iter()
+                            .take(8)
+                            .map(|b| format!("{b:02x}"))
+                            .collect::<String>()
+                    };
+                    let sources = tenants
+                        .map(|tenant_id| {
+                            Arc::new(ClientCredentialsSource {
+                                http: self.http.clone(),
+                                authority: authority.clone(),
+                                tenant_id,
+                                client_id: spec.client_id.clone(),
+                                credential: credential.clone(),
+                                clock: self.clock.clone(),
+                            }) as Arc<dyn TokenSource>
+                        })
+                        .collect();
+                    Ok(IdentitySources {
+                        cache_key: format!(
+                            "sp:{}:{}:{client_id}:{}:{fingerprint}",
+                            authority,
+                            spec.tenant_id.to_ascii_lowercase(),
+                            spec.auxiliary_tenant_ids
+                                .clone()
+                                .unwrap_or_default()
+                                .join(",")
+                        ),
+                        sources,
+                    })
+                }
+                IdentityType::Unknown(_) => {
+                    Err(TokenError::Unavailable("unsupported identity type".into()))
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,170 @@
+//! What the agent knows about its node: pods (by IP and by name), identities, bindings,
+//! assignments and exceptions, read from memory. `crate::kube` fills it from watches;
+//! [`MemoryView`] is the same thing filled by hand, for tests.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+
+use futures::future::BoxFuture;
+use podid_crds::policy::PodFacts;
+use podid_crds::{
+    AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding, AzurePodIdentityException,
+};
+
+/// A pod on this node, as identity matching and the built-in controller exception need it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodInfo {
+    pub facts: PodFacts,
+    /// Name of the owning ReplicaSet, if any (for the original's built-in MIC exception).
+    pub replica_set: Option<String>,
+    /// `status.podIP`.
+    pub ip: Option<IpAddr>,
+    /// True while the pod is `Pending` or `Running`.
+    pub active: bool,
+}
+
+impl PodInfo {
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.facts.namespace, self.facts.name)
+    }
+}
+
+/// Read access to the node's view of the cluster. Every method reads memory only.
+pub trait ClusterView: Send + Sync {
+    /// Active pods of this node whose `status.podIP` is `ip`.
+    fn pods_with_ip(&self, ip: IpAddr) -> Vec<PodInfo>;
+    /// A pod of this node by namespace and name.
+    fn pod(&self, namespace: &str, name: &str) -> Option<PodInfo>;
+    /// AzurePodIdentityExceptions in `namespace`.
+    fn exceptions(&self, namespace: &str) -> Vec<AzurePodIdentityException>;
+    fn bindings(&self) -> Vec<AzureIdentityBinding>;
+    fn identities(&self) -> Vec<AzureIdentity>;
+    /// AzureAssignedIdentities (of this node) for a pod.
+    fn assigned_identities(&self, namespace: &str, pod: &str) -> Vec<AzureAssignedIdentity>;
+}
+
+/// The data of a Kubernetes Secret.
+pub type SecretData = BTreeMap<String, Vec<u8>>;
+
+/// Reads Secrets that hold service-principal credentials.
+pub trait SecretSource: Send + Sync {
+    fn secret<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<SecretData>, String>>;
+}
+
+/// Everything a [`ClusterView`] and [`SecretSource`] serve, held in memory and set directly.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryState {
+    pub pods: Vec<PodInfo>,
+    pub exceptions: Vec<AzurePodIdentityException>,
+    pub bindings: Vec<AzureIdentityBinding>,
+    pub identities: Vec<AzureIdentity>,
+    pub assigned: Vec<AzureAssignedIdentity>,
+    /// Secrets by (namespace, name).
+    pub secrets: BTreeMap<(String, String), SecretData>,
+}
+
+/// A [`ClusterView`] over a [`MemoryState`] that tests can change while a server runs.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryView(pub Arc<RwLock<MemoryState>>);
+
+impl MemoryView {
+    pub fn new(state: MemoryState) -> Self {
+        Self(Arc::new(RwLock::new(state)))
+    }
+
+    pub fn update(&self, f: impl FnOnce(&mut MemoryState)) {
+        f(&mut self.0.write().expect("memory view lock"));
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, MemoryState> {
+        self.0.read().expect("memory view lock")
+    }
+}
+
+impl ClusterView for MemoryView {
+    fn pods_with_ip(&self, ip: IpAddr) -> Vec<PodInfo> {
+        self.read()
+            .pods
+            .iter()
+            .filter(|p| p.active && p.ip == Some(ip))
+            .cloned()
+            .collect()
+    }
+
+    fn pod(&self, namespace: &str, name: &str) -> Option<PodInfo> {
+        self.read()
+            .pods
+            .iter()
+            .find(|p| p.facts.namespace == namespace && p.facts.name == name)
+            .cloned()
+    }
+
+    fn exceptions(&self, namespace: &str) -> Vec<AzurePodIdentityException> {
+        use kube::ResourceExt;
+        self.read()
+            .exceptions
+            .iter()
+            .filter(|e| e.namespace().as_deref() == Some(namespace))
+            .cloned()
+            .collect()
+    }
+
+    fn bindings(&self) -> Vec<AzureIdentityBinding> {
+        self.read().bindings.clone()
+    }
+
+    fn identities(&self) -> Vec<AzureIdentity> {
+        self.read().identities.clone()
+    }
+
+    fn assigned_identities(&self, namespace: &str, pod: &str) -> Vec<AzureAssignedIdentity> {
+        self.read()
+            .assigned
+            .iter()
+            .filter(|a| a.spec.pod_namespace == namespace && a.spec.pod == pod)
+            .cloned()
+            .collect()
+    }
+}
+
+impl SecretSource for MemoryView {
+    fn secret<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<SecretData>, String>> {
+        let found = self
+            .read()
+            .secrets
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned();
+        Box::pin(async move { Ok(found) })
+    }
+}
+
+/// The only pod with this IP, or why there is none.
+pub fn pod_for_ip(view: &dyn ClusterView, ip: IpAddr) -> Result<PodInfo, PodLookupError> {
+    let mut pods = view.pods_with_ip(ip);
+    match pods.len() {
+        0 => Err(PodLookupError::Unknown(ip)),
+        1 => Ok(pods.remove(0)),
+        _ => Err(PodLookupError::Ambiguous(
+            ip,
+            pods.iter().map(PodInfo::key).collect(),
+        )),
+    }
+}
+
+/// Why a caller's address names no single pod.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PodLookupError {
+    #[error("no pod on this node has IP {0}")]
+    Unknown(IpAddr),
+    #[error("failed to match pod IP {0} with {1:?}")]
+    Ambiguous(IpAddr, Vec<String>),
+}
