@@ -20,7 +20,7 @@ fn bad(desc: &str) -> Response {
 }
 
 /// The machine behind an instance name: `<scale set>_<instance id>` or a VM name.
-fn resolve(ctx: &Ctx, instance: Option<&str>) -> Result<(Machine, String), Response> {
+fn resolve(ctx: &Ctx, instance: Option<&str>) -> Result<(Machine, String), Box<Response>> {
     let w = ctx.world.lock().expect("world");
     let instance = match instance {
         Some(i) => i.to_string(),
@@ -42,7 +42,7 @@ fn resolve(ctx: &Ctx, instance: Option<&str>) -> Result<(Machine, String), Respo
                 .collect();
             match all.as_slice() {
                 [one] => one.clone(),
-                _ => return Err((StatusCode::NOT_FOUND, axum::Json(json!({"error": "not_found", "error_description": "Several instances are emulated; call /instances/<scale set>_<instance id>/metadata/... (or /instances/<vm>/metadata/...)"}))).into_response()),
+                _ => return Err(Box::new((StatusCode::NOT_FOUND, axum::Json(json!({"error": "not_found", "error_description": "Several instances are emulated; call /instances/<scale set>_<instance id>/metadata/... (or /instances/<vm>/metadata/...)"}))).into_response())),
             }
         }
     };
@@ -58,7 +58,7 @@ fn resolve(ctx: &Ctx, instance: Option<&str>) -> Result<(Machine, String), Respo
             return Ok((m.clone(), instance));
         }
     }
-    Err((StatusCode::NOT_FOUND, axum::Json(json!({"error": "not_found", "error_description": format!("No emulated instance '{instance}'")}))).into_response())
+    Err(Box::new((StatusCode::NOT_FOUND, axum::Json(json!({"error": "not_found", "error_description": format!("No emulated instance '{instance}'")}))).into_response()))
 }
 
 fn metadata_ok(headers: &HeaderMap) -> bool {
@@ -85,7 +85,7 @@ async fn token(
     };
     let (machine, _) = match resolve(&ctx, instance.as_deref()) {
         Ok(m) => m,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let (identities, tenant) = {
         let w = ctx.world.lock().expect("world");
@@ -186,7 +186,7 @@ async fn instance(
     }
     let (m, name) = match resolve(&ctx, instance.as_deref()) {
         Ok(m) => m,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let parts: Vec<&str> = m.id.split('/').collect();
     let (sub, rg) = (

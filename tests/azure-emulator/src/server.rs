@@ -444,7 +444,7 @@ async fn jwks(State(ctx): State<Ctx>) -> impl IntoResponse {
 }
 
 /// Checks the ARM bearer token: 401 in ARM's shape when missing or invalid.
-fn arm_auth(ctx: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+fn arm_auth(ctx: &Shared, headers: &HeaderMap) -> Result<(), Box<Response>> {
     if !ctx.settings.lock().expect("settings").require_arm_auth {
         return Ok(());
     }
@@ -454,7 +454,7 @@ fn arm_auth(ctx: &Shared, headers: &HeaderMap) -> Result<(), Response> {
             json!({"error": {"code": code, "message": msg}}),
         );
         r.headers_mut().insert(header::WWW_AUTHENTICATE, "Bearer authorization_uri=\"https://login.microsoftonline.com/\", error=\"invalid_token\"".parse().expect("header"));
-        r
+        Box::new(r)
     };
     let Some(token) = headers
         .get(header::AUTHORIZATION)
@@ -523,7 +523,7 @@ async fn arm(
             .into_response();
     }
     if let Err(r) = arm_auth(&ctx, &headers) {
-        return r;
+        return *r;
     }
     if q.api_version.is_none() {
         return arm_error(&ArmError::new(

@@ -103,14 +103,15 @@ async fn compute_sdk_reads_and_updates_a_scale_set() {
     // The typed model of this SDK line cannot carry userAssignedIdentities entries (its
     // `UserAssignedIdentities` is an empty struct), so podid sends identity deltas as raw JSON
     // through the same pipeline; the typed update still changes `type`.
-    let mut update =
-        azure_mgmt_compute::package_2024_07_01::models::VirtualMachineScaleSetUpdate::default();
-    update.identity = Some(
-        azure_mgmt_compute::package_2024_07_01::models::VirtualMachineScaleSetIdentity {
-            type_: Some(Type::None),
-            ..Default::default()
-        },
-    );
+    let update = azure_mgmt_compute::package_2024_07_01::models::VirtualMachineScaleSetUpdate {
+        identity: Some(
+            azure_mgmt_compute::package_2024_07_01::models::VirtualMachineScaleSetIdentity {
+                type_: Some(Type::None),
+                ..Default::default()
+            },
+        ),
+        ..Default::default()
+    };
     let updated = sets
         .update(
             "MC_rg",
