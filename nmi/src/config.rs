@@ -1,1 +1,170 @@
+//! Command-line flags: the original NMI's (same names and defaults; boolean flags also accept
+//! `--flag=true|false` as Go's did) plus podid's own.
 
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use clap::{ArgAction, Parser, ValueEnum};
+
+use crate::resolve::Mode;
+use crate::server::ServerConfig;
+use crate::wait::RetryPolicy;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "podid-nmi",
+    version,
+    about = "podid node agent (aad-pod-identity NMI replacement)"
+)]
+pub struct Flags {
+    /// This node's name (the pod watch is limited to it).
+    #[arg(long = "node", env = "NODE_NAME")]
+    pub node: String,
+    /// The node's IP (accepted for compatibility; the redirect goes to the listen address).
+    #[arg(long = "host-ip", env = "HOST_IP")]
+    pub host_ip: Option<String>,
+    #[arg(long = "nmi-listen-address", default_value = "127.0.0.1")]
+    pub listen_address: Ipv4Addr,
+    #[arg(long = "nmi-port", default_value_t = 2579)]
+    pub port: u16,
+    #[arg(long = "metadata-ip", default_value = "169.254.169.254")]
+    pub metadata_ip: Ipv4Addr,
+    #[arg(long = "metadata-port", default_value_t = 80)]
+    pub metadata_port: u16,
+    /// podid: where IMDS really is, overriding metadata-ip/port for outgoing calls (tests point
+    /// it at an emulator). The iptables rules still use metadata-ip/port.
+    #[arg(long = "imds-endpoint")]
+    pub imds_endpoint: Option<url::Url>,
+    /// podid: the Entra authority used for service principals without `adEndpoint`.
+    #[arg(
+        long = "entra-authority",
+        env = "AZURE_AUTHORITY_HOST",
+        default_value = "https://login.microsoftonline.com/"
+    )]
+    pub entra_authority: url::Url,
+    #[arg(long = "ipt-update-interval-sec", default_value_t = 60)]
+    pub ipt_update_interval_sec: u64,
+    /// podid: set to false to leave iptables alone (another component redirects IMDS traffic).
+    #[arg(long = "manage-iptables", default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub manage_iptables: bool,
+    #[arg(long = "forceNamespaced", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub force_namespaced: bool,
+    #[arg(long = "MICNamespace", default_value = "default")]
+    pub mic_namespace: String,
+    #[arg(long = "http-probe-port", default_value_t = 8080)]
+    pub http_probe_port: u16,
+    #[arg(long = "prometheus-port", default_value_t = 9090)]
+    pub prometheus_port: u16,
+    #[arg(long = "retry-attempts-for-created", default_value_t = 16)]
+    pub retry_attempts_for_created: u32,
+    #[arg(long = "retry-attempts-for-assigned", default_value_t = 4)]
+    pub retry_attempts_for_assigned: u32,
+    /// Seconds between reads of a pod's AzureAssignedIdentities.
+    #[arg(long = "find-identity-retry-interval", default_value_t = 5)]
+    pub find_identity_retry_interval: u64,
+    /// podid: make pods that no binding grants an identity wait the full retry schedule
+    /// (the original's ~80 s) instead of answering 404 at once.
+    #[arg(long = "wait-for-unbound-pods", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub wait_for_unbound_pods: bool,
+    /// podid: reuse a token until this many seconds before it expires (0 disables the cache).
+    #[arg(long = "token-refresh-margin-sec", default_value_t = 300)]
+    pub token_refresh_margin_sec: u64,
+    #[arg(long = "block-instance-metadata", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub block_instance_metadata: bool,
+    #[arg(long = "metadata-header-required", default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub metadata_header_required: bool,
+    #[arg(
+        long = "operation-mode",
+        value_enum,
+        ignore_case = true,
+        default_value = "standard"
+    )]
+    pub operation_mode: Mode,
+    #[arg(long = "allow-network-plugin-kubenet", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub allow_network_plugin_kubenet: bool,
+    #[arg(long = "kubelet-config", default_value = "/etc/default/kubelet")]
+    pub kubelet_config: std::path::PathBuf,
+    #[arg(long = "set-retry-after-header", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub set_retry_after_header: bool,
+    /// Accepted for compatibility; conntrack entries are not deleted yet.
+    #[arg(long = "enable-conntrack-deletion", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub enable_conntrack_deletion: bool,
+    /// Accepted for compatibility; the AzureAssignedIdentity watch is always limited to this node.
+    #[arg(long = "enableScaleFeatures", default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub enable_scale_features: bool,
+    /// Accepted for compatibility; there is no profiler.
+    #[arg(long = "enableProfile", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub enable_profile: bool,
+    #[arg(long = "log-format", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Accepted for compatibility.
+    #[arg(long = "custom-user-agent", default_value = "")]
+    pub custom_user_agent: String,
+    /// podid: seconds to wait after removing the iptables rules before exiting (the original: 10).
+    #[arg(long = "shutdown-delay-sec", default_value_t = 10)]
+    pub shutdown_delay_sec: u64,
+}
+
+impl Flags {
+    /// `--forceNamespaced`, or env `FORCENAMESPACED=true` as in the original.
+    pub fn force_namespaced(&self) -> bool {
+        self.force_namespaced || std::env::var("FORCENAMESPACED").is_ok_and(|v| v == "true")
+    }
+
+    /// Where outgoing IMDS calls go.
+    pub fn imds_endpoint(&self) -> url::Url {
+        self.imds_endpoint.clone().unwrap_or_else(|| {
+            url::Url::parse(&format!(
+                "http://{}:{}/",
+                self.metadata_ip, self.metadata_port
+            ))
+            .expect("IP and port form a URL")
+        })
+    }
+
+    /// Checks the combinations the original refused at start-up.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.node.is_empty() {
+            return Err("--node (or NODE_NAME) must be set".into());
+        }
+        if self.operation_mode == Mode::Managed && !self.force_namespaced() {
+            return Err("managed mode not intialized in force namespaced mode".into());
+        }
+        Ok(())
+    }
+
+    pub fn server_config(&self) -> ServerConfig {
+        ServerConfig {
+            mode: self.operation_mode,
+            force_namespaced: self.force_namespaced(),
+            metadata_header_required: self.metadata_header_required,
+            block_instance_metadata: self.block_instance_metadata,
+            set_retry_after_header: self.set_retry_after_header,
+            retry: RetryPolicy {
+                created_attempts: self.retry_attempts_for_created,
+                assigned_attempts: self.retry_attempts_for_assigned,
+                interval: Duration::from_secs(self.find_identity_retry_interval),
+            },
+            wait_for_unbound_pods: self.wait_for_unbound_pods,
+            mic_namespace: self.mic_namespace.clone(),
+            imds_endpoint: self.imds_endpoint(),
+            ..ServerConfig::default()
+        }
+    }
+
+    pub fn rule_spec(&self) -> crate::iptables::RuleSpec {
+        crate::iptables::RuleSpec {
+            metadata_ip: self.metadata_ip,
+            metadata_port: self.metadata_port,
+            target_ip: self.listen_address,
+            target_port: self.port,
+        }
+    }
+}

@@ -1,1 +1,266 @@
-//! Placeholder, filled below.
+//! The node's view of the cluster, kept current by watches: pods of this node only (field
+//! selector `spec.nodeName=<node>`), this node's AzureAssignedIdentities (label
+//! `nodename=<node>`), bindings, identities and exceptions; Secrets of service principals are
+//! watched one by one, on first use.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use podid_crds::policy::PodFacts;
+use podid_crds::{
+    AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding, AzurePodIdentityException,
+    NODENAME_LABEL,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::view::{ClusterView, PodInfo, SecretData, SecretSource};
+
+/// How long start-up waits for the first list of every watch.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn spawn_reflector<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    shutdown: CancellationToken,
+    what: &'static str,
+) -> Store<K>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, config)
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects();
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                ev = stream.next() => match ev {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => tracing::warn!(watch = what, error = %e, "watch error; retrying"),
+                    None => break,
+                }
+            }
+        }
+    });
+    reader
+}
+
+/// Pod facts plus what the agent needs beyond them.
+pub fn pod_info(pod: &Pod) -> PodInfo {
+    let status = pod.status.as_ref();
+    let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or("");
+    PodInfo {
+        facts: PodFacts::from(pod),
+        replica_set: pod
+            .owner_references()
+            .iter()
+            .find(|o| o.kind.eq_ignore_ascii_case("ReplicaSet"))
+            .map(|o| o.name.clone()),
+        ip: status
+            .and_then(|s| s.pod_ip.as_deref())
+            .and_then(|ip| ip.parse().ok()),
+        active: matches!(phase, "Pending" | "Running"),
+    }
+}
+
+/// A [`ClusterView`] backed by watch caches.
+#[derive(Clone)]
+pub struct KubeView {
+    pods: Store<Pod>,
+    assigned: Option<Store<AzureAssignedIdentity>>,
+    bindings: Store<AzureIdentityBinding>,
+    identities: Store<AzureIdentity>,
+    exceptions: Store<AzurePodIdentityException>,
+}
+
+impl KubeView {
+    /// Starts the watches and waits until each has listed once. `assigned_for_node` is the
+    /// node name whose AzureAssignedIdentities are watched (standard mode), or `None`.
+    pub async fn start(
+        client: Client,
+        node: &str,
+        watch_assigned: bool,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let pods = spawn_reflector(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default().fields(&format!("spec.nodeName={node}")),
+            shutdown.clone(),
+            "pods",
+        );
+        let assigned = watch_assigned.then(|| {
+            spawn_reflector(
+                Api::<AzureAssignedIdentity>::all(client.clone()),
+                watcher::Config::default().labels(&format!("{NODENAME_LABEL}={node}")),
+                shutdown.clone(),
+                "azureassignedidentities",
+            )
+        });
+        let bindings = spawn_reflector(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            shutdown.clone(),
+            "azureidentitybindings",
+        );
+        let identities = spawn_reflector(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            shutdown.clone(),
+            "azureidentities",
+        );
+        let exceptions = spawn_reflector(
+            Api::all(client),
+            watcher::Config::default(),
+            shutdown.clone(),
+            "azurepodidentityexceptions",
+        );
+        let view = Self {
+            pods,
+            assigned,
+            bindings,
+            identities,
+            exceptions,
+        };
+        tokio::time::timeout(SYNC_TIMEOUT, async {
+            view.pods.wait_until_ready().await?;
+            if let Some(a) = &view.assigned {
+                a.wait_until_ready().await?;
+            }
+            view.bindings.wait_until_ready().await?;
+            view.identities.wait_until_ready().await?;
+            view.exceptions.wait_until_ready().await?;
+            Ok::<_, reflector::store::WriterDropped>(())
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("the initial list of pods and identity objects did not complete within {SYNC_TIMEOUT:?}"))??;
+        Ok(view)
+    }
+}
+
+impl ClusterView for KubeView {
+    fn pods_with_ip(&self, ip: IpAddr) -> Vec<PodInfo> {
+        self.pods
+            .state()
+            .iter()
+            .map(|p| pod_info(p))
+            .filter(|p| p.active && p.ip == Some(ip))
+            .collect()
+    }
+
+    fn pod(&self, namespace: &str, name: &str) -> Option<PodInfo> {
+        self.pods
+            .get(&reflector::ObjectRef::new(name).within(namespace))
+            .map(|p| pod_info(&p))
+    }
+
+    fn exceptions(&self, namespace: &str) -> Vec<AzurePodIdentityException> {
+        self.exceptions
+            .state()
+            .iter()
+            .filter(|e| e.namespace().as_deref() == Some(namespace))
+            .map(|e| (**e).clone())
+            .collect()
+    }
+
+    fn bindings(&self) -> Vec<AzureIdentityBinding> {
+        self.bindings
+            .state()
+            .iter()
+            .map(|b| (**b).clone())
+            .collect()
+    }
+
+    fn identities(&self) -> Vec<AzureIdentity> {
+        self.identities
+            .state()
+            .iter()
+            .map(|i| (**i).clone())
+            .collect()
+    }
+
+    fn assigned_identities(&self, namespace: &str, pod: &str) -> Vec<AzureAssignedIdentity> {
+        self.assigned
+            .as_ref()
+            .map(|s| {
+                s.state()
+                    .iter()
+                    .filter(|a| a.spec.pod_namespace == namespace && a.spec.pod == pod)
+                    .map(|a| (**a).clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Service-principal Secrets, each watched by name (field selector `metadata.name`) from its
+/// first use, so a request reads memory and a rotated secret is seen at once.
+#[derive(Clone)]
+pub struct SecretCache {
+    client: Client,
+    stores: Arc<Mutex<HashMap<(String, String), Store<Secret>>>>,
+    shutdown: CancellationToken,
+}
+
+impl SecretCache {
+    pub fn new(client: Client, shutdown: CancellationToken) -> Self {
+        Self {
+            client,
+            stores: Arc::default(),
+            shutdown,
+        }
+    }
+}
+
+impl SecretSource for SecretCache {
+    fn secret<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<SecretData>, String>> {
+        Box::pin(async move {
+            let key = (namespace.to_owned(), name.to_owned());
+            let store = {
+                let mut stores = self.stores.lock().expect("secret cache lock");
+                stores
+                    .entry(key)
+                    .or_insert_with(|| {
+                        spawn_reflector(
+                            Api::<Secret>::namespaced(self.client.clone(), namespace),
+                            watcher::Config::default().fields(&format!("metadata.name={name}")),
+                            self.shutdown.clone(),
+                            "secret",
+                        )
+                    })
+                    .clone()
+            };
+            tokio::time::timeout(Duration::from_secs(10), store.wait_until_ready())
+                .await
+                .map_err(|_| {
+                    "the secret could not be listed within 10s (RBAC or API server)".to_owned()
+                })?
+                .map_err(|e| e.to_string())?;
+            Ok(store
+                .get(&reflector::ObjectRef::new(name).within(namespace))
+                .map(|s| {
+                    s.data
+                        .clone()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.0))
+                        .collect()
+                }))
+        })
+    }
+}

@@ -266,7 +266,8 @@ async fn token(agent: &Agent, ip: IpAddr, req: Request) -> Outcome {
             return Outcome::new(Reply::text(403, e.to_string()), "unknown_pod").resource(&parsed);
         }
         Err(e) => {
-            return Outcome::new(Reply::text(500, e.to_string()), "ambiguous_pod").resource(&parsed);
+            return Outcome::new(Reply::text(500, e.to_string()), "ambiguous_pod")
+                .resource(&parsed);
         }
     };
     record_pod(&pod);
