@@ -2,7 +2,7 @@
 //! functions over plain data. The operator (desired assignments), the node agent (which identity
 //! a pod may ask for) and the CLI (migration report) all call these, so the rules exist once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
@@ -153,14 +153,91 @@ pub fn pod_identities<'a>(
     identities: &'a [AzureIdentity],
     opts: MatchOptions,
 ) -> PodIdentities<'a> {
+    grants_from(
+        pod,
+        matching_bindings(pod, bindings, opts),
+        |b| identity_for_binding(b, identities),
+        opts,
+    )
+}
+
+/// Bindings by selector and identities by namespace and name, for matching many pods against
+/// the same objects (the operator's pass, the CLI's report) without rescanning them per pod.
+pub struct IdentityIndex<'a> {
+    by_selector: HashMap<&'a str, Vec<&'a AzureIdentityBinding>>,
+    identities: HashMap<(String, &'a str), &'a AzureIdentity>,
+}
+
+impl<'a> IdentityIndex<'a> {
+    pub fn new(bindings: &'a [AzureIdentityBinding], identities: &'a [AzureIdentity]) -> Self {
+        let mut by_selector: HashMap<&'a str, Vec<&'a AzureIdentityBinding>> = HashMap::new();
+        for b in bindings {
+            by_selector
+                .entry(b.spec.selector.as_str())
+                .or_default()
+                .push(b);
+        }
+        for list in by_selector.values_mut() {
+            list.sort_by_key(|b| (b.namespace(), b.name_any()));
+        }
+        let identities = identities
+            .iter()
+            .filter_map(|i| {
+                let name = i.metadata.name.as_deref()?;
+                Some(((i.namespace().unwrap_or_default(), name), i))
+            })
+            .collect();
+        Self {
+            by_selector,
+            identities,
+        }
+    }
+
+    /// [`pod_identities`] over the index: the same result, without scanning every object.
+    pub fn pod_identities(&self, pod: &PodFacts, opts: MatchOptions) -> PodIdentities<'a> {
+        let matching: Vec<&'a AzureIdentityBinding> = pod
+            .binding_label()
+            .filter(|v| !v.is_empty())
+            .and_then(|l| self.by_selector.get(l))
+            .map(|list| {
+                list.iter()
+                    .copied()
+                    .filter(|b| {
+                        !opts.pod_namespace_only || b.namespace().as_deref() == Some(&pod.namespace)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        grants_from(
+            pod,
+            matching,
+            |b| {
+                self.identities
+                    .get(&(
+                        b.namespace().unwrap_or_default(),
+                        b.spec.azure_identity.as_str(),
+                    ))
+                    .copied()
+            },
+            opts,
+        )
+    }
+}
+
+fn grants_from<'a>(
+    pod: &PodFacts,
+    matching: Vec<&'a AzureIdentityBinding>,
+    lookup: impl Fn(&AzureIdentityBinding) -> Option<&'a AzureIdentity>,
+    opts: MatchOptions,
+) -> PodIdentities<'a> {
     let mut out = PodIdentities::default();
-    for binding in matching_bindings(pod, bindings, opts) {
+    for binding in matching {
         if binding.spec.azure_identity.is_empty() {
             out.skipped.push((binding, GrantSkip::NoIdentityNamed));
             continue;
         }
         let name = binding.spec.azure_identity.clone();
-        let Some(identity) = identity_for_binding(binding, identities) else {
+        let Some(identity) = lookup(binding) else {
             out.skipped
                 .push((binding, GrantSkip::IdentityMissing { identity: name }));
             continue;

@@ -556,3 +556,53 @@ fn crds_keep_the_original_names_and_no_assigned_identity_status_subresource() {
     assert!(crds[2].spec.versions[0].subresources.is_none());
     assert!(crds.iter().all(|c| c.spec.scope == "Namespaced"));
 }
+
+#[test]
+fn the_index_gives_the_same_answers_as_the_scan() {
+    let ids = [
+        msi("a", "id1", "c1"),
+        namespaced(msi("b", "id2", "c2")),
+        msi("b", "id1", "c3"),
+    ];
+    let bs = [
+        binding("b", "b2", "id2", "s"),
+        binding("a", "b1", "id1", "s"),
+        binding("b", "b3", "id1", "s"),
+        binding("a", "b4", "missing", "s"),
+        binding("a", "b5", "", "t"),
+    ];
+    let index = podid_crds::policy::IdentityIndex::new(&bs, &ids);
+    for p in [
+        pod("a", "p", Some("s")),
+        pod("b", "p", Some("s")),
+        pod("a", "p", Some("t")),
+        pod("a", "p", None),
+    ] {
+        for o in [
+            MatchOptions::standard(false),
+            MatchOptions::standard(true),
+            MatchOptions::managed(),
+        ] {
+            let scan = pod_identities(&p, &bs, &ids, o);
+            let fast = index.pod_identities(&p, o);
+            let names = |x: &podid_crds::policy::PodIdentities| {
+                (
+                    x.grants
+                        .iter()
+                        .map(|g| {
+                            (
+                                g.binding.metadata.name.clone(),
+                                g.identity.spec.client_id.clone(),
+                            )
+                        })
+                        .collect::<Vec<_>>(),
+                    x.skipped
+                        .iter()
+                        .map(|(b, s)| (b.metadata.name.clone(), s.clone()))
+                        .collect::<Vec<_>>(),
+                )
+            };
+            assert_eq!(names(&scan), names(&fast), "{p:?} {o:?}");
+        }
+    }
+}

@@ -559,15 +559,16 @@ pub fn scale_objects(namespaces: usize, pods: usize) -> Vec<Value> {
     let deployments = pods.div_ceil(5);
     for d in 0..deployments {
         let ns = format!("team-{:03}", d % namespaces);
+        let selector = format!("app-{ns}");
         if d < namespaces {
             o.push(uami(&ns, "app-id", &cid(1000 + d as u32)));
-            o.push(binding(&ns, "app-binding", "app-id", "app"));
+            o.push(binding(&ns, "app-binding", "app-id", &selector));
         }
         let name = format!("svc-{d:05}");
         let labels = if d % 10 == 9 {
             json!({"app": name})
         } else {
-            json!({"app": name, "aadpodidbinding": "app"})
+            json!({"app": name, "aadpodidbinding": selector})
         };
         let t = template(
             labels,

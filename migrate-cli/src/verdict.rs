@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use kube::ResourceExt;
-use podid_crds::policy::{GrantSkip, MatchOptions, PodFacts, is_pod_excepted, pod_identities};
+use podid_crds::policy::{GrantSkip, IdentityIndex, MatchOptions, PodFacts, is_pod_excepted};
 use podid_crds::{AzureIdentity, IdentityType, POD_LABEL};
 use serde::{Deserialize, Serialize};
 
@@ -166,7 +166,12 @@ fn identity_ref(id: &AzureIdentity, binding: &str) -> IdentityRef {
 }
 
 /// First pass: what one workload uses and what it alone decides (no cross-workload rules).
-pub fn assess_one(w: &Workload, inv: &Inventory, ctx: &ClusterContext) -> Assessment {
+pub fn assess_one(
+    w: &Workload,
+    inv: &Inventory,
+    index: &IdentityIndex<'_>,
+    ctx: &ClusterContext,
+) -> Assessment {
     let pod = PodFacts {
         namespace: w.namespace.clone(),
         name: w.name.clone(),
@@ -183,7 +188,7 @@ pub fn assess_one(w: &Workload, inv: &Inventory, ctx: &ClusterContext) -> Assess
     let mut ids: Vec<&AzureIdentity> = Vec::new();
 
     if let Some(label) = &label {
-        let matched = pod_identities(&pod, &inv.bindings, &inv.identities, ctx.match_options);
+        let matched = index.pod_identities(&pod, ctx.match_options);
         for g in &matched.grants {
             identities.push(identity_ref(g.identity, &g.binding.name_any()));
             ids.push(g.identity);
@@ -316,9 +321,10 @@ pub fn assess_one(w: &Workload, inv: &Inventory, ctx: &ClusterContext) -> Assess
 /// Assesses every workload, applying the cross-workload rules (shared ServiceAccounts, the
 /// 20-credential limit) and the per-workload steps.
 pub fn assess(inv: &Inventory, ctx: &ClusterContext) -> Vec<Assessment> {
+    let index = IdentityIndex::new(&inv.bindings, &inv.identities);
     let mut all: Vec<Assessment> = workloads(inv)
         .iter()
-        .map(|w| assess_one(w, inv, ctx))
+        .map(|w| assess_one(w, inv, &index, ctx))
         .collect();
 
     // Target ServiceAccount: the workload's own, or a dedicated one instead of `default`.
