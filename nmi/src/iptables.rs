@@ -134,15 +134,13 @@ impl Iptables {
             cmd: cmd.clone(),
             source,
         })?;
-        if let Some(mut pipe) = child.stdin.take() {
-            if let Some(input) = stdin {
-                pipe.write_all(input.as_bytes())
-                    .await
-                    .map_err(|source| IptablesError::Spawn {
-                        cmd: cmd.clone(),
-                        source,
-                    })?;
-            }
+        if let (Some(mut pipe), Some(input)) = (child.stdin.take(), stdin) {
+            pipe.write_all(input.as_bytes())
+                .await
+                .map_err(|source| IptablesError::Spawn {
+                    cmd: cmd.clone(),
+                    source,
+                })?;
         }
         let out = child
             .wait_with_output()

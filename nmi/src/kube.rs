@@ -204,12 +204,15 @@ impl ClusterView for KubeView {
     }
 }
 
+/// One watch cache per (namespace, name).
+type SecretStores = HashMap<(String, String), Store<Secret>>;
+
 /// Service-principal Secrets, each watched by name (field selector `metadata.name`) from its
 /// first use, so a request reads memory and a rotated secret is seen at once.
 #[derive(Clone)]
 pub struct SecretCache {
     client: Client,
-    stores: Arc<Mutex<HashMap<(String, String), Store<Secret>>>>,
+    stores: Arc<Mutex<SecretStores>>,
     shutdown: CancellationToken,
 }
 

@@ -367,7 +367,7 @@ fn select_assigned_one_none_several() {
     let a = msi("ns", "a", "client-a");
     let b = msi("other", "b", "client-b");
     assert_eq!(
-        select_assigned(&p, &unspecified(), &[a.clone()], false)
+        select_assigned(&p, &unspecified(), std::slice::from_ref(&a), false)
             .unwrap()
             .spec
             .client_id,
