@@ -141,11 +141,11 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!("shutting down");
     shutdown.cancel();
     let mut cleanup_failed = false;
-    if flags.manage_iptables {
-        if let Err(e) = ipt.cleanup().await {
-            tracing::error!(error = %e, "removing iptables rules");
-            cleanup_failed = true;
-        }
+    if flags.manage_iptables
+        && let Err(e) = ipt.cleanup().await
+    {
+        tracing::error!(error = %e, "removing iptables rules");
+        cleanup_failed = true;
     }
     while tasks.join_next().await.is_some() {}
     tokio::time::sleep(Duration::from_secs(flags.shutdown_delay_sec)).await;
