@@ -461,12 +461,7 @@ async fn proxy(agent: &Agent, req: Request) -> Outcome {
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "/".into());
-    let mut url = agent.config.imds_endpoint.clone();
-    let (path, query) = path_and_query
-        .split_once('?')
-        .map_or((path_and_query.as_str(), None), |(p, q)| (p, Some(q)));
-    url.set_path(path);
-    url.set_query(query);
+    let url = crate::token::imds_url(&agent.config.imds_endpoint, &path_and_query);
     let (parts, body) = req.into_parts();
     let body = match axum::body::to_bytes(body, 1 << 20).await {
         Ok(b) => b,

@@ -168,6 +168,19 @@ async fn read_token(
         .map_err(|e| TokenError::Unavailable(format!("{kind}: {e}")))
 }
 
+/// `path` under an IMDS base URL, keeping any path prefix of the base (an emulator may serve
+/// IMDS under `/instances/<name>`).
+pub fn imds_url(base: &url::Url, path_and_query: &str) -> url::Url {
+    let mut url = base.clone();
+    let (path, query) = path_and_query
+        .split_once('?')
+        .map_or((path_and_query, None), |(p, q)| (p, Some(q)));
+    let prefix = base.path().trim_end_matches('/');
+    url.set_path(&format!("{prefix}{path}"));
+    url.set_query(query);
+    url
+}
+
 /// A user-assigned managed identity through the node's IMDS (type 0).
 pub struct ImdsTokenSource {
     pub http: reqwest::Client,
@@ -181,10 +194,7 @@ pub struct ImdsTokenSource {
 impl TokenSource for ImdsTokenSource {
     fn fetch<'a>(&'a self, resource: &'a str) -> BoxFuture<'a, Result<AccessToken, TokenError>> {
         Box::pin(async move {
-            let mut url = self
-                .endpoint
-                .join("/metadata/identity/oauth2/token")
-                .map_err(|e| TokenError::Unavailable(format!("IMDS endpoint: {e}")))?;
+            let mut url = imds_url(&self.endpoint, "/metadata/identity/oauth2/token");
             {
                 let mut q = url.query_pairs_mut();
                 q.append_pair("api-version", "2018-02-01");

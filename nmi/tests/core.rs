@@ -607,3 +607,18 @@ fn kubenet_guard() {
         "KUBELET_FLAGS=--network-plugin=cni"
     ));
 }
+
+#[test]
+fn imds_urls_keep_the_base_path() {
+    use podid_nmi::token::imds_url;
+    let plain = url::Url::parse("http://169.254.169.254:80/").unwrap();
+    assert_eq!(
+        imds_url(&plain, "/metadata/instance?api-version=1").as_str(),
+        "http://169.254.169.254/metadata/instance?api-version=1"
+    );
+    let prefixed = url::Url::parse("http://127.0.0.1:9/instances/vmss_0").unwrap();
+    assert_eq!(
+        imds_url(&prefixed, "/metadata/identity/oauth2/token").as_str(),
+        "http://127.0.0.1:9/instances/vmss_0/metadata/identity/oauth2/token"
+    );
+}

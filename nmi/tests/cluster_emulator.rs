@@ -1,0 +1,285 @@
+//! The security matrix on a real API server (kwok pods with 127.x IPs) and the Azure emulator
+//! (IMDS + Entra): podid-nmi in-process, watching the cluster for one fake AKS node, answering
+//! pods that call from their own addresses.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use base64::Engine;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Api, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use podid_azure_emulator::{Emulator, Settings};
+use podid_crds::{
+    AzureIdentity, AzureIdentityBinding, AzureIdentityBindingSpec, AzureIdentitySpec,
+    AzurePodIdentityException, AzurePodIdentityExceptionSpec, IdentityType,
+};
+use podid_nmi::cache::{Clock, SystemClock, TokenCache};
+use podid_nmi::kube::{KubeView, SecretCache};
+use podid_nmi::metrics::Metrics;
+use podid_nmi::resolve::Mode;
+use podid_nmi::server::{self, Agent, ServerConfig};
+use podid_nmi::token::{AzureCredentials, http_client};
+use podid_testkit::{Cluster, NodePool};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+fn obj<T: serde::de::DeserializeOwned>(v: Value) -> T {
+    serde_json::from_value(v).expect("valid object")
+}
+
+fn claims(token: &str) -> Value {
+    let payload = token.split('.').nth(1).expect("a JWT");
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+async fn call(agent: SocketAddr, from: IpAddr, query: &str) -> (u16, String) {
+    let resp = reqwest::Client::builder()
+        .local_address(from)
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!(
+            "http://{agent}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net&{query}"
+        ))
+        .header("Metadata", "true")
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn managed_mode_security_matrix_on_a_real_apiserver_and_the_emulator() {
+    let cluster = Cluster::shared_async().await;
+    let ns = cluster.namespace("nmi").await;
+    let client = ns.client.clone();
+    let pool = NodePool::aks("nmi", 1);
+    cluster.add_nodes(&pool).await.expect("fake node ready");
+    let node = pool.node_name(0);
+
+    // Azure: identities a and b are on the node's scale set, c is not; app sp has a secret.
+    let emu = Emulator::start(Settings::default()).await.unwrap();
+    let vmss = emu.add_scale_set(&pool.resource_group, &pool.scale_set, 1);
+    let (a, b, c) = (
+        emu.add_identity("rg", "id-a"),
+        emu.add_identity("rg", "id-b"),
+        emu.add_identity("rg", "id-c"),
+    );
+    emu.preassign(&vmss, &a.id);
+    emu.preassign(&vmss, &b.id);
+    let sp_client = "5e1f0000-0000-0000-0000-00000000c0de";
+    emu.add_app(sp_client, Some("s3cret"), None);
+
+    // Kubernetes: identities, bindings, an exception, a Secret and five pods on the node.
+    let ids: Api<AzureIdentity> = Api::namespaced(client.clone(), &ns.name);
+    for (name, ident) in [("a", &a), ("b", &b), ("c", &c)] {
+        let spec = AzureIdentitySpec {
+            type_: IdentityType::UserAssignedMsi,
+            client_id: ident.client_id.clone(),
+            resource_id: ident.id.clone(),
+            ..Default::default()
+        };
+        ids.create(&PostParams::default(), &AzureIdentity::new(name, spec))
+            .await
+            .unwrap();
+    }
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    secrets
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": "sp-secret"}, "stringData": {"clientsecret": "s3cret"}})),
+        )
+        .await
+        .unwrap();
+    let sp = AzureIdentitySpec {
+        type_: IdentityType::ServicePrincipal,
+        client_id: sp_client.into(),
+        tenant_id: emu.tenant_id(),
+        ad_endpoint: format!("{}/", emu.arm_endpoint()),
+        client_password: Some(obj(json!({"name": "sp-secret", "namespace": ns.name}))),
+        ..Default::default()
+    };
+    ids.create(&PostParams::default(), &AzureIdentity::new("sp", sp))
+        .await
+        .unwrap();
+    let bindings: Api<AzureIdentityBinding> = Api::namespaced(client.clone(), &ns.name);
+    for (identity, selector) in [
+        ("a", "sel-a"),
+        ("b", "sel-b"),
+        ("c", "sel-c"),
+        ("sp", "sel-sp"),
+    ] {
+        let spec = AzureIdentityBindingSpec {
+            azure_identity: identity.into(),
+            selector: selector.into(),
+            ..Default::default()
+        };
+        bindings
+            .create(
+                &PostParams::default(),
+                &AzureIdentityBinding::new(&format!("bind-{identity}"), spec),
+            )
+            .await
+            .unwrap();
+    }
+    Api::<AzurePodIdentityException>::namespaced(client.clone(), &ns.name)
+        .create(
+            &PostParams::default(),
+            &AzurePodIdentityException::new(
+                "agents",
+                AzurePodIdentityExceptionSpec {
+                    pod_labels: [("app".to_owned(), "agent".to_owned())].into(),
+                    ..Default::default()
+                },
+            ),
+        )
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let labels = [
+        ("pod-a", json!({"aadpodidbinding": "sel-a"})),
+        ("pod-b", json!({"aadpodidbinding": "sel-b"})),
+        ("pod-c", json!({"aadpodidbinding": "sel-c"})),
+        ("pod-sp", json!({"aadpodidbinding": "sel-sp"})),
+        ("pod-none", json!({})),
+        ("pod-agent", json!({"app": "agent"})),
+    ];
+    for (name, l) in &labels {
+        pods.create(
+            &PostParams::default(),
+            &obj(json!({
+                "metadata": {"name": name, "labels": l},
+                "spec": {"nodeName": node, "containers": [{"name": "c", "image": "registry.invalid/app:1"}]}
+            })),
+        )
+        .await
+        .unwrap();
+    }
+    let mut ips = std::collections::BTreeMap::<String, IpAddr>::new();
+    let wait = async {
+        let mut stream = watcher(pods.clone(), watcher::Config::default())
+            .applied_objects()
+            .boxed();
+        while let Some(p) = stream.try_next().await.unwrap() {
+            let st = p.status.as_ref();
+            if st.and_then(|s| s.phase.as_deref()) == Some("Running")
+                && let Some(ip) = st.and_then(|s| s.pod_ip.as_deref())
+            {
+                ips.insert(p.metadata.name.clone().unwrap(), ip.parse().unwrap());
+            }
+            if ips.len() == labels.len() {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), wait)
+        .await
+        .expect("pods Running with IPs");
+
+    // The agent for this node, in managed mode.
+    let shutdown = CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    let view = KubeView::start(client.clone(), &node, false, shutdown.clone())
+        .await
+        .unwrap();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let imds = url::Url::parse(&emu.imds_endpoint(&format!("{}_0", pool.scale_set))).unwrap();
+    let agent = Arc::new(Agent {
+        config: ServerConfig {
+            mode: Mode::Managed,
+            force_namespaced: true,
+            imds_endpoint: imds.clone(),
+            ..Default::default()
+        },
+        view: Arc::new(view),
+        credentials: Arc::new(AzureCredentials {
+            http: http_client(),
+            imds_endpoint: imds,
+            default_authority: url::Url::parse(&emu.arm_endpoint()).unwrap(),
+            secrets: Arc::new(SecretCache::new(client.clone(), shutdown.clone())),
+            clock: clock.clone(),
+        }),
+        cache: TokenCache::new(clock.clone(), Duration::from_secs(300)),
+        metrics: Metrics::new(),
+        clock,
+        http: http_client(),
+        initialized: AtomicBool::new(true),
+        shutdown: shutdown.clone(),
+    });
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], listener.local_addr().unwrap().port()));
+    tokio::spawn(server::serve(
+        listener,
+        server::router(agent),
+        shutdown.clone(),
+    ));
+
+    // A pod gets a token for its own identity from IMDS.
+    let (status, body) = call(addr, ips["pod-a"], "").await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let token = claims(v["access_token"].as_str().unwrap());
+    assert_eq!(token["appid"], a.client_id.as_str());
+    assert_eq!(token["aud"], "https://vault.azure.net");
+    let (status, body) = call(
+        addr,
+        ips["pod-b"],
+        &format!("client_id={}", b.client_id.to_uppercase()),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Another pod's identity, even one that is on the node: 403, and IMDS is not asked.
+    emu.reset_calls();
+    let (status, body) = call(addr, ips["pod-a"], &format!("client_id={}", b.client_id)).await;
+    assert_eq!(status, 403, "{body}");
+    let (status, _) = call(addr, ips["pod-a"], &format!("msi_res_id={}", b.id)).await;
+    assert_eq!(status, 403);
+    // No identity: 404 at once. An address that is no pod: 403.
+    let (status, body) = call(addr, ips["pod-none"], "").await;
+    assert_eq!(status, 404, "{body}");
+    let (status, _) = call(addr, "127.10.255.254".parse().unwrap(), "").await;
+    assert_eq!(status, 403);
+    assert!(
+        emu.calls().keys().all(|k| !k.contains("imds")),
+        "refused requests never reach IMDS: {:?}",
+        emu.calls()
+    );
+
+    // Bound but not on the node: IMDS refuses, the pod sees 403.
+    let (status, body) = call(addr, ips["pod-c"], "").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("Identity not found"), "{body}");
+
+    // A service principal with a secret, via Entra.
+    let (status, body) = call(addr, ips["pod-sp"], "").await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        claims(v["access_token"].as_str().unwrap())["appid"],
+        sp_client
+    );
+
+    // An excepted pod talks to IMDS itself: whatever it asks for is IMDS's answer.
+    let (status, body) = call(
+        addr,
+        ips["pod-agent"],
+        &format!("client_id={}", b.client_id),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        claims(v["access_token"].as_str().unwrap())["appid"],
+        b.client_id.as_str()
+    );
+}
