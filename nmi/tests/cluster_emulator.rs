@@ -10,12 +10,13 @@ use std::time::Duration;
 use base64::Engine;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use podid_azure_emulator::{Emulator, Settings};
 use podid_crds::{
-    AzureIdentity, AzureIdentityBinding, AzureIdentityBindingSpec, AzureIdentitySpec,
-    AzurePodIdentityException, AzurePodIdentityExceptionSpec, IdentityType,
+    AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding, AzureIdentityBindingSpec,
+    AzureIdentitySpec, AzurePodIdentityException, AzurePodIdentityExceptionSpec, EmbeddedIdentity,
+    IdentityType,
 };
 use podid_nmi::cache::{Clock, SystemClock, TokenCache};
 use podid_nmi::kube::{KubeView, SecretCache};
@@ -23,6 +24,7 @@ use podid_nmi::metrics::Metrics;
 use podid_nmi::resolve::Mode;
 use podid_nmi::server::{self, Agent, ServerConfig};
 use podid_nmi::token::{AzureCredentials, http_client};
+use podid_nmi::wait::RetryPolicy;
 use podid_testkit::{Cluster, NodePool};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -55,6 +57,90 @@ async fn call(agent: SocketAddr, from: IpAddr, query: &str) -> (u16, String) {
         .await
         .unwrap();
     (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+/// Creates pods on `node` with the given labels and waits until all run with 127.x IPs.
+async fn run_pods(
+    pods: &Api<Pod>,
+    node: &str,
+    labels: &[(&str, Value)],
+) -> std::collections::BTreeMap<String, IpAddr> {
+    for (name, l) in labels {
+        pods.create(
+            &PostParams::default(),
+            &obj(json!({
+                "metadata": {"name": name, "labels": l},
+                "spec": {"nodeName": node, "containers": [{"name": "c", "image": "registry.invalid/app:1"}]}
+            })),
+        )
+        .await
+        .unwrap();
+    }
+    let mut ips = std::collections::BTreeMap::<String, IpAddr>::new();
+    let wait = async {
+        let mut stream = watcher(pods.clone(), watcher::Config::default())
+            .applied_objects()
+            .boxed();
+        while let Some(p) = stream.try_next().await.unwrap() {
+            let st = p.status.as_ref();
+            if st.and_then(|s| s.phase.as_deref()) == Some("Running")
+                && let Some(ip) = st.and_then(|s| s.pod_ip.as_deref())
+            {
+                ips.insert(p.metadata.name.clone().unwrap(), ip.parse().unwrap());
+            }
+            if ips.len() == labels.len() {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), wait)
+        .await
+        .expect("pods Running with IPs");
+    ips
+}
+
+/// Starts the agent for `node` in-process; it stops when the returned guard drops.
+async fn start_agent(
+    client: kube::Client,
+    node: &str,
+    config: ServerConfig,
+    authority: &str,
+) -> (SocketAddr, tokio_util::sync::DropGuard) {
+    let shutdown = CancellationToken::new();
+    let view = KubeView::start(
+        client.clone(),
+        node,
+        config.mode == Mode::Standard,
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let agent = Arc::new(Agent {
+        credentials: Arc::new(AzureCredentials {
+            http: http_client(),
+            imds_endpoint: config.imds_endpoint.clone(),
+            default_authority: url::Url::parse(authority).unwrap(),
+            secrets: Arc::new(SecretCache::new(client, shutdown.clone())),
+            clock: clock.clone(),
+        }),
+        config,
+        view: Arc::new(view),
+        cache: TokenCache::new(clock.clone(), Duration::from_secs(300)),
+        metrics: Metrics::new(),
+        clock,
+        http: http_client(),
+        initialized: AtomicBool::new(true),
+        shutdown: shutdown.clone(),
+    });
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], listener.local_addr().unwrap().port()));
+    tokio::spawn(server::serve(
+        listener,
+        server::router(agent),
+        shutdown.clone(),
+    ));
+    (addr, shutdown.drop_guard())
 }
 
 #[tokio::test]
@@ -153,75 +239,17 @@ async fn managed_mode_security_matrix_on_a_real_apiserver_and_the_emulator() {
         ("pod-none", json!({})),
         ("pod-agent", json!({"app": "agent"})),
     ];
-    for (name, l) in &labels {
-        pods.create(
-            &PostParams::default(),
-            &obj(json!({
-                "metadata": {"name": name, "labels": l},
-                "spec": {"nodeName": node, "containers": [{"name": "c", "image": "registry.invalid/app:1"}]}
-            })),
-        )
-        .await
-        .unwrap();
-    }
-    let mut ips = std::collections::BTreeMap::<String, IpAddr>::new();
-    let wait = async {
-        let mut stream = watcher(pods.clone(), watcher::Config::default())
-            .applied_objects()
-            .boxed();
-        while let Some(p) = stream.try_next().await.unwrap() {
-            let st = p.status.as_ref();
-            if st.and_then(|s| s.phase.as_deref()) == Some("Running")
-                && let Some(ip) = st.and_then(|s| s.pod_ip.as_deref())
-            {
-                ips.insert(p.metadata.name.clone().unwrap(), ip.parse().unwrap());
-            }
-            if ips.len() == labels.len() {
-                return;
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(120), wait)
-        .await
-        .expect("pods Running with IPs");
+    let ips = run_pods(&pods, &node, &labels).await;
 
     // The agent for this node, in managed mode.
-    let shutdown = CancellationToken::new();
-    let _stop = shutdown.clone().drop_guard();
-    let view = KubeView::start(client.clone(), &node, false, shutdown.clone())
-        .await
-        .unwrap();
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let imds = url::Url::parse(&emu.imds_endpoint(&format!("{}_0", pool.scale_set))).unwrap();
-    let agent = Arc::new(Agent {
-        config: ServerConfig {
-            mode: Mode::Managed,
-            force_namespaced: true,
-            imds_endpoint: imds.clone(),
-            ..Default::default()
-        },
-        view: Arc::new(view),
-        credentials: Arc::new(AzureCredentials {
-            http: http_client(),
-            imds_endpoint: imds,
-            default_authority: url::Url::parse(&emu.arm_endpoint()).unwrap(),
-            secrets: Arc::new(SecretCache::new(client.clone(), shutdown.clone())),
-            clock: clock.clone(),
-        }),
-        cache: TokenCache::new(clock.clone(), Duration::from_secs(300)),
-        metrics: Metrics::new(),
-        clock,
-        http: http_client(),
-        initialized: AtomicBool::new(true),
-        shutdown: shutdown.clone(),
-    });
-    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
-    let addr = SocketAddr::from(([127, 0, 0, 1], listener.local_addr().unwrap().port()));
-    tokio::spawn(server::serve(
-        listener,
-        server::router(agent),
-        shutdown.clone(),
-    ));
+    let config = ServerConfig {
+        mode: Mode::Managed,
+        force_namespaced: true,
+        imds_endpoint: imds,
+        ..Default::default()
+    };
+    let (addr, _agent) = start_agent(client.clone(), &node, config, &emu.arm_endpoint()).await;
 
     // A pod gets a token for its own identity from IMDS.
     let (status, body) = call(addr, ips["pod-a"], "").await;
@@ -276,6 +304,122 @@ async fn managed_mode_security_matrix_on_a_real_apiserver_and_the_emulator() {
         &format!("client_id={}", b.client_id),
     )
     .await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        claims(v["access_token"].as_str().unwrap())["appid"],
+        b.client_id.as_str()
+    );
+}
+
+#[tokio::test]
+async fn standard_mode_serves_once_the_controller_marks_the_assignment_assigned() {
+    let cluster = Cluster::shared_async().await;
+    let ns = cluster.namespace("nmi-std").await;
+    let client = ns.client.clone();
+    let pool = NodePool::aks("nmistd", 1);
+    cluster.add_nodes(&pool).await.expect("fake node ready");
+    let node = pool.node_name(0);
+
+    let emu = Emulator::start(Settings::default()).await.unwrap();
+    let vmss = emu.add_scale_set(&pool.resource_group, &pool.scale_set, 1);
+    let (a, b) = (
+        emu.add_identity("rg", "std-a"),
+        emu.add_identity("rg", "std-b"),
+    );
+    emu.preassign(&vmss, &a.id);
+    emu.preassign(&vmss, &b.id);
+
+    let ids: Api<AzureIdentity> = Api::namespaced(client.clone(), &ns.name);
+    let bindings: Api<AzureIdentityBinding> = Api::namespaced(client.clone(), &ns.name);
+    let mut objs = Vec::new();
+    for (name, ident) in [("a", &a), ("b", &b)] {
+        let spec = AzureIdentitySpec {
+            client_id: ident.client_id.clone(),
+            resource_id: ident.id.clone(),
+            ..Default::default()
+        };
+        objs.push(
+            ids.create(&PostParams::default(), &AzureIdentity::new(name, spec))
+                .await
+                .unwrap(),
+        );
+        let spec = AzureIdentityBindingSpec {
+            azure_identity: name.into(),
+            selector: format!("sel-{name}"),
+            ..Default::default()
+        };
+        bindings
+            .create(
+                &PostParams::default(),
+                &AzureIdentityBinding::new(&format!("bind-{name}"), spec),
+            )
+            .await
+            .unwrap();
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let ips = run_pods(
+        &pods,
+        &node,
+        &[
+            ("pod-a", json!({"aadpodidbinding": "sel-a"})),
+            ("pod-b", json!({"aadpodidbinding": "sel-b"})),
+        ],
+    )
+    .await;
+
+    // What the controller writes: pod-a's assignment is done, pod-b's is still Created.
+    let assigned: Api<AzureAssignedIdentity> = Api::namespaced(client.clone(), &ns.name);
+    for (pod, identity, state) in [
+        ("pod-a", &objs[0], "Assigned"),
+        ("pod-b", &objs[1], "Created"),
+    ] {
+        let aai: AzureAssignedIdentity = obj(json!({
+            "apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzureAssignedIdentity",
+            "metadata": {"name": format!("{pod}-{}-{}", ns.name, identity.metadata.name.as_deref().unwrap()),
+                         "labels": {"nodename": node}},
+            "spec": {"pod": pod, "podNamespace": ns.name, "nodename": node,
+                     "azureIdentityRef": serde_json::to_value(EmbeddedIdentity::from(identity)).unwrap()},
+            "status": {"status": state}
+        }));
+        assigned.create(&PostParams::default(), &aai).await.unwrap();
+    }
+
+    let imds = url::Url::parse(&emu.imds_endpoint(&format!("{}_0", pool.scale_set))).unwrap();
+    let config = ServerConfig {
+        mode: Mode::Standard,
+        imds_endpoint: imds,
+        retry: RetryPolicy {
+            created_attempts: 600,
+            assigned_attempts: 10,
+            interval: Duration::from_millis(100),
+        },
+        ..Default::default()
+    };
+    let (addr, _agent) = start_agent(client.clone(), &node, config, &emu.arm_endpoint()).await;
+
+    let (status, body) = call(addr, ips["pod-a"], "").await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        claims(v["access_token"].as_str().unwrap())["appid"],
+        a.client_id.as_str()
+    );
+    let (status, _) = call(addr, ips["pod-a"], &format!("client_id={}", b.client_id)).await;
+    assert_eq!(status, 403, "another pod's identity");
+
+    // pod-b's request waits for the controller; marking the assignment Assigned releases it.
+    let waiting = tokio::spawn(call(addr, ips["pod-b"], ""));
+    let name = format!("pod-b-{}-b", ns.name);
+    assigned
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"status": "Assigned"}})),
+        )
+        .await
+        .unwrap();
+    let (status, body) = waiting.await.unwrap();
     assert_eq!(status, 200, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
