@@ -427,3 +427,125 @@ async fn standard_mode_serves_once_the_controller_marks_the_assignment_assigned(
         b.client_id.as_str()
     );
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn the_binary_serves_reports_health_and_shuts_down_cleanly() {
+    let cluster = Cluster::shared_async().await;
+    let ns = cluster.namespace("nmi-bin").await;
+    let client = ns.client.clone();
+    let pool = NodePool::aks("nmibin", 1);
+    cluster.add_nodes(&pool).await.expect("fake node ready");
+    let node = pool.node_name(0);
+    let emu = Emulator::start(Settings::default()).await.unwrap();
+    let vmss = emu.add_scale_set(&pool.resource_group, &pool.scale_set, 1);
+    let a = emu.add_identity("rg", "bin-a");
+    emu.preassign(&vmss, &a.id);
+    let spec = AzureIdentitySpec {
+        client_id: a.client_id.clone(),
+        resource_id: a.id.clone(),
+        ..Default::default()
+    };
+    Api::<AzureIdentity>::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &AzureIdentity::new("a", spec))
+        .await
+        .unwrap();
+    let spec = AzureIdentityBindingSpec {
+        azure_identity: "a".into(),
+        selector: "sel-a".into(),
+        ..Default::default()
+    };
+    Api::<AzureIdentityBinding>::namespaced(client.clone(), &ns.name)
+        .create(
+            &PostParams::default(),
+            &AzureIdentityBinding::new("bind-a", spec),
+        )
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let ips = run_pods(
+        &pods,
+        &node,
+        &[("pod-a", json!({"aadpodidbinding": "sel-a"}))],
+    )
+    .await;
+
+    let (port, probe, prom) = (free_port(), free_port(), free_port());
+    let imds = emu.imds_endpoint(&format!("{}_0", pool.scale_set));
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_podid-nmi"))
+        .env("KUBECONFIG", cluster.kubeconfig())
+        .env("NODE_NAME", &node)
+        .args([
+            "--operation-mode=MANAGED",
+            "--forceNamespaced",
+            &format!("--nmi-port={port}"),
+            &format!("--http-probe-port={probe}"),
+            &format!("--prometheus-port={prom}"),
+            &format!("--imds-endpoint={imds}"),
+            "--manage-iptables=false",
+            "--allow-network-plugin-kubenet",
+            "--shutdown-delay-sec=0",
+        ])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let health = format!("http://127.0.0.1:{probe}/healthz");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = http.get(&health).send().await
+            && r.text().await.unwrap() == "Active"
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "agent not Active within 60s"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "agent exited early");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let (status, body) = call(addr, ips["pod-a"], "").await;
+    assert_eq!(status, 200, "{body}");
+    let metrics = http
+        .get(format!("http://127.0.0.1:{prom}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("nmi_operations_duration_seconds_count{operation_type=\"/metadata/identity/oauth2/token\",status_code=\"200\""), "{metrics}");
+
+    // SIGTERM: finishes and exits 0.
+    let pid = child.id().unwrap() as i32;
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("agent exits after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn managed_mode_without_force_namespaced_refuses_to_start() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_podid-nmi"))
+        .args(["--node=n1", "--operation-mode=managed"])
+        .env_remove("FORCENAMESPACED")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("managed mode not intialized in force namespaced mode"),
+        "{stderr}"
+    );
+}
