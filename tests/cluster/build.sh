@@ -16,7 +16,8 @@ cache="${PODID_CACHE_DIR:-$HOME/.cache/podid}"
 bin="$cache/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION/bin"
 mkdir -p "$bin"
 
-export CGO_ENABLED=0 GOFLAGS="-mod=mod -buildvcs=false"
+# readonly: the committed go.mod/go.sum are complete; a build must never rewrite them.
+export CGO_ENABLED=0 GOFLAGS="-mod=readonly -buildvcs=false"
 build_date="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 
 stamp_k8s() {

@@ -25,7 +25,7 @@ use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, Config};
 
-pub use process::dump_logs;
+pub use process::{Component, dump_logs};
 
 /// Errors while building or starting the control plane.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +56,8 @@ pub enum Error {
     Kubeconfig(String),
     #[error("waiting: {0}")]
     Wait(String),
+    #[error("kubectl apply -f {path} failed: {output}")]
+    Kubectl { path: PathBuf, output: String },
 }
 
 /// Where the control-plane binaries are: `$PODID_K8S_BIN`, or the newest build of
@@ -130,6 +132,7 @@ impl NodePool {
 pub struct Cluster {
     dir: PathBuf,
     kubeconfig: PathBuf,
+    etcd: String,
     server: String,
     issuer: String,
     ca_pem: String,
@@ -152,6 +155,15 @@ impl Cluster {
                 panic!("starting the test control plane: {e}");
             }
         })
+    }
+
+    /// [`Cluster::shared`] for async tests: starts the control plane (if needed) without
+    /// blocking the test's runtime.
+    pub async fn shared_async() -> &'static Cluster {
+        match tokio::task::spawn_blocking(Self::shared).await {
+            Ok(c) => c,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
     }
 
     fn start_blocking() -> Result<Cluster, Error> {
@@ -177,11 +189,12 @@ impl Cluster {
     /// Starts a new control plane (normally through [`Cluster::shared`]).
     async fn start() -> Result<Cluster, Error> {
         process::install_exit_hook();
+        process::remove_stale_dirs(&std::env::temp_dir());
         let dir = tempfile::Builder::new()
             .prefix("podid-cluster-")
             .tempdir()?
             .keep();
-        process::remove_at_exit(&dir);
+        process::remove_at_exit(&dir)?;
         let pki = pki::Pki::generate(&dir)?;
 
         let etcd_client = process::free_port()?;
@@ -201,7 +214,7 @@ impl Cluster {
                 "--log-level=warn".into(),
             ],
             &dir,
-            process::Order::Late,
+            process::Order::Last,
         )?;
         let http = reqwest::Client::new();
         process::wait_ready("etcd", 60, || {
@@ -268,6 +281,7 @@ impl Cluster {
         let cluster = Cluster {
             dir,
             kubeconfig,
+            etcd: format!("http://127.0.0.1:{etcd_client}"),
             server,
             issuer,
             ca_pem: pki.ca_pem.clone(),
@@ -293,6 +307,16 @@ impl Cluster {
     /// Path of an admin kubeconfig (for kubectl and for podid binaries under test).
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
+    }
+
+    /// `http://127.0.0.1:<port>` of etcd.
+    pub fn etcd_url(&self) -> &str {
+        &self.etcd
+    }
+
+    /// The control-plane processes running now (name, pid, log file).
+    pub fn components(&self) -> Vec<Component> {
+        process::components()
     }
 
     /// `https://127.0.0.1:<port>` of the apiserver.
@@ -325,6 +349,30 @@ impl Cluster {
         let mut cmd = std::process::Command::new(binary("kubectl")?);
         cmd.env("KUBECONFIG", &self.kubeconfig);
         Ok(cmd)
+    }
+
+    /// `kubectl apply -f <path>` (a file or directory), into `namespace` when given. Fails with
+    /// kubectl's output when it exits non-zero.
+    pub fn kubectl_apply(&self, path: &Path, namespace: Option<&str>) -> Result<String, Error> {
+        let mut cmd = self.kubectl()?;
+        cmd.arg("apply").arg("-f").arg(path);
+        if let Some(ns) = namespace {
+            cmd.args(["-n", ns]);
+        }
+        let out = cmd.output()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.status.success() {
+            Ok(text)
+        } else {
+            Err(Error::Kubectl {
+                path: path.to_path_buf(),
+                output: text,
+            })
+        }
     }
 
     /// A fresh namespace `<prefix>-<random>`, with a client to use in this test. When the
@@ -388,7 +436,7 @@ impl Cluster {
                 "--v=1".into(),
             ],
             &self.dir,
-            process::Order::Late,
+            process::Order::Middle,
         )?;
         let sched_port = process::free_port()?;
         process::spawn(
@@ -404,7 +452,7 @@ impl Cluster {
                 "--v=1".into(),
             ],
             &self.dir,
-            process::Order::Late,
+            process::Order::Middle,
         )?;
         let kwok_port = process::free_port()?;
         process::spawn(
@@ -419,7 +467,7 @@ impl Cluster {
                 format!("--server-address=127.0.0.1:{kwok_port}"),
             ],
             &self.dir,
-            process::Order::Late,
+            process::Order::Middle,
         )?;
         // The ServiceAccount controller creating `default` in kube-system shows the
         // controller-manager is working.

@@ -14,10 +14,20 @@ use crate::Error;
 /// Stop order at exit.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Order {
-    /// Stopped first (the apiserver, so nothing writes to etcd while it goes).
+    /// Stopped first (the apiserver, so its clients see it go and nothing writes to etcd).
     First,
-    /// Stopped after the `First` ones.
-    Late,
+    /// Stopped next (the apiserver's clients: controller-manager, scheduler, kwok).
+    Middle,
+    /// Stopped last (etcd, once nothing talks to it).
+    Last,
+}
+
+/// A running control-plane process, as tests can see it.
+#[derive(Clone, Debug)]
+pub struct Component {
+    pub name: String,
+    pub pid: u32,
+    pub log: PathBuf,
 }
 
 struct Proc {
@@ -73,10 +83,16 @@ pub fn spawn(
         .stdout(out)
         .stderr(err)
         .current_dir(dir);
-    // SAFETY: prctl and setpgid are async-signal-safe and touch only the child.
+    // SAFETY: getpid is called here, in the parent. In the child, prctl, getppid, setpgid and
+    // _exit are async-signal-safe and touch only the child.
+    let parent = unsafe { libc::getpid() };
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            // The parent may have died before prctl took effect; then no signal would come.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
             libc::setpgid(0, 0);
             Ok(())
         });
@@ -178,6 +194,21 @@ pub fn dump_logs() {
     }
 }
 
+/// The control-plane processes started so far (and not yet stopped).
+pub fn components() -> Vec<Component> {
+    let Ok(procs) = PROCS.lock() else {
+        return Vec::new();
+    };
+    procs
+        .iter()
+        .map(|p| Component {
+            name: p.name.clone(),
+            pid: p.child.id(),
+            log: p.log.clone(),
+        })
+        .collect()
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> Result<u16, Error> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -185,10 +216,10 @@ pub fn free_port() -> Result<u16, Error> {
         .port())
 }
 
-/// Stops every component: the `First` ones, then the rest; SIGTERM, then SIGKILL.
+/// Stops every component in [`Order`]: SIGTERM to its process group, SIGKILL after 5 s.
 pub fn stop_all() {
     let Ok(mut procs) = PROCS.lock() else { return };
-    for order in [Order::First, Order::Late] {
+    for order in [Order::First, Order::Middle, Order::Last] {
         let group: Vec<&mut Proc> = procs.iter_mut().filter(|p| p.order == order).collect();
         for p in &group {
             // SAFETY: signalling the child's own process group.
@@ -212,10 +243,55 @@ pub fn stop_all() {
 
 static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
+/// File in a cluster directory naming the process that owns it.
+const OWNER_FILE: &str = "owner.pid";
+
 /// Removes `dir` at exit, after the processes stopped, unless `PODID_KEEP_CLUSTER_DIR` is set.
-pub fn remove_at_exit(dir: &Path) {
-    if std::env::var_os("PODID_KEEP_CLUSTER_DIR").is_none() {
-        DIRS.lock().expect("dirs lock").push(dir.to_path_buf());
+/// Records this process as the owner, so a later run can remove the directory if this one was
+/// killed before its exit hook ran.
+pub fn remove_at_exit(dir: &Path) -> Result<(), Error> {
+    if std::env::var_os("PODID_KEEP_CLUSTER_DIR").is_some() {
+        return Ok(());
+    }
+    std::fs::write(dir.join(OWNER_FILE), std::process::id().to_string())?;
+    DIRS.lock().expect("dirs lock").push(dir.to_path_buf());
+    Ok(())
+}
+
+/// Removes `podid-cluster-*` directories under `tmp` left by test binaries that were killed
+/// (their owner process is gone). Kept directories (`PODID_KEEP_CLUSTER_DIR`) have no owner file
+/// and are left alone.
+pub fn remove_stale_dirs(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for e in entries.filter_map(|e| e.ok()) {
+        if !e
+            .file_name()
+            .to_string_lossy()
+            .starts_with("podid-cluster-")
+        {
+            continue;
+        }
+        let dir = e.path();
+        let owner = std::fs::read_to_string(dir.join(OWNER_FILE))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok());
+        if owner.is_some_and(|pid| !process_alive(pid)) {
+            tracing::debug!(dir = %dir.display(), "removing stale cluster directory");
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+}
+
+/// Whether `pid` names a live (not zombie) process.
+pub fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
+        Err(_) => false,
     }
 }
 
