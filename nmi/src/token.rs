@@ -353,15 +353,59 @@ pub fn client_secret_value(data: &crate::view::SecretData) -> Option<String> {
     String::from_utf8(v.clone()).ok()
 }
 
-/// The certificate credential in a type-2 Secret: key `certificate` holding a PEM bundle with
-/// an RSA private key and a certificate. PKCS#12 (the original's format) is not yet supported.
+/// The certificate credential in a type-2 Secret: key `certificate` holding a PKCS#12 archive
+/// (the original's format) protected by key `password`, or (podid) a PEM bundle with an RSA
+/// private key and a certificate.
 pub fn certificate_credential(data: &crate::view::SecretData) -> Result<ClientCredential, String> {
-    use base64::Engine;
     let cert = data
         .get("certificate")
         .ok_or("the secret has no key 'certificate'")?;
-    let text = std::str::from_utf8(cert)
-        .map_err(|_| "PKCS#12 certificates are not supported yet; store a PEM bundle (private key + certificate) under 'certificate'")?;
+    match std::str::from_utf8(cert) {
+        Ok(text) if text.contains("-----BEGIN") => pem_credential(text),
+        _ => {
+            let password = data
+                .get("password")
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .unwrap_or_default();
+            pkcs12_credential(cert, &password)
+        }
+    }
+}
+
+fn pem_body(der: &[u8], label: &str) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+fn pkcs12_credential(archive: &[u8], password: &str) -> Result<ClientCredential, String> {
+    let store = p12_keystore::KeyStore::from_pkcs12(
+        archive,
+        password,
+        p12_keystore::Pkcs12ImportPolicy::Relaxed,
+    )
+    .map_err(|e| format!("decoding the PKCS#12 certificate: {e}"))?;
+    let (_, chain) = store
+        .private_key_chain()
+        .ok_or("the PKCS#12 certificate holds no private key")?;
+    let cert = chain
+        .certs()
+        .first()
+        .ok_or("the PKCS#12 certificate holds no certificate for its key")?;
+    Ok(ClientCredential::Certificate {
+        key_pem: pem_body(chain.key().as_der(), "PRIVATE KEY").into_bytes(),
+        cert_der: cert.as_der().to_vec(),
+    })
+}
+
+fn pem_credential(text: &str) -> Result<ClientCredential, String> {
+    use base64::Engine;
     let block = |label: &str| -> Option<String> {
         let begin = format!("-----BEGIN {label}-----");
         let end = format!("-----END {label}-----");
