@@ -1,1 +1,454 @@
-//! Azure access for podid, behind small project-owned traits.
+//! Azure access for podid, behind small project-owned traits so the rest of the code never
+//! touches an SDK type: which identities a scale set or VM carries and how to change them
+//! ([`NodePoolIdentities`]), and a managed identity's federated credentials
+//! ([`FederatedCredentials`]). [`Arm`] implements both over ARM's REST API, authenticated with an
+//! `azure_identity` credential; moving to another SDK line touches this crate only.
+//!
+//! The typed models of `azure_mgmt_compute` 0.21 cannot carry `userAssignedIdentities` entries
+//! (the generated map type is an empty struct), so identity changes are sent as the JSON ARM
+//! documents, built by the pure [`identity_patches`].
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use azure_core::auth::TokenCredential;
+use podid_crds::provider::AssignmentTarget;
+use serde_json::{Value, json};
+
+/// At most this many user-assigned identities may be named in one ARM request.
+pub const MAX_IDENTITIES_PER_PATCH: usize = 150;
+/// ARM api-version for scale sets and VMs.
+pub const COMPUTE_API_VERSION: &str = "2024-07-01";
+/// ARM api-version for managed identities and federated credentials.
+pub const MSI_API_VERSION: &str = "2023-01-31";
+
+/// Errors talking to Azure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// ARM answered with an error (`{"error":{"code","message"}}`).
+    #[error("ARM {status} {code}: {message}")]
+    Arm {
+        status: u16,
+        code: String,
+        message: String,
+        /// Seconds from `Retry-After`, when ARM sent one (429, some 5xx).
+        retry_after: Option<u64>,
+    },
+    /// No token for ARM.
+    #[error("getting an ARM token: {0}")]
+    Credential(String),
+    /// The request did not complete.
+    #[error("ARM request to {url}: {message}")]
+    Transport { url: String, message: String },
+    /// The async operation ended other than `Succeeded`.
+    #[error("ARM operation {url} ended {status}")]
+    Operation { url: String, status: String },
+}
+
+impl Error {
+    /// 429 and 5xx (and transport failures) may succeed when retried.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Arm { status, .. } => *status == 429 || *status >= 500,
+            Self::Transport { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// A stable label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Arm { status: 429, .. } => "throttled",
+            Self::Arm { status, .. } if *status >= 500 => "server_error",
+            Self::Arm { .. } => "rejected",
+            Self::Credential(_) => "credential",
+            Self::Transport { .. } => "transport",
+            Self::Operation { .. } => "operation_failed",
+        }
+    }
+}
+
+/// The identities on a scale set or VM.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IdentityState {
+    pub system_assigned: bool,
+    /// Lower-cased ARM ids of the user-assigned identities.
+    pub user_assigned: BTreeSet<String>,
+}
+
+impl IdentityState {
+    /// Reads ARM's `identity` object.
+    pub fn from_arm(identity: Option<&Value>) -> Self {
+        let Some(i) = identity else {
+            return Self::default();
+        };
+        let ty = i.get("type").and_then(Value::as_str).unwrap_or("None");
+        Self {
+            system_assigned: ty.to_ascii_lowercase().contains("systemassigned"),
+            user_assigned: i
+                .get("userAssignedIdentities")
+                .and_then(Value::as_object)
+                .map(|m| m.keys().map(|k| k.to_ascii_lowercase()).collect())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// The PATCH bodies that take `current` to `current + add - remove`: identity deltas only
+/// (entries to add as `{}`, to remove as `null`), at most [`MAX_IDENTITIES_PER_PATCH`] entries
+/// each; when nothing would remain, the last request changes `type` instead of naming entries.
+/// Ids compare case-insensitively; adding what is there or removing what is not is a no-op.
+pub fn identity_patches(current: &IdentityState, add: &[String], remove: &[String]) -> Vec<Value> {
+    let add: BTreeSet<String> = add
+        .iter()
+        .map(|a| a.to_ascii_lowercase())
+        .filter(|a| !current.user_assigned.contains(a))
+        .collect();
+    let remove: BTreeSet<String> = remove
+        .iter()
+        .map(|r| r.to_ascii_lowercase())
+        .filter(|r| current.user_assigned.contains(r) && !add.contains(r))
+        .collect();
+    if add.is_empty() && remove.is_empty() {
+        return Vec::new();
+    }
+    let remaining = current.user_assigned.len() + add.len() - remove.len();
+    let with_users = if current.system_assigned {
+        "SystemAssigned, UserAssigned"
+    } else {
+        "UserAssigned"
+    };
+    let mut entries: Vec<(String, Value)> = add.into_iter().map(|a| (a, json!({}))).collect();
+    let mut removals: Vec<String> = remove.into_iter().collect();
+    if remaining == 0 {
+        // Everything goes: one request changing the type (ARM's way to drop the last one).
+        let ty = if current.system_assigned {
+            "SystemAssigned"
+        } else {
+            "None"
+        };
+        return vec![json!({"identity": {"type": ty}})];
+    }
+    entries.extend(removals.drain(..).map(|r| (r, Value::Null)));
+    // Additions first, so no intermediate request leaves the resource with none.
+    entries
+        .chunks(MAX_IDENTITIES_PER_PATCH)
+        .map(|chunk| {
+            let map: serde_json::Map<String, Value> = chunk.iter().cloned().collect();
+            json!({"identity": {"type": with_users, "userAssignedIdentities": map}})
+        })
+        .collect()
+}
+
+/// Reads and changes the identities of a scale set or VM.
+#[allow(async_fn_in_trait)]
+pub trait NodePoolIdentities {
+    /// The identities on `target` now.
+    async fn identities(&self, target: &AssignmentTarget) -> Result<IdentityState, Error>;
+    /// Adds and removes user-assigned identities (ARM ids) with as few writes as ARM allows,
+    /// waiting for each to finish. Returns the number of PATCH requests sent.
+    async fn update(
+        &self,
+        target: &AssignmentTarget,
+        add: &[String],
+        remove: &[String],
+    ) -> Result<usize, Error>;
+}
+
+/// A federated identity credential of a user-assigned identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FederatedCredential {
+    pub name: String,
+    pub issuer: String,
+    pub subject: String,
+    pub audience: String,
+}
+
+/// Manages a user-assigned identity's federated credentials (the bridge's Azure side).
+#[allow(async_fn_in_trait)]
+pub trait FederatedCredentials {
+    async fn list(&self, identity_id: &str) -> Result<Vec<FederatedCredential>, Error>;
+    async fn put(&self, identity_id: &str, credential: &FederatedCredential) -> Result<(), Error>;
+    async fn delete(&self, identity_id: &str, name: &str) -> Result<(), Error>;
+}
+
+/// ARM over REST with an `azure_identity` credential.
+#[derive(Clone)]
+pub struct Arm {
+    endpoint: String,
+    credential: Arc<dyn TokenCredential>,
+    http: reqwest::Client,
+    /// Delay between async-operation polls when ARM sends no `Retry-After`.
+    pub poll_interval: Duration,
+}
+
+impl Arm {
+    /// `endpoint` is ARM's base URL (`https://management.azure.com`, or the emulator's).
+    pub fn new(
+        endpoint: &str,
+        credential: Arc<dyn TokenCredential>,
+        http: reqwest::Client,
+    ) -> Self {
+        Self {
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+            credential,
+            http,
+            poll_interval: Duration::from_secs(5),
+        }
+    }
+
+    async fn token(&self) -> Result<String, Error> {
+        let scope = format!("{}/.default", self.endpoint_audience());
+        self.credential
+            .get_token(&[&scope])
+            .await
+            .map(|t| t.token.secret().to_string())
+            .map_err(|e| Error::Credential(e.to_string()))
+    }
+
+    fn endpoint_audience(&self) -> &'static str {
+        "https://management.azure.com"
+    }
+
+    /// One ARM call; returns the status, the `Azure-AsyncOperation` URL and the JSON body.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Option<String>, Value), Error> {
+        let token = self.token().await?;
+        let mut req = self.http.request(method, url).bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let transport = |e: reqwest::Error| Error::Transport {
+            url: url.to_string(),
+            message: e.to_string(),
+        };
+        let resp = req.send().await.map_err(transport)?;
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let op = resp
+            .headers()
+            .get("azure-asyncoperation")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let text = resp.text().await.map_err(transport)?;
+        let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if status >= 400 {
+            return Err(Error::Arm {
+                status,
+                code: json["error"]["code"]
+                    .as_str()
+                    .unwrap_or("Unknown")
+                    .to_string(),
+                message: json["error"]["message"]
+                    .as_str()
+                    .unwrap_or(&text)
+                    .to_string(),
+                retry_after,
+            });
+        }
+        Ok((status, op, json))
+    }
+
+    async fn wait(&self, op: &str) -> Result<(), Error> {
+        loop {
+            let (_, _, body) = self.call(reqwest::Method::GET, op, None).await?;
+            match body["status"].as_str().unwrap_or("") {
+                "Succeeded" => return Ok(()),
+                "InProgress" | "" => tokio::time::sleep(self.poll_interval).await,
+                other => {
+                    return Err(Error::Operation {
+                        url: op.to_string(),
+                        status: other.to_string(),
+                    });
+                }
+            }
+        }
+    }
+
+    fn machine_url(&self, t: &AssignmentTarget) -> String {
+        format!(
+            "{}{}?api-version={COMPUTE_API_VERSION}",
+            self.endpoint,
+            t.arm_id()
+        )
+    }
+}
+
+impl NodePoolIdentities for Arm {
+    async fn identities(&self, target: &AssignmentTarget) -> Result<IdentityState, Error> {
+        let (_, _, body) = self
+            .call(reqwest::Method::GET, &self.machine_url(target), None)
+            .await?;
+        Ok(IdentityState::from_arm(body.get("identity")))
+    }
+
+    async fn update(
+        &self,
+        target: &AssignmentTarget,
+        add: &[String],
+        remove: &[String],
+    ) -> Result<usize, Error> {
+        let current = self.identities(target).await?;
+        let patches = identity_patches(&current, add, remove);
+        for p in &patches {
+            let (_, op, _) = self
+                .call(reqwest::Method::PATCH, &self.machine_url(target), Some(p))
+                .await?;
+            if let Some(op) = op {
+                self.wait(&op).await?;
+            }
+        }
+        Ok(patches.len())
+    }
+}
+
+impl FederatedCredentials for Arm {
+    async fn list(&self, identity_id: &str) -> Result<Vec<FederatedCredential>, Error> {
+        let mut url = Some(format!(
+            "{}{identity_id}/federatedIdentityCredentials?api-version={MSI_API_VERSION}",
+            self.endpoint
+        ));
+        let mut out = Vec::new();
+        while let Some(u) = url.take() {
+            let (_, _, body) = self.call(reqwest::Method::GET, &u, None).await?;
+            for f in body["value"].as_array().into_iter().flatten() {
+                let p = &f["properties"];
+                out.push(FederatedCredential {
+                    name: f["name"].as_str().unwrap_or_default().to_string(),
+                    issuer: p["issuer"].as_str().unwrap_or_default().to_string(),
+                    subject: p["subject"].as_str().unwrap_or_default().to_string(),
+                    audience: p["audiences"][0].as_str().unwrap_or_default().to_string(),
+                });
+            }
+            url = body["nextLink"].as_str().map(str::to_string);
+        }
+        Ok(out)
+    }
+
+    async fn put(&self, identity_id: &str, c: &FederatedCredential) -> Result<(), Error> {
+        let url = format!(
+            "{}{identity_id}/federatedIdentityCredentials/{}?api-version={MSI_API_VERSION}",
+            self.endpoint, c.name
+        );
+        let body = json!({"properties": {"issuer": c.issuer, "subject": c.subject, "audiences": [c.audience]}});
+        self.call(reqwest::Method::PUT, &url, Some(&body))
+            .await
+            .map(|_| ())
+    }
+
+    async fn delete(&self, identity_id: &str, name: &str) -> Result<(), Error> {
+        let url = format!(
+            "{}{identity_id}/federatedIdentityCredentials/{name}?api-version={MSI_API_VERSION}",
+            self.endpoint
+        );
+        self.call(reqwest::Method::DELETE, &url, None)
+            .await
+            .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: usize) -> String {
+        format!(
+            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id{n}"
+        )
+    }
+
+    fn state(system: bool, ids: &[usize]) -> IdentityState {
+        IdentityState {
+            system_assigned: system,
+            user_assigned: ids.iter().map(|n| id(*n).to_ascii_lowercase()).collect(),
+        }
+    }
+
+    #[test]
+    fn nothing_to_do_sends_nothing() {
+        assert!(
+            identity_patches(&state(false, &[1]), &[id(1).to_uppercase()], &[id(2)]).is_empty()
+        );
+    }
+
+    #[test]
+    fn one_delta_with_adds_and_removes() {
+        let p = identity_patches(&state(false, &[1, 2]), &[id(3)], &[id(1)]);
+        assert_eq!(p.len(), 1);
+        let m = p[0]["identity"]["userAssignedIdentities"]
+            .as_object()
+            .unwrap();
+        assert_eq!(m[&id(3).to_ascii_lowercase()], json!({}));
+        assert_eq!(m[&id(1).to_ascii_lowercase()], Value::Null);
+        assert!(
+            !m.contains_key(&id(2).to_ascii_lowercase()),
+            "untouched entries are not sent"
+        );
+        assert_eq!(p[0]["identity"]["type"], "UserAssigned");
+    }
+
+    #[test]
+    fn keeps_system_assigned_in_the_type() {
+        let p = identity_patches(&state(true, &[]), &[id(1)], &[]);
+        assert_eq!(p[0]["identity"]["type"], "SystemAssigned, UserAssigned");
+    }
+
+    #[test]
+    fn the_last_identity_goes_by_type() {
+        assert_eq!(
+            identity_patches(&state(true, &[1]), &[], &[id(1)]),
+            vec![json!({"identity": {"type": "SystemAssigned"}})]
+        );
+        assert_eq!(
+            identity_patches(&state(false, &[1, 2]), &[], &[id(1), id(2)]),
+            vec![json!({"identity": {"type": "None"}})]
+        );
+    }
+
+    #[test]
+    fn more_than_150_entries_split_into_several_patches() {
+        let add: Vec<String> = (0..320).map(id).collect();
+        let p = identity_patches(&state(false, &[]), &add, &[]);
+        let sizes: Vec<usize> = p
+            .iter()
+            .map(|x| {
+                x["identity"]["userAssignedIdentities"]
+                    .as_object()
+                    .unwrap()
+                    .len()
+            })
+            .collect();
+        assert_eq!(sizes, [150, 150, 20]);
+    }
+
+    #[test]
+    fn reads_arm_identity_blocks() {
+        let s = IdentityState::from_arm(Some(
+            &json!({"type": "SystemAssigned, UserAssigned", "userAssignedIdentities": {id(1): {"clientId": "c"}}}),
+        ));
+        assert_eq!(s, state(true, &[1]));
+        assert_eq!(IdentityState::from_arm(None), IdentityState::default());
+    }
+
+    #[test]
+    fn retryable_errors() {
+        let e = |status| Error::Arm {
+            status,
+            code: "x".into(),
+            message: "m".into(),
+            retry_after: None,
+        };
+        assert!(e(429).is_retryable() && e(503).is_retryable());
+        assert!(!e(403).is_retryable());
+        assert_eq!(e(429).metric_label(), "throttled");
+    }
+}

@@ -1,0 +1,140 @@
+//! `Arm` against the Azure emulator: identity deltas in as few PATCHes as ARM allows, waited for;
+//! federated credentials; errors that say whether a retry may help.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use podid_azure::{Arm, FederatedCredential, FederatedCredentials, NodePoolIdentities};
+use podid_azure_emulator::{Emulator, Fault, Settings};
+use podid_crds::provider::NodeResource;
+
+async fn setup() -> (Emulator, Arm) {
+    let emu = Emulator::start(Settings::default()).await.unwrap();
+    emu.add_app("operator", Some("pw"), None);
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(emu.ca_pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let credential = Arc::new(azure_identity::ClientSecretCredential::new(
+        Arc::new(http.clone()),
+        azure_core::Url::parse(&emu.authority_host()).unwrap(),
+        emu.tenant_id(),
+        "operator".into(),
+        "pw".into(),
+    ));
+    let mut arm = Arm::new(&emu.arm_endpoint(), credential, http);
+    arm.poll_interval = Duration::from_millis(10);
+    (emu, arm)
+}
+
+#[tokio::test]
+async fn identity_deltas_are_one_patch_per_150_and_wait_for_the_operation() {
+    let (emu, arm) = setup().await;
+    let vmss = emu.add_scale_set("MC_rg", "aks-nodepool1-12345678-vmss", 2);
+    let target = NodeResource::parse(&format!("azure://{vmss}/virtualMachines/0"))
+        .unwrap()
+        .target();
+    let keep = emu.add_identity("rg", "kubelet");
+    emu.preassign(&vmss, &keep.id);
+    let ids: Vec<String> = (0..160)
+        .map(|i| emu.add_identity("rg", &format!("id{i}")).id)
+        .collect();
+
+    assert_eq!(
+        arm.update(&target, &ids, &[]).await.unwrap(),
+        2,
+        "160 additions: two PATCHes"
+    );
+    assert_eq!(emu.call_count("PATCH vmss"), 2);
+    assert!(
+        emu.call_count("GET operation") >= 2,
+        "each PATCH waited for"
+    );
+    let state = arm.identities(&target).await.unwrap();
+    assert_eq!(state.user_assigned.len(), 161);
+    // The entries carry client IDs: the operations completed.
+    let block = emu.identity_block(&vmss).unwrap();
+    assert!(
+        block["userAssignedIdentities"]
+            .as_object()
+            .unwrap()
+            .values()
+            .all(|v| v.get("clientId").is_some())
+    );
+
+    // Removing what we added leaves the pre-existing identity alone.
+    emu.reset_calls();
+    assert_eq!(arm.update(&target, &[], &ids).await.unwrap(), 2);
+    assert_eq!(emu.assigned_identities(&vmss), [keep.id.to_lowercase()]);
+    // Nothing to do: a read and no write.
+    emu.reset_calls();
+    assert_eq!(
+        arm.update(&target, std::slice::from_ref(&keep.id), &[])
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(emu.call_count("PATCH vmss"), 0);
+    assert_eq!(emu.call_count("GET vmss"), 1);
+    // The last one goes by type.
+    arm.update(&target, &[], std::slice::from_ref(&keep.id))
+        .await
+        .unwrap();
+    assert_eq!(emu.identity_block(&vmss).unwrap()["type"], "None");
+}
+
+#[tokio::test]
+async fn errors_say_whether_to_retry() {
+    let (emu, arm) = setup().await;
+    let vmss = emu.add_scale_set("MC_rg", "vmss", 1);
+    let target = NodeResource::parse(&format!("azure://{vmss}/virtualMachines/0"))
+        .unwrap()
+        .target();
+    emu.inject(Fault {
+        route: "GET vmss".into(),
+        status: Some(429),
+        retry_after: Some(12),
+        count: Some(1),
+        ..Default::default()
+    });
+    let err = arm.identities(&target).await.unwrap_err();
+    assert!(err.is_retryable());
+    assert!(
+        matches!(
+            err,
+            podid_azure::Error::Arm {
+                status: 429,
+                retry_after: Some(12),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let id = emu.add_identity("rg", "locked");
+    emu.deny_assign(&id.id);
+    let err = arm
+        .update(&target, std::slice::from_ref(&id.id), &[])
+        .await
+        .unwrap_err();
+    assert!(!err.is_retryable());
+    assert!(
+        err.to_string().contains("LinkedAuthorizationFailed"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn federated_credentials_round_trip() {
+    let (emu, arm) = setup().await;
+    let id = emu.add_identity("rg", "payments-id");
+    let c = FederatedCredential {
+        name: "payments-checkout".into(),
+        issuer: "https://oidc.example/".into(),
+        subject: "system:serviceaccount:payments:checkout".into(),
+        audience: "api://AzureADTokenExchange".into(),
+    };
+    arm.put(&id.id, &c).await.unwrap();
+    assert_eq!(arm.list(&id.id).await.unwrap(), vec![c.clone()]);
+    arm.delete(&id.id, &c.name).await.unwrap();
+    assert!(arm.list(&id.id).await.unwrap().is_empty());
+}
