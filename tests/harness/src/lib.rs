@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
@@ -611,6 +611,61 @@ where
         .await
         .map_err(|_| Error::Wait(format!("{name}: condition not met after {secs}s")))?
         .map_err(|e| Error::Wait(e.to_string()))
+}
+
+/// Whether a pod is Running with an IP from [`POD_CIDR`] (what kwok gives pods on fake nodes).
+pub fn is_running_on_fake_node(pod: &Pod) -> bool {
+    let status = pod.status.as_ref();
+    status.and_then(|s| s.phase.as_deref()) == Some("Running")
+        && status
+            .and_then(|s| s.pod_ip.as_deref())
+            .is_some_and(|ip| ip.starts_with("127.10."))
+}
+
+/// Waits (with a watch) until `count` pods matching `labels` are Running with 127.10.x.x IPs,
+/// failing after `secs` seconds; returns those pods.
+pub async fn wait_for_running_pods(
+    pods: Api<Pod>,
+    labels: &str,
+    count: usize,
+    secs: u64,
+) -> Result<Vec<Pod>, Error> {
+    use futures::TryStreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+
+    let mut seen = std::collections::BTreeMap::new();
+    let stream = watcher(pods, watcher::Config::default().labels(labels)).touched_objects();
+    let wait = async {
+        futures::pin_mut!(stream);
+        while let Some(pod) = stream
+            .try_next()
+            .await
+            .map_err(|e| Error::Wait(e.to_string()))?
+        {
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            if pod.metadata.deletion_timestamp.is_some() {
+                seen.remove(&name);
+            } else {
+                seen.insert(name, pod);
+            }
+            let running: Vec<Pod> = seen
+                .values()
+                .filter(|p| is_running_on_fake_node(p))
+                .cloned()
+                .collect();
+            if running.len() >= count {
+                return Ok(running);
+            }
+        }
+        Err(Error::Wait("pod watch ended".into()))
+    };
+    tokio::time::timeout(Duration::from_secs(secs), wait)
+        .await
+        .map_err(|_| {
+            Error::Wait(format!(
+                "{count} pods `{labels}` not Running with 127.10.x.x IPs after {secs}s"
+            ))
+        })?
 }
 
 /// Stops every control-plane process now (also done automatically at exit).

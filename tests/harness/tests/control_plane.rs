@@ -2,14 +2,11 @@
 //! ServiceAccount token verifies against the issuer's anonymously served JWKS.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::api::{Api, ListParams, PostParams};
-use kube::runtime::{WatchStreamExt, watcher};
 use podid_crds::{AzureIdentity, AzureIdentitySpec};
 use podid_testkit::{Cluster, NodePool};
 
@@ -64,34 +61,9 @@ async fn deployment_runs_on_fake_nodes_and_tokens_verify_against_anonymous_jwks(
         .expect("create Deployment");
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
-    let running = |p: &Pod| {
-        let st = p.status.as_ref();
-        st.and_then(|s| s.phase.as_deref()) == Some("Running")
-            && st
-                .and_then(|s| s.pod_ip.as_deref())
-                .is_some_and(|ip| ip.starts_with("127.10."))
-    };
-    let mut store = std::collections::BTreeMap::new();
-    let stream = watcher(pods.clone(), watcher::Config::default().labels("app=web"))
-        .applied_objects()
-        .boxed();
-    let wait = async {
-        let mut stream = stream;
-        while let Some(p) = stream.try_next().await.expect("watch pods") {
-            store.insert(p.metadata.name.clone().unwrap_or_default(), p);
-            if store.values().filter(|p| running(p)).count() >= 3 {
-                return;
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(120), wait)
+    let running_pods = podid_testkit::wait_for_running_pods(pods, "app=web", 3, 120)
         .await
-        .expect("3 pods Running with 127.10.x.x IPs within 120s");
-    let listed = pods
-        .list(&ListParams::default().labels("app=web"))
-        .await
-        .unwrap();
-    let running_pods: Vec<&Pod> = listed.items.iter().filter(|p| running(p)).collect();
+        .expect("3 pods Running with 127.10.x.x IPs");
     assert_eq!(running_pods.len(), 3);
     let nodes: BTreeSet<String> = running_pods
         .iter()
