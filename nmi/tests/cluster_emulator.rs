@@ -143,6 +143,74 @@ async fn start_agent(
     (addr, shutdown.drop_guard())
 }
 
+/// Python azure-identity's ManagedIdentityCredential, run as the pod at `from` (its requests
+/// leave from that address) against the agent at `agent`: `TOKEN <jwt>` or `ERROR <type>`.
+/// `None` when the venv of tests/azure-emulator/setup-python.sh is missing.
+async fn python_sdk(agent: SocketAddr, from: IpAddr, client_id: Option<&str>) -> Option<String> {
+    let venv = std::env::var_os("PODID_PY_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("PODID_CACHE_DIR")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| {
+                    std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/podid")
+                })
+                .join("venv-azure-identity-1.27.0")
+        });
+    let py = venv.join("bin/python");
+    if !py.is_file() {
+        eprintln!(
+            "skipping the Python SDK check: {} missing (tests/run.sh installs it)",
+            py.display()
+        );
+        return None;
+    }
+    const SCRIPT: &str = r#"
+import sys, requests
+from requests_toolbelt.adapters.source import SourceAddressAdapter
+from azure.core.pipeline.transport import RequestsTransport
+from azure.identity import ManagedIdentityCredential
+s = requests.Session()
+s.mount("http://", SourceAddressAdapter(sys.argv[1]))
+kw = {"client_id": sys.argv[2]} if len(sys.argv) > 2 else {}
+cred = ManagedIdentityCredential(transport=RequestsTransport(session=s, session_owner=False), **kw)
+try:
+    print("TOKEN", cred.get_token("https://vault.azure.net/.default").token)
+except Exception as e:
+    print("ERROR", type(e).__name__)
+"#;
+    let mut cmd = tokio::process::Command::new(py);
+    cmd.arg("-c").arg(SCRIPT).arg(from.to_string());
+    if let Some(c) = client_id {
+        cmd.arg(c);
+    }
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AZURE_")
+            || [
+                "IDENTITY_ENDPOINT",
+                "IDENTITY_HEADER",
+                "MSI_ENDPOINT",
+                "IMDS_ENDPOINT",
+                "MSI_SECRET",
+            ]
+            .contains(&k.as_str())
+        {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env(
+        "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+        format!("http://{agent}"),
+    );
+    let out = cmd.output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
 #[tokio::test]
 async fn managed_mode_security_matrix_on_a_real_apiserver_and_the_emulator() {
     let cluster = Cluster::shared_async().await;
@@ -296,6 +364,21 @@ async fn managed_mode_security_matrix_on_a_real_apiserver_and_the_emulator() {
         claims(v["access_token"].as_str().unwrap())["appid"],
         sp_client
     );
+
+    // A real SDK client in the pod: Python azure-identity's ManagedIdentityCredential.
+    if let Some(out) = python_sdk(addr, ips["pod-a"], None).await {
+        let token = out
+            .strip_prefix("TOKEN ")
+            .unwrap_or_else(|| panic!("{out}"));
+        assert_eq!(claims(token)["appid"], a.client_id.as_str());
+        let out = python_sdk(addr, ips["pod-a"], Some(&b.client_id))
+            .await
+            .unwrap();
+        assert!(
+            out.starts_with("ERROR"),
+            "another pod's identity through the SDK: {out}"
+        );
+    }
 
     // An excepted pod talks to IMDS itself: whatever it asks for is IMDS's answer.
     let (status, body) = call(
