@@ -5,6 +5,7 @@ pub mod inventory;
 pub mod live;
 pub mod render;
 pub mod report;
+pub mod selector;
 pub mod synth;
 pub mod verdict;
 pub mod workload;
@@ -26,6 +27,8 @@ pub enum Error {
         field: String,
         message: String,
     },
+    #[error("label selector {selector:?}: {message}")]
+    Selector { selector: String, message: String },
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     #[error("JSON: {0}")]

@@ -14,16 +14,14 @@ const PAGE: u32 = 500;
 /// What to read.
 #[derive(Clone, Debug, Default)]
 pub struct Scope {
-    /// Namespaces to read pods and workloads from; empty means all.
+    /// Namespaces to read pods and workloads from; empty means all. (A label selector is
+    /// applied to the report, not to the scan: see [`crate::report::Report::build_selected`].)
     pub namespaces: Vec<String>,
-    /// Label selector for pods and workloads.
-    pub selector: Option<String>,
 }
 
 async fn list_all<K>(
     client: &Client,
     namespaces: &[String],
-    selector: Option<&str>,
     bar: &ProgressBar,
 ) -> Result<Vec<K>, Error>
 where
@@ -45,9 +43,6 @@ where
     let mut out = Vec::new();
     for api in apis {
         let mut lp = ListParams::default().limit(PAGE);
-        if let Some(s) = selector {
-            lp = lp.labels(s);
-        }
         loop {
             let page = match api.list(&lp).await {
                 Ok(p) => p,
@@ -126,21 +121,20 @@ pub async fn scan(
         b
     };
     let ns = &scope.namespaces;
-    let sel = scope.selector.as_deref();
     let all: &[String] = &[];
     let mut inv = Inventory {
-        pods: list_all(client, ns, sel, &bar).await?,
-        service_accounts: list_all(client, ns, None, &bar).await?,
-        deployments: list_all(client, ns, sel, &bar).await?,
-        replica_sets: list_all(client, ns, sel, &bar).await?,
-        stateful_sets: list_all(client, ns, sel, &bar).await?,
-        daemon_sets: list_all(client, ns, sel, &bar).await?,
-        jobs: list_all(client, ns, sel, &bar).await?,
-        cron_jobs: list_all(client, ns, sel, &bar).await?,
-        identities: list_all(client, all, None, &bar).await?,
-        bindings: list_all(client, all, None, &bar).await?,
-        assigned: list_all(client, all, None, &bar).await?,
-        exceptions: list_all(client, all, None, &bar).await?,
+        pods: list_all(client, ns, &bar).await?,
+        service_accounts: list_all(client, ns, &bar).await?,
+        deployments: list_all(client, ns, &bar).await?,
+        replica_sets: list_all(client, ns, &bar).await?,
+        stateful_sets: list_all(client, ns, &bar).await?,
+        daemon_sets: list_all(client, ns, &bar).await?,
+        jobs: list_all(client, ns, &bar).await?,
+        cron_jobs: list_all(client, ns, &bar).await?,
+        identities: list_all(client, all, &bar).await?,
+        bindings: list_all(client, all, &bar).await?,
+        assigned: list_all(client, all, &bar).await?,
+        exceptions: list_all(client, all, &bar).await?,
         webhooks: list_cluster(client, &bar).await?,
         nodes: list_cluster(client, &bar).await?,
         ..Default::default()

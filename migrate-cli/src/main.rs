@@ -10,11 +10,14 @@ use podid_cli::inventory::Inventory;
 use podid_cli::live::{Scope, scan};
 use podid_cli::render::{Format, render};
 use podid_cli::report::Report;
+use podid_cli::selector::LabelSelector;
 use podid_cli::verdict::ClusterContext;
 use podid_crds::policy::MatchOptions;
 
 /// Exit code when the report lists at least one blocked workload.
 const EXIT_BLOCKED: u8 = 3;
+/// Exit code for usage errors (clap uses the same).
+const EXIT_USAGE: u8 = 2;
 
 #[derive(Parser)]
 #[command(
@@ -41,12 +44,17 @@ struct Source {
     /// All namespaces (the default when no -n is given).
     #[arg(short = 'A', long, conflicts_with = "namespaces")]
     all_namespaces: bool,
-    /// Label selector for pods and workloads.
+    /// Label selector (`kubectl -l` syntax): list only workloads whose pod template (a bare
+    /// pod's own labels) matches. Ignored by `snapshot`, which records everything in scope.
     #[arg(short = 'l', long)]
     selector: Option<String>,
     /// No progress bar.
     #[arg(short, long)]
     quiet: bool,
+    /// The cluster's OIDC issuer URL (AKS: `az aks show --query oidcIssuerProfile.issuerUrl`),
+    /// overriding what the API server announces or the snapshot records.
+    #[arg(long, value_name = "URL")]
+    oidc_issuer: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -95,9 +103,16 @@ async fn live(source: &Source) -> anyhow::Result<Inventory> {
     let c = client(source.context.as_ref()).await?;
     let scope = Scope {
         namespaces: source.namespaces.clone(),
-        selector: source.selector.clone(),
     };
-    Ok(scan(&c, &scope, source.context.clone(), source.quiet).await?)
+    let mut inv = scan(&c, &scope, source.context.clone(), source.quiet).await?;
+    override_issuer(&mut inv, source);
+    Ok(inv)
+}
+
+fn override_issuer(inv: &mut Inventory, source: &Source) {
+    if let Some(issuer) = &source.oidc_issuer {
+        inv.cluster.oidc_issuer = Some(issuer.clone()).filter(|i| !i.is_empty());
+    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -108,17 +123,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             output,
             force_namespaced,
         } => {
+            let selector = source
+                .selector
+                .as_deref()
+                .map(LabelSelector::parse)
+                .transpose()?;
             let inv = if from_file.is_empty() {
                 live(&source).await?
             } else {
-                Inventory::from_files(&from_file)?
+                let mut inv = Inventory::from_files(&from_file)?;
+                override_issuer(&mut inv, &source);
+                inv
             };
             for (kind, n) in &inv.skipped_kinds {
                 eprintln!("note: skipped {n} object(s) of kind {kind} (not used by the report)");
             }
             let ctx =
                 ClusterContext::from_inventory(&inv, MatchOptions::standard(force_namespaced));
-            let report = Report::build(&inv, &ctx, &source.namespaces);
+            let report = Report::build_selected(&inv, &ctx, &source.namespaces, selector.as_ref());
             print!("{}", render(&report, output)?);
             Ok(if report.has_blocked() {
                 ExitCode::from(EXIT_BLOCKED)
@@ -152,7 +174,15 @@ pub async fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // A malformed -l is a usage error, like clap's own.
+            if matches!(
+                e.downcast_ref::<podid_cli::Error>(),
+                Some(podid_cli::Error::Selector { .. })
+            ) {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

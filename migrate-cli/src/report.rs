@@ -1,15 +1,16 @@
 //! The report document: every assessed workload plus totals, in a stable, versioned schema
-//! (`apiVersion: podid.dev/v1alpha1`, `kind: MigrationReport`; see docs/report.md).
+//! (`apiVersion: podid.dev/v1alpha1`, `kind: Report`; see docs/report.md).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::inventory::{ClusterFacts, Inventory};
+use crate::selector::LabelSelector;
 use crate::verdict::{Assessment, ClusterContext, Verdict, assess};
 
 pub const REPORT_API_VERSION: &str = "podid.dev/v1alpha1";
-pub const REPORT_KIND: &str = "MigrationReport";
+pub const REPORT_KIND: &str = "Report";
 
 /// Counts by verdict.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,9 +83,24 @@ impl Report {
     /// Builds the report. `namespaces` restricts the workloads listed (empty: all); bindings
     /// and identities are always read cluster-wide, as pod identity matches across namespaces.
     pub fn build(inv: &Inventory, ctx: &ClusterContext, namespaces: &[String]) -> Report {
+        Self::build_selected(inv, ctx, namespaces, None)
+    }
+
+    /// [`Report::build`], listing only workloads whose pod-template labels (a bare pod's own
+    /// labels) match `selector`. Every workload is still assessed, so the cross-workload rules
+    /// (shared ServiceAccounts, the credential limit) see the whole input.
+    pub fn build_selected(
+        inv: &Inventory,
+        ctx: &ClusterContext,
+        namespaces: &[String],
+        selector: Option<&LabelSelector>,
+    ) -> Report {
         let mut workloads = assess(inv, ctx);
         if !namespaces.is_empty() {
             workloads.retain(|a| namespaces.contains(&a.workload.namespace));
+        }
+        if let Some(sel) = selector {
+            workloads.retain(|a| sel.matches(&a.workload.labels));
         }
         let mut summary = Summary {
             workloads: workloads.len(),

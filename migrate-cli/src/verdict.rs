@@ -117,10 +117,39 @@ pub struct Assessment {
     pub target_service_account: Option<String>,
 }
 
+/// Why an issuer URL cannot serve Workload ID, if it cannot: Entra fetches the issuer's discovery
+/// document and keys from the internet, so it must be an `https` URL outside the cluster. A
+/// cluster without `--enable-oidc-issuer` still announces an in-cluster issuer such as
+/// `https://kubernetes.default.svc.cluster.local`, which Entra cannot reach (AADSTS90061).
+pub fn issuer_problem(issuer: &str) -> Option<&'static str> {
+    let Some(rest) = issuer.strip_prefix("https://") else {
+        return Some("is not an https URL");
+    };
+    let host = rest
+        .split(['/', ':'])
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if host.is_empty() {
+        return Some("has no host");
+    }
+    if host == "kubernetes"
+        || host.starts_with("kubernetes.default")
+        || host.ends_with(".svc")
+        || host.ends_with(".cluster.local")
+    {
+        return Some("is the in-cluster default, which Entra cannot reach");
+    }
+    None
+}
+
 /// Cluster-wide facts that shape every verdict.
 #[derive(Clone, Debug, Default)]
 pub struct ClusterContext {
+    /// The issuer Entra can use; `None` when the cluster has none or only an in-cluster one.
     pub oidc_issuer: Option<String>,
+    /// Why the recorded issuer was not usable (shown in `no-oidc-issuer`).
+    pub issuer_problem: Option<String>,
     pub webhook_installed: bool,
     pub kubenet: bool,
     pub match_options: MatchOptions,
@@ -146,8 +175,13 @@ impl ClusterContext {
                         .is_some_and(|p| p == "kubenet")
                 })
             });
+        let recorded = inv.cluster.oidc_issuer.clone().filter(|s| !s.is_empty());
+        let issuer_problem = recorded
+            .as_deref()
+            .and_then(|i| issuer_problem(i).map(|p| format!("the recorded issuer {i} {p}")));
         Self {
-            oidc_issuer: inv.cluster.oidc_issuer.clone().filter(|s| !s.is_empty()),
+            oidc_issuer: recorded.filter(|_| issuer_problem.is_none()),
+            issuer_problem,
             webhook_installed,
             kubenet,
             match_options,
@@ -275,14 +309,20 @@ pub fn assess_one(
             findings.push(finding(
                 "no-oidc-issuer",
                 Severity::Blocker,
-                "the cluster has no OIDC issuer; enable it (az aks update --enable-oidc-issuer) so Entra can verify ServiceAccount tokens",
+                format!(
+                    "the cluster has no public OIDC issuer{}; enable it (az aks update --enable-oidc-issuer; self-managed: --service-account-issuer with public discovery) so Entra can verify ServiceAccount tokens",
+                    ctx.issuer_problem
+                        .as_deref()
+                        .map(|p| format!(" ({p})"))
+                        .unwrap_or_default()
+                ),
             ));
         }
         if w.host_network {
             findings.push(finding(
                 "host-network",
                 Severity::Note,
-                "host-network pod: the Workload ID migration sidecar cannot be injected, so the application itself must use a Workload ID-capable Azure SDK",
+                "host-network pod: pod identity never intercepted its token requests (they went straight to the node's instance metadata service), and the Workload ID migration sidecar cannot be injected, so the application itself must use a Workload ID-capable Azure SDK",
             ));
         }
         if ctx.kubenet && !w.drops_net_raw {
@@ -453,11 +493,15 @@ pub fn assess(inv: &Inventory, ctx: &ClusterContext) -> Vec<Assessment> {
         if !a.bridge.annotation_present
             && let Some(i) = default_id
         {
+            let now = match annotations.get(WI_CLIENT_ID_ANNOTATION) {
+                Some(v) => format!(" (it now names {v}, a different identity)"),
+                None => String::new(),
+            };
             a.findings.push(finding(
                 "service-account-annotation",
                 Severity::Step,
                 format!(
-                    "annotate ServiceAccount {ns}/{target} with {WI_CLIENT_ID_ANNOTATION}: {}",
+                    "annotate ServiceAccount {ns}/{target} with {WI_CLIENT_ID_ANNOTATION}: {}{now}",
                     i.client_id
                 ),
             ));

@@ -111,7 +111,7 @@ fn json_and_yaml_carry_the_versioned_schema() {
     let yv: serde_json::Value = serde_yaml::from_slice(&y.stdout).unwrap();
     assert_eq!(jv, yv);
     assert_eq!(jv["apiVersion"], "podid.dev/v1alpha1");
-    assert_eq!(jv["kind"], "MigrationReport");
+    assert_eq!(jv["kind"], "Report");
     assert_eq!(
         jv["summary"]["identities"][0]["name"], "tenant-reader",
         "ranked by dependents"
@@ -233,5 +233,57 @@ fn the_kubectl_plugin_binary_is_the_same_program() {
         .unwrap();
     assert_eq!(out.status.code(), Some(3));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["kind"], "MigrationReport");
+    assert_eq!(v["kind"], "Report");
+}
+
+#[test]
+fn selector_applies_to_snapshots_and_a_bad_one_is_a_usage_error() {
+    let file = example("cluster-snapshot.yaml");
+    let out = podid(&[
+        "report",
+        "--from-file",
+        &file,
+        "-o",
+        "json",
+        "-l",
+        "app=checkout",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let names: Vec<&str> = v["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["checkout"]);
+
+    let bad = podid(&["report", "--from-file", &file, "-l", "app in checkout"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    assert!(stderr(&bad).contains("label selector"), "{}", stderr(&bad));
+}
+
+#[test]
+fn oidc_issuer_flag_overrides_the_snapshot() {
+    let file = example("legacy-cluster-snapshot.yaml");
+    let before = podid(&["report", "--from-file", &file, "-o", "json"]);
+    assert!(stdout(&before).contains("no-oidc-issuer"));
+    let after = podid(&[
+        "report",
+        "--from-file",
+        &file,
+        "-o",
+        "json",
+        "--oidc-issuer",
+        "https://westeurope.oic.prod-aks.azure.com/t/c/",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&after)).unwrap();
+    assert_eq!(
+        v["cluster"]["oidcIssuer"],
+        "https://westeurope.oic.prod-aks.azure.com/t/c/"
+    );
+    assert!(
+        v["summary"]["reasons"].get("no-oidc-issuer").is_none(),
+        "{v}"
+    );
 }

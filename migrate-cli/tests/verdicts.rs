@@ -470,3 +470,44 @@ fn pods_roll_up_to_deployments_and_cronjobs_and_idle_templates_count() {
     assert_eq!(cron.workload.live_pods, 0, "idle CronJob still reported");
     assert!(cron.uses_pod_identity);
 }
+
+#[test]
+fn an_in_cluster_issuer_is_no_oidc_issuer() {
+    for issuer in [
+        "https://kubernetes.default.svc.cluster.local",
+        "https://kubernetes.default.svc",
+        "http://oidc.example.com/",
+    ] {
+        let inv = inventory(prepared(), Some(issuer));
+        let ctx = ClusterContext::from_inventory(&inv, MatchOptions::standard(false));
+        let r = Report::build(&inv, &ctx, &[]);
+        let a = &r.workloads[0];
+        assert_eq!(codes(a, Severity::Blocker), ["no-oidc-issuer"], "{issuer}");
+        let f = a.findings.iter().find(|f| f.code == "no-oidc-issuer");
+        assert!(f.unwrap().message.contains(issuer), "{issuer}");
+        assert_eq!(
+            r.cluster.oidc_issuer.as_deref(),
+            Some(issuer),
+            "recorded as read"
+        );
+    }
+}
+
+#[test]
+fn an_annotation_naming_another_identity_is_not_counted_as_done() {
+    let mut objs = prepared();
+    objs[3] = sa(
+        "apps",
+        "web",
+        json!({"azure.workload.identity/client-id": "C9", "podid.dev/federated-credentials": "c1"}),
+    );
+    let a = one(objs, "web");
+    assert!(!a.bridge.annotation_present);
+    assert!(a.bridge.credential_ready);
+    assert_eq!(codes(&a, Severity::Step), ["service-account-annotation"]);
+    assert!(
+        a.findings[0].message.contains("now names C9"),
+        "{:?}",
+        a.findings
+    );
+}
