@@ -72,6 +72,11 @@ pub fn pod_info(pod: &Pod) -> PodInfo {
             .and_then(|s| s.pod_ip.as_deref())
             .and_then(|ip| ip.parse().ok()),
         active: matches!(phase, "Pending" | "Running"),
+        host_network: pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false),
     }
 }
 
@@ -155,7 +160,7 @@ impl ClusterView for KubeView {
             .state()
             .iter()
             .map(|p| pod_info(p))
-            .filter(|p| p.active && p.ip == Some(ip))
+            .filter(|p| p.active && !p.host_network && p.ip == Some(ip))
             .collect()
     }
 

@@ -22,6 +22,8 @@ pub struct PodInfo {
     pub ip: Option<IpAddr>,
     /// True while the pod is `Pending` or `Running`.
     pub active: bool,
+    /// `spec.hostNetwork`: such a pod shares the node's IP, so its address proves nothing.
+    pub host_network: bool,
 }
 
 impl PodInfo {
@@ -32,7 +34,8 @@ impl PodInfo {
 
 /// Read access to the node's view of the cluster. Every method reads memory only.
 pub trait ClusterView: Send + Sync {
-    /// Active pods of this node whose `status.podIP` is `ip`.
+    /// Active pods of this node whose `status.podIP` is `ip`, leaving out hostNetwork pods
+    /// (any process on the node could use their address).
     fn pods_with_ip(&self, ip: IpAddr) -> Vec<PodInfo>;
     /// A pod of this node by namespace and name.
     fn pod(&self, namespace: &str, name: &str) -> Option<PodInfo>;
@@ -91,7 +94,7 @@ impl ClusterView for MemoryView {
         self.read()
             .pods
             .iter()
-            .filter(|p| p.active && p.ip == Some(ip))
+            .filter(|p| p.active && !p.host_network && p.ip == Some(ip))
             .cloned()
             .collect()
     }

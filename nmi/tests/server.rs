@@ -129,13 +129,15 @@ fn cluster(mode: Mode) -> MemoryState {
     let mut agent = pod("ns", "agent", None, "127.10.0.7");
     agent.facts.labels.insert("app".into(), "agent".into());
     let plain = pod("ns", "plain", None, "127.10.0.8");
+    let mut host = pod("ns", "host", Some("sel-a"), "127.10.0.9");
+    host.host_network = true;
     let assigned = if mode == Mode::Standard {
         vec![assigned(&pa, &a, Assigned), assigned(&pb, &b, Assigned)]
     } else {
         vec![]
     };
     MemoryState {
-        pods: vec![pa, pb, agent, plain],
+        pods: vec![pa, pb, agent, plain, host],
         exceptions: vec![exception("ns", "ex", "app", "agent")],
         bindings: vec![
             binding("ns", "ba", "a", "sel-a"),
@@ -290,6 +292,9 @@ async fn unknown_source_addresses_get_403() {
         (403, "no pod on this node has IP 127.10.0.99\n")
     );
     assert_eq!(h.fetches.load(Ordering::SeqCst), 0);
+    // A hostNetwork pod's address is the node's: any node process could use it.
+    let (status, _) = h.token("127.10.0.9", VAULT).await;
+    assert_eq!(status, 403);
 }
 
 #[tokio::test]

@@ -68,6 +68,7 @@ pub fn pod(ns: &str, name: &str, label: Option<&str>, ip: &str) -> PodInfo {
         replica_set: None,
         ip: Some(ip.parse::<IpAddr>().unwrap()),
         active: true,
+        host_network: false,
     }
 }
 
