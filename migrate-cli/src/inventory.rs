@@ -275,3 +275,76 @@ impl Inventory {
 }
 
 const SNAPSHOT_GROUP: &str = "podid.dev";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_json_single_objects_and_headers() {
+        let mut inv = Inventory::default();
+        inv.add_text(
+            r#"{"apiVersion":"v1","kind":"List","items":[
+                {"apiVersion":"v1","kind":"ServiceAccount","metadata":{"name":"a","namespace":"x"}},
+                {"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"d","namespace":"x"}}]}"#,
+            "list.json",
+        )
+        .unwrap();
+        inv.add_text(
+            "---\napiVersion: podid.dev/v1alpha1\nkind: ClusterSnapshot\ncluster:\n  oidcIssuer: https://i/\n---\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: s}\n---\napiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\n",
+            "multi.yaml",
+        )
+        .unwrap();
+        assert_eq!(inv.service_accounts.len(), 1);
+        assert_eq!(inv.deployments.len(), 1);
+        assert_eq!(inv.cluster.oidc_issuer.as_deref(), Some("https://i/"));
+        assert_eq!(inv.skipped_kinds.get("v1/Secret"), Some(&1));
+        assert_eq!(inv.skipped_kinds.get("example.com/v1/Widget"), Some(&1));
+    }
+
+    #[test]
+    fn errors_name_file_document_object_and_field() {
+        let mut inv = Inventory::default();
+        let e = inv
+            .add_text(
+                "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop}\nspec: {containers: oops}\n",
+                "snap.yaml",
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("snap.yaml: document 2 (Pod shop/web): spec.containers: invalid type"),
+            "{e}"
+        );
+        let e = inv
+            .add_text("kind: Pod\n", "k.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("k.yaml: document 1") && e.contains("apiVersion"),
+            "{e}"
+        );
+        let e = inv
+            .add_text("- 1\n- 2\n", "seq.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("seq.yaml: document 1"), "{e}");
+    }
+
+    #[test]
+    fn a_snapshot_reads_back_to_the_same_inventory() {
+        let mut inv = Inventory::default();
+        inv.cluster.oidc_issuer = Some("https://i/".into());
+        inv.add_text(
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: a\n  namespace: x\n  managedFields: [{manager: kubectl}]\n",
+            "in.yaml",
+        )
+        .unwrap();
+        let text = inv.to_snapshot_yaml().unwrap();
+        assert!(!text.contains("managedFields"));
+        let mut back = Inventory::default();
+        back.add_text(&text, "out.yaml").unwrap();
+        assert_eq!(back.cluster, inv.cluster);
+        assert_eq!(back.service_accounts.len(), 1);
+    }
+}

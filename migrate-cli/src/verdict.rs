@@ -536,3 +536,29 @@ pub fn assess(inv: &Inventory, ctx: &ClusterContext) -> Vec<Assessment> {
     }
     all
 }
+
+#[cfg(test)]
+mod tests {
+    use super::issuer_problem;
+
+    #[test]
+    fn only_public_https_issuers_serve_workload_id() {
+        for ok in [
+            "https://eastus.oic.prod-aks.azure.com/tenant/uuid/",
+            "https://oidc.prod-aks.azure.com/uuid/",
+            "https://127.0.0.1:6443",
+        ] {
+            assert_eq!(issuer_problem(ok), None, "{ok}");
+        }
+        for bad in [
+            "https://kubernetes.default.svc.cluster.local",
+            "https://kubernetes.default.svc",
+            "https://api.kube-system.svc",
+            "https://kubernetes",
+            "http://oidc.example.com/",
+            "https://",
+        ] {
+            assert!(issuer_problem(bad).is_some(), "{bad}");
+        }
+    }
+}

@@ -234,3 +234,40 @@ fn owner_of(
     }
     (ns.into(), kind, name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inv(yaml: &str) -> Inventory {
+        let mut inv = Inventory::default();
+        inv.add_text(yaml, "t.yaml").unwrap();
+        inv
+    }
+
+    const POD_OF_MISSING_RS: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: a}\nspec:\n  replicas: 0\n  selector: {matchLabels: {app: web}}\n  template: {metadata: {labels: {app: web}}, spec: {containers: [{name: c}]}}\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: web-5d4f-x\n  namespace: a\n  ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: web-5d4f, uid: u, controller: true}]\nspec: {containers: [{name: c}]}\n";
+
+    #[test]
+    fn a_pod_of_an_unlisted_replicaset_rolls_up_by_name() {
+        let w = workloads(&inv(POD_OF_MISSING_RS));
+        assert_eq!(w.len(), 1);
+        assert_eq!((w[0].kind.as_str(), w[0].live_pods), ("Deployment", 1));
+        assert_eq!(w[0].replicas, Some(0));
+    }
+
+    #[test]
+    fn template_facts_service_account_host_network_and_net_raw() {
+        let w = workloads(&inv(
+            "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: agent, namespace: a}\nspec:\n  selector: {matchLabels: {app: agent}}\n  template:\n    metadata: {labels: {app: agent}}\n    spec:\n      serviceAccountName: agent\n      hostNetwork: true\n      containers:\n      - {name: c, securityContext: {capabilities: {drop: [ALL]}}}\n      - {name: d, securityContext: {capabilities: {drop: [NET_RAW]}}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: bare, namespace: a}\nspec: {serviceAccountName: '', containers: [{name: c}]}\n",
+        ));
+        let agent = w.iter().find(|w| w.name == "agent").unwrap();
+        assert!(agent.host_network && agent.drops_net_raw);
+        assert_eq!(agent.service_account, "agent");
+        let bare = w.iter().find(|w| w.name == "bare").unwrap();
+        assert_eq!(
+            (bare.kind.as_str(), bare.service_account.as_str()),
+            ("Pod", "default")
+        );
+        assert!(!bare.drops_net_raw && !bare.unsupported_owner);
+    }
+}
