@@ -622,3 +622,31 @@ fn imds_urls_keep_the_base_path() {
         "http://127.0.0.1:9/instances/vmss_0/metadata/identity/oauth2/token"
     );
 }
+
+#[test]
+fn pod_info_from_a_pod_object() {
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "mic-7d9f-abcde", "namespace": "default",
+                     "labels": {"aadpodidbinding": "sel"},
+                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "replicaset", "name": "mic-7d9f", "uid": "u"}]},
+        "spec": {"nodeName": "node-1", "containers": []},
+        "status": {"phase": "Running", "podIP": "10.244.0.7"}
+    }))
+    .unwrap();
+    let info = podid_nmi::kube::pod_info(&pod);
+    assert_eq!(info.key(), "default/mic-7d9f-abcde");
+    assert_eq!(info.replica_set.as_deref(), Some("mic-7d9f"));
+    assert_eq!(info.ip, Some("10.244.0.7".parse().unwrap()));
+    assert!(info.active && !info.host_network);
+    assert_eq!(info.facts.binding_label(), Some("sel"));
+    assert_eq!(info.facts.node_name, "node-1");
+
+    let done: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "job", "namespace": "ns"},
+        "spec": {"hostNetwork": true, "containers": []},
+        "status": {"phase": "Succeeded", "podIP": "10.0.0.4"}
+    }))
+    .unwrap();
+    let info = podid_nmi::kube::pod_info(&done);
+    assert!(!info.active && info.host_network);
+}
