@@ -104,12 +104,42 @@ async fn live_report_equals_report_of_its_snapshot() {
     );
     assert_eq!(offline.status.code(), Some(3));
 
-    let mut a: serde_json::Value = serde_json::from_slice(&live.stdout).unwrap();
-    let mut b: serde_json::Value = serde_json::from_slice(&offline.stdout).unwrap();
-    for v in [&mut a, &mut b] {
+    let parse = |o: &std::process::Output| {
+        let mut v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         v["cluster"].as_object_mut().unwrap().remove("capturedAt");
-    }
-    assert_eq!(a, b);
+        v
+    };
+    let a = parse(&live);
+    assert_eq!(a, parse(&offline));
+
+    // A label selector narrows both the same way.
+    let snap_path = snap.to_str().unwrap();
+    let live_sel = podid(
+        cluster,
+        &["report", "-n", n, "-l", "app=web", "-o", "json", "-q"],
+    );
+    let file_sel = podid(
+        cluster,
+        &[
+            "report",
+            "--from-file",
+            snap_path,
+            "-n",
+            n,
+            "-l",
+            "app=web",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(
+        live_sel.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&live_sel.stderr)
+    );
+    assert_eq!(parse(&live_sel), parse(&file_sel));
+    assert_eq!(parse(&live_sel)["workloads"].as_array().unwrap().len(), 1);
     assert_eq!(
         a["cluster"]["oidcIssuer"],
         cluster.issuer(),
