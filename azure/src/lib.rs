@@ -8,7 +8,7 @@
 //! (the generated map type is an empty struct), so identity changes are sent as the JSON ARM
 //! documents, built by the pure [`identity_patches`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -75,6 +75,8 @@ pub struct IdentityState {
     pub system_assigned: bool,
     /// Lower-cased ARM ids of the user-assigned identities.
     pub user_assigned: BTreeSet<String>,
+    /// Lower-cased client IDs of those identities, by lower-cased ARM id, where ARM reported one.
+    pub client_ids: BTreeMap<String, String>,
 }
 
 impl IdentityState {
@@ -84,13 +86,20 @@ impl IdentityState {
             return Self::default();
         };
         let ty = i.get("type").and_then(Value::as_str).unwrap_or("None");
+        let entries = i.get("userAssignedIdentities").and_then(Value::as_object);
         Self {
             system_assigned: ty.to_ascii_lowercase().contains("systemassigned"),
-            user_assigned: i
-                .get("userAssignedIdentities")
-                .and_then(Value::as_object)
+            user_assigned: entries
                 .map(|m| m.keys().map(|k| k.to_ascii_lowercase()).collect())
                 .unwrap_or_default(),
+            client_ids: entries
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, v)| {
+                    let c = v.get("clientId")?.as_str()?;
+                    Some((k.to_ascii_lowercase(), c.to_ascii_lowercase()))
+                })
+                .collect(),
         }
     }
 }
@@ -370,6 +379,7 @@ mod tests {
         IdentityState {
             system_assigned: system,
             user_assigned: ids.iter().map(|n| id(*n).to_ascii_lowercase()).collect(),
+            client_ids: BTreeMap::new(),
         }
     }
 
@@ -435,7 +445,11 @@ mod tests {
         let s = IdentityState::from_arm(Some(
             &json!({"type": "SystemAssigned, UserAssigned", "userAssignedIdentities": {id(1): {"clientId": "c"}}}),
         ));
-        assert_eq!(s, state(true, &[1]));
+        let mut expected = state(true, &[1]);
+        expected
+            .client_ids
+            .insert(id(1).to_ascii_lowercase(), "c".into());
+        assert_eq!(s, expected);
         assert_eq!(IdentityState::from_arm(None), IdentityState::default());
     }
 

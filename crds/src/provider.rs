@@ -45,6 +45,37 @@ impl AssignmentTarget {
     }
 }
 
+impl AssignmentTarget {
+    /// Parses what [`AssignmentTarget::arm_id`] prints (`/subscriptions/<s>/resourceGroups/<rg>/
+    /// providers/Microsoft.Compute/virtualMachineScaleSets/<n>` or `.../virtualMachines/<n>`).
+    /// Segment names compare case-insensitively; values keep their case.
+    pub fn from_arm_id(id: &str) -> Option<Self> {
+        let parts: Vec<&str> = id.split('/').filter(|s| !s.is_empty()).collect();
+        let key = |i: usize, k: &str| parts.get(i).is_some_and(|p| p.eq_ignore_ascii_case(k));
+        if parts.len() != 8
+            || !(key(0, "subscriptions")
+                && key(2, "resourceGroups")
+                && key(4, "providers")
+                && key(5, "Microsoft.Compute"))
+        {
+            return None;
+        }
+        let is_scale_set = if key(6, "virtualMachineScaleSets") {
+            true
+        } else if key(6, "virtualMachines") {
+            false
+        } else {
+            return None;
+        };
+        Some(Self {
+            subscription: parts[1].to_string(),
+            resource_group: parts[3].to_string(),
+            name: parts[7].to_string(),
+            is_scale_set,
+        })
+    }
+}
+
 impl fmt::Display for AssignmentTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = if self.is_scale_set { "vmss" } else { "vm" };

@@ -482,6 +482,37 @@ fn provider_ids_of_scale_sets_and_vms() {
 }
 
 #[test]
+fn assignment_targets_round_trip_through_their_arm_id() {
+    for pid in [
+        "azure:///subscriptions/sub/resourceGroups/MC_rg/providers/Microsoft.Compute/virtualMachineScaleSets/aks-np-vmss/virtualMachines/3",
+        "azure:///subscriptions/sub/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/aks-agent-0",
+    ] {
+        let t = NodeResource::parse(pid).unwrap().target();
+        assert_eq!(
+            podid_crds::provider::AssignmentTarget::from_arm_id(&t.arm_id()),
+            Some(t)
+        );
+    }
+    let lower = podid_crds::provider::AssignmentTarget::from_arm_id(
+        "/subscriptions/sub/resourcegroups/rg/providers/microsoft.compute/virtualmachinescalesets/Pool",
+    )
+    .unwrap();
+    assert!(lower.is_scale_set);
+    assert_eq!(lower.name, "Pool");
+    for bad in [
+        "",
+        "/subscriptions/sub/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v",
+        "/subscriptions/sub/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/p/virtualMachines/0",
+    ] {
+        assert_eq!(
+            podid_crds::provider::AssignmentTarget::from_arm_id(bad),
+            None,
+            "{bad}"
+        );
+    }
+}
+
+#[test]
 fn tolerant_reads_of_odd_stored_objects() {
     let id: AzureIdentity = serde_json::from_value(serde_json::json!({
         "apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzureIdentity",

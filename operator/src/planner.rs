@@ -1,0 +1,617 @@
+//! The Managed Identity Controller's decisions as pure functions over plain data: from the pods,
+//! nodes, identities, bindings and AzureAssignedIdentities in the cluster, and the identities each
+//! scale set or VM carries now, which AzureAssignedIdentities to create, update and delete and
+//! which single identity delta to send to each scale set or VM.
+//!
+//! The I/O edge (`crate::controller`) reads, calls [`AssignmentPlanner::plan`], then applies the
+//! [`Plan`]: creations, one write per target, then the actions gated on that write.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::ResourceExt;
+use kube::api::ObjectMeta;
+use podid_azure::IdentityState;
+use podid_crds::policy::{
+    IdentityIndex, MatchOptions, PodFacts, assigned_identity_name, assigned_identity_namespace,
+};
+use podid_crds::provider::{AssignmentTarget, NodeResource};
+use podid_crds::{
+    ASSIGNED_IDENTITY_FINALIZER, AssignedIdentityState, AzureAssignedIdentity,
+    AzureAssignedIdentitySpec, AzureAssignedIdentityStatus, AzureIdentity, AzureIdentityBinding,
+    EmbeddedBinding, EmbeddedIdentity, IdentityType, NODENAME_LABEL,
+};
+
+/// Annotation (value `"true"`) on an AzureAssignedIdentity whose identity was already on the
+/// scale set or VM before podid assigned it: podid never removes such an identity.
+pub const PREEXISTING_ANNOTATION: &str = "podid.dev/preexisting-assignment";
+/// Annotation holding the ARM id of the scale set or VM the identity was assigned to, so the
+/// assignment can be undone after the node is gone.
+pub const TARGET_ANNOTATION: &str = "podid.dev/assignment-target";
+
+/// A pod as the planner sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodInfo {
+    pub facts: PodFacts,
+    /// Phase `Succeeded` or `Failed`: the pod runs no more and needs no identity.
+    pub terminated: bool,
+}
+
+impl From<&Pod> for PodInfo {
+    fn from(pod: &Pod) -> Self {
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        Self {
+            facts: PodFacts::from(pod),
+            terminated: matches!(phase, Some("Succeeded" | "Failed")),
+        }
+    }
+}
+
+/// A node as the planner sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub name: String,
+    /// `spec.providerID` (empty when the cloud provider has not set it).
+    pub provider_id: String,
+}
+
+impl From<&Node> for NodeInfo {
+    fn from(node: &Node) -> Self {
+        Self {
+            name: node.name_any(),
+            provider_id: node
+                .spec
+                .as_ref()
+                .and_then(|s| s.provider_id.clone())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// Everything the planner reads from the cluster.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct World<'a> {
+    pub pods: &'a [PodInfo],
+    pub nodes: &'a [NodeInfo],
+    pub identities: &'a [AzureIdentity],
+    pub bindings: &'a [AzureIdentityBinding],
+    pub assigned: &'a [AzureAssignedIdentity],
+}
+
+/// The planner's settings.
+#[derive(Clone, Debug, Default)]
+pub struct PlannerOptions {
+    /// `--forceNamespaced`.
+    pub force_namespaced: bool,
+    /// Identities never removed from a scale set or VM: client IDs (`--immutable-user-msis`, the
+    /// cluster identity) or ARM ids; compared case-insensitively.
+    pub immutable: BTreeSet<String>,
+    /// Subscription and resource group of nodes without a usable `spec.providerID`: such a node
+    /// is taken to be a VM named like the node there (the original's only behaviour).
+    pub fallback_scope: Option<(String, String)>,
+}
+
+/// Namespace and name of an AzureAssignedIdentity.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+fn key_of(a: &AzureAssignedIdentity) -> ObjectKey {
+    ObjectKey {
+        namespace: a.namespace().unwrap_or_default(),
+        name: a.name_any(),
+    }
+}
+
+/// An action to take once every write to `after` has succeeded (at once when `after` is empty).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gated<T> {
+    pub item: T,
+    pub after: Vec<AssignmentTarget>,
+}
+
+/// The identity delta for one scale set or VM: at most one per target and pass.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TargetWrite {
+    /// Lower-cased ARM ids to add.
+    pub add: Vec<String>,
+    /// Lower-cased ARM ids to remove.
+    pub remove: Vec<String>,
+}
+
+/// Why something the cluster asks for is not planned this pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Skip {
+    /// The pod's node is not (or no longer) in the cluster.
+    NodeMissing { pod: String, node: String },
+    /// The node's providerID names no scale set or VM and no fallback scope is configured.
+    NoTarget { node: String },
+    /// The target's identities could not be read this pass; its work waits for the next.
+    TargetUnread { target: AssignmentTarget },
+    /// Two desired assignments share a name (the original's naming can collide).
+    NameCollision { key: ObjectKey },
+    /// The object of this name is being deleted; it is recreated once it is gone.
+    Terminating { key: ObjectKey },
+}
+
+/// One pass's decisions.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    /// New objects, posted before any write. Status `Created` when gated (then
+    /// [`Plan::mark_assigned`] holds them too), `Assigned` otherwise.
+    pub create: Vec<Gated<AzureAssignedIdentity>>,
+    /// Replacements of existing objects (same name; metadata kept), status `Assigned`, put once
+    /// their gate succeeded.
+    pub update: Vec<Gated<AzureAssignedIdentity>>,
+    /// Objects whose status becomes `Assigned` once their gate succeeded.
+    pub mark_assigned: Vec<Gated<ObjectKey>>,
+    /// Objects to delete (finalizer removed). Gated ones had their identity removed by the
+    /// write: they are first marked `Unassigned`.
+    pub delete: Vec<Gated<ObjectKey>>,
+    /// The one identity delta per scale set or VM.
+    pub writes: BTreeMap<AssignmentTarget, TargetWrite>,
+    pub skipped: Vec<Skip>,
+}
+
+impl Plan {
+    /// True when the pass has nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.create.is_empty()
+            && self.update.is_empty()
+            && self.mark_assigned.is_empty()
+            && self.delete.is_empty()
+            && self.writes.is_empty()
+    }
+}
+
+/// A desired assignment: one (pod, identity) pair.
+struct Desired<'a> {
+    pod: &'a PodFacts,
+    identity: &'a AzureIdentity,
+    binding: &'a AzureIdentityBinding,
+    /// The target and lower-cased resource ID, for user-assigned identities.
+    arm: Option<(AssignmentTarget, String)>,
+}
+
+/// An existing AzureAssignedIdentity and where its identity was assigned.
+struct Existing<'a> {
+    object: &'a AzureAssignedIdentity,
+    /// The target and lower-cased resource ID it records, when known.
+    arm: Option<(AssignmentTarget, String)>,
+    preexisting: bool,
+    terminating: bool,
+}
+
+struct Analysis<'a> {
+    desired: BTreeMap<ObjectKey, Desired<'a>>,
+    existing: BTreeMap<ObjectKey, Existing<'a>>,
+    skipped: Vec<Skip>,
+}
+
+/// Decides assignments; see the module documentation.
+#[derive(Clone, Debug, Default)]
+pub struct AssignmentPlanner {
+    pub options: PlannerOptions,
+}
+
+impl AssignmentPlanner {
+    pub fn new(options: PlannerOptions) -> Self {
+        Self { options }
+    }
+
+    /// The scale sets and VMs whose identities the next [`plan`](Self::plan) needs: those with
+    /// pending work, or with `full` every target any assignment lives on (the periodic pass that
+    /// re-adds identities removed behind the controller's back).
+    pub fn targets(&self, world: World<'_>, full: bool) -> BTreeSet<AssignmentTarget> {
+        let a = self.analyse(world);
+        let mut out = BTreeSet::new();
+        for (key, d) in &a.desired {
+            let Some((t, _)) = &d.arm else { continue };
+            let settled = a.existing.get(key).is_some_and(|e| {
+                self.matches(e, d) && state(e.object) == AssignedIdentityState::Assigned
+            });
+            if full || !settled {
+                out.insert(t.clone());
+            }
+        }
+        for (key, e) in &a.existing {
+            let Some((t, _)) = &e.arm else { continue };
+            let kept = a.desired.get(key).is_some_and(|d| self.matches(e, d));
+            if full || e.terminating || !kept {
+                out.insert(t.clone());
+            }
+        }
+        out
+    }
+
+    /// The pass's plan, given the identities of the targets that could be read. Work on a target
+    /// missing from `current` is left for a later pass.
+    pub fn plan(
+        &self,
+        world: World<'_>,
+        current: &BTreeMap<AssignmentTarget, IdentityState>,
+    ) -> Plan {
+        let a = self.analyse(world);
+        let mut plan = Plan {
+            skipped: a.skipped.clone(),
+            ..Plan::default()
+        };
+        let mut unread = BTreeSet::new();
+        let mut readable = |t: &AssignmentTarget, plan: &mut Plan| {
+            if current.contains_key(t) {
+                true
+            } else {
+                if unread.insert(t.clone()) {
+                    plan.skipped.push(Skip::TargetUnread { target: t.clone() });
+                }
+                false
+            }
+        };
+
+        // Which identity each target must carry, over all of its nodes.
+        let mut needed: BTreeMap<&AssignmentTarget, BTreeSet<&str>> = BTreeMap::new();
+        for d in a.desired.values() {
+            if let Some((t, id)) = &d.arm {
+                needed.entry(t).or_default().insert(id);
+            }
+        }
+        // Which identities podid holds records for, per target, and whether any record says
+        // the identity was there before podid.
+        let mut recorded: BTreeMap<(&AssignmentTarget, &str), bool> = BTreeMap::new();
+        let mut client_ids: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+        for e in a.existing.values() {
+            if let Some((t, id)) = &e.arm {
+                *recorded.entry((t, id)).or_default() |= e.preexisting;
+                if let Some(c) = embedded_client_id(e.object) {
+                    client_ids.entry(id).or_default().insert(c);
+                }
+            }
+        }
+
+        // The one delta per target.
+        for (t, state) in current {
+            let want = needed.get(t).cloned().unwrap_or_default();
+            let add: Vec<String> = want
+                .iter()
+                .filter(|id| !state.user_assigned.contains(**id))
+                .map(|id| id.to_string())
+                .collect();
+            let remove: Vec<String> = state
+                .user_assigned
+                .iter()
+                .filter(|id| !want.contains(id.as_str()))
+                .filter(|id| recorded.get(&(t, id.as_str())) == Some(&false))
+                .filter(|id| !self.is_immutable(id, state, client_ids.get(id.as_str())))
+                .cloned()
+                .collect();
+            if !add.is_empty() || !remove.is_empty() {
+                plan.writes.insert(t.clone(), TargetWrite { add, remove });
+            }
+        }
+        let gate = |t: &AssignmentTarget, id: &str| -> Vec<AssignmentTarget> {
+            let present = current.get(t).is_some_and(|s| s.user_assigned.contains(id));
+            if present { Vec::new() } else { vec![t.clone()] }
+        };
+        // An identity on a target is podid's own when some live record of podid's says so.
+        let ours = |t: &AssignmentTarget, id: &str| recorded.get(&(t, id)) == Some(&false);
+
+        for (key, d) in &a.desired {
+            let existing = a.existing.get(key);
+            if existing.is_some_and(|e| e.terminating) {
+                plan.skipped.push(Skip::Terminating { key: key.clone() });
+                continue;
+            }
+            if let Some((t, _)) = &d.arm
+                && !readable(t, &mut plan)
+            {
+                continue;
+            }
+            let (after, preexisting) = match &d.arm {
+                None => (Vec::new(), false),
+                Some((t, id)) => {
+                    let after = gate(t, id);
+                    let preexisting = match existing {
+                        // The object already records this assignment: keep what it says.
+                        Some(e) if e.arm.as_ref() == d.arm.as_ref() => e.preexisting,
+                        _ => after.is_empty() && !ours(t, id),
+                    };
+                    (after, preexisting)
+                }
+            };
+            match existing {
+                Some(e) if self.matches(e, d) => {
+                    if state(e.object) != AssignedIdentityState::Assigned {
+                        plan.mark_assigned.push(Gated {
+                            item: key.clone(),
+                            after,
+                        });
+                    }
+                }
+                Some(e) => {
+                    // The old assignment's target must be written too before the record of it
+                    // goes, or a failed removal there would be forgotten.
+                    let mut after = after;
+                    if let Some((old, _)) = &e.arm
+                        && plan.writes.contains_key(old)
+                        && !after.contains(old)
+                    {
+                        after.push(old.clone());
+                    }
+                    if let Some((old, _)) = &e.arm
+                        && !readable(old, &mut plan)
+                    {
+                        continue;
+                    }
+                    let mut obj = self.build(key, d, preexisting, AssignedIdentityState::Assigned);
+                    obj.metadata.resource_version = e.object.metadata.resource_version.clone();
+                    obj.metadata.uid = e.object.metadata.uid.clone();
+                    obj.metadata.creation_timestamp = e.object.metadata.creation_timestamp.clone();
+                    let mut finalizers = e.object.finalizers().to_vec();
+                    if !finalizers.iter().any(|f| f == ASSIGNED_IDENTITY_FINALIZER) {
+                        finalizers.push(ASSIGNED_IDENTITY_FINALIZER.into());
+                    }
+                    obj.metadata.finalizers = Some(finalizers);
+                    plan.update.push(Gated { item: obj, after });
+                }
+                None => {
+                    let status = if after.is_empty() {
+                        AssignedIdentityState::Assigned
+                    } else {
+                        plan.mark_assigned.push(Gated {
+                            item: key.clone(),
+                            after: after.clone(),
+                        });
+                        AssignedIdentityState::Created
+                    };
+                    plan.create.push(Gated {
+                        item: self.build(key, d, preexisting, status),
+                        after,
+                    });
+                }
+            }
+        }
+
+        for (key, e) in &a.existing {
+            if a.desired.contains_key(key) && !e.terminating {
+                continue;
+            }
+            let after = match &e.arm {
+                Some((t, id)) => {
+                    if !readable(t, &mut plan) {
+                        continue;
+                    }
+                    let removed = plan
+                        .writes
+                        .get(t)
+                        .is_some_and(|w| w.remove.iter().any(|r| r == id));
+                    if removed { vec![t.clone()] } else { Vec::new() }
+                }
+                None => Vec::new(),
+            };
+            plan.delete.push(Gated {
+                item: key.clone(),
+                after,
+            });
+        }
+        plan
+    }
+
+    /// Desired and existing assignments, keyed by object name.
+    fn analyse<'a>(&self, world: World<'a>) -> Analysis<'a> {
+        let nodes: BTreeMap<&str, &NodeInfo> =
+            world.nodes.iter().map(|n| (n.name.as_str(), n)).collect();
+        let index = IdentityIndex::new(world.bindings, world.identities);
+        let opts = MatchOptions::standard(self.options.force_namespaced);
+        let mut a = Analysis {
+            desired: BTreeMap::new(),
+            existing: BTreeMap::new(),
+            skipped: Vec::new(),
+        };
+        for pod in world.pods {
+            let facts = &pod.facts;
+            if pod.terminated || facts.node_name.is_empty() {
+                continue;
+            }
+            let grants = index.pod_identities(facts, opts).grants;
+            if grants.is_empty() {
+                continue;
+            }
+            let Some(node) = nodes.get(facts.node_name.as_str()) else {
+                a.skipped.push(Skip::NodeMissing {
+                    pod: format!("{}/{}", facts.namespace, facts.name),
+                    node: facts.node_name.clone(),
+                });
+                continue;
+            };
+            for g in grants {
+                let arm = if g.identity.spec.type_ == IdentityType::UserAssignedMsi {
+                    let Some(t) = self.node_target(node) else {
+                        a.skipped.push(Skip::NoTarget {
+                            node: node.name.clone(),
+                        });
+                        continue;
+                    };
+                    Some((t, g.identity.spec.resource_id.to_ascii_lowercase()))
+                } else {
+                    None
+                };
+                let key = ObjectKey {
+                    namespace: assigned_identity_namespace(
+                        g.identity,
+                        self.options.force_namespaced,
+                    ),
+                    name: assigned_identity_name(
+                        &facts.name,
+                        &facts.namespace,
+                        &g.identity.name_any(),
+                    ),
+                };
+                if a.desired.contains_key(&key) {
+                    a.skipped.push(Skip::NameCollision { key });
+                    continue;
+                }
+                a.desired.insert(
+                    key,
+                    Desired {
+                        pod: facts,
+                        identity: g.identity,
+                        binding: g.binding,
+                        arm,
+                    },
+                );
+            }
+        }
+        for obj in world.assigned {
+            let arm = obj
+                .spec
+                .azure_identity_ref
+                .as_ref()
+                .filter(|i| i.spec.type_ == IdentityType::UserAssignedMsi)
+                .filter(|i| !i.spec.resource_id.is_empty())
+                .and_then(|i| {
+                    let recorded = obj
+                        .annotations()
+                        .get(TARGET_ANNOTATION)
+                        .and_then(|t| AssignmentTarget::from_arm_id(t));
+                    let target = recorded.or_else(|| {
+                        nodes
+                            .get(obj.spec.node_name.as_str())
+                            .and_then(|n| self.node_target(n))
+                    })?;
+                    Some((target, i.spec.resource_id.to_ascii_lowercase()))
+                });
+            a.existing.insert(
+                key_of(obj),
+                Existing {
+                    object: obj,
+                    arm,
+                    preexisting: obj
+                        .annotations()
+                        .get(PREEXISTING_ANNOTATION)
+                        .is_some_and(|v| v == "true"),
+                    terminating: obj.metadata.deletion_timestamp.is_some(),
+                },
+            );
+        }
+        a
+    }
+
+    fn node_target(&self, node: &NodeInfo) -> Option<AssignmentTarget> {
+        if let Some(r) = NodeResource::parse(&node.provider_id) {
+            return Some(r.target());
+        }
+        let (subscription, resource_group) = self.options.fallback_scope.clone()?;
+        Some(AssignmentTarget {
+            subscription,
+            resource_group,
+            name: node.name.clone(),
+            is_scale_set: false,
+        })
+    }
+
+    /// True when the existing object already says what the desired one would: same pod, node,
+    /// identity and binding (their specs; metadata-only edits do not count) and target.
+    fn matches(&self, e: &Existing<'_>, d: &Desired<'_>) -> bool {
+        let s = &e.object.spec;
+        let same_identity = s.azure_identity_ref.as_ref().is_some_and(|i| {
+            i.metadata.name.as_deref() == d.identity.metadata.name.as_deref()
+                && i.metadata.namespace == d.identity.metadata.namespace
+                && i.spec == d.identity.spec
+        });
+        let same_binding = s.azure_binding_ref.as_ref().is_some_and(|b| {
+            b.metadata.name.as_deref() == d.binding.metadata.name.as_deref()
+                && b.metadata.namespace == d.binding.metadata.namespace
+                && b.spec == d.binding.spec
+        });
+        s.pod == d.pod.name
+            && s.pod_namespace == d.pod.namespace
+            && s.node_name == d.pod.node_name
+            && same_identity
+            && same_binding
+            && e.arm == d.arm
+            && e.object.labels().get(NODENAME_LABEL) == Some(&d.pod.node_name)
+    }
+
+    fn is_immutable(
+        &self,
+        id: &str,
+        state: &IdentityState,
+        recorded_client_ids: Option<&BTreeSet<String>>,
+    ) -> bool {
+        let imm = &self.options.immutable;
+        imm.contains(id)
+            || state.client_ids.get(id).is_some_and(|c| imm.contains(c))
+            || recorded_client_ids.is_some_and(|cs| cs.iter().any(|c| imm.contains(c)))
+    }
+
+    fn build(
+        &self,
+        key: &ObjectKey,
+        d: &Desired<'_>,
+        preexisting: bool,
+        status: AssignedIdentityState,
+    ) -> AzureAssignedIdentity {
+        let mut annotations = BTreeMap::new();
+        if let Some((t, _)) = &d.arm {
+            annotations.insert(TARGET_ANNOTATION.to_string(), t.arm_id());
+            if preexisting {
+                annotations.insert(PREEXISTING_ANNOTATION.to_string(), "true".to_string());
+            }
+        }
+        let mut identity = EmbeddedIdentity::from(d.identity);
+        identity.metadata.managed_fields = None;
+        let mut binding = EmbeddedBinding::from(d.binding);
+        binding.metadata.managed_fields = None;
+        AzureAssignedIdentity {
+            metadata: ObjectMeta {
+                name: Some(key.name.clone()),
+                namespace: Some(key.namespace.clone()),
+                labels: Some(BTreeMap::from([(
+                    NODENAME_LABEL.to_string(),
+                    d.pod.node_name.clone(),
+                )])),
+                annotations: (!annotations.is_empty()).then_some(annotations),
+                finalizers: Some(vec![ASSIGNED_IDENTITY_FINALIZER.to_string()]),
+                ..ObjectMeta::default()
+            },
+            spec: AzureAssignedIdentitySpec {
+                azure_identity_ref: Some(identity),
+                azure_binding_ref: Some(binding),
+                pod: d.pod.name.clone(),
+                pod_namespace: d.pod.namespace.clone(),
+                node_name: d.pod.node_name.clone(),
+                replicas: None,
+                metadata: None,
+            },
+            status: Some(AzureAssignedIdentityStatus {
+                status,
+                available_replicas: Some(1),
+                metadata: None,
+            }),
+        }
+    }
+}
+
+/// The status of an AzureAssignedIdentity (objects without one count as legacy).
+pub fn state(a: &AzureAssignedIdentity) -> AssignedIdentityState {
+    a.status
+        .as_ref()
+        .map(|s| s.status.clone())
+        .unwrap_or_default()
+}
+
+fn embedded_client_id(a: &AzureAssignedIdentity) -> Option<String> {
+    a.spec
+        .azure_identity_ref
+        .as_ref()
+        .map(|i| i.spec.client_id.to_ascii_lowercase())
+        .filter(|c| !c.is_empty())
+}
