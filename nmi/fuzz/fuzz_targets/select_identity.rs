@@ -30,7 +30,9 @@ fuzz_target!(|data: &[u8]| {
             name,
             AzureIdentitySpec {
                 client_id: format!("client-{}", pick(&NAMES, chunk[2])),
-                resource_id: format!("/subscriptions/s/resourcegroups/r/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}"),
+                resource_id: format!(
+                    "/subscriptions/s/resourcegroups/r/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}"
+                ),
                 ..Default::default()
             },
         );
@@ -51,7 +53,11 @@ fuzz_target!(|data: &[u8]| {
         facts: PodFacts {
             namespace: pick(&NAMESPACES, head[0]).into(),
             name: "p".into(),
-            labels: [("aadpodidbinding".to_owned(), pick(&NAMES, head[1]).to_owned())].into(),
+            labels: [(
+                "aadpodidbinding".to_owned(),
+                pick(&NAMES, head[1]).to_owned(),
+            )]
+            .into(),
             node_name: "n".into(),
         },
         ..Default::default()
@@ -61,11 +67,15 @@ fuzz_target!(|data: &[u8]| {
         ..Default::default()
     };
     if let Ok(chosen) = select_managed(&pod, &request, &bindings, &identities) {
-        assert_eq!(chosen.metadata.namespace.as_deref(), Some(pod.facts.namespace.as_str()));
+        assert_eq!(
+            chosen.metadata.namespace.as_deref(),
+            Some(pod.facts.namespace.as_str())
+        );
         let bound = bindings.iter().any(|b| {
             b.metadata.namespace == chosen.metadata.namespace
                 && b.spec.azure_identity == chosen.metadata.name.clone().unwrap_or_default()
-                && Some(b.spec.selector.as_str()) == pod.facts.labels.get("aadpodidbinding").map(String::as_str)
+                && Some(b.spec.selector.as_str())
+                    == pod.facts.labels.get("aadpodidbinding").map(String::as_str)
         });
         assert!(bound, "managed mode chose an identity no binding grants");
         if let Some(c) = &request.client_id {
