@@ -293,9 +293,10 @@ pub struct AzureIdentityBindingSpec {
 /// Status of an AzureIdentityBinding (unused, kept for schema parity).
 pub type AzureIdentityBindingStatus = AzureIdentityStatus;
 
-/// An AzureIdentity as embedded in an AzureAssignedIdentity (a full copy as the MIC saw it).
+/// A full copy of an object (spec and status) embedded in an AzureAssignedIdentity, as the MIC
+/// saw it.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-pub struct EmbeddedIdentity {
+pub struct Embedded<Spec> {
     #[serde(
         rename = "apiVersion",
         default,
@@ -307,29 +308,15 @@ pub struct EmbeddedIdentity {
     #[serde(default)]
     pub metadata: ObjectMeta,
     #[serde(default)]
-    pub spec: AzureIdentitySpec,
+    pub spec: Spec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<AzureIdentityStatus>,
 }
 
+/// An AzureIdentity as embedded in an AzureAssignedIdentity.
+pub type EmbeddedIdentity = Embedded<AzureIdentitySpec>;
 /// An AzureIdentityBinding as embedded in an AzureAssignedIdentity.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-pub struct EmbeddedBinding {
-    #[serde(
-        rename = "apiVersion",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub api_version: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
-    #[serde(default)]
-    pub metadata: ObjectMeta,
-    #[serde(default)]
-    pub spec: AzureIdentityBindingSpec,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<AzureIdentityStatus>,
-}
+pub type EmbeddedBinding = Embedded<AzureIdentityBindingSpec>;
 
 impl From<&AzureIdentity> for EmbeddedIdentity {
     fn from(id: &AzureIdentity) -> Self {
