@@ -8,11 +8,14 @@
 //! (the generated map type is an empty struct), so identity changes are sent as the JSON ARM
 //! documents, built by the pure [`identity_patches`].
 
+pub mod credential;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use azure_core::auth::TokenCredential;
+pub use credential::CredentialConfig;
 use podid_crds::provider::AssignmentTarget;
 use serde_json::{Value, json};
 
@@ -182,6 +185,53 @@ pub trait FederatedCredentials {
     async fn delete(&self, identity_id: &str, name: &str) -> Result<(), Error>;
 }
 
+/// How [`Arm`] retries calls that may succeed later (429, 5xx, transport failures).
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub attempts: u32,
+    /// First backoff; doubled per attempt, up to `max_delay`.
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+    /// The longest `Retry-After` honoured; a longer one ends the retries (the next pass retries).
+    pub max_retry_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: 4,
+            base_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(30),
+            max_retry_after: Duration::from_secs(120),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before attempt `attempt + 1` after `err`, or `None` to give up.
+    pub fn delay(&self, attempt: u32, err: &Error) -> Option<Duration> {
+        if attempt + 1 >= self.attempts || !err.is_retryable() {
+            return None;
+        }
+        if let Error::Arm {
+            retry_after: Some(s),
+            ..
+        } = err
+        {
+            let d = Duration::from_secs(*s);
+            return (d <= self.max_retry_after).then_some(d);
+        }
+        let backoff = self.base_delay.saturating_mul(1 << attempt.min(16));
+        Some(backoff.min(self.max_delay))
+    }
+}
+
+/// Told about every ARM call: operation (`vmss_get`, `vmss_update`, `vm_get`, `vm_update`,
+/// `operation_get`, `fic_list`, `fic_put`, `fic_delete`), result (`ok` or an
+/// [`Error::metric_label`]) and duration.
+pub type ArmObserver = Arc<dyn Fn(&'static str, &'static str, Duration) + Send + Sync>;
+
 /// ARM over REST with an `azure_identity` credential.
 #[derive(Clone)]
 pub struct Arm {
@@ -190,6 +240,10 @@ pub struct Arm {
     http: reqwest::Client,
     /// Delay between async-operation polls when ARM sends no `Retry-After`.
     pub poll_interval: Duration,
+    /// The token audience (`https://management.azure.com` in the public cloud).
+    pub audience: String,
+    pub retry: RetryPolicy,
+    pub observer: Option<ArmObserver>,
 }
 
 impl Arm {
@@ -204,11 +258,14 @@ impl Arm {
             credential,
             http,
             poll_interval: Duration::from_secs(5),
+            audience: "https://management.azure.com".into(),
+            retry: RetryPolicy::default(),
+            observer: None,
         }
     }
 
     async fn token(&self) -> Result<String, Error> {
-        let scope = format!("{}/.default", self.endpoint_audience());
+        let scope = format!("{}/.default", self.audience.trim_end_matches('/'));
         self.credential
             .get_token(&[&scope])
             .await
@@ -216,12 +273,41 @@ impl Arm {
             .map_err(|e| Error::Credential(e.to_string()))
     }
 
-    fn endpoint_audience(&self) -> &'static str {
-        "https://management.azure.com"
+    /// One ARM call with retries (see [`RetryPolicy`]), reported to the observer per attempt.
+    async fn call(
+        &self,
+        operation: &'static str,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Option<String>, Value), Error> {
+        let mut attempt = 0;
+        loop {
+            let started = std::time::Instant::now();
+            let result = self.call_once(method.clone(), url, body).await;
+            if let Some(observe) = &self.observer {
+                let label = match &result {
+                    Ok(_) => "ok",
+                    Err(e) => e.metric_label(),
+                };
+                observe(operation, label, started.elapsed());
+            }
+            match result {
+                Ok(r) => return Ok(r),
+                Err(e) => match self.retry.delay(attempt, &e) {
+                    Some(wait) => {
+                        tracing::debug!(operation, attempt, error = %e, ?wait, "retrying ARM call");
+                        tokio::time::sleep(wait).await;
+                        attempt += 1;
+                    }
+                    None => return Err(e),
+                },
+            }
+        }
     }
 
-    /// One ARM call; returns the status, the `Azure-AsyncOperation` URL and the JSON body.
-    async fn call(
+    /// One ARM request; returns the status, the `Azure-AsyncOperation` URL and the JSON body.
+    async fn call_once(
         &self,
         method: reqwest::Method,
         url: &str,
@@ -269,7 +355,9 @@ impl Arm {
 
     async fn wait(&self, op: &str) -> Result<(), Error> {
         loop {
-            let (_, _, body) = self.call(reqwest::Method::GET, op, None).await?;
+            let (_, _, body) = self
+                .call("operation_get", reqwest::Method::GET, op, None)
+                .await?;
             match body["status"].as_str().unwrap_or("") {
                 "Succeeded" => return Ok(()),
                 "InProgress" | "" => tokio::time::sleep(self.poll_interval).await,
@@ -294,8 +382,13 @@ impl Arm {
 
 impl NodePoolIdentities for Arm {
     async fn identities(&self, target: &AssignmentTarget) -> Result<IdentityState, Error> {
+        let op = if target.is_scale_set {
+            "vmss_get"
+        } else {
+            "vm_get"
+        };
         let (_, _, body) = self
-            .call(reqwest::Method::GET, &self.machine_url(target), None)
+            .call(op, reqwest::Method::GET, &self.machine_url(target), None)
             .await?;
         Ok(IdentityState::from_arm(body.get("identity")))
     }
@@ -309,8 +402,18 @@ impl NodePoolIdentities for Arm {
         let current = self.identities(target).await?;
         let patches = identity_patches(&current, add, remove);
         for p in &patches {
+            let name = if target.is_scale_set {
+                "vmss_update"
+            } else {
+                "vm_update"
+            };
             let (_, op, _) = self
-                .call(reqwest::Method::PATCH, &self.machine_url(target), Some(p))
+                .call(
+                    name,
+                    reqwest::Method::PATCH,
+                    &self.machine_url(target),
+                    Some(p),
+                )
                 .await?;
             if let Some(op) = op {
                 self.wait(&op).await?;
@@ -328,7 +431,9 @@ impl FederatedCredentials for Arm {
         ));
         let mut out = Vec::new();
         while let Some(u) = url.take() {
-            let (_, _, body) = self.call(reqwest::Method::GET, &u, None).await?;
+            let (_, _, body) = self
+                .call("fic_list", reqwest::Method::GET, &u, None)
+                .await?;
             for f in body["value"].as_array().into_iter().flatten() {
                 let p = &f["properties"];
                 out.push(FederatedCredential {
@@ -349,7 +454,7 @@ impl FederatedCredentials for Arm {
             self.endpoint, c.name
         );
         let body = json!({"properties": {"issuer": c.issuer, "subject": c.subject, "audiences": [c.audience]}});
-        self.call(reqwest::Method::PUT, &url, Some(&body))
+        self.call("fic_put", reqwest::Method::PUT, &url, Some(&body))
             .await
             .map(|_| ())
     }
@@ -359,7 +464,7 @@ impl FederatedCredentials for Arm {
             "{}{identity_id}/federatedIdentityCredentials/{name}?api-version={MSI_API_VERSION}",
             self.endpoint
         );
-        self.call(reqwest::Method::DELETE, &url, None)
+        self.call("fic_delete", reqwest::Method::DELETE, &url, None)
             .await
             .map(|_| ())
     }
@@ -451,6 +556,30 @@ mod tests {
             .insert(id(1).to_ascii_lowercase(), "c".into());
         assert_eq!(s, expected);
         assert_eq!(IdentityState::from_arm(None), IdentityState::default());
+    }
+
+    #[test]
+    fn retries_back_off_and_honour_retry_after() {
+        let p = RetryPolicy::default();
+        let arm = |status, retry_after| Error::Arm {
+            status,
+            code: "x".into(),
+            message: "m".into(),
+            retry_after,
+        };
+        assert_eq!(p.delay(0, &arm(503, None)), Some(Duration::from_secs(1)));
+        assert_eq!(p.delay(2, &arm(500, None)), Some(Duration::from_secs(4)));
+        assert_eq!(
+            p.delay(0, &arm(429, Some(20))),
+            Some(Duration::from_secs(20))
+        );
+        assert_eq!(
+            p.delay(0, &arm(429, Some(3600))),
+            None,
+            "too long: next pass"
+        );
+        assert_eq!(p.delay(3, &arm(503, None)), None, "attempts used up");
+        assert_eq!(p.delay(0, &arm(400, None)), None, "not retryable");
     }
 
     #[test]

@@ -85,7 +85,8 @@ async fn identity_deltas_are_one_patch_per_150_and_wait_for_the_operation() {
 
 #[tokio::test]
 async fn errors_say_whether_to_retry() {
-    let (emu, arm) = setup().await;
+    let (emu, mut arm) = setup().await;
+    arm.retry.attempts = 1;
     let vmss = emu.add_scale_set("MC_rg", "vmss", 1);
     let target = NodeResource::parse(&format!("azure://{vmss}/virtualMachines/0"))
         .unwrap()
@@ -137,4 +138,79 @@ async fn federated_credentials_round_trip() {
     assert_eq!(arm.list(&id.id).await.unwrap(), vec![c.clone()]);
     arm.delete(&id.id, &c.name).await.unwrap();
     assert!(arm.list(&id.id).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn throttled_and_failing_calls_are_retried_honouring_retry_after() {
+    let (emu, mut arm) = setup().await;
+    arm.retry.base_delay = Duration::from_millis(10);
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    arm.observer = Some(Arc::new(move |op, result, _| {
+        log.lock().unwrap().push(format!("{op} {result}"))
+    }));
+    let vmss = emu.add_scale_set("MC_rg", "vmss", 1);
+    let target = NodeResource::parse(&format!("azure://{vmss}/virtualMachines/0"))
+        .unwrap()
+        .target();
+    emu.inject(Fault {
+        route: "GET vmss".into(),
+        status: Some(429),
+        retry_after: Some(1),
+        count: Some(1),
+        ..Default::default()
+    });
+    emu.inject(Fault {
+        route: "PATCH vmss".into(),
+        status: Some(503),
+        count: Some(1),
+        ..Default::default()
+    });
+    let id = emu.add_identity("rg", "id1");
+    assert_eq!(
+        arm.update(&target, std::slice::from_ref(&id.id), &[])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(emu.assigned_identities(&vmss), [id.id.to_lowercase()]);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.iter()
+            .filter(|s| !s.starts_with("operation_get"))
+            .collect::<Vec<_>>(),
+        [
+            "vmss_get throttled",
+            "vmss_get ok",
+            "vmss_update server_error",
+            "vmss_update ok"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_managed_identity_from_imds_authenticates_to_arm() {
+    let emu = Emulator::start(Settings::default()).await.unwrap();
+    let vmss = emu.add_scale_set("MC_rg", "vmss", 1);
+    let cluster = emu.add_identity("MC_rg", "cluster-identity");
+    emu.preassign(&vmss, &cluster.id);
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(emu.ca_pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let credential = podid_azure::CredentialConfig::ManagedIdentity {
+        imds_endpoint: emu.imds_endpoint("vmss_0"),
+        client_id: Some(cluster.client_id.clone()),
+    }
+    .build(http.clone())
+    .unwrap();
+    let arm = Arm::new(&emu.arm_endpoint(), credential, http);
+    let target = NodeResource::parse(&format!("azure://{vmss}/virtualMachines/0"))
+        .unwrap()
+        .target();
+    let state = arm.identities(&target).await.unwrap();
+    assert_eq!(
+        state.client_ids[&cluster.id.to_lowercase()],
+        cluster.client_id.to_lowercase()
+    );
 }

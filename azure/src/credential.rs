@@ -1,0 +1,197 @@
+//! The controller's own Azure credential, from configuration: a service principal secret
+//! (`azure_identity::ClientSecretCredential`, against a configurable authority host) or a managed
+//! identity from IMDS. azure_identity 0.21 cannot ask IMDS for a user-assigned identity by client
+//! ID nor use another IMDS address, so [`ImdsCredential`] does that small request itself.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use azure_core::auth::{AccessToken, Secret, TokenCredential};
+
+/// Where the controller's token for ARM comes from.
+#[derive(Clone)]
+pub enum CredentialConfig {
+    /// A service principal with a client secret.
+    ClientSecret {
+        authority_host: String,
+        tenant_id: String,
+        client_id: String,
+        secret: String,
+    },
+    /// A managed identity from IMDS: system-assigned, or the user-assigned one with `client_id`.
+    ManagedIdentity {
+        imds_endpoint: String,
+        client_id: Option<String>,
+    },
+}
+
+impl fmt::Debug for CredentialConfig {
+    // The secret never reaches a log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ClientSecret {
+                authority_host,
+                tenant_id,
+                client_id,
+                ..
+            } => f
+                .debug_struct("ClientSecret")
+                .field("authority_host", authority_host)
+                .field("tenant_id", tenant_id)
+                .field("client_id", client_id)
+                .finish_non_exhaustive(),
+            Self::ManagedIdentity {
+                imds_endpoint,
+                client_id,
+            } => f
+                .debug_struct("ManagedIdentity")
+                .field("imds_endpoint", imds_endpoint)
+                .field("client_id", client_id)
+                .finish(),
+        }
+    }
+}
+
+impl CredentialConfig {
+    /// The credential, using `http` for its requests.
+    pub fn build(&self, http: reqwest::Client) -> Result<Arc<dyn TokenCredential>, crate::Error> {
+        Ok(match self {
+            Self::ClientSecret {
+                authority_host,
+                tenant_id,
+                client_id,
+                secret,
+            } => Arc::new(azure_identity::ClientSecretCredential::new(
+                Arc::new(http),
+                azure_core::Url::parse(authority_host).map_err(|e| {
+                    crate::Error::Credential(format!("authority host {authority_host}: {e}"))
+                })?,
+                tenant_id.clone(),
+                client_id.clone(),
+                secret.clone(),
+            )),
+            Self::ManagedIdentity {
+                imds_endpoint,
+                client_id,
+            } => Arc::new(ImdsCredential {
+                http,
+                endpoint: imds_endpoint.trim_end_matches('/').to_string(),
+                client_id: client_id.clone(),
+                cache: Mutex::new(None),
+            }),
+        })
+    }
+}
+
+/// A managed-identity token from IMDS (`GET /metadata/identity/oauth2/token`), cached until
+/// five minutes before it expires.
+pub struct ImdsCredential {
+    http: reqwest::Client,
+    endpoint: String,
+    client_id: Option<String>,
+    cache: Mutex<Option<(String, AccessToken)>>,
+}
+
+impl fmt::Debug for ImdsCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ImdsCredential")
+            .field("endpoint", &self.endpoint)
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+const REFRESH_MARGIN: Duration = Duration::from_secs(300);
+
+impl ImdsCredential {
+    async fn fetch(&self, scopes: &[&str]) -> azure_core::Result<AccessToken> {
+        let err =
+            |m: String| azure_core::Error::message(azure_core::error::ErrorKind::Credential, m);
+        let resource = scopes
+            .first()
+            .map(|s| s.trim_end_matches("/.default").to_string())
+            .ok_or_else(|| err("no scope".into()))?;
+        if let Some((r, t)) = self.cache.lock().expect("lock").as_ref()
+            && *r == resource
+            && t.expires_on - time::OffsetDateTime::now_utc() > REFRESH_MARGIN
+        {
+            return Ok(t.clone());
+        }
+        let mut query = vec![
+            ("api-version", "2018-02-01".to_string()),
+            ("resource", resource.clone()),
+        ];
+        if let Some(c) = &self.client_id {
+            query.push(("client_id", c.clone()));
+        }
+        let resp = self
+            .http
+            .get(format!("{}/metadata/identity/oauth2/token", self.endpoint))
+            .header("Metadata", "true")
+            .query(&query)
+            .send()
+            .await
+            .map_err(|e| err(format!("IMDS: {e}")))?;
+        let status = resp.status();
+        let body: serde_json::Value = resp
+            .json()
+            .await
+            .map_err(|e| err(format!("IMDS answer: {e}")))?;
+        if !status.is_success() {
+            return Err(err(format!(
+                "IMDS {status}: {}",
+                body["error_description"]
+                    .as_str()
+                    .unwrap_or("no description")
+            )));
+        }
+        let token = body["access_token"]
+            .as_str()
+            .ok_or_else(|| err("IMDS answer without access_token".into()))?;
+        let secs = |v: &serde_json::Value| {
+            v.as_i64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        };
+        let expires_on = secs(&body["expires_on"])
+            .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+            .or_else(|| {
+                secs(&body["expires_in"])
+                    .map(|s| time::OffsetDateTime::now_utc() + time::Duration::seconds(s))
+            })
+            .unwrap_or_else(|| time::OffsetDateTime::now_utc() + time::Duration::minutes(5));
+        let t = AccessToken::new(Secret::new(token.to_string()), expires_on);
+        *self.cache.lock().expect("lock") = Some((resource, t.clone()));
+        Ok(t)
+    }
+}
+
+// `TokenCredential` is declared with `async_trait`; this is its expansion, written out so the
+// crate needs no macro dependency.
+impl TokenCredential for ImdsCredential {
+    fn get_token<'a, 'b, 'c, 'f>(
+        &'a self,
+        scopes: &'b [&'c str],
+    ) -> Pin<Box<dyn Future<Output = azure_core::Result<AccessToken>> + Send + 'f>>
+    where
+        'a: 'f,
+        'b: 'f,
+        'c: 'f,
+        Self: 'f,
+    {
+        Box::pin(self.fetch(scopes))
+    }
+
+    fn clear_cache<'a, 'f>(
+        &'a self,
+    ) -> Pin<Box<dyn Future<Output = azure_core::Result<()>> + Send + 'f>>
+    where
+        'a: 'f,
+        Self: 'f,
+    {
+        *self.cache.lock().expect("lock") = None;
+        Box::pin(async { Ok(()) })
+    }
+}
