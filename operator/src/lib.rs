@@ -4,4 +4,8 @@
 //!
 //! [`planner`] holds every decision as pure functions; the other modules are its I/O edges.
 
+pub mod config;
+pub mod controller;
+pub mod leader;
+pub mod metrics;
 pub mod planner;

@@ -1,1 +1,200 @@
-fn main() {}
+//! podid-operator: the Managed Identity Controller binary. The logic is in the library; this wires
+//! flags, cloud config, watches, leader election, the HTTP endpoints and shutdown together.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use clap::Parser;
+use podid_azure::Arm;
+use podid_operator::config::{Flags, LogFormat, Mode};
+use podid_operator::controller::{Controller, LoopSettings, Stores};
+use podid_operator::leader::{self, Election};
+use podid_operator::metrics::Metrics;
+use podid_operator::planner::{AssignmentPlanner, PlannerOptions};
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone)]
+struct Http {
+    metrics: Metrics,
+    ready: Arc<AtomicBool>,
+    writing: watch::Receiver<bool>,
+}
+
+fn router(state: Http) -> Router {
+    Router::new()
+        // The original answers 200 always; the body says whether this replica is the active one.
+        .route(
+            "/healthz",
+            get(|State(s): State<Http>| async move {
+                if *s.writing.borrow() {
+                    "Active"
+                } else {
+                    "Not Active"
+                }
+            }),
+        )
+        .route(
+            "/readyz",
+            get(|State(s): State<Http>| async move {
+                if s.ready.load(Ordering::SeqCst) {
+                    (StatusCode::OK, "ok")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "caches not synced")
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|State(s): State<Http>| async move { s.metrics.render() }),
+        )
+        .with_state(state)
+}
+
+async fn serve(port: u16, app: Router, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port)))
+        .await
+        .with_context(|| format!("binding port {port}"))?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .context("HTTP server")
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let flags = Flags::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    match flags.log_format {
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init(),
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+    }
+    let shutdown = CancellationToken::new();
+    let metrics = Metrics::new();
+    let ready = Arc::new(AtomicBool::new(false));
+    let (may_write_tx, may_write) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    let http = router(Http {
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+        writing: may_write.clone(),
+    });
+    tasks.spawn(serve(flags.http_probe_port, http.clone(), shutdown.clone()));
+    if flags.prometheus_port != flags.http_probe_port {
+        tasks.spawn(serve(flags.prometheus_port, http, shutdown.clone()));
+    }
+
+    if flags.mode == Mode::Managed {
+        // Managed mode: identities are assigned by hand; nothing to do but stay observable.
+        tracing::info!("managed mode: no identity assignment");
+        ready.store(true, Ordering::SeqCst);
+        shutdown_signal().await;
+        shutdown.cancel();
+        while tasks.join_next().await.is_some() {}
+        return Ok(());
+    }
+
+    let cloud = flags.cloud_config().context("cloud config")?;
+    let client = kube::Client::try_default()
+        .await
+        .context("building Kubernetes client")?;
+    let mut http_client = reqwest::Client::builder().timeout(Duration::from_secs(60));
+    if let Some(path) = &flags.extra_ca_file {
+        let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem).context("parsing CA bundle")? {
+            http_client = http_client.add_root_certificate(cert);
+        }
+    }
+    let http_client = http_client.build().context("HTTP client")?;
+    let credential = cloud
+        .credential
+        .build(http_client.clone())
+        .context("Azure credential")?;
+    let mut arm = Arm::new(&flags.arm_endpoint, credential, http_client);
+    arm.audience = flags.arm_audience.clone();
+    let m = metrics.clone();
+    arm.observer = Some(Arc::new(move |op, result, took| {
+        m.observe_arm(op, result, took)
+    }));
+    let planner = AssignmentPlanner::new(PlannerOptions {
+        force_namespaced: flags.force_namespaced,
+        immutable: flags.immutable(&cloud),
+        fallback_scope: (!cloud.resource_group.is_empty())
+            .then(|| (cloud.subscription_id.clone(), cloud.resource_group.clone())),
+    });
+    let identity = flags
+        .leader_election_instance
+        .clone()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| format!("podid-operator-{}", std::process::id()));
+    tracing::info!(
+        subscription = %cloud.subscription_id,
+        resource_group = %cloud.resource_group,
+        credential = ?cloud.credential,
+        arm = %flags.arm_endpoint,
+        identity = %identity,
+        "starting podid-operator"
+    );
+    let notify = Arc::new(Notify::new());
+    let stores = Stores::start(&client, notify.clone(), &shutdown);
+    let mut controller = Controller::new(
+        client.clone(),
+        arm,
+        planner,
+        stores,
+        metrics.clone(),
+        &identity,
+    );
+    controller.ready = ready.clone();
+    tasks.spawn({
+        let election = Election {
+            namespace: flags.leader_election_namespace.clone(),
+            name: flags.leader_election_name.clone(),
+            identity: identity.clone(),
+            duration: flags.leader_election_duration,
+            original_lock: flags.original_lock(),
+        };
+        let shutdown = shutdown.clone();
+        async move {
+            leader::run(client, election, may_write_tx, shutdown).await;
+            Ok(())
+        }
+    });
+    let settings = LoopSettings {
+        debounce: flags.debounce,
+        full_interval: flags.reconcile_interval.min(flags.sync_retry_duration),
+        retry_base: Duration::from_secs(2),
+    };
+    let result: anyhow::Result<()> = tokio::select! {
+        _ = controller.run(notify, may_write, settings, shutdown.clone()) => Ok(()),
+        _ = shutdown_signal() => Ok(()),
+        Some(r) = tasks.join_next() => match r {
+            Ok(Err(e)) => Err(e),
+            _ => Err(anyhow::anyhow!("a server stopped unexpectedly")),
+        },
+    };
+    tracing::info!("shutting down");
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    result
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,366 @@
+//! Flags (the original MIC's where they make sense, plus podid's) and the cloud configuration
+//! from azure.json, with flags and environment variables taking precedence over the file.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use podid_azure::CredentialConfig;
+use serde::Deserialize;
+
+/// Errors in the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading cloud config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parsing cloud config {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("cloud config is missing {0}")]
+    Missing(&'static str),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `standard`: this controller assigns identities (the original MIC). `managed`: identities are
+/// assigned by hand, so the controller assigns nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    Standard,
+    Managed,
+}
+
+/// A duration written as `500ms`, `15s`, `3m` or `1h` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    Ok(match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("invalid duration {s:?} (use ms, s, m or h)")),
+    })
+}
+
+/// podid-operator flags.
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "podid-operator",
+    version,
+    about = "podid Managed Identity Controller"
+)]
+pub struct Flags {
+    /// Path to azure.json; values from flags and environment variables take precedence.
+    #[arg(long = "cloudconfig", env = "CLOUD_CONFIG")]
+    pub cloud_config: Option<PathBuf>,
+    /// Identity, binding and pod must share a namespace.
+    #[arg(long = "forceNamespaced", env = "FORCENAMESPACED", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub force_namespaced: bool,
+    #[arg(long, value_enum, default_value = "standard")]
+    pub mode: Mode,
+    /// Full resynchronisation interval (also re-reads every scale set and VM).
+    #[arg(long = "syncRetryDuration", default_value = "3600s", value_parser = parse_duration)]
+    pub sync_retry_duration: Duration,
+    /// How often identities removed from a scale set or VM behind the controller's back are re-added.
+    #[arg(long = "identity-assignment-reconcile-interval", default_value = "3m", value_parser = parse_duration)]
+    pub reconcile_interval: Duration,
+    /// Quiet time after an event before a pass runs: a burst of events makes one pass.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub debounce: Duration,
+    /// Identity of this replica in the Lease (default: the host name).
+    #[arg(long = "leader-election-instance", env = "HOSTNAME")]
+    pub leader_election_instance: Option<String>,
+    #[arg(long = "leader-election-namespace", default_value = "default")]
+    pub leader_election_namespace: String,
+    /// Name of this controller's coordination.k8s.io Lease.
+    #[arg(long = "leader-election-name", default_value = "podid-operator")]
+    pub leader_election_name: String,
+    #[arg(long = "leader-election-duration", default_value = "15s", value_parser = parse_duration)]
+    pub leader_election_duration: Duration,
+    /// The original MIC's Endpoints lock (`namespace/name`); while it is held and fresh this
+    /// controller writes nothing. Empty disables the check.
+    #[arg(
+        long = "original-mic-lock",
+        default_value = "default/aad-pod-identity-mic"
+    )]
+    pub original_mic_lock: String,
+    #[arg(long = "http-probe-port", default_value_t = 8080)]
+    pub http_probe_port: u16,
+    #[arg(long = "prometheus-port", default_value_t = 8888)]
+    pub prometheus_port: u16,
+    /// Comma-separated client IDs (or ARM ids) never removed from a scale set or VM.
+    #[arg(long = "immutable-user-msis", default_value = "")]
+    pub immutable_user_msis: String,
+    #[arg(long = "log-format", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// ARM base URL.
+    #[arg(
+        long = "arm-endpoint",
+        env = "ARM_ENDPOINT",
+        default_value = "https://management.azure.com"
+    )]
+    pub arm_endpoint: String,
+    /// Token audience for ARM (default: the public cloud's).
+    #[arg(
+        long = "arm-audience",
+        env = "ARM_AUDIENCE",
+        default_value = "https://management.azure.com"
+    )]
+    pub arm_audience: String,
+    /// Entra authority host for a service-principal credential.
+    #[arg(
+        long = "authority-host",
+        env = "AZURE_AUTHORITY_HOST",
+        default_value = "https://login.microsoftonline.com"
+    )]
+    pub authority_host: String,
+    /// IMDS base URL for a managed-identity credential.
+    #[arg(
+        long = "imds-endpoint",
+        env = "IMDS_ENDPOINT",
+        default_value = "http://169.254.169.254"
+    )]
+    pub imds_endpoint: String,
+    /// A PEM file of extra CA certificates to trust for ARM and Entra (Azure Stack, emulators).
+    #[arg(long = "extra-ca-file", env = "PODID_EXTRA_CA_FILE")]
+    pub extra_ca_file: Option<PathBuf>,
+    #[arg(long = "tenant-id", env = "TENANT_ID")]
+    pub tenant_id: Option<String>,
+    #[arg(long = "subscription-id", env = "SUBSCRIPTION_ID")]
+    pub subscription_id: Option<String>,
+    #[arg(long = "resource-group", env = "RESOURCE_GROUP")]
+    pub resource_group: Option<String>,
+    #[arg(long = "vm-type", env = "VM_TYPE")]
+    pub vm_type: Option<String>,
+    #[arg(long = "client-id", env = "CLIENT_ID")]
+    pub client_id: Option<String>,
+    /// Prefer the environment variable: a flag value is visible in the process list.
+    #[arg(long = "client-secret", env = "CLIENT_SECRET", hide_env_values = true)]
+    pub client_secret: Option<String>,
+    #[arg(long = "use-msi", env = "USE_MSI")]
+    pub use_msi: Option<String>,
+    #[arg(
+        long = "user-assigned-msi-client-id",
+        env = "USER_ASSIGNED_MSI_CLIENT_ID"
+    )]
+    pub user_assigned_msi_client_id: Option<String>,
+}
+
+/// azure.json, as the AKS cloud provider writes it (keys are case-sensitive).
+#[derive(Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AzureJson {
+    #[serde(default)]
+    pub cloud: String,
+    #[serde(default)]
+    pub tenant_id: String,
+    #[serde(default)]
+    pub subscription_id: String,
+    #[serde(default)]
+    pub resource_group: String,
+    #[serde(default)]
+    pub vm_type: String,
+    #[serde(default)]
+    pub aad_client_id: String,
+    #[serde(default)]
+    pub aad_client_secret: String,
+    #[serde(default)]
+    pub use_managed_identity_extension: bool,
+    #[serde(rename = "userAssignedIdentityID", default)]
+    pub user_assigned_identity_id: String,
+}
+
+/// The resolved cloud configuration.
+#[derive(Clone, Debug)]
+pub struct CloudConfig {
+    pub tenant_id: String,
+    pub subscription_id: String,
+    pub resource_group: String,
+    pub vm_type: String,
+    pub credential: CredentialConfig,
+    /// The cluster identity's client ID (never removed), when configured.
+    pub cluster_identity: Option<String>,
+}
+
+impl Flags {
+    /// azure.json (if any) overridden by flags and environment variables.
+    pub fn cloud_config(&self) -> Result<CloudConfig, ConfigError> {
+        let mut j = match &self.cloud_config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                serde_json::from_str::<AzureJson>(&text).map_err(|source| ConfigError::Parse {
+                    path: path.clone(),
+                    source,
+                })?
+            }
+            None => AzureJson::default(),
+        };
+        let set = |field: &mut String, v: &Option<String>| {
+            if let Some(v) = v.as_ref().filter(|v| !v.is_empty()) {
+                *field = v.clone();
+            }
+        };
+        set(&mut j.tenant_id, &self.tenant_id);
+        set(&mut j.subscription_id, &self.subscription_id);
+        set(&mut j.resource_group, &self.resource_group);
+        set(&mut j.vm_type, &self.vm_type);
+        set(&mut j.aad_client_id, &self.client_id);
+        set(&mut j.aad_client_secret, &self.client_secret);
+        set(
+            &mut j.user_assigned_identity_id,
+            &self.user_assigned_msi_client_id,
+        );
+        if let Some(m) = &self.use_msi {
+            j.use_managed_identity_extension = m.eq_ignore_ascii_case("true");
+        }
+        let cluster_identity = Some(j.user_assigned_identity_id.clone()).filter(|c| !c.is_empty());
+        let credential = if j.use_managed_identity_extension {
+            CredentialConfig::ManagedIdentity {
+                imds_endpoint: self.imds_endpoint.clone(),
+                client_id: cluster_identity.clone(),
+            }
+        } else {
+            if j.tenant_id.is_empty() {
+                return Err(ConfigError::Missing("tenantId"));
+            }
+            if j.aad_client_id.is_empty() || j.aad_client_secret.is_empty() {
+                return Err(ConfigError::Missing(
+                    "aadClientId/aadClientSecret (or useManagedIdentityExtension)",
+                ));
+            }
+            CredentialConfig::ClientSecret {
+                authority_host: self.authority_host.clone(),
+                tenant_id: j.tenant_id.clone(),
+                client_id: j.aad_client_id.clone(),
+                secret: j.aad_client_secret.clone(),
+            }
+        };
+        if j.subscription_id.is_empty() {
+            return Err(ConfigError::Missing("subscriptionId"));
+        }
+        Ok(CloudConfig {
+            tenant_id: j.tenant_id,
+            subscription_id: j.subscription_id,
+            resource_group: j.resource_group,
+            vm_type: j.vm_type,
+            credential,
+            cluster_identity,
+        })
+    }
+
+    /// Client IDs and ARM ids never removed: `--immutable-user-msis` plus the cluster identity.
+    pub fn immutable(&self, cloud: &CloudConfig) -> BTreeSet<String> {
+        self.immutable_user_msis
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .chain(cloud.cluster_identity.as_deref())
+            .map(str::to_ascii_lowercase)
+            .collect()
+    }
+
+    /// `(namespace, name)` of the original MIC's Endpoints lock, if checked.
+    pub fn original_lock(&self) -> Option<(String, String)> {
+        let (ns, name) = self.original_mic_lock.split_once('/')?;
+        Some((ns.to_string(), name.to_string())).filter(|(n, m)| !n.is_empty() && !m.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(args: &[&str]) -> Flags {
+        Flags::try_parse_from(std::iter::once("podid-operator").chain(args.iter().copied()))
+            .unwrap()
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("3m"), Ok(Duration::from_secs(180)));
+        assert_eq!(parse_duration("3600s"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
+        assert!(parse_duration("3d").is_err());
+    }
+
+    #[test]
+    fn azure_json_with_flag_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("azure.json");
+        std::fs::write(
+            &path,
+            r#"{"cloud":"AzurePublicCloud","tenantId":"t","subscriptionId":"s","resourceGroup":"rg",
+                "vmType":"vmss","aadClientId":"c","aadClientSecret":"very-secret",
+                "userAssignedIdentityID":"Cluster-ID"}"#,
+        )
+        .unwrap();
+        let f = flags(&[
+            "--cloudconfig",
+            path.to_str().unwrap(),
+            "--resource-group",
+            "other",
+            "--immutable-user-msis",
+            "A, b",
+        ]);
+        let c = f.cloud_config().unwrap();
+        assert_eq!(c.resource_group, "other");
+        assert_eq!(c.subscription_id, "s");
+        assert!(
+            matches!(c.credential, CredentialConfig::ClientSecret { ref client_id, .. } if client_id == "c")
+        );
+        assert!(
+            !format!("{c:?}").contains("very-secret"),
+            "secrets stay out of logs"
+        );
+        assert_eq!(
+            f.immutable(&c),
+            ["a", "b", "cluster-id"].map(String::from).into()
+        );
+    }
+
+    #[test]
+    fn managed_identity_credential() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("azure.json");
+        std::fs::write(
+            &path,
+            r#"{"subscriptionId":"s","useManagedIdentityExtension":true,"userAssignedIdentityID":"k"}"#,
+        )
+        .unwrap();
+        let c = flags(&["--cloudconfig", path.to_str().unwrap()])
+            .cloud_config()
+            .unwrap();
+        assert!(matches!(
+            c.credential,
+            CredentialConfig::ManagedIdentity { client_id: Some(ref k), .. } if k == "k"
+        ));
+        let err = flags(&[]).cloud_config().unwrap_err();
+        assert!(err.to_string().contains("tenantId"), "{err}");
+    }
+
+    #[test]
+    fn original_lock() {
+        assert_eq!(
+            flags(&[]).original_lock(),
+            Some(("default".into(), "aad-pod-identity-mic".into()))
+        );
+        assert_eq!(flags(&["--original-mic-lock", ""]).original_lock(), None);
+    }
+}

@@ -1,0 +1,592 @@
+//! The controller's I/O edge: watches (reflectors) of pods, nodes, identities, bindings and
+//! AzureAssignedIdentities; a debounced loop that turns a burst of events into one pass; and the
+//! pass itself: read the targets that have work, plan, then apply the plan with at most one ARM
+//! write per scale set or VM.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use podid_azure::NodePoolIdentities;
+use podid_crds::provider::AssignmentTarget;
+use podid_crds::{
+    ASSIGNED_IDENTITY_FINALIZER, AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding,
+    POD_LABEL,
+};
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::planner::{AssignmentPlanner, NodeInfo, ObjectKey, Plan, PodInfo, World, state};
+
+/// The watched objects.
+#[derive(Clone)]
+pub struct Stores {
+    pub pods: Store<Pod>,
+    pub nodes: Store<Node>,
+    pub identities: Store<AzureIdentity>,
+    pub bindings: Store<AzureIdentityBinding>,
+    pub assigned: Store<AzureAssignedIdentity>,
+}
+
+impl Stores {
+    /// Starts the watches; every event wakes `notify`.
+    pub fn start(client: &Client, notify: Arc<Notify>, shutdown: &CancellationToken) -> Self {
+        Self {
+            // Only pods carrying the label can be bound (the original lists the same set).
+            pods: reflect(
+                Api::all(client.clone()),
+                watcher::Config::default().labels(POD_LABEL),
+                &notify,
+                shutdown,
+            ),
+            nodes: reflect(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                &notify,
+                shutdown,
+            ),
+            identities: reflect(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                &notify,
+                shutdown,
+            ),
+            bindings: reflect(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                &notify,
+                shutdown,
+            ),
+            assigned: reflect(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                &notify,
+                shutdown,
+            ),
+        }
+    }
+
+    /// Waits until every watch has listed once.
+    pub async fn ready(&self) {
+        let _ = tokio::join!(
+            self.pods.wait_until_ready(),
+            self.nodes.wait_until_ready(),
+            self.identities.wait_until_ready(),
+            self.bindings.wait_until_ready(),
+            self.assigned.wait_until_ready(),
+        );
+    }
+}
+
+fn reflect<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    notify: &Arc<Notify>,
+    shutdown: &CancellationToken,
+) -> Store<K>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (store, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
+    let notify = notify.clone();
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        loop {
+            tokio::select! {
+                ev = stream.next() => match ev {
+                    Some(Ok(_)) => notify.notify_one(),
+                    Some(Err(e)) => tracing::warn!(kind = %K::kind(&Default::default()), error = %e, "watch error"),
+                    None => break,
+                },
+                _ = shutdown.cancelled() => break,
+            }
+        }
+    });
+    store
+}
+
+/// Loop settings.
+#[derive(Clone, Debug)]
+pub struct LoopSettings {
+    /// Quiet time after an event before a pass.
+    pub debounce: Duration,
+    /// Full passes (re-read every target) at this interval.
+    pub full_interval: Duration,
+    /// First retry delay after a failed pass (doubled up to five minutes).
+    pub retry_base: Duration,
+}
+
+/// One controller: plans with the stores' contents and applies through Kubernetes and ARM.
+pub struct Controller<A> {
+    pub client: Client,
+    pub arm: A,
+    pub planner: AssignmentPlanner,
+    pub stores: Stores,
+    pub metrics: Metrics,
+    pub recorder: Recorder,
+    /// True once the caches synced and a pass may run (for `/readyz`).
+    pub ready: Arc<AtomicBool>,
+}
+
+/// What a pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PassReport {
+    pub reads: usize,
+    pub writes: usize,
+    pub errors: usize,
+    pub did_work: bool,
+}
+
+impl<A: NodePoolIdentities> Controller<A> {
+    pub fn new(
+        client: Client,
+        arm: A,
+        planner: AssignmentPlanner,
+        stores: Stores,
+        metrics: Metrics,
+        reporter: &str,
+    ) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "aadpodidentity.k8s.io".into(),
+                instance: Some(reporter.to_string()),
+            },
+        );
+        Self {
+            client,
+            arm,
+            planner,
+            stores,
+            metrics,
+            recorder,
+            ready: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Runs passes until `shutdown`: after a debounced burst of events, every `full_interval`
+    /// (full), and after a failure with backoff. Writes only while `may_write` is true.
+    pub async fn run(
+        &self,
+        notify: Arc<Notify>,
+        mut may_write: watch::Receiver<bool>,
+        settings: LoopSettings,
+        shutdown: CancellationToken,
+    ) {
+        tokio::select! {
+            _ = self.stores.ready() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        self.ready.store(true, Ordering::SeqCst);
+        tracing::info!("caches synced");
+        let mut full_tick = tokio::time::interval(settings.full_interval);
+        full_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut retry_at: Option<tokio::time::Instant> = None;
+        let mut backoff = settings.retry_base;
+        let mut was_writing = false;
+        loop {
+            let far = tokio::time::Instant::now() + Duration::from_secs(86400);
+            let mut full = tokio::select! {
+                _ = notify.notified() => false,
+                _ = full_tick.tick() => true,
+                _ = tokio::time::sleep_until(retry_at.unwrap_or(far)) => true,
+                r = may_write.changed() => {
+                    if r.is_err() { return; }
+                    true
+                }
+                _ = shutdown.cancelled() => return,
+            };
+            // Debounce: wait until events stop for `debounce`.
+            loop {
+                tokio::select! {
+                    _ = notify.notified() => {}
+                    _ = tokio::time::sleep(settings.debounce) => break,
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+            let writing = *may_write.borrow();
+            if !writing {
+                was_writing = false;
+                continue;
+            }
+            if !was_writing {
+                self.metrics.new_leader_election_count.inc();
+                full = true;
+                was_writing = true;
+            }
+            let report = self.pass(full).await;
+            if report.errors > 0 {
+                retry_at = Some(tokio::time::Instant::now() + backoff);
+                tracing::info!(errors = report.errors, retry_in = ?backoff, "pass had failures; retrying");
+                backoff = (backoff * 2).min(Duration::from_secs(300));
+            } else {
+                retry_at = None;
+                backoff = settings.retry_base;
+            }
+        }
+    }
+
+    /// One pass over the current cache contents.
+    pub async fn pass(&self, full: bool) -> PassReport {
+        let started = Instant::now();
+        let pods: Vec<PodInfo> = self
+            .stores
+            .pods
+            .state()
+            .iter()
+            .map(|p| PodInfo::from(p.as_ref()))
+            .collect();
+        let nodes: Vec<NodeInfo> = self
+            .stores
+            .nodes
+            .state()
+            .iter()
+            .map(|n| NodeInfo::from(n.as_ref()))
+            .collect();
+        let identities: Vec<AzureIdentity> = cloned(&self.stores.identities);
+        let bindings: Vec<AzureIdentityBinding> = cloned(&self.stores.bindings);
+        let assigned: Vec<AzureAssignedIdentity> = cloned(&self.stores.assigned);
+        let world = World {
+            pods: &pods,
+            nodes: &nodes,
+            identities: &identities,
+            bindings: &bindings,
+            assigned: &assigned,
+        };
+        let mut report = PassReport::default();
+        let mut current = BTreeMap::new();
+        for t in self.planner.targets(world, full) {
+            report.reads += 1;
+            match self.arm.identities(&t).await {
+                Ok(s) => {
+                    current.insert(t, s);
+                }
+                // The scale set or VM is gone: it carries nothing.
+                Err(podid_azure::Error::Arm { status: 404, .. }) => {
+                    current.insert(t, Default::default());
+                }
+                Err(e) => {
+                    report.errors += 1;
+                    tracing::warn!(target = %t, error = %e, "reading identities");
+                }
+            }
+        }
+        let plan = self.planner.plan(world, &current);
+        for s in &plan.skipped {
+            tracing::debug!(skip = ?s, "not planned this pass");
+        }
+        report.did_work = !plan.is_empty();
+        if report.did_work {
+            tracing::info!(
+                create = plan.create.len(),
+                update = plan.update.len(),
+                assign = plan.mark_assigned.len(),
+                delete = plan.delete.len(),
+                writes = plan.writes.len(),
+                full,
+                "applying plan"
+            );
+        }
+        self.apply(&plan, &assigned, &mut report).await;
+        let result = if report.errors == 0 { "ok" } else { "error" };
+        self.metrics
+            .observe_pass(result, started.elapsed(), report.did_work);
+        report
+    }
+
+    async fn apply(&self, plan: &Plan, existing: &[AzureAssignedIdentity], r: &mut PassReport) {
+        let by_key: BTreeMap<ObjectKey, &AzureAssignedIdentity> = existing
+            .iter()
+            .map(|a| {
+                (
+                    ObjectKey {
+                        namespace: a.namespace().unwrap_or_default(),
+                        name: a.name_any(),
+                    },
+                    a,
+                )
+            })
+            .collect();
+        let mut created: BTreeMap<ObjectKey, AzureAssignedIdentity> = BTreeMap::new();
+        for c in &plan.create {
+            let obj = &c.item;
+            match self.api(obj).create(&PostParams::default(), obj).await {
+                Ok(o) => {
+                    self.metrics.assigned_identity_addition_count.inc();
+                    if c.after.is_empty() {
+                        self.applied_event(obj).await;
+                    }
+                    created.insert(key(obj), o);
+                }
+                Err(e) => {
+                    r.errors += 1;
+                    self.metrics.kubernetes_error("assigned_identity_addition");
+                    self.binding_event(
+                        obj,
+                        EventType::Warning,
+                        "binding apply error",
+                        &format!("failed to create AzureAssignedIdentity {}: {e}", key(obj)),
+                    )
+                    .await;
+                }
+            }
+        }
+
+        let mut ok: BTreeSet<&AssignmentTarget> = BTreeSet::new();
+        let mut failed: BTreeMap<&AssignmentTarget, String> = BTreeMap::new();
+        for (t, w) in &plan.writes {
+            r.writes += 1;
+            tracing::info!(target = %t, add = ?w.add, remove = ?w.remove, "updating identities");
+            match self.arm.update(t, &w.add, &w.remove).await {
+                Ok(_) => {
+                    ok.insert(t);
+                }
+                Err(e) => {
+                    r.errors += 1;
+                    tracing::warn!(target = %t, error = %e, "updating identities");
+                    failed.insert(t, e.to_string());
+                }
+            }
+        }
+        let passed = |after: &[AssignmentTarget]| after.iter().all(|t| ok.contains(t));
+        let failure = |after: &[AssignmentTarget]| {
+            after
+                .iter()
+                .find_map(|t| failed.get(t).map(|e| format!("{t}: {e}")))
+        };
+
+        for m in &plan.mark_assigned {
+            let obj = created
+                .get(&m.item)
+                .or_else(|| by_key.get(&m.item).copied());
+            let Some(obj) = obj else { continue };
+            if !passed(&m.after) {
+                if let Some(e) = failure(&m.after) {
+                    self.binding_event(
+                        obj,
+                        EventType::Warning,
+                        "binding apply error",
+                        &format!("identity not assigned for {}: {e}", m.item),
+                    )
+                    .await;
+                }
+                continue;
+            }
+            if self.set_status(&m.item, "Assigned", r).await {
+                self.applied_event(obj).await;
+            }
+        }
+        for u in &plan.update {
+            if !passed(&u.after) {
+                if let Some(e) = failure(&u.after) {
+                    self.binding_event(
+                        &u.item,
+                        EventType::Warning,
+                        "binding apply error",
+                        &format!("identity not assigned for {}: {e}", key(&u.item)),
+                    )
+                    .await;
+                }
+                continue;
+            }
+            match self
+                .api(&u.item)
+                .replace(&u.item.name_any(), &PostParams::default(), &u.item)
+                .await
+            {
+                Ok(_) => {
+                    self.metrics.assigned_identity_update_count.inc();
+                    self.applied_event(&u.item).await;
+                }
+                Err(e) => {
+                    r.errors += 1;
+                    self.metrics.kubernetes_error("assigned_identity_update");
+                    self.binding_event(
+                        &u.item,
+                        EventType::Warning,
+                        "binding apply error",
+                        &format!(
+                            "failed to update AzureAssignedIdentity {}: {e}",
+                            key(&u.item)
+                        ),
+                    )
+                    .await;
+                }
+            }
+        }
+        for d in &plan.delete {
+            if !passed(&d.after) {
+                continue;
+            }
+            let Some(obj) = by_key.get(&d.item) else {
+                continue;
+            };
+            if !d.after.is_empty() && !self.set_status(&d.item, "Unassigned", r).await {
+                continue;
+            }
+            if self.remove(obj).await {
+                self.metrics.assigned_identity_deletion_count.inc();
+            } else {
+                r.errors += 1;
+                self.metrics.kubernetes_error("assigned_identity_deletion");
+            }
+        }
+    }
+
+    fn api(&self, obj: &AzureAssignedIdentity) -> Api<AzureAssignedIdentity> {
+        Api::namespaced(self.client.clone(), &obj.namespace().unwrap_or_default())
+    }
+
+    /// Writes `status.status` through the main resource (the CRD has no status subresource).
+    async fn set_status(&self, k: &ObjectKey, value: &str, r: &mut PassReport) -> bool {
+        let api: Api<AzureAssignedIdentity> = Api::namespaced(self.client.clone(), &k.namespace);
+        let patch = serde_json::json!({"status": {"status": value}});
+        match api
+            .patch(&k.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(o) => {
+                tracing::debug!(object = %k, status = ?state(&o), "status written");
+                true
+            }
+            Err(e) => {
+                r.errors += 1;
+                self.metrics
+                    .kubernetes_error("update_azure_assigned_identity_status");
+                tracing::warn!(object = %k, error = %e, "writing status");
+                if let Ok(Some(obj)) = api.get_opt(&k.name).await {
+                    self.event(
+                        &obj.object_ref(&()),
+                        EventType::Warning,
+                        "status update error",
+                        &format!("failed to set status {value}: {e}"),
+                    )
+                    .await;
+                }
+                false
+            }
+        }
+    }
+
+    /// Deletes the object and releases podid's finalizer; a missing object counts as done.
+    async fn remove(&self, obj: &AzureAssignedIdentity) -> bool {
+        let api = self.api(obj);
+        let name = obj.name_any();
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => return true,
+            Err(e) => {
+                tracing::warn!(object = %key(obj), error = %e, "deleting");
+                return false;
+            }
+        }
+        let Ok(Some(current)) = api.get_opt(&name).await else {
+            return true;
+        };
+        if !current
+            .finalizers()
+            .iter()
+            .any(|f| f == ASSIGNED_IDENTITY_FINALIZER)
+        {
+            return true;
+        }
+        let rest: Vec<&String> = current
+            .finalizers()
+            .iter()
+            .filter(|f| *f != ASSIGNED_IDENTITY_FINALIZER)
+            .collect();
+        let patch = serde_json::json!({"metadata": {
+            "finalizers": rest,
+            "resourceVersion": current.metadata.resource_version,
+        }});
+        match api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => true,
+            Err(kube::Error::Api(s)) if s.code == 404 => true,
+            Err(e) => {
+                tracing::warn!(object = %key(obj), error = %e, "releasing finalizer");
+                false
+            }
+        }
+    }
+
+    async fn applied_event(&self, obj: &AzureAssignedIdentity) {
+        let binding = obj
+            .spec
+            .azure_binding_ref
+            .as_ref()
+            .and_then(|b| b.metadata.name.clone())
+            .unwrap_or_default();
+        let note = format!(
+            "Binding {binding} applied on node {} for pod {}",
+            obj.spec.node_name,
+            obj.name_any()
+        );
+        self.binding_event(obj, EventType::Normal, "binding applied", &note)
+            .await;
+    }
+
+    async fn binding_event(
+        &self,
+        obj: &AzureAssignedIdentity,
+        type_: EventType,
+        reason: &str,
+        note: &str,
+    ) {
+        let reference = obj
+            .spec
+            .azure_binding_ref
+            .as_ref()
+            .map(|b| ObjectReference {
+                api_version: Some(AzureIdentityBinding::api_version(&()).into()),
+                kind: Some("AzureIdentityBinding".into()),
+                name: b.metadata.name.clone(),
+                namespace: b.metadata.namespace.clone(),
+                uid: b.metadata.uid.clone(),
+                ..ObjectReference::default()
+            })
+            .unwrap_or_else(|| obj.object_ref(&()));
+        self.event(&reference, type_, reason, note).await;
+    }
+
+    async fn event(&self, reference: &ObjectReference, type_: EventType, reason: &str, note: &str) {
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note.into()),
+            action: "Assign".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, reference).await {
+            tracing::debug!(error = %e, "publishing event");
+        }
+    }
+}
+
+fn key(obj: &AzureAssignedIdentity) -> ObjectKey {
+    ObjectKey {
+        namespace: obj.namespace().unwrap_or_default(),
+        name: obj.name_any(),
+    }
+}
+
+fn cloned<K: Clone + Resource>(store: &Store<K>) -> Vec<K>
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    store.state().iter().map(|o| o.as_ref().clone()).collect()
+}
