@@ -12,7 +12,7 @@ use base64::Engine;
 use jsonwebtoken::{DecodingKey, Validation};
 use serde_json::{Value, json};
 
-use crate::server::{Ctx, unix_now};
+use crate::server::{Ctx, request_base, unix_now};
 
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
@@ -61,19 +61,6 @@ struct Principal {
     client_id: String,
     object_id: String,
     mi_resource_id: Option<String>,
-}
-
-fn base(headers: &HeaderMap) -> String {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("127.0.0.1");
-    let scheme = if headers.contains_key("x-podid-emulator-tls") {
-        "https"
-    } else {
-        "http"
-    };
-    format!("{scheme}://{host}")
 }
 
 fn unverified_claims(token: &str) -> Option<(jsonwebtoken::Header, Value)> {
@@ -429,7 +416,7 @@ pub async fn token_v2(
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    let base = base(&headers);
+    let base = request_base(&headers);
     let token_url = format!("{base}/{tenant}/oauth2/v2.0/token");
     let Some(scope) = form.get("scope").cloned() else {
         return err(
@@ -464,7 +451,7 @@ pub async fn token_v1(
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    let base = base(&headers);
+    let base = request_base(&headers);
     let token_url = format!("{base}/{tenant}/oauth2/token");
     let Some(resource) = form.get("resource").cloned() else {
         return err(

@@ -92,7 +92,8 @@ pub struct Shared {
 
 pub type Ctx = Arc<Shared>;
 
-fn now() -> u64 {
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -393,20 +394,19 @@ async fn admin_state(State(ctx): State<Ctx>) -> impl IntoResponse {
     axum::Json(json!({"machines": machines, "identities": identities}))
 }
 
-fn base_url(headers: &HeaderMap, scheme: &str) -> String {
+/// `http(s)://<host>` as the client addressed this request (https when it came through the TLS
+/// listener, which marks requests with `x-podid-emulator-tls`).
+pub fn request_base(headers: &HeaderMap) -> String {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("127.0.0.1");
-    format!("{scheme}://{host}")
-}
-
-fn scheme_of(req_headers: &HeaderMap) -> &'static str {
-    if req_headers.contains_key("x-podid-emulator-tls") {
+    let scheme = if headers.contains_key("x-podid-emulator-tls") {
         "https"
     } else {
         "http"
-    }
+    };
+    format!("{scheme}://{host}")
 }
 
 async fn instance_discovery(headers: HeaderMap) -> impl IntoResponse {
@@ -415,7 +415,7 @@ async fn instance_discovery(headers: HeaderMap) -> impl IntoResponse {
         .and_then(|h| h.to_str().ok())
         .unwrap_or("127.0.0.1")
         .to_string();
-    let base = base_url(&headers, scheme_of(&headers));
+    let base = request_base(&headers);
     axum::Json(json!({
         "tenant_discovery_endpoint": format!("{base}/common/v2.0/.well-known/openid-configuration"),
         "api-version": "1.1",
@@ -424,7 +424,7 @@ async fn instance_discovery(headers: HeaderMap) -> impl IntoResponse {
 }
 
 async fn tenant_discovery(Path(tenant): Path<String>, headers: HeaderMap) -> impl IntoResponse {
-    let base = base_url(&headers, scheme_of(&headers));
+    let base = request_base(&headers);
     axum::Json(json!({
         "token_endpoint": format!("{base}/{tenant}/oauth2/v2.0/token"),
         "issuer": format!("{base}/{tenant}/v2.0"),
@@ -550,7 +550,7 @@ async fn arm(
     };
     let route = route_name(&method, &path);
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let base = base_url(&headers, scheme_of(&headers));
+    let base = request_base(&headers);
     match route.split_once(' ').map(|x| x.1).unwrap_or("") {
         "vmss" | "vm" => {
             machine(
@@ -946,8 +946,4 @@ async fn fic(ctx: &Shared, method: &Method, path: &str, segs: &[&str], body: Val
         }
         Err(e) => arm_error(&e),
     }
-}
-
-pub fn unix_now() -> u64 {
-    now()
 }
