@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every podid test on this machine: builds (once, cached) what the tests need outside Cargo
-# — a real Kubernetes control plane from the Go module proxy, a Python venv with azure-identity —
+# — a real Kubernetes control plane and the original aad-pod-identity components from the Go
+# module proxy, a Python venv with azure-identity —
 # then `cargo test --workspace`. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,12 @@ mkdir -p "$PODID_CACHE_DIR"
 if [ -x tests/cluster/build.sh ]; then
   PODID_K8S_BIN="$(tests/cluster/build.sh | tail -n 1)"
   export PODID_K8S_BIN
+fi
+
+# The original aad-pod-identity MIC, NMI and demo (v1.8.17), for the side-by-side parity tests.
+if [ -x tests/peers/build.sh ]; then
+  PODID_PEERS_BIN="$(tests/peers/build.sh | tail -n 1)"
+  export PODID_PEERS_BIN
 fi
 
 # Python azure-identity, for tests that drive real SDK clients.

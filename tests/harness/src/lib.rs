@@ -34,6 +34,10 @@ pub enum Error {
         "control-plane binary {0} not found; run tests/cluster/build.sh (or tests/run.sh) first, or set PODID_K8S_BIN to its bin directory"
     )]
     MissingBinary(String),
+    #[error(
+        "original aad-pod-identity binary {0} not found; run tests/peers/build.sh (or tests/run.sh) first, or set PODID_PEERS_BIN to its bin directory"
+    )]
+    MissingPeer(String),
     #[error("generating test PKI: {0}")]
     Pki(#[from] rcgen::Error),
     #[error("I/O: {0}")]
@@ -66,11 +70,7 @@ pub fn bin_dir() -> Result<PathBuf, Error> {
     if let Some(dir) = std::env::var_os("PODID_K8S_BIN") {
         return Ok(PathBuf::from(dir));
     }
-    let cache = std::env::var_os("PODID_CACHE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/podid")
-        });
+    let cache = cache_dir();
     let mut builds: Vec<PathBuf> = std::fs::read_dir(&cache)
         .map(|d| {
             d.filter_map(|e| e.ok())
@@ -83,6 +83,38 @@ pub fn bin_dir() -> Result<PathBuf, Error> {
     builds
         .pop()
         .ok_or_else(|| Error::MissingBinary("kube-apiserver".into()))
+}
+
+/// A binary of the original aad-pod-identity (`mic`, `nmi`, `demo`) built by
+/// `tests/peers/build.sh`: from `$PODID_PEERS_BIN`, or that script's cache under
+/// `$PODID_CACHE_DIR` (default `~/.cache/podid`).
+pub fn peer_binary(name: &str) -> Result<PathBuf, Error> {
+    let dir = match std::env::var_os("PODID_PEERS_BIN") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let version = include_str!("../../peers/aad-pod-identity/go.mod")
+                .lines()
+                .find_map(|l| l.strip_prefix("require github.com/Azure/aad-pod-identity "))
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            cache_dir().join(format!("aad-pod-identity-{version}/bin"))
+        }
+    };
+    let p = dir.join(name);
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(Error::MissingPeer(p.display().to_string()))
+    }
+}
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("PODID_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/podid")
+        })
 }
 
 fn binary(name: &str) -> Result<PathBuf, Error> {
