@@ -3,11 +3,8 @@
 //! pods that call from their own addresses.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use base64::Engine;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -18,30 +15,14 @@ use podid_crds::{
     AzureIdentitySpec, AzurePodIdentityException, AzurePodIdentityExceptionSpec, EmbeddedIdentity,
     IdentityType,
 };
-use podid_nmi::cache::{Clock, SystemClock, TokenCache};
-use podid_nmi::kube::{KubeView, SecretCache};
-use podid_nmi::metrics::Metrics;
 use podid_nmi::resolve::Mode;
-use podid_nmi::server::{self, Agent, ServerConfig};
-use podid_nmi::token::{AzureCredentials, http_client};
+use podid_nmi::server::ServerConfig;
 use podid_nmi::wait::RetryPolicy;
 use podid_testkit::{Cluster, NodePool};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
-fn obj<T: serde::de::DeserializeOwned>(v: Value) -> T {
-    serde_json::from_value(v).expect("valid object")
-}
-
-fn claims(token: &str) -> Value {
-    let payload = token.split('.').nth(1).expect("a JWT");
-    serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(payload)
-            .unwrap(),
-    )
-    .unwrap()
-}
+mod live;
+use live::{claims, obj, start_agent};
 
 async fn call(agent: SocketAddr, from: IpAddr, query: &str) -> (u16, String) {
     let resp = reqwest::Client::builder()
@@ -97,50 +78,6 @@ async fn run_pods(
         .await
         .expect("pods Running with IPs");
     ips
-}
-
-/// Starts the agent for `node` in-process; it stops when the returned guard drops.
-async fn start_agent(
-    client: kube::Client,
-    node: &str,
-    config: ServerConfig,
-    authority: &str,
-) -> (SocketAddr, tokio_util::sync::DropGuard) {
-    let shutdown = CancellationToken::new();
-    let view = KubeView::start(
-        client.clone(),
-        node,
-        config.mode == Mode::Standard,
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let agent = Arc::new(Agent {
-        credentials: Arc::new(AzureCredentials {
-            http: http_client(),
-            imds_endpoint: config.imds_endpoint.clone(),
-            default_authority: url::Url::parse(authority).unwrap(),
-            secrets: Arc::new(SecretCache::new(client, shutdown.clone())),
-            clock: clock.clone(),
-        }),
-        config,
-        view: Arc::new(view),
-        cache: TokenCache::new(clock.clone(), Duration::from_secs(300)),
-        metrics: Metrics::new(),
-        clock,
-        http: http_client(),
-        initialized: AtomicBool::new(true),
-        shutdown: shutdown.clone(),
-    });
-    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
-    let addr = SocketAddr::from(([127, 0, 0, 1], listener.local_addr().unwrap().port()));
-    tokio::spawn(server::serve(
-        listener,
-        server::router(agent),
-        shutdown.clone(),
-    ));
-    (addr, shutdown.drop_guard())
 }
 
 /// Python azure-identity's ManagedIdentityCredential, run as the pod at `from` (its requests

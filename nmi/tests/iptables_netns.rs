@@ -6,6 +6,9 @@ use std::process::Command;
 
 use podid_nmi::iptables::{CHAIN, Iptables, RuleSpec};
 
+mod live;
+use live::obj;
+
 struct Netns(Vec<String>);
 
 impl Drop for Netns {
@@ -56,82 +59,129 @@ except Exception as e:
     print("error:", e)
 "#;
 
-#[tokio::test]
-async fn rules_redirect_pod_traffic_to_the_agent_and_are_removed_on_cleanup() {
-    let id = std::process::id();
-    let (node, podns) = (
-        format!("podid-nmi-{id}-node"),
-        format!("podid-nmi-{id}-pod"),
-    );
-    if Command::new("ip")
-        .args(["netns", "add", &node])
-        .status()
-        .map(|s| !s.success())
-        .unwrap_or(true)
-    {
-        eprintln!("skipping: `ip netns add` is not permitted here");
-        return;
-    }
-    let _guard = Netns(vec![node.clone(), podns.clone()]);
-    sh(&["ip", "netns", "add", &podns]);
-    let (vn, vp) = (format!("pn{id}"), format!("pp{id}"));
-    let (vn, vp) = (&vn[..vn.len().min(15)], &vp[..vp.len().min(15)]);
-    sh(&["ip", "link", "add", vn, "type", "veth", "peer", "name", vp]);
-    sh(&["ip", "link", "set", vn, "netns", &node]);
-    sh(&["ip", "link", "set", vp, "netns", &podns]);
-    for (ns, dev, addr) in [(&node, vn, "10.200.0.1/24"), (&podns, vp, "10.200.0.2/24")] {
-        sh(&[
-            "ip", "netns", "exec", ns, "ip", "addr", "add", addr, "dev", dev,
-        ]);
-        sh(&["ip", "netns", "exec", ns, "ip", "link", "set", dev, "up"]);
-        sh(&["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"]);
-    }
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &podns,
-        "ip",
-        "route",
-        "add",
-        "default",
-        "via",
-        "10.200.0.1",
-    ]);
-    // DNAT to 127.0.0.1 from PREROUTING needs route_localnet (set by kube-proxy on real nodes).
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &node,
-        "sysctl",
-        "-qw",
-        "net.ipv4.conf.all.route_localnet=1",
-    ]);
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &node,
-        "sysctl",
-        "-qw",
-        &format!("net.ipv4.conf.{vn}.route_localnet=1"),
-    ]);
+/// A "node" and a "pod" network namespace joined by a veth pair (node 10.200.0.1, pod
+/// 10.200.0.2, the pod's default route via the node), deleted on drop. `None` (with a message)
+/// where `ip netns add` is not permitted.
+struct NetnsPair {
+    node: String,
+    pod: String,
+    _guard: Netns,
+}
 
-    let ipt = Iptables {
-        prefix: vec!["ip".into(), "netns".into(), "exec".into(), node.clone()],
-    };
-    let spec = RuleSpec {
+impl NetnsPair {
+    fn create(tag: &str) -> Option<Self> {
+        let id = std::process::id();
+        let (node, podns) = (
+            format!("podid-nmi-{id}-{tag}-node"),
+            format!("podid-nmi-{id}-{tag}-pod"),
+        );
+        if Command::new("ip")
+            .args(["netns", "add", &node])
+            .status()
+            .map(|s| !s.success())
+            .unwrap_or(true)
+        {
+            eprintln!("skipping: `ip netns add` is not permitted here");
+            return None;
+        }
+        let guard = Netns(vec![node.clone(), podns.clone()]);
+        sh(&["ip", "netns", "add", &podns]);
+        let (vn, vp) = (format!("pn{id}{tag}"), format!("pp{id}{tag}"));
+        let (vn, vp) = (&vn[..vn.len().min(15)], &vp[..vp.len().min(15)]);
+        sh(&["ip", "link", "add", vn, "type", "veth", "peer", "name", vp]);
+        sh(&["ip", "link", "set", vn, "netns", &node]);
+        sh(&["ip", "link", "set", vp, "netns", &podns]);
+        for (ns, dev, addr) in [(&node, vn, "10.200.0.1/24"), (&podns, vp, "10.200.0.2/24")] {
+            sh(&[
+                "ip", "netns", "exec", ns, "ip", "addr", "add", addr, "dev", dev,
+            ]);
+            sh(&["ip", "netns", "exec", ns, "ip", "link", "set", dev, "up"]);
+            sh(&["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"]);
+        }
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &podns,
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.200.0.1",
+        ]);
+        // DNAT to 127.0.0.1 from PREROUTING needs route_localnet (set by kube-proxy on real nodes).
+        for conf in ["all", vn] {
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &node,
+                "sysctl",
+                "-qw",
+                &format!("net.ipv4.conf.{conf}.route_localnet=1"),
+            ]);
+        }
+        Some(Self {
+            node,
+            pod: podns,
+            _guard: guard,
+        })
+    }
+
+    fn iptables(&self) -> Iptables {
+        Iptables {
+            prefix: vec![
+                "ip".into(),
+                "netns".into(),
+                "exec".into(),
+                self.node.clone(),
+            ],
+        }
+    }
+
+    /// A TCP listener on `addr` inside the node namespace (bound from a thread that entered it;
+    /// the socket stays there, the rest of the test stays in the host's namespace).
+    fn listen_in_node(&self, addr: &str) -> std::net::TcpListener {
+        let path = format!("/var/run/netns/{}", self.node);
+        let addr = addr.to_owned();
+        std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            let f = std::fs::File::open(&path).unwrap();
+            // SAFETY: setns on a valid namespace fd affects only this short-lived thread.
+            let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            let l = std::net::TcpListener::bind(&addr).unwrap();
+            l.set_nonblocking(true).unwrap();
+            l
+        })
+        .join()
+        .unwrap()
+    }
+}
+
+fn agent_rules() -> RuleSpec {
+    RuleSpec {
         metadata_ip: "169.254.169.254".parse().unwrap(),
         metadata_port: 80,
         target_ip: "127.0.0.1".parse().unwrap(),
         target_port: 2579,
+    }
+}
+
+#[tokio::test]
+async fn rules_redirect_pod_traffic_to_the_agent_and_are_removed_on_cleanup() {
+    let Some(net) = NetnsPair::create("r") else {
+        return;
     };
+    let (node, podns) = (&net.node, &net.pod);
+    let ipt = net.iptables();
+    let spec = agent_rules();
     assert!(
         ipt.ensure(&spec).await.unwrap(),
         "first run writes the rules"
     );
-    let listing = nat_listing(&node);
+    let listing = nat_listing(node);
     assert!(
         listing.contains("-A PREROUTING -j aad-metadata"),
         "{listing}"
@@ -144,10 +194,10 @@ async fn rules_redirect_pod_traffic_to_the_agent_and_are_removed_on_cleanup() {
 
     // Someone flushes the chain: the next reconcile restores it, without a second jump.
     sh(&[
-        "ip", "netns", "exec", &node, "iptables", "-w", "-t", "nat", "-F", CHAIN,
+        "ip", "netns", "exec", node, "iptables", "-w", "-t", "nat", "-F", CHAIN,
     ]);
     assert!(ipt.ensure(&spec).await.unwrap());
-    let listing = nat_listing(&node);
+    let listing = nat_listing(node);
     assert_eq!(
         listing.matches("-A PREROUTING -j aad-metadata").count(),
         1,
@@ -156,7 +206,7 @@ async fn rules_redirect_pod_traffic_to_the_agent_and_are_removed_on_cleanup() {
 
     // A stand-in agent on the node's 127.0.0.1:2579; a pod calls IMDS's address.
     let mut server = tokio::process::Command::new("ip")
-        .args(["netns", "exec", &node, "python3", "-c", SERVER, "2579"])
+        .args(["netns", "exec", node, "python3", "-c", SERVER, "2579"])
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -166,7 +216,7 @@ async fn rules_redirect_pod_traffic_to_the_agent_and_are_removed_on_cleanup() {
         let mut lines = tokio::io::BufReader::new(server.stdout.take().unwrap()).lines();
         assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("ready"));
     }
-    let out = sh(&["ip", "netns", "exec", &podns, "python3", "-c", CLIENT]);
+    let out = sh(&["ip", "netns", "exec", podns, "python3", "-c", CLIENT]);
     let seen = String::from_utf8_lossy(&out.stdout);
     assert!(
         seen.starts_with("agent saw 10.200.0.2 /metadata/identity/oauth2/token?resource=x"),
@@ -174,9 +224,145 @@ async fn rules_redirect_pod_traffic_to_the_agent_and_are_removed_on_cleanup() {
     );
 
     ipt.cleanup().await.unwrap();
-    let listing = nat_listing(&node);
+    let listing = nat_listing(node);
     assert!(!listing.contains("aad-metadata"), "{listing}");
     // Cleaning up twice is harmless.
     ipt.cleanup().await.unwrap();
     let _ = server.kill().await;
+}
+
+/// The original project's demo program (aad-pod-identity v1.8.17's `cmd/demo`, built by
+/// tests/peers/build.sh), run inside the pod namespace, asks 169.254.169.254 for
+/// `/metadata/instance` and for a token of its user-assigned identity; the node namespace's
+/// rules bring both to podid-nmi (managed mode), which knows the caller as a pod on the real
+/// API server by its address and answers from the emulator's IMDS.
+#[tokio::test]
+async fn the_original_demo_in_a_pod_namespace_gets_a_token_through_the_metadata_address() {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Api, Patch, PatchParams, PostParams};
+    use podid_crds::{AzureIdentity, AzureIdentityBinding};
+    use podid_nmi::resolve::Mode;
+    use podid_nmi::server::ServerConfig;
+    use serde_json::json;
+    use tokio::io::AsyncBufReadExt;
+
+    let demo = podid_testkit::peer_binary("demo").expect("the original demo program");
+    let Some(net) = NetnsPair::create("d") else {
+        return;
+    };
+    assert!(net.iptables().ensure(&agent_rules()).await.unwrap());
+    let listener = tokio::net::TcpListener::from_std(net.listen_in_node("127.0.0.1:2579")).unwrap();
+
+    // Azure: the node's scale set carries the identity the demo asks for.
+    let emu = podid_azure_emulator::Emulator::start(podid_azure_emulator::Settings::default())
+        .await
+        .unwrap();
+    let vmss = emu.add_scale_set("MC_demo", "aks-demo-1-vmss", 1);
+    let ident = emu.add_identity("rg", "demo");
+    emu.preassign(&vmss, &ident.id);
+
+    // Kubernetes: the identity, its binding and the pod whose address is the pod namespace's.
+    let cluster = podid_testkit::Cluster::shared_async().await;
+    let ns = cluster.namespace("demo").await;
+    let client = ns.client.clone();
+    let node = "aks-demo-1-vmss000000";
+    Api::<AzureIdentity>::namespaced(client.clone(), &ns.name)
+        .create(
+            &PostParams::default(),
+            &obj(json!({
+                "apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzureIdentity",
+                "metadata": {"name": "demo"},
+                "spec": {"type": 0, "resourceID": ident.id, "clientID": ident.client_id}
+            })),
+        )
+        .await
+        .unwrap();
+    Api::<AzureIdentityBinding>::namespaced(client.clone(), &ns.name)
+        .create(
+            &PostParams::default(),
+            &obj(json!({
+                "apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzureIdentityBinding",
+                "metadata": {"name": "demo-binding"},
+                "spec": {"azureIdentity": "demo", "selector": "demo"}
+            })),
+        )
+        .await
+        .unwrap();
+    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &obj(json!({"metadata": {"name": "demo"}})))
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    pods.create(
+        &PostParams::default(),
+        &obj(json!({
+            "metadata": {"name": "demo", "labels": {"aadpodidbinding": "demo"}},
+            "spec": {"nodeName": node, "serviceAccountName": "demo", "automountServiceAccountToken": false, "containers": [{"name": "demo", "image": "mcr.microsoft.com/oss/azure/aad-pod-identity/demo:v1.8.17"}]}
+        })),
+    )
+    .await
+    .unwrap();
+    pods.patch_status(
+        "demo",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {
+            "phase": "Running", "podIP": "10.200.0.2", "podIPs": [{"ip": "10.200.0.2"}]
+        }})),
+    )
+    .await
+    .unwrap();
+
+    let config = ServerConfig {
+        mode: Mode::Managed,
+        force_namespaced: true,
+        imds_endpoint: url::Url::parse(&emu.imds_endpoint("aks-demo-1-vmss_0")).unwrap(),
+        ..Default::default()
+    };
+    let _agent = live::start_agent_on(listener, client, node, config, &emu.arm_endpoint()).await;
+
+    let mut cmd = tokio::process::Command::new("ip");
+    cmd.args(["netns", "exec", &net.pod])
+        .arg(&demo)
+        .args(["--identity-client-id", &ident.client_id, "--period", "1h"])
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("MSI_") || k.starts_with("IDENTITY_") || k.starts_with("AZURE_") {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = Vec::new();
+    let mut token = None;
+    let read = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            log.push(line.clone());
+            if let Some(rest) = line.split("Try decoding your token ").nth(1) {
+                token = rest.split_whitespace().next().map(str::to_owned);
+                return;
+            }
+            if line.contains("Failed to acquire token") {
+                return;
+            }
+        }
+    };
+    let finished = tokio::time::timeout(std::time::Duration::from_secs(90), read).await;
+    let _ = child.kill().await;
+    let log = log.join("\n");
+    assert!(finished.is_ok(), "the demo logged no outcome in 90 s:\n{log}");
+    assert!(
+        log.contains(&format!(
+            "successfully acquired a service principal token from IMDS using a user-assigned identity ({})",
+            ident.client_id
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains(r#"curl -H Metadata:true "http://169.254.169.254/metadata/instance?api-version=2017-08-01": {"#),
+        "the instance metadata call is passed through to IMDS:\n{log}"
+    );
+    let claims = live::claims(&token.expect("the demo printed its token"));
+    assert_eq!(claims["appid"], ident.client_id.as_str(), "{claims}");
+    assert_eq!(claims["aud"], "https://management.azure.com/", "{claims}");
 }

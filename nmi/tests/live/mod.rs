@@ -1,0 +1,90 @@
+//! Helpers for tests that run the agent in-process against the real API server and the Azure
+//! emulator.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use base64::Engine;
+use podid_nmi::cache::{Clock, SystemClock, TokenCache};
+use podid_nmi::kube::{KubeView, SecretCache};
+use podid_nmi::metrics::Metrics;
+use podid_nmi::resolve::Mode;
+use podid_nmi::server::{self, Agent, ServerConfig};
+use podid_nmi::token::{AzureCredentials, http_client};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+pub fn obj<T: serde::de::DeserializeOwned>(v: Value) -> T {
+    serde_json::from_value(v).expect("valid object")
+}
+
+/// The claims of a JWT, unverified.
+pub fn claims(token: &str) -> Value {
+    let payload = token.split('.').nth(1).expect("a JWT");
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// Starts the agent for `node` in-process on `listener`; it stops when the returned guard drops.
+pub async fn start_agent_on(
+    listener: tokio::net::TcpListener,
+    client: kube::Client,
+    node: &str,
+    config: ServerConfig,
+    authority: &str,
+) -> tokio_util::sync::DropGuard {
+    let shutdown = CancellationToken::new();
+    let view = KubeView::start(
+        client.clone(),
+        node,
+        config.mode == Mode::Standard,
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let agent = Arc::new(Agent {
+        credentials: Arc::new(AzureCredentials {
+            http: http_client(),
+            imds_endpoint: config.imds_endpoint.clone(),
+            default_authority: url::Url::parse(authority).unwrap(),
+            secrets: Arc::new(SecretCache::new(client, shutdown.clone())),
+            clock: clock.clone(),
+        }),
+        config,
+        view: Arc::new(view),
+        cache: TokenCache::new(clock.clone(), Duration::from_secs(300)),
+        metrics: Metrics::new(),
+        clock,
+        http: http_client(),
+        initialized: AtomicBool::new(true),
+        shutdown: shutdown.clone(),
+    });
+    tokio::spawn(server::serve(
+        listener,
+        server::router(agent),
+        shutdown.clone(),
+    ));
+    shutdown.drop_guard()
+}
+
+/// Starts the agent for `node` in-process on a free port of every address (pods call it from
+/// their 127.x addresses); returns its 127.0.0.1 address.
+pub async fn start_agent(
+    client: kube::Client,
+    node: &str,
+    config: ServerConfig,
+    authority: &str,
+) -> (SocketAddr, tokio_util::sync::DropGuard) {
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], listener.local_addr().unwrap().port()));
+    let guard = start_agent_on(listener, client, node, config, authority).await;
+    (addr, guard)
+}
