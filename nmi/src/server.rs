@@ -339,11 +339,13 @@ async fn serve_pod(
     let tokens = match tokens_for(agent, &identity, &req.resource).await {
         Ok(t) => t,
         Err(e) => {
-            tracing::warn!(error = %e, "token fetch failed");
-            let msg = format!(
-                "failed to get service principal token for pod:{}, error: {e}",
+            tracing::warn!(
+                error = %e,
+                "failed to get service principal token for pod: {}",
                 pod.key()
             );
+            // The original answers with the token error's own text.
+            let msg = e.to_string();
             let result = if e.status() == 403 {
                 "token_rejected"
             } else {

@@ -101,11 +101,16 @@ impl AccessToken {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
     /// IMDS or Entra answered with an error (the original's ADAL `TokenRefreshError`): 403.
-    #[error("{source_kind} refused the token request with HTTP {status}: {detail}")]
+    /// Worded as ADAL words it, since the original hands that text to the pod.
+    #[error(
+        "adal: Refresh request failed. Status Code = '{status}'. Response body: {detail} Endpoint {endpoint}"
+    )]
     Rejected {
         source_kind: &'static str,
         status: u16,
         detail: String,
+        /// The URL asked (with its query; never a secret: those travel in the POST body).
+        endpoint: String,
     },
     /// Could not ask (network, bad configuration, unreadable secret): 503.
     #[error("{0}")]
@@ -151,6 +156,7 @@ async fn read_token(
 ) -> Result<AccessToken, TokenError> {
     let resp = resp.map_err(|e| TokenError::Unavailable(format!("{kind}: {e}")))?;
     let status = resp.status();
+    let endpoint = resp.url().to_string();
     let body = resp
         .text()
         .await
@@ -160,6 +166,7 @@ async fn read_token(
             source_kind: kind,
             status: status.as_u16(),
             detail: truncate(&body),
+            endpoint,
         });
     }
     let v: Value = serde_json::from_str(&body)

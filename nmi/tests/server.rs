@@ -42,6 +42,7 @@ impl TokenSource for FakeSource {
                     source_kind: "IMDS",
                     status: 400,
                     detail: "Identity not found".into(),
+                    endpoint: "http://169.254.169.254/metadata/identity/oauth2/token".into(),
                 });
             }
             Ok(AccessToken {
