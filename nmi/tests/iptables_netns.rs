@@ -139,25 +139,6 @@ impl NetnsPair {
             ],
         }
     }
-
-    /// A TCP listener on `addr` inside the node namespace (bound from a thread that entered it;
-    /// the socket stays there, the rest of the test stays in the host's namespace).
-    fn listen_in_node(&self, addr: &str) -> std::net::TcpListener {
-        let path = format!("/var/run/netns/{}", self.node);
-        let addr = addr.to_owned();
-        std::thread::spawn(move || {
-            use std::os::fd::AsRawFd;
-            let f = std::fs::File::open(&path).unwrap();
-            // SAFETY: setns on a valid namespace fd affects only this short-lived thread.
-            let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-            let l = std::net::TcpListener::bind(&addr).unwrap();
-            l.set_nonblocking(true).unwrap();
-            l
-        })
-        .join()
-        .unwrap()
-    }
 }
 
 fn agent_rules() -> RuleSpec {
@@ -251,7 +232,9 @@ async fn the_original_demo_in_a_pod_namespace_gets_a_token_through_the_metadata_
         return;
     };
     assert!(net.iptables().ensure(&agent_rules()).await.unwrap());
-    let listener = tokio::net::TcpListener::from_std(net.listen_in_node("127.0.0.1:2579")).unwrap();
+    let listener =
+        tokio::net::TcpListener::from_std(live::listen_in_netns(&net.node, "127.0.0.1:2579"))
+            .unwrap();
 
     // Azure: the node's scale set carries the identity the demo asks for.
     let emu = podid_azure_emulator::Emulator::start(podid_azure_emulator::Settings::default())
@@ -289,7 +272,10 @@ async fn the_original_demo_in_a_pod_namespace_gets_a_token_through_the_metadata_
         .await
         .unwrap();
     Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), &ns.name)
-        .create(&PostParams::default(), &obj(json!({"metadata": {"name": "demo"}})))
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": "demo"}})),
+        )
         .await
         .unwrap();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
@@ -350,7 +336,10 @@ async fn the_original_demo_in_a_pod_namespace_gets_a_token_through_the_metadata_
     let finished = tokio::time::timeout(std::time::Duration::from_secs(90), read).await;
     let _ = child.kill().await;
     let log = log.join("\n");
-    assert!(finished.is_ok(), "the demo logged no outcome in 90 s:\n{log}");
+    assert!(
+        finished.is_ok(),
+        "the demo logged no outcome in 90 s:\n{log}"
+    );
     assert!(
         log.contains(&format!(
             "successfully acquired a service principal token from IMDS using a user-assigned identity ({})",

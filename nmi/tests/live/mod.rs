@@ -88,3 +88,38 @@ pub async fn start_agent(
     let guard = start_agent_on(listener, client, node, config, authority).await;
     (addr, guard)
 }
+
+/// A TCP listener on `addr` inside the network namespace `ns` (`ip netns` name), bound from a
+/// short-lived thread that entered it: the socket stays in `ns`, the test stays in its own.
+pub fn listen_in_netns(ns: &str, addr: &str) -> std::net::TcpListener {
+    let path = format!("/var/run/netns/{ns}");
+    let addr = addr.to_owned();
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::File::open(&path).unwrap();
+        // SAFETY: setns on a valid namespace fd changes only this thread, which ends here.
+        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        let l = std::net::TcpListener::bind(&addr)
+            .unwrap_or_else(|e| panic!("bind {addr} in {path}: {e}"));
+        l.set_nonblocking(true).unwrap();
+        l
+    })
+    .join()
+    .unwrap()
+}
+
+/// Forwards every connection accepted on `listener` (e.g. one inside a namespace) to `target`
+/// in the test's own namespace, byte for byte, until the returned task is aborted.
+pub fn bridge(listener: std::net::TcpListener, target: SocketAddr) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    })
+}
