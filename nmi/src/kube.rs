@@ -213,13 +213,20 @@ impl ClusterView for KubeView {
 type SecretStores = HashMap<(String, String), Store<Secret>>;
 
 /// Service-principal Secrets, each watched by name (field selector `metadata.name`) from its
-/// first use, so a request reads memory and a rotated secret is seen at once.
+/// first use, so a request reads memory and a rotated secret is seen at once. While a watch is
+/// not (yet) listing — first use, RBAC missing, API server away — a request reads the Secret
+/// with one GET instead of waiting, so a permission error is answered at once and counted as
+/// the original counts it (`kubernetes_api_operations_errors_count{operation_type="get_secret"}`).
 #[derive(Clone)]
 pub struct SecretCache {
     client: Client,
     stores: Arc<Mutex<SecretStores>>,
     shutdown: CancellationToken,
+    metrics: Option<crate::metrics::Metrics>,
 }
+
+/// How long a request waits for a new Secret watch before reading the Secret directly.
+const SECRET_WATCH_GRACE: Duration = Duration::from_secs(2);
 
 impl SecretCache {
     pub fn new(client: Client, shutdown: CancellationToken) -> Self {
@@ -227,8 +234,47 @@ impl SecretCache {
             client,
             stores: Arc::default(),
             shutdown,
+            metrics: None,
         }
     }
+
+    /// Counts failed direct reads in `metrics`.
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    async fn get_directly(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<SecretData>, String> {
+        match Api::<Secret>::namespaced(self.client.clone(), namespace)
+            .get_opt(name)
+            .await
+        {
+            Ok(secret) => Ok(secret.map(secret_data)),
+            Err(e) => {
+                if let Some(m) = &self.metrics {
+                    m.kubernetes_error("get_secret");
+                }
+                Err(match e {
+                    kube::Error::Api(s) => {
+                        format!("reading secret {namespace}/{name}: {}", s.message)
+                    }
+                    e => format!("reading secret {namespace}/{name}: {e}"),
+                })
+            }
+        }
+    }
+}
+
+fn secret_data(s: Secret) -> SecretData {
+    s.data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect()
 }
 
 impl SecretSource for SecretCache {
@@ -253,22 +299,12 @@ impl SecretSource for SecretCache {
                     })
                     .clone()
             };
-            tokio::time::timeout(Duration::from_secs(10), store.wait_until_ready())
-                .await
-                .map_err(|_| {
-                    "the secret could not be listed within 10s (RBAC or API server)".to_owned()
-                })?
-                .map_err(|e| e.to_string())?;
-            Ok(store
-                .get(&reflector::ObjectRef::new(name).within(namespace))
-                .map(|s| {
-                    s.data
-                        .clone()
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k, v.0))
-                        .collect()
-                }))
+            match tokio::time::timeout(SECRET_WATCH_GRACE, store.wait_until_ready()).await {
+                Ok(Ok(())) => Ok(store
+                    .get(&reflector::ObjectRef::new(name).within(namespace))
+                    .map(|s| secret_data((*s).clone()))),
+                _ => self.get_directly(namespace, name).await,
+            }
         })
     }
 }

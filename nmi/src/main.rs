@@ -57,11 +57,12 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let http = http_client();
+    let metrics = Metrics::new();
     let credentials = AzureCredentials {
         http: http.clone(),
         imds_endpoint: flags.imds_endpoint(),
         default_authority: flags.entra_authority.clone(),
-        secrets: Arc::new(SecretCache::new(client, shutdown.clone())),
+        secrets: Arc::new(SecretCache::new(client, shutdown.clone()).with_metrics(metrics.clone())),
         clock: clock.clone(),
     };
     let cache = if flags.token_refresh_margin_sec == 0 {
@@ -77,7 +78,7 @@ async fn main() -> anyhow::Result<()> {
         view: Arc::new(view),
         credentials: Arc::new(credentials),
         cache,
-        metrics: Metrics::new(),
+        metrics,
         clock,
         http,
         initialized: AtomicBool::new(false),

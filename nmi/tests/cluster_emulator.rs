@@ -569,3 +569,144 @@ fn managed_mode_without_force_namespaced_refuses_to_start() {
         "{stderr}"
     );
 }
+
+/// An agent whose account may not read Secrets answers a service-principal pod at once with
+/// the API server's refusal (503) and counts it as the original does, instead of stalling on a
+/// Secret watch that can never list.
+#[tokio::test]
+async fn a_secret_the_agent_may_not_read_is_refused_at_once_and_counted() {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    let cluster = Cluster::shared_async().await;
+    let ns = cluster.namespace("nmi-rbac").await;
+    let admin = ns.client.clone();
+    let pool = NodePool::aks("nmirbac", 1);
+    cluster.add_nodes(&pool).await.expect("fake node ready");
+    let node = pool.node_name(0);
+    let emu = Emulator::start(Settings::default()).await.unwrap();
+    emu.add_scale_set(&pool.resource_group, &pool.scale_set, 1);
+    let sp_client = "5e1f0000-0000-0000-0000-00000000bac0";
+    emu.add_app(sp_client, Some("s3cret"), None);
+
+    // The agent's own account: everything it reads, but no Secrets.
+    let user = format!("{}-agent", ns.name);
+    Api::<ClusterRole>::all(admin.clone())
+        .create(
+            &PostParams::default(),
+            &obj(json!({
+                "metadata": {"name": user},
+                "rules": [
+                    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+                    {"apiGroups": ["aadpodidentity.k8s.io"], "resources": ["*"], "verbs": ["get", "list", "watch"]}
+                ]
+            })),
+        )
+        .await
+        .unwrap();
+    Api::<ClusterRoleBinding>::all(admin.clone())
+        .create(
+            &PostParams::default(),
+            &obj(json!({
+                "metadata": {"name": user},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": user},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]
+            })),
+        )
+        .await
+        .unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(cluster.kubeconfig()).unwrap(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    config.auth_info.impersonate = Some(user.clone());
+    let agent_client = kube::Client::try_from(config).unwrap();
+
+    Api::<Secret>::namespaced(admin.clone(), &ns.name)
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": "sp-secret"}, "stringData": {"clientsecret": "s3cret"}})),
+        )
+        .await
+        .unwrap();
+    let sp = AzureIdentitySpec {
+        type_: IdentityType::ServicePrincipal,
+        client_id: sp_client.into(),
+        tenant_id: emu.tenant_id(),
+        ad_endpoint: format!("{}/", emu.arm_endpoint()),
+        client_password: Some(obj(json!({"name": "sp-secret", "namespace": ns.name}))),
+        ..Default::default()
+    };
+    Api::<AzureIdentity>::namespaced(admin.clone(), &ns.name)
+        .create(&PostParams::default(), &AzureIdentity::new("sp", sp))
+        .await
+        .unwrap();
+    let spec = AzureIdentityBindingSpec {
+        azure_identity: "sp".into(),
+        selector: "sel-sp".into(),
+        ..Default::default()
+    };
+    Api::<AzureIdentityBinding>::namespaced(admin.clone(), &ns.name)
+        .create(
+            &PostParams::default(),
+            &AzureIdentityBinding::new("bind-sp", spec),
+        )
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns.name);
+    let ips = run_pods(
+        &pods,
+        &node,
+        &[("pod-sp", json!({"aadpodidbinding": "sel-sp"}))],
+    )
+    .await;
+
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], listener.local_addr().unwrap().port()));
+    let config = ServerConfig {
+        mode: Mode::Managed,
+        force_namespaced: true,
+        ..Default::default()
+    };
+    let (_agent, metrics) =
+        live::start_agent_with_metrics(listener, agent_client, &node, config, &emu.arm_endpoint())
+            .await;
+    let (status, body) = call(addr, ips["pod-sp"], "").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains(&format!("reading secret {}/sp-secret", ns.name))
+            && body.contains("forbidden")
+            && body.contains(&user),
+        "the refusal names the Secret and the account: {body}"
+    );
+    let rendered = metrics.render();
+    assert!(
+        rendered.contains(
+            r#"kubernetes_api_operations_errors_count_total{operation_type="get_secret"} 1"#
+        ),
+        "{rendered}"
+    );
+
+    // Granted the Secret, the same pod gets its token (the watch lists once it may).
+    Api::<ClusterRole>::all(admin.clone())
+        .patch(
+            &user,
+            &PatchParams::default(),
+            &Patch::Json::<()>(serde_json::from_value(json!([{
+                "op": "add", "path": "/rules/-",
+                "value": {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]}
+            }])).unwrap()),
+        )
+        .await
+        .unwrap();
+    // (RBAC changes reach the authorizer within moments, not at once.)
+    let mut answer = (0, String::new());
+    for _ in 0..40 {
+        answer = call(addr, ips["pod-sp"], "").await;
+        if answer.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(answer.0, 200, "{}", answer.1);
+}

@@ -40,6 +40,19 @@ pub async fn start_agent_on(
     config: ServerConfig,
     authority: &str,
 ) -> tokio_util::sync::DropGuard {
+    start_agent_with_metrics(listener, client, node, config, authority)
+        .await
+        .0
+}
+
+/// [`start_agent_on`], also returning the agent's metrics.
+pub async fn start_agent_with_metrics(
+    listener: tokio::net::TcpListener,
+    client: kube::Client,
+    node: &str,
+    config: ServerConfig,
+    authority: &str,
+) -> (tokio_util::sync::DropGuard, Metrics) {
     let shutdown = CancellationToken::new();
     let view = KubeView::start(
         client.clone(),
@@ -50,18 +63,21 @@ pub async fn start_agent_on(
     .await
     .unwrap();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let metrics = Metrics::new();
     let agent = Arc::new(Agent {
         credentials: Arc::new(AzureCredentials {
             http: http_client(),
             imds_endpoint: config.imds_endpoint.clone(),
             default_authority: url::Url::parse(authority).unwrap(),
-            secrets: Arc::new(SecretCache::new(client, shutdown.clone())),
+            secrets: Arc::new(
+                SecretCache::new(client, shutdown.clone()).with_metrics(metrics.clone()),
+            ),
             clock: clock.clone(),
         }),
         config,
         view: Arc::new(view),
         cache: TokenCache::new(clock.clone(), Duration::from_secs(300)),
-        metrics: Metrics::new(),
+        metrics: metrics.clone(),
         clock,
         http: http_client(),
         initialized: AtomicBool::new(true),
@@ -72,7 +88,7 @@ pub async fn start_agent_on(
         server::router(agent),
         shutdown.clone(),
     ));
-    shutdown.drop_guard()
+    (shutdown.drop_guard(), metrics)
 }
 
 /// Starts the agent for `node` in-process on a free port of every address (pods call it from
