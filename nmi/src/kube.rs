@@ -210,7 +210,8 @@ impl ClusterView for KubeView {
 }
 
 /// One watch cache per (namespace, name).
-type SecretStores = HashMap<(String, String), Store<Secret>>;
+/// Per Secret: its watch's store and when the watch started.
+type SecretStores = HashMap<(String, String), (Store<Secret>, std::time::Instant)>;
 
 /// Service-principal Secrets, each watched by name (field selector `metadata.name`) from its
 /// first use, so a request reads memory and a rotated secret is seen at once. While a watch is
@@ -285,21 +286,26 @@ impl SecretSource for SecretCache {
     ) -> BoxFuture<'a, Result<Option<SecretData>, String>> {
         Box::pin(async move {
             let key = (namespace.to_owned(), name.to_owned());
-            let store = {
+            let (store, started) = {
                 let mut stores = self.stores.lock().expect("secret cache lock");
                 stores
                     .entry(key)
                     .or_insert_with(|| {
-                        spawn_reflector(
+                        let store = spawn_reflector(
                             Api::<Secret>::namespaced(self.client.clone(), namespace),
                             watcher::Config::default().fields(&format!("metadata.name={name}")),
                             self.shutdown.clone(),
                             "secret",
-                        )
+                        );
+                        (store, std::time::Instant::now())
                     })
                     .clone()
             };
-            match tokio::time::timeout(SECRET_WATCH_GRACE, store.wait_until_ready()).await {
+            // Only the first requests wait for a new watch; once its grace is over, a watch
+            // that still cannot list (e.g. RBAC grants `get` only, as the original's role does)
+            // costs one GET per request, no wait.
+            let grace = SECRET_WATCH_GRACE.saturating_sub(started.elapsed());
+            match tokio::time::timeout(grace, store.wait_until_ready()).await {
                 Ok(Ok(())) => Ok(store
                     .get(&reflector::ObjectRef::new(name).within(namespace))
                     .map(|s| secret_data((*s).clone()))),

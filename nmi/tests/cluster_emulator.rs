@@ -687,15 +687,19 @@ async fn a_secret_the_agent_may_not_read_is_refused_at_once_and_counted() {
         "{rendered}"
     );
 
-    // Granted the Secret, the same pod gets its token (the watch lists once it may).
+    // Granted `get` on Secrets, as the original's ClusterRole does (no list/watch, so no
+    // watch), the same pod gets its token.
     Api::<ClusterRole>::all(admin.clone())
         .patch(
             &user,
             &PatchParams::default(),
-            &Patch::Json::<()>(serde_json::from_value(json!([{
-                "op": "add", "path": "/rules/-",
-                "value": {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]}
-            }])).unwrap()),
+            &Patch::Json::<()>(
+                serde_json::from_value(json!([{
+                    "op": "add", "path": "/rules/-",
+                    "value": {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}
+                }]))
+                .unwrap(),
+            ),
         )
         .await
         .unwrap();
