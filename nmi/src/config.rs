@@ -76,6 +76,11 @@ pub struct Flags {
     /// podid: reuse a token until this many seconds before it expires (0 disables the cache).
     #[arg(long = "token-refresh-margin-sec", default_value_t = 300)]
     pub token_refresh_margin_sec: u64,
+    /// podid: watch each referenced Secret by name (needs list/watch on Secrets) so a token
+    /// fetch reads memory; false reads it with one GET per fetch, as the original does (needs
+    /// only get).
+    #[arg(long = "watch-secrets", default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub watch_secrets: bool,
     #[arg(long = "block-instance-metadata", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub block_instance_metadata: bool,
     #[arg(long = "metadata-header-required", default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]

@@ -224,6 +224,7 @@ pub struct SecretCache {
     stores: Arc<Mutex<SecretStores>>,
     shutdown: CancellationToken,
     metrics: Option<crate::metrics::Metrics>,
+    watch: bool,
 }
 
 /// How long a request waits for a new Secret watch before reading the Secret directly.
@@ -236,7 +237,14 @@ impl SecretCache {
             stores: Arc::default(),
             shutdown,
             metrics: None,
+            watch: true,
         }
+    }
+
+    /// Reads each Secret with a GET per fetch instead of watching it (`--watch-secrets=false`).
+    pub fn without_watches(mut self) -> Self {
+        self.watch = false;
+        self
     }
 
     /// Counts failed direct reads in `metrics`.
@@ -285,6 +293,9 @@ impl SecretSource for SecretCache {
         name: &'a str,
     ) -> BoxFuture<'a, Result<Option<SecretData>, String>> {
         Box::pin(async move {
+            if !self.watch {
+                return self.get_directly(namespace, name).await;
+            }
             let key = (namespace.to_owned(), name.to_owned());
             let (store, started) = {
                 let mut stores = self.stores.lock().expect("secret cache lock");

@@ -62,7 +62,14 @@ async fn main() -> anyhow::Result<()> {
         http: http.clone(),
         imds_endpoint: flags.imds_endpoint(),
         default_authority: flags.entra_authority.clone(),
-        secrets: Arc::new(SecretCache::new(client, shutdown.clone()).with_metrics(metrics.clone())),
+        secrets: Arc::new({
+            let secrets = SecretCache::new(client, shutdown.clone()).with_metrics(metrics.clone());
+            if flags.watch_secrets {
+                secrets
+            } else {
+                secrets.without_watches()
+            }
+        }),
         clock: clock.clone(),
     };
     let cache = if flags.token_refresh_margin_sec == 0 {
