@@ -109,6 +109,13 @@ pub struct Flags {
     pub enable_profile: bool,
     #[arg(long = "log-format", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// klog's verbosity, as the original's chart passes it (`-v=N`): 0–3 info, 4–5 debug, 6+
+    /// trace. `RUST_LOG`, when set, wins.
+    #[arg(short = 'v', long = "v", default_value_t = 0)]
+    pub verbosity: u8,
+    /// Accepted for compatibility (the original's manifests pass it); logs always go to stderr.
+    #[arg(long = "logtostderr", default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub logtostderr: bool,
     /// Accepted for compatibility.
     #[arg(long = "custom-user-agent", default_value = "")]
     pub custom_user_agent: String,
@@ -118,6 +125,15 @@ pub struct Flags {
 }
 
 impl Flags {
+    /// The log filter: `RUST_LOG` when set, else from `-v`.
+    pub fn log_level(&self) -> &'static str {
+        match self.verbosity {
+            0..=3 => "info",
+            4..=5 => "debug",
+            _ => "trace",
+        }
+    }
+
     /// `--forceNamespaced`, or env `FORCENAMESPACED=true` as in the original.
     pub fn force_namespaced(&self) -> bool {
         self.force_namespaced || std::env::var("FORCENAMESPACED").is_ok_and(|v| v == "true")

@@ -5,10 +5,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::{WatchStreamExt, watcher};
 use podid_azure_emulator::{Emulator, Settings};
 use podid_crds::{
     AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding, AzureIdentityBindingSpec,
@@ -22,63 +20,7 @@ use podid_testkit::{Cluster, NodePool};
 use serde_json::{Value, json};
 
 mod live;
-use live::{claims, obj, start_agent};
-
-async fn call(agent: SocketAddr, from: IpAddr, query: &str) -> (u16, String) {
-    let resp = reqwest::Client::builder()
-        .local_address(from)
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(format!(
-            "http://{agent}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net&{query}"
-        ))
-        .header("Metadata", "true")
-        .send()
-        .await
-        .unwrap();
-    (resp.status().as_u16(), resp.text().await.unwrap())
-}
-
-/// Creates pods on `node` with the given labels and waits until all run with 127.x IPs.
-async fn run_pods(
-    pods: &Api<Pod>,
-    node: &str,
-    labels: &[(&str, Value)],
-) -> std::collections::BTreeMap<String, IpAddr> {
-    for (name, l) in labels {
-        pods.create(
-            &PostParams::default(),
-            &obj(json!({
-                "metadata": {"name": name, "labels": l},
-                "spec": {"nodeName": node, "containers": [{"name": "c", "image": "registry.invalid/app:1"}]}
-            })),
-        )
-        .await
-        .unwrap();
-    }
-    let mut ips = std::collections::BTreeMap::<String, IpAddr>::new();
-    let wait = async {
-        let mut stream = watcher(pods.clone(), watcher::Config::default())
-            .applied_objects()
-            .boxed();
-        while let Some(p) = stream.try_next().await.unwrap() {
-            let st = p.status.as_ref();
-            if st.and_then(|s| s.phase.as_deref()) == Some("Running")
-                && let Some(ip) = st.and_then(|s| s.pod_ip.as_deref())
-            {
-                ips.insert(p.metadata.name.clone().unwrap(), ip.parse().unwrap());
-            }
-            if ips.len() == labels.len() {
-                return;
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(120), wait)
-        .await
-        .expect("pods Running with IPs");
-    ips
-}
+use live::{call, claims, obj, run_pods, start_agent};
 
 /// Python azure-identity's ManagedIdentityCredential, run as the pod at `from` (its requests
 /// leave from that address) against the agent at `agent`: `TOKEN <jwt>` or `ERROR <type>`.

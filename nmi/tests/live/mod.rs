@@ -2,19 +2,23 @@
 //! emulator.
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use base64::Engine;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
 use podid_nmi::cache::{Clock, SystemClock, TokenCache};
 use podid_nmi::kube::{KubeView, SecretCache};
 use podid_nmi::metrics::Metrics;
 use podid_nmi::resolve::Mode;
 use podid_nmi::server::{self, Agent, ServerConfig};
 use podid_nmi::token::{AzureCredentials, http_client};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 pub fn obj<T: serde::de::DeserializeOwned>(v: Value) -> T {
@@ -138,4 +142,61 @@ pub fn bridge(listener: std::net::TcpListener, target: SocketAddr) -> tokio::tas
             });
         }
     })
+}
+
+/// A token request to the agent at `agent` from the pod address `from`: (status, body).
+pub async fn call(agent: SocketAddr, from: IpAddr, query: &str) -> (u16, String) {
+    let resp = reqwest::Client::builder()
+        .local_address(from)
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!(
+            "http://{agent}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net&{query}"
+        ))
+        .header("Metadata", "true")
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+/// Creates pods on `node` with the given labels and waits until all run with 127.x IPs.
+pub async fn run_pods(
+    pods: &Api<Pod>,
+    node: &str,
+    labels: &[(&str, Value)],
+) -> std::collections::BTreeMap<String, IpAddr> {
+    for (name, l) in labels {
+        pods.create(
+            &PostParams::default(),
+            &obj(json!({
+                "metadata": {"name": name, "labels": l},
+                "spec": {"nodeName": node, "containers": [{"name": "c", "image": "registry.invalid/app:1"}]}
+            })),
+        )
+        .await
+        .unwrap();
+    }
+    let mut ips = std::collections::BTreeMap::<String, IpAddr>::new();
+    let wait = async {
+        let mut stream = watcher(pods.clone(), watcher::Config::default())
+            .applied_objects()
+            .boxed();
+        while let Some(p) = stream.try_next().await.unwrap() {
+            let st = p.status.as_ref();
+            if st.and_then(|s| s.phase.as_deref()) == Some("Running")
+                && let Some(ip) = st.and_then(|s| s.pod_ip.as_deref())
+            {
+                ips.insert(p.metadata.name.clone().unwrap(), ip.parse().unwrap());
+            }
+            if ips.len() == labels.len() {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), wait)
+        .await
+        .expect("pods Running with IPs");
+    ips
 }

@@ -1,0 +1,227 @@
+//! deploy/podid-nmi.yaml: it applies to a real API server, its arguments are flags the agent
+//! accepts (as are the original's manifest and chart arguments, for a swap without manifest
+//! changes), and its ServiceAccount's ClusterRole is enough for the agent — and no more: the
+//! agent runs here with exactly that account's permissions (impersonated) and serves tokens.
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Api, PostParams};
+use podid_azure_emulator::{Emulator, Settings};
+use podid_crds::{AzureIdentity, AzureIdentityBinding};
+use podid_nmi::config::Flags;
+use podid_nmi::resolve::Mode;
+use podid_nmi::server::ServerConfig;
+use podid_testkit::{Cluster, NodePool};
+use serde::Deserialize;
+use serde_json::json;
+
+mod live;
+use live::{call, claims, obj, run_pods};
+
+const MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/podid-nmi.yaml");
+
+fn documents() -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(MANIFEST).unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde_yaml::from_value(serde_yaml::Value::deserialize(d).unwrap()).unwrap())
+        .collect()
+}
+
+#[test]
+fn the_daemonset_arguments_and_the_originals_are_flags_the_agent_accepts() {
+    let ds: DaemonSet = documents()
+        .into_iter()
+        .find(|d| d["kind"] == "DaemonSet")
+        .map(|d| serde_json::from_value(d).unwrap())
+        .expect("a DaemonSet");
+    let c = &ds.spec.unwrap().template.spec.unwrap().containers[0];
+    let args: Vec<String> = std::iter::once("podid-nmi".to_owned())
+        .chain(
+            c.args
+                .clone()
+                .unwrap()
+                .into_iter()
+                .map(|a| a.replace("$(NODE_NAME)", "aks-nodepool1-0")),
+        )
+        .collect();
+    let flags = Flags::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert_eq!(flags.node, "aks-nodepool1-0");
+    assert_eq!(flags.http_probe_port, 8085);
+    let probe = c
+        .liveness_probe
+        .as_ref()
+        .unwrap()
+        .http_get
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        probe.port,
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(8085),
+        "the probe asks the port the agent serves /healthz on"
+    );
+
+    // The original's deploy/infra manifest and every flag its Helm chart can pass (v1.8.17).
+    for original in [
+        &[
+            "--node=aks-nodepool1-0",
+            "--http-probe-port=8085",
+            "--enableScaleFeatures=true",
+            "--metadata-header-required=true",
+        ][..],
+        &[
+            "--node=aks-nodepool1-0",
+            "--host-ip=10.240.0.4",
+            "--log-format=json",
+            "-v=2",
+            "--logtostderr",
+            "--ipt-update-interval-sec=60",
+            "--operation-mode=managed",
+            "--forceNamespaced=true",
+            "--MICNamespace=kube-system",
+            "--retry-attempts-for-created=16",
+            "--retry-attempts-for-assigned=4",
+            "--find-identity-retry-interval=5",
+            "--enableScaleFeatures=true",
+            "--block-instance-metadata=false",
+            "--metadata-header-required=true",
+            "--http-probe-port=8085",
+            "--prometheus-port=9090",
+            "--allow-network-plugin-kubenet=false",
+            "--kubelet-config=/etc/default/kubelet",
+            "--set-retry-after-header=false",
+            "--enable-conntrack-deletion=false",
+            "--custom-user-agent=aks",
+        ][..],
+    ] {
+        let args: Vec<&str> = std::iter::once("nmi")
+            .chain(original.iter().copied())
+            .collect();
+        let flags = Flags::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        assert_eq!(flags.node, "aks-nodepool1-0");
+    }
+    let flags = Flags::try_parse_from(["nmi", "--node=n", "-v=5"]).unwrap();
+    assert_eq!(flags.log_level(), "debug");
+}
+
+#[tokio::test]
+async fn the_manifest_applies_and_its_account_is_all_the_agent_needs() {
+    let cluster = Cluster::shared_async().await;
+    let out = cluster
+        .kubectl_apply(std::path::Path::new(MANIFEST), Some("default"))
+        .expect("kubectl apply deploy/podid-nmi.yaml");
+    assert!(out.contains("daemonset.apps/podid-nmi"), "{out}");
+
+    // What the account may not do.
+    for (verb, resource) in [
+        ("create", "pods"),
+        ("update", "azureassignedidentities.aadpodidentity.k8s.io"),
+        ("delete", "secrets"),
+        ("list", "nodes"),
+        ("create", "events"),
+    ] {
+        let out = cluster
+            .kubectl()
+            .unwrap()
+            .args(["auth", "can-i", verb, resource, "-A"])
+            .args(["--as", "system:serviceaccount:default:podid-nmi"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "no",
+            "podid-nmi may not {verb} {resource}"
+        );
+    }
+
+    // The agent itself, as that account: a user-assigned identity and a service principal.
+    let ns = cluster.namespace("nmi-deploy").await;
+    let admin = ns.client.clone();
+    let pool = NodePool::aks("nmidep", 1);
+    cluster.add_nodes(&pool).await.expect("fake node ready");
+    let node = pool.node_name(0);
+    let emu = Emulator::start(Settings::default()).await.unwrap();
+    let vmss = emu.add_scale_set(&pool.resource_group, &pool.scale_set, 1);
+    let ua = emu.add_identity("rg", "dep-ua");
+    emu.preassign(&vmss, &ua.id);
+    let sp_client = "5e1f0000-0000-0000-0000-0000000de910";
+    emu.add_app(sp_client, Some("s3cret"), None);
+    Api::<Secret>::namespaced(admin.clone(), &ns.name)
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": "sp-secret"}, "stringData": {"clientsecret": "s3cret"}})),
+        )
+        .await
+        .unwrap();
+    let ids: Api<AzureIdentity> = Api::namespaced(admin.clone(), &ns.name);
+    for spec in [
+        json!({"metadata": {"name": "ua"}, "spec": {"type": 0, "resourceID": ua.id, "clientID": ua.client_id}}),
+        json!({"metadata": {"name": "sp"}, "spec": {"type": 1, "clientID": sp_client, "tenantID": emu.tenant_id(),
+               "adEndpoint": format!("{}/", emu.arm_endpoint()),
+               "clientPassword": {"name": "sp-secret", "namespace": ns.name}}}),
+    ] {
+        ids.create(&PostParams::default(), &obj(spec))
+            .await
+            .unwrap();
+    }
+    for id in ["ua", "sp"] {
+        Api::<AzureIdentityBinding>::namespaced(admin.clone(), &ns.name)
+            .create(
+                &PostParams::default(),
+                &obj(json!({"metadata": {"name": id}, "spec": {"azureIdentity": id, "selector": id}})),
+            )
+            .await
+            .unwrap();
+    }
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns.name);
+    let ips = run_pods(
+        &pods,
+        &node,
+        &[
+            ("pod-ua", json!({"aadpodidbinding": "ua"})),
+            ("pod-sp", json!({"aadpodidbinding": "sp"})),
+        ],
+    )
+    .await;
+
+    let mut config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(cluster.kubeconfig()).unwrap(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    config.auth_info.impersonate = Some("system:serviceaccount:default:podid-nmi".into());
+    config.auth_info.impersonate_groups = Some(vec![
+        "system:serviceaccounts".into(),
+        "system:serviceaccounts:default".into(),
+        "system:authenticated".into(),
+    ]);
+    let as_agent = kube::Client::try_from(config).unwrap();
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], listener.local_addr().unwrap().port()));
+    let server = ServerConfig {
+        mode: Mode::Managed,
+        force_namespaced: true,
+        imds_endpoint: url::Url::parse(&emu.imds_endpoint(&format!("{}_0", pool.scale_set)))
+            .unwrap(),
+        ..Default::default()
+    };
+    let (_agent, metrics) =
+        live::start_agent_with_metrics(listener, as_agent, &node, server, &emu.arm_endpoint())
+            .await;
+    for (pod, appid) in [("pod-ua", ua.client_id.as_str()), ("pod-sp", sp_client)] {
+        let (status, body) = call(addr, ips[pod], "").await;
+        assert_eq!(status, 200, "{pod}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(claims(v["access_token"].as_str().unwrap())["appid"], appid);
+    }
+    assert!(
+        !metrics
+            .render()
+            .contains("kubernetes_api_operations_errors_count_total{"),
+        "no API call was refused: {}",
+        metrics.render()
+    );
+}
