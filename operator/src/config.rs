@@ -157,6 +157,30 @@ pub struct Flags {
         env = "USER_ASSIGNED_MSI_CLIENT_ID"
     )]
     pub user_assigned_msi_client_id: Option<String>,
+    /// Retries of a failed scale-set/VM identity update within a pass (the original's flag;
+    /// 429 and 5xx only, Retry-After honoured).
+    #[arg(long = "update-user-msi-max-retry", default_value_t = 2)]
+    pub update_user_msi_max_retry: u32,
+    /// First wait between those retries (doubled each time, up to 30 s).
+    #[arg(long = "update-user-msi-retry-interval", default_value = "1s", value_parser = parse_duration)]
+    pub update_user_msi_retry_interval: Duration,
+    /// Accepted for compatibility: AzureAssignedIdentity writes of a pass go one by one.
+    #[arg(long = "createDeleteBatch", default_value_t = 20)]
+    pub create_delete_batch: u32,
+    /// Accepted for compatibility: there is no client-side rate limit on API server calls
+    /// (a pass makes only the writes its plan needs).
+    #[arg(long = "clientQps", default_value_t = 5)]
+    pub client_qps: u32,
+    /// Accepted for compatibility.
+    #[arg(long = "custom-user-agent", default_value = "")]
+    pub custom_user_agent: String,
+    /// klog's verbosity, as the original's chart passes it (`-v=N`): 0–3 info, 4–5 debug,
+    /// 6+ trace. `RUST_LOG`, when set, wins.
+    #[arg(short = 'v', long = "v", default_value_t = 0)]
+    pub verbosity: u8,
+    /// Accepted for compatibility (the original's manifests pass it); logs go to stderr.
+    #[arg(long = "logtostderr", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub logtostderr: bool,
 }
 
 /// azure.json, as the AKS cloud provider writes it (keys are case-sensitive).
@@ -196,6 +220,24 @@ pub struct CloudConfig {
 }
 
 impl Flags {
+    /// The log filter: `RUST_LOG` when set, else from `-v`.
+    pub fn log_level(&self) -> &'static str {
+        match self.verbosity {
+            0..=3 => "info",
+            4..=5 => "debug",
+            _ => "trace",
+        }
+    }
+
+    /// ARM retries within a pass, from `--update-user-msi-max-retry` and `-retry-interval`.
+    pub fn arm_retry(&self) -> podid_azure::RetryPolicy {
+        podid_azure::RetryPolicy {
+            attempts: self.update_user_msi_max_retry + 1,
+            base_delay: self.update_user_msi_retry_interval,
+            ..Default::default()
+        }
+    }
+
     /// azure.json (if any) overridden by flags and environment variables.
     pub fn cloud_config(&self) -> Result<CloudConfig, ConfigError> {
         let mut j = match &self.cloud_config {

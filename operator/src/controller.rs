@@ -484,16 +484,16 @@ impl<A: NodePoolIdentities> Controller<A> {
     async fn remove(&self, obj: &AzureAssignedIdentity) -> bool {
         let api = self.api(obj);
         let name = obj.name_any();
-        match api.delete(&name, &DeleteParams::default()).await {
-            Ok(_) => {}
+        // The delete answers with the object while finalizers hold it (no extra read, so no
+        // `get` permission needed), or with a Status once it is gone.
+        let current = match api.delete(&name, &DeleteParams::default()).await {
+            Ok(either::Either::Left(current)) => current,
+            Ok(either::Either::Right(_)) => return true,
             Err(kube::Error::Api(s)) if s.code == 404 => return true,
             Err(e) => {
                 tracing::warn!(object = %key(obj), error = %e, "deleting");
                 return false;
             }
-        }
-        let Ok(Some(current)) = api.get_opt(&name).await else {
-            return true;
         };
         if !current
             .finalizers()

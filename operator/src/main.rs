@@ -72,7 +72,7 @@ async fn serve(port: u16, app: Router, shutdown: CancellationToken) -> anyhow::R
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(flags.log_level()));
     match flags.log_format {
         LogFormat::Json => tracing_subscriber::fmt()
             .json()
@@ -122,6 +122,7 @@ async fn main() -> anyhow::Result<()> {
         .build(http_client.clone())
         .context("Azure credential")?;
     let mut arm = Arm::new(&flags.arm_endpoint, credential, http_client);
+    arm.retry = flags.arm_retry();
     arm.audience = flags.arm_audience.clone();
     let m = metrics.clone();
     arm.observer = Some(Arc::new(move |op, result, took| {

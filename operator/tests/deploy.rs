@@ -1,0 +1,267 @@
+//! deploy/podid-operator.yaml: it applies to a real API server, its arguments are flags the
+//! operator accepts (as are the original MIC's manifest and chart arguments, for a swap without
+//! manifest changes), and its RBAC is enough for the controller and no more: the controller runs
+//! here with exactly that account's permissions (impersonated) and converges a bound pod.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, PostParams};
+use podid_azure::Arm;
+use podid_azure_emulator::{Emulator, Settings};
+use podid_crds::{AssignedIdentityState, AzureAssignedIdentity};
+use podid_operator::config::Flags;
+use podid_operator::controller::{Controller, LoopSettings, Stores};
+use podid_operator::leader::{self, Election};
+use podid_operator::metrics::Metrics;
+use podid_operator::planner::{AssignmentPlanner, PlannerOptions};
+use podid_testkit::{Cluster, NodePool, wait_for};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+const MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/podid-operator.yaml");
+const ACCOUNT: &str = "system:serviceaccount:default:podid-operator";
+
+fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+    serde_json::from_value(v).expect("valid object")
+}
+
+fn deployment() -> Deployment {
+    let text = std::fs::read_to_string(MANIFEST).unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde_yaml::Value::deserialize(d).unwrap())
+        .map(|v| serde_json::to_value(v).unwrap())
+        .find(|d| d["kind"] == "Deployment")
+        .map(|d| serde_json::from_value(d).unwrap())
+        .expect("a Deployment")
+}
+
+#[test]
+fn the_deployment_arguments_and_the_originals_are_flags_the_operator_accepts() {
+    let c = deployment().spec.unwrap().template.spec.unwrap().containers[0].clone();
+    let args: Vec<String> = std::iter::once("podid-operator".to_owned())
+        .chain(
+            c.args
+                .unwrap()
+                .into_iter()
+                .map(|a| a.replace("$(POD_NAMESPACE)", "default")),
+        )
+        .collect();
+    let flags = Flags::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert_eq!(flags.leader_election_namespace, "default");
+    assert_eq!(flags.http_probe_port, 8080);
+
+    // The original's deploy/infra manifest and every flag its Helm chart can pass (v1.8.17).
+    for original in [
+        &["--cloudconfig=/etc/kubernetes/azure.json", "--logtostderr"][..],
+        &[
+            "--cloudconfig=/etc/kubernetes/azure.json",
+            "--logtostderr",
+            "--log-format=json",
+            "-v=4",
+            "--leader-election-instance=mic-0",
+            "--leader-election-namespace=kube-system",
+            "--leader-election-name=aad-pod-identity-mic",
+            "--leader-election-duration=15s",
+            "--http-probe-port=8080",
+            "--createDeleteBatch=20",
+            "--clientQps=5",
+            "--immutable-user-msis=00000000-0000-0000-0000-000000000001,00000000-0000-0000-0000-000000000002",
+            "--prometheus-port=8888",
+            "--syncRetryDuration=3600s",
+            "--update-user-msi-max-retry=4",
+            "--update-user-msi-retry-interval=2s",
+            "--identity-assignment-reconcile-interval=3m",
+            "--custom-user-agent=aks",
+            "--forceNamespaced=true",
+        ][..],
+    ] {
+        let args: Vec<&str> = std::iter::once("mic")
+            .chain(original.iter().copied())
+            .collect();
+        Flags::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    }
+    let flags = Flags::try_parse_from([
+        "mic",
+        "--update-user-msi-max-retry=4",
+        "--update-user-msi-retry-interval=2s",
+        "-v=6",
+    ])
+    .unwrap();
+    let retry = flags.arm_retry();
+    assert_eq!(
+        (retry.attempts, retry.base_delay),
+        (5, Duration::from_secs(2))
+    );
+    assert_eq!(flags.log_level(), "trace");
+}
+
+#[tokio::test]
+async fn the_manifest_applies_and_its_account_is_all_the_controller_needs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("podid_operator=debug")
+        .with_test_writer()
+        .try_init();
+    let cluster = Cluster::shared_async().await;
+    let out = cluster
+        .kubectl_apply(std::path::Path::new(MANIFEST), Some("default"))
+        .expect("kubectl apply deploy/podid-operator.yaml");
+    assert!(out.contains("deployment.apps/podid-operator"), "{out}");
+    for (verb, resource) in [
+        ("get", "secrets"),
+        ("create", "pods"),
+        ("update", "nodes"),
+        ("update", "azureidentities.aadpodidentity.k8s.io"),
+        ("update", "endpoints"),
+    ] {
+        let out = cluster
+            .kubectl()
+            .unwrap()
+            .args(["auth", "can-i", verb, resource, "-A", "--as", ACCOUNT])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "no",
+            "podid-operator may not {verb} {resource}"
+        );
+    }
+
+    // The controller as that account (Lease and the original's lock in `default`, as deployed).
+    let ns = cluster.namespace("op-deploy").await;
+    let admin = ns.client.clone();
+    let pool = NodePool::aks("opdep", 1);
+    cluster.add_nodes(&pool).await.expect("fake node ready");
+    let emu = Emulator::start(Settings::default()).await.unwrap();
+    emu.add_app("operator", Some("pw"), None);
+    let vmss = emu.add_scale_set(&pool.resource_group, &pool.scale_set, 1);
+    let id = emu.add_identity("rg", "deployed");
+    Api::<podid_crds::AzureIdentity>::namespaced(admin.clone(), &ns.name)
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": "deployed"},
+                        "spec": {"type": 0, "resourceID": id.id, "clientID": id.client_id}})),
+        )
+        .await
+        .unwrap();
+    Api::<podid_crds::AzureIdentityBinding>::namespaced(admin.clone(), &ns.name)
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": "deployed"},
+                        "spec": {"azureIdentity": "deployed", "selector": "deployed"}})),
+        )
+        .await
+        .unwrap();
+
+    let mut config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(cluster.kubeconfig()).unwrap(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    config.auth_info.impersonate = Some(ACCOUNT.into());
+    config.auth_info.impersonate_groups = Some(vec![
+        "system:serviceaccounts".into(),
+        "system:serviceaccounts:default".into(),
+        "system:authenticated".into(),
+    ]);
+    let client = kube::Client::try_from(config).unwrap();
+
+    let http = reqwest::Client::new();
+    let credential = podid_azure::CredentialConfig::ClientSecret {
+        authority_host: emu.arm_endpoint(),
+        tenant_id: emu.tenant_id(),
+        client_id: "operator".into(),
+        secret: "pw".into(),
+    }
+    .build(http.clone())
+    .unwrap();
+    let mut arm = Arm::new(&emu.arm_endpoint(), credential, http);
+    arm.poll_interval = Duration::from_millis(20);
+    let shutdown = CancellationToken::new();
+    let notify = Arc::new(Notify::new());
+    let stores = Stores::start(&client, notify.clone(), &shutdown);
+    let controller = Controller::new(
+        client.clone(),
+        arm,
+        AssignmentPlanner::new(PlannerOptions::default()),
+        stores,
+        Metrics::new(),
+        "podid-operator-0",
+    );
+    let (may_write_tx, may_write) = watch::channel(false);
+    let election = tokio::spawn(leader::run(
+        client.clone(),
+        Election {
+            namespace: "default".into(),
+            name: "podid-operator".into(),
+            identity: "podid-operator-0".into(),
+            duration: Duration::from_secs(15),
+            original_lock: Some(("default".into(), "aad-pod-identity-mic".into())),
+        },
+        may_write_tx,
+        shutdown.clone(),
+    ));
+    let run = {
+        let shutdown = shutdown.clone();
+        let settings = LoopSettings {
+            debounce: Duration::from_millis(200),
+            full_interval: Duration::from_secs(180),
+            retry_base: Duration::from_millis(500),
+        };
+        tokio::spawn(async move { controller.run(notify, may_write, settings, shutdown).await })
+    };
+
+    Api::<Pod>::namespaced(admin.clone(), &ns.name)
+        .create(
+            &PostParams::default(),
+            &obj(json!({
+                "metadata": {"name": "app", "labels": {"aadpodidbinding": "deployed"}},
+                "spec": {"nodeName": pool.node_name(0), "automountServiceAccountToken": false,
+                         "containers": [{"name": "c", "image": "registry.invalid/app:1"}]}
+            })),
+        )
+        .await
+        .unwrap();
+    let name = format!("app-{}-deployed", ns.name);
+    let aai = wait_for(
+        // Not namespaced: in `default`, as the original writes them.
+        Api::<AzureAssignedIdentity>::namespaced(admin.clone(), "default"),
+        &name,
+        60,
+        |a: Option<&AzureAssignedIdentity>| {
+            a.and_then(|a| a.status.as_ref())
+                .is_some_and(|s| s.status == AssignedIdentityState::Assigned)
+        },
+    )
+    .await
+    .expect("AzureAssignedIdentity Assigned as the deployed account")
+    .unwrap();
+    assert!(
+        emu.assigned_identities(&vmss)
+            .contains(&id.id.to_lowercase()),
+        "the identity is on the scale set"
+    );
+    // And back: the finalizer removed, the record deleted, the identity off the scale set.
+    Api::<Pod>::namespaced(admin.clone(), &ns.name)
+        .delete("app", &kube::api::DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    wait_for(
+        Api::<AzureAssignedIdentity>::namespaced(admin.clone(), "default"),
+        &name,
+        60,
+        kube::runtime::wait::conditions::is_deleted(aai.metadata.uid.as_deref().unwrap()),
+    )
+    .await
+    .expect("AzureAssignedIdentity deleted as the deployed account");
+    assert!(emu.assigned_identities(&vmss).is_empty());
+    shutdown.cancel();
+    run.await.unwrap();
+    election.await.unwrap();
+}
