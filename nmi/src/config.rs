@@ -98,7 +98,9 @@ pub struct Flags {
     pub kubelet_config: std::path::PathBuf,
     #[arg(long = "set-retry-after-header", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub set_retry_after_header: bool,
-    /// Accepted for compatibility; conntrack entries are not deleted yet.
+    /// After the first rules are written, delete the tracked TCP connections to the metadata
+    /// address (needs the `conntrack` tool and NET_ADMIN), so connections pods opened before the
+    /// rules cannot keep bypassing the agent.
     #[arg(long = "enable-conntrack-deletion", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub enable_conntrack_deletion: bool,
     /// Accepted for compatibility; the AzureAssignedIdentity watch is always limited to this node.

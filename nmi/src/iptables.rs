@@ -210,6 +210,62 @@ impl Iptables {
     }
 }
 
+/// `conntrack` arguments that delete the tracked TCP connections to IMDS (original destination
+/// `ip:port`), as the original's `--enable-conntrack-deletion` does with netlink: connections a
+/// pod opened before the rules existed otherwise keep bypassing the agent.
+pub fn conntrack_delete_args(ip: Ipv4Addr, port: u16) -> Vec<String> {
+    [
+        "-D",
+        "-p",
+        "tcp",
+        "--orig-dst",
+        &ip.to_string(),
+        "--orig-port-dst",
+        &port.to_string(),
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
+/// The count in conntrack's summary line (`N flow entries have been deleted.`).
+pub fn parse_conntrack_deleted(stderr: &str) -> Option<u64> {
+    stderr.lines().find_map(|l| {
+        let rest = l.split("): ").last()?;
+        rest.strip_suffix(" flow entries have been deleted.")?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+impl Iptables {
+    /// Deletes the tracked TCP connections to `ip:port` (with the `conntrack` tool); returns how
+    /// many. None to delete is success (the tool itself exits 1 then).
+    pub async fn delete_conntrack_entries(
+        &self,
+        ip: Ipv4Addr,
+        port: u16,
+    ) -> Result<u64, IptablesError> {
+        let args = conntrack_delete_args(ip, port);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (mut c, cmd) = self.command("conntrack", &args);
+        let out = c.output().await.map_err(|source| IptablesError::Spawn {
+            cmd: cmd.clone(),
+            source,
+        })?;
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        match parse_conntrack_deleted(&stderr) {
+            Some(n) => Ok(n),
+            None => Err(IptablesError::Failed {
+                cmd,
+                status: out.status,
+                stderr,
+            }),
+        }
+    }
+}
+
 /// True when a kubelet configuration selects kubenet (the original refuses to run there).
 pub fn is_kubenet(kubelet_config: &str) -> bool {
     kubelet_config.contains("--network-plugin=kubenet")

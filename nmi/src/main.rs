@@ -41,9 +41,6 @@ async fn main() -> anyhow::Result<()> {
             );
         }
     }
-    if flags.enable_conntrack_deletion {
-        tracing::warn!("--enable-conntrack-deletion is not implemented; ignoring");
-    }
     let shutdown = CancellationToken::new();
     let client = kube::Client::try_default()
         .await
@@ -124,6 +121,7 @@ async fn main() -> anyhow::Result<()> {
     let interval = Duration::from_secs(flags.ipt_update_interval_sec.max(1));
     let result: anyhow::Result<()> = async {
         let mut ticker = tokio::time::interval(interval);
+        let mut conntrack_cleared = false;
         let stop = shutdown_signal();
         tokio::pin!(stop);
         loop {
@@ -133,6 +131,16 @@ async fn main() -> anyhow::Result<()> {
                         // Like the original, an iptables failure ends the agent (it is restarted).
                         if ipt.ensure(&spec).await.context("ensuring iptables rules")? {
                             tracing::info!(chain = iptables::CHAIN, "iptables rules written");
+                        }
+                        // Once, after the first rules: connections pods opened to IMDS before
+                        // them would otherwise keep bypassing the agent (fatal, as the original).
+                        if flags.enable_conntrack_deletion && !conntrack_cleared {
+                            let n = ipt
+                                .delete_conntrack_entries(spec.metadata_ip, spec.metadata_port)
+                                .await
+                                .context("deleting conntrack entries for the metadata endpoint")?;
+                            tracing::info!(deleted = n, "conntrack entries to the metadata endpoint deleted");
+                            conntrack_cleared = true;
                         }
                     }
                     agent.initialized.store(true, Ordering::SeqCst);

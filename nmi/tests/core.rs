@@ -13,7 +13,8 @@ use podid_crds::AssignedIdentityState::{Assigned, Created, Legacy};
 use podid_crds::policy::IdentityRequest;
 use podid_nmi::cache::{CacheKey, Clock, TokenCache};
 use podid_nmi::iptables::{
-    RuleSpec, chain_is_current, count_jumps, render_cleanup, render_restore,
+    RuleSpec, chain_is_current, conntrack_delete_args, count_jumps, parse_conntrack_deleted,
+    render_cleanup, render_restore,
 };
 use podid_nmi::request::{self, RequestError, Route, parse_host_token, parse_token_query, route};
 use podid_nmi::resolve::{
@@ -649,4 +650,29 @@ fn pod_info_from_a_pod_object() {
     .unwrap();
     let info = podid_nmi::kube::pod_info(&done);
     assert!(!info.active && info.host_network);
+}
+
+#[test]
+fn conntrack_deletion_targets_tcp_to_the_metadata_endpoint_and_reads_the_count() {
+    assert_eq!(
+        conntrack_delete_args("169.254.169.254".parse().unwrap(), 80).join(" "),
+        "-D -p tcp --orig-dst 169.254.169.254 --orig-port-dst 80"
+    );
+    assert_eq!(
+        parse_conntrack_deleted(
+            "conntrack v1.4.7 (conntrack-tools): 3 flow entries have been deleted."
+        ),
+        Some(3)
+    );
+    assert_eq!(
+        parse_conntrack_deleted(
+            "conntrack v1.4.7 (conntrack-tools): 0 flow entries have been deleted."
+        ),
+        Some(0)
+    );
+    assert_eq!(
+        parse_conntrack_deleted("conntrack v1.4.7 (conntrack-tools): Operation not permitted"),
+        None,
+        "anything else is a failure"
+    );
 }

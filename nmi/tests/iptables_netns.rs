@@ -355,3 +355,148 @@ async fn the_original_demo_in_a_pod_namespace_gets_a_token_through_the_metadata_
     assert_eq!(claims["appid"], ident.client_id.as_str(), "{claims}");
     assert_eq!(claims["aud"], "https://management.azure.com/", "{claims}");
 }
+
+/// An HTTP/1.1 keep-alive server on `addr:port` answering `<name> saw <client> <path>`.
+const KEEPALIVE_SERVER: &str = r#"
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = (sys.argv[3] + " saw " + self.client_address[0] + " " + self.path).encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a): pass
+s = http.server.ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), H)
+print("ready", flush=True)
+s.serve_forever()
+"#;
+
+/// A pod that keeps one connection to IMDS open: one request per line on stdin
+/// (`same` on the open connection, `new` on a fresh one), one answer line each.
+const KEEPALIVE_CLIENT: &str = r#"
+import http.client, sys
+def get(c):
+    c.request("GET", "/metadata/identity/oauth2/token?resource=x"); return c.getresponse().read().decode()
+kept = http.client.HTTPConnection("169.254.169.254", 80, timeout=5)
+for line in sys.stdin:
+    c = kept if line.strip() == "same" else http.client.HTTPConnection("169.254.169.254", 80, timeout=5)
+    try:
+        print(get(c), flush=True)
+    except Exception as e:
+        print("error", type(e).__name__, flush=True)
+"#;
+
+/// `--enable-conntrack-deletion`: a connection a pod opened to IMDS before the rules existed
+/// keeps reaching IMDS past them (conntrack remembers it un-NATed) until the agent deletes the
+/// tracked connections; after that the pod's requests reach the agent.
+#[tokio::test]
+async fn conntrack_deletion_stops_connections_opened_before_the_rules_from_bypassing_the_agent() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    assert!(
+        Command::new("conntrack").arg("--version").output().is_ok(),
+        "the conntrack tool is missing: apt-get install conntrack (.ci/run installs it)"
+    );
+    let Some(net) = NetnsPair::create("c") else {
+        return;
+    };
+    // As on a real node (kube-proxy's rules), connection tracking is already on in the node
+    // namespace before any pod connects; a fresh namespace turns it on only with a rule that
+    // needs it.
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &net.node,
+        "iptables",
+        "-w",
+        "-A",
+        "INPUT",
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "ESTABLISHED,RELATED",
+        "-j",
+        "ACCEPT",
+    ]);
+    // A stand-in IMDS on the node at the metadata address, and a stand-in agent.
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &net.node,
+        "ip",
+        "addr",
+        "add",
+        "169.254.169.254/32",
+        "dev",
+        "lo",
+    ]);
+    let mut servers = Vec::new();
+    for (addr, port, name) in [
+        ("169.254.169.254", "80", "imds"),
+        ("127.0.0.1", "2579", "agent"),
+    ] {
+        let mut s = tokio::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &net.node,
+                "python3",
+                "-c",
+                KEEPALIVE_SERVER,
+            ])
+            .args([addr, port, name])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(s.stdout.take().unwrap()).lines();
+        assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("ready"));
+        servers.push(s);
+    }
+    let mut pod = tokio::process::Command::new("ip")
+        .args(["netns", "exec", &net.pod, "python3", "-c", KEEPALIVE_CLIENT])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut to_pod = pod.stdin.take().unwrap();
+    let mut from_pod = tokio::io::BufReader::new(pod.stdout.take().unwrap()).lines();
+    let mut ask = async |how: &str| {
+        to_pod
+            .write_all(format!("{how}\n").as_bytes())
+            .await
+            .unwrap();
+        from_pod.next_line().await.unwrap().unwrap()
+    };
+
+    let imds = "imds saw 10.200.0.2 /metadata/identity/oauth2/token?resource=x";
+    let agent = "agent saw 10.200.0.2 /metadata/identity/oauth2/token?resource=x";
+    assert_eq!(ask("same").await, imds, "before the rules, IMDS answers");
+    let ipt = net.iptables();
+    assert!(ipt.ensure(&agent_rules()).await.unwrap());
+    assert_eq!(ask("new").await, agent, "a new connection meets the rules");
+    assert_eq!(
+        ask("same").await,
+        imds,
+        "the connection opened before the rules still bypasses the agent"
+    );
+    let deleted = ipt
+        .delete_conntrack_entries("169.254.169.254".parse().unwrap(), 80)
+        .await
+        .unwrap();
+    assert!(deleted >= 1, "the tracked IMDS connection is deleted");
+    assert_ne!(
+        ask("same").await,
+        imds,
+        "the old connection no longer reaches IMDS"
+    );
+    assert_eq!(ask("new").await, agent);
+    assert_eq!(
+        ipt.delete_conntrack_entries("169.254.169.254".parse().unwrap(), 81)
+            .await
+            .unwrap(),
+        0,
+        "nothing to delete is not an error"
+    );
+}
