@@ -555,14 +555,7 @@ async fn a_secret_the_agent_may_not_read_is_refused_at_once_and_counted() {
         )
         .await
         .unwrap();
-    let mut config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(cluster.kubeconfig()).unwrap(),
-        &Default::default(),
-    )
-    .await
-    .unwrap();
-    config.auth_info.impersonate = Some(user.clone());
-    let agent_client = kube::Client::try_from(config).unwrap();
+    let agent_client = cluster.client_as(&user).await.unwrap();
 
     Api::<Secret>::namespaced(admin.clone(), &ns.name)
         .create(

@@ -186,19 +186,10 @@ async fn the_manifest_applies_and_its_account_is_all_the_agent_needs() {
     )
     .await;
 
-    let mut config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(cluster.kubeconfig()).unwrap(),
-        &Default::default(),
-    )
-    .await
-    .unwrap();
-    config.auth_info.impersonate = Some("system:serviceaccount:default:podid-nmi".into());
-    config.auth_info.impersonate_groups = Some(vec![
-        "system:serviceaccounts".into(),
-        "system:serviceaccounts:default".into(),
-        "system:authenticated".into(),
-    ]);
-    let as_agent = kube::Client::try_from(config).unwrap();
+    let as_agent = cluster
+        .client_as("system:serviceaccount:default:podid-nmi")
+        .await
+        .unwrap();
     let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
     let addr = SocketAddr::from(([127, 0, 0, 1], listener.local_addr().unwrap().port()));
     let server = ServerConfig {

@@ -158,19 +158,7 @@ async fn the_manifest_applies_and_its_account_is_all_the_controller_needs() {
         .await
         .unwrap();
 
-    let mut config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(cluster.kubeconfig()).unwrap(),
-        &Default::default(),
-    )
-    .await
-    .unwrap();
-    config.auth_info.impersonate = Some(ACCOUNT.into());
-    config.auth_info.impersonate_groups = Some(vec![
-        "system:serviceaccounts".into(),
-        "system:serviceaccounts:default".into(),
-        "system:authenticated".into(),
-    ]);
-    let client = kube::Client::try_from(config).unwrap();
+    let client = cluster.client_as(ACCOUNT).await.unwrap();
 
     let http = reqwest::Client::new();
     let credential = podid_azure::CredentialConfig::ClientSecret {

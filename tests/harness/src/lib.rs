@@ -336,6 +336,27 @@ impl Cluster {
         Ok(Client::try_from(cfg)?)
     }
 
+    /// A client acting as `user` (admin impersonation), to run code with exactly the
+    /// permissions RBAC gives that user. A ServiceAccount (`system:serviceaccount:<ns>:<name>`)
+    /// also gets the groups the API server would give it.
+    pub async fn client_as(&self, user: &str) -> Result<Client, Error> {
+        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig)
+            .map_err(|e| Error::Kubeconfig(e.to_string()))?;
+        let mut cfg = Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .map_err(|e| Error::Kubeconfig(e.to_string()))?;
+        cfg.auth_info.impersonate = Some(user.to_owned());
+        if let Some(sa) = user.strip_prefix("system:serviceaccount:") {
+            let ns = sa.split(':').next().unwrap_or_default();
+            cfg.auth_info.impersonate_groups = Some(vec![
+                "system:serviceaccounts".into(),
+                format!("system:serviceaccounts:{ns}"),
+                "system:authenticated".into(),
+            ]);
+        }
+        Ok(Client::try_from(cfg)?)
+    }
+
     /// Path of an admin kubeconfig (for kubectl and for podid binaries under test).
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
