@@ -469,12 +469,17 @@ fn arm_auth(ctx: &Shared, headers: &HeaderMap) -> Result<(), Box<Response>> {
             "Authentication failed. The 'Authorization' header is missing.",
         ));
     };
+    // Besides the public cloud's audiences, the emulator's own base URL (as the request
+    // addressed it): clients configured for a custom cloud (the original MIC with
+    // `AzureStackCloud`) ask for a token whose resource is the ARM endpoint itself.
+    let own = request_base(headers);
+    let accepted = |a: &str| ARM_AUDIENCES.contains(&a) || a.trim_end_matches('/') == own;
     match ctx.keys.verify(token) {
         Ok(claims)
             if claims
                 .get("aud")
                 .and_then(Value::as_str)
-                .is_some_and(|a| ARM_AUDIENCES.contains(&a)) =>
+                .is_some_and(accepted) =>
         {
             Ok(())
         }
