@@ -159,13 +159,25 @@ pub trait NodePoolIdentities {
     /// The identities on `target` now.
     async fn identities(&self, target: &AssignmentTarget) -> Result<IdentityState, Error>;
     /// Adds and removes user-assigned identities (ARM ids) with as few writes as ARM allows,
-    /// waiting for each to finish. Returns the number of PATCH requests sent.
+    /// waiting for each to finish, given `current`, the identities just read from `target` (the
+    /// write's identity type depends on them). Returns the number of PATCH requests sent.
+    async fn update_from(
+        &self,
+        target: &AssignmentTarget,
+        current: &IdentityState,
+        add: &[String],
+        remove: &[String],
+    ) -> Result<usize, Error>;
+    /// [`NodePoolIdentities::update_from`] after reading the identities on `target`.
     async fn update(
         &self,
         target: &AssignmentTarget,
         add: &[String],
         remove: &[String],
-    ) -> Result<usize, Error>;
+    ) -> Result<usize, Error> {
+        let current = self.identities(target).await?;
+        self.update_from(target, &current, add, remove).await
+    }
 }
 
 /// A federated identity credential of a user-assigned identity.
@@ -393,14 +405,14 @@ impl NodePoolIdentities for Arm {
         Ok(IdentityState::from_arm(body.get("identity")))
     }
 
-    async fn update(
+    async fn update_from(
         &self,
         target: &AssignmentTarget,
+        current: &IdentityState,
         add: &[String],
         remove: &[String],
     ) -> Result<usize, Error> {
-        let current = self.identities(target).await?;
-        let patches = identity_patches(&current, add, remove);
+        let patches = identity_patches(current, add, remove);
         for p in &patches {
             let name = if target.is_scale_set {
                 "vmss_update"

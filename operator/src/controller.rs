@@ -15,7 +15,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use podid_azure::NodePoolIdentities;
+use podid_azure::{IdentityState, NodePoolIdentities};
 use podid_crds::provider::AssignmentTarget;
 use podid_crds::{
     ASSIGNED_IDENTITY_FINALIZER, AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding,
@@ -299,14 +299,20 @@ impl<A: NodePoolIdentities> Controller<A> {
                 "applying plan"
             );
         }
-        self.apply(&plan, &assigned, &mut report).await;
+        self.apply(&plan, &assigned, &current, &mut report).await;
         let result = if report.errors == 0 { "ok" } else { "error" };
         self.metrics
             .observe_pass(result, started.elapsed(), report.did_work);
         report
     }
 
-    async fn apply(&self, plan: &Plan, existing: &[AzureAssignedIdentity], r: &mut PassReport) {
+    async fn apply(
+        &self,
+        plan: &Plan,
+        existing: &[AzureAssignedIdentity],
+        current: &BTreeMap<AssignmentTarget, IdentityState>,
+        r: &mut PassReport,
+    ) {
         let by_key: BTreeMap<ObjectKey, &AzureAssignedIdentity> = existing
             .iter()
             .map(|a| {
@@ -349,7 +355,12 @@ impl<A: NodePoolIdentities> Controller<A> {
         for (t, w) in &plan.writes {
             r.writes += 1;
             tracing::info!(target = %t, add = ?w.add, remove = ?w.remove, "updating identities");
-            match self.arm.update(t, &w.add, &w.remove).await {
+            // The identities read at the start of this pass: one GET per target and pass.
+            let written = match current.get(t) {
+                Some(now) => self.arm.update_from(t, now, &w.add, &w.remove).await,
+                None => self.arm.update(t, &w.add, &w.remove).await,
+            };
+            match written {
                 Ok(_) => {
                     ok.insert(t);
                 }

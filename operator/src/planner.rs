@@ -196,6 +196,16 @@ struct Analysis<'a> {
     skipped: Vec<Skip>,
 }
 
+impl Analysis<'_> {
+    /// (target, lower-cased identity ARM id) of every desired assignment.
+    fn needed(&self) -> BTreeSet<(&AssignmentTarget, &str)> {
+        self.desired
+            .values()
+            .filter_map(|d| d.arm.as_ref().map(|(t, id)| (t, id.as_str())))
+            .collect()
+    }
+}
+
 /// Decides assignments; see the module documentation.
 #[derive(Clone, Debug, Default)]
 pub struct AssignmentPlanner {
@@ -222,10 +232,15 @@ impl AssignmentPlanner {
                 out.insert(t.clone());
             }
         }
+        let needed = a.needed();
         for (key, e) in &a.existing {
-            let Some((t, _)) = &e.arm else { continue };
+            let Some((t, id)) = &e.arm else { continue };
             let kept = a.desired.get(key).is_some_and(|d| self.matches(e, d));
-            if full || e.terminating || !kept {
+            // A record that goes while another one still needs its identity on the same target
+            // removes nothing there, so it needs no read (the original makes no call either).
+            let removes_nothing =
+                !a.desired.contains_key(key) && needed.contains(&(t, id.as_str()));
+            if full || ((e.terminating || !kept) && !removes_nothing) {
                 out.insert(t.clone());
             }
         }
@@ -379,11 +394,18 @@ impl AssignmentPlanner {
             }
         }
 
+        let still_needed = a.needed();
         for (key, e) in &a.existing {
             if a.desired.contains_key(key) && !e.terminating {
                 continue;
             }
             let after = match &e.arm {
+                // Its identity stays on the target for another record: nothing to wait for.
+                Some((t, id))
+                    if !a.desired.contains_key(key) && still_needed.contains(&(t, id.as_str())) =>
+                {
+                    Vec::new()
+                }
                 Some((t, id)) => {
                     if !readable(t, &mut plan) {
                         continue;
