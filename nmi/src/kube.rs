@@ -99,9 +99,13 @@ impl KubeView {
         watch_assigned: bool,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
+        // The first list is a consistent read (served from the API server's cache once it has
+        // caught up): a pod started just before the agent must be known when it first calls.
         let pods = spawn_reflector(
             Api::<Pod>::all(client.clone()),
-            watcher::Config::default().fields(&format!("spec.nodeName={node}")),
+            watcher::Config::default()
+                .fields(&format!("spec.nodeName={node}"))
+                .list_semantic(watcher::ListSemantic::MostRecent),
             shutdown.clone(),
             "pods",
         );

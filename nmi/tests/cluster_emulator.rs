@@ -24,26 +24,8 @@ use live::{call, claims, obj, run_pods, start_agent};
 
 /// Python azure-identity's ManagedIdentityCredential, run as the pod at `from` (its requests
 /// leave from that address) against the agent at `agent`: `TOKEN <jwt>` or `ERROR <type>`.
-/// `None` when the venv of tests/azure-emulator/setup-python.sh is missing.
-async fn python_sdk(agent: SocketAddr, from: IpAddr, client_id: Option<&str>) -> Option<String> {
-    let venv = std::env::var_os("PODID_PY_VENV")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::var_os("PODID_CACHE_DIR")
-                .map(std::path::PathBuf::from)
-                .unwrap_or_else(|| {
-                    std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/podid")
-                })
-                .join("venv-azure-identity-1.27.0")
-        });
-    let py = venv.join("bin/python");
-    if !py.is_file() {
-        eprintln!(
-            "skipping the Python SDK check: {} missing (tests/run.sh installs it)",
-            py.display()
-        );
-        return None;
-    }
+async fn python_sdk(agent: SocketAddr, from: IpAddr, client_id: Option<&str>) -> String {
+    let py = live::python_venv().join("bin/python");
     const SCRIPT: &str = r#"
 import sys, requests
 from requests_toolbelt.adapters.source import SourceAddressAdapter
@@ -87,7 +69,7 @@ except Exception as e:
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 #[tokio::test]
@@ -245,19 +227,16 @@ async fn managed_mode_security_matrix_on_a_real_apiserver_and_the_emulator() {
     );
 
     // A real SDK client in the pod: Python azure-identity's ManagedIdentityCredential.
-    if let Some(out) = python_sdk(addr, ips["pod-a"], None).await {
-        let token = out
-            .strip_prefix("TOKEN ")
-            .unwrap_or_else(|| panic!("{out}"));
-        assert_eq!(claims(token)["appid"], a.client_id.as_str());
-        let out = python_sdk(addr, ips["pod-a"], Some(&b.client_id))
-            .await
-            .unwrap();
-        assert!(
-            out.starts_with("ERROR"),
-            "another pod's identity through the SDK: {out}"
-        );
-    }
+    let out = python_sdk(addr, ips["pod-a"], None).await;
+    let token = out
+        .strip_prefix("TOKEN ")
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(claims(token)["appid"], a.client_id.as_str());
+    let out = python_sdk(addr, ips["pod-a"], Some(&b.client_id)).await;
+    assert!(
+        out.starts_with("ERROR"),
+        "another pod's identity through the SDK: {out}"
+    );
 
     // An excepted pod talks to IMDS itself: whatever it asks for is IMDS's answer.
     let (status, body) = call(

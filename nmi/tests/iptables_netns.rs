@@ -212,48 +212,47 @@ async fn rules_redirect_pod_traffic_to_the_agent_and_are_removed_on_cleanup() {
     let _ = server.kill().await;
 }
 
-/// The original project's demo program (aad-pod-identity v1.8.17's `cmd/demo`, built by
-/// tests/peers/build.sh), run inside the pod namespace, asks 169.254.169.254 for
-/// `/metadata/instance` and for a token of its user-assigned identity; the node namespace's
-/// rules bring both to podid-nmi (managed mode), which knows the caller as a pod on the real
-/// API server by its address and answers from the emulator's IMDS.
-#[tokio::test]
-async fn the_original_demo_in_a_pod_namespace_gets_a_token_through_the_metadata_address() {
-    use k8s_openapi::api::core::v1::Pod;
+/// A pod behind the real thing: a "pod" network namespace whose calls to 169.254.169.254 the
+/// node namespace's rules send to podid-nmi (in-process, managed mode), which knows the caller
+/// as a pod on the real API server by its address (10.200.0.2) and answers from the emulator's
+/// IMDS, where the identity `ident` is on the node's scale set. `None` where namespaces cannot
+/// be made.
+struct PodBehindAgent {
+    net: NetnsPair,
+    ident: podid_azure_emulator::state::Identity,
+    _emu: podid_azure_emulator::Emulator,
+    _agent: tokio_util::sync::DropGuard,
+}
+
+async fn pod_behind_agent(tag: &str) -> Option<PodBehindAgent> {
+    use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
     use kube::api::{Api, Patch, PatchParams, PostParams};
     use podid_crds::{AzureIdentity, AzureIdentityBinding};
     use podid_nmi::resolve::Mode;
     use podid_nmi::server::ServerConfig;
     use serde_json::json;
-    use tokio::io::AsyncBufReadExt;
 
-    let demo = podid_testkit::peer_binary("demo").expect("the original demo program");
-    let Some(net) = NetnsPair::create("d") else {
-        return;
-    };
+    let net = NetnsPair::create(tag)?;
     assert!(net.iptables().ensure(&agent_rules()).await.unwrap());
     let listener =
         tokio::net::TcpListener::from_std(live::listen_in_netns(&net.node, "127.0.0.1:2579"))
             .unwrap();
 
-    // Azure: the node's scale set carries the identity the demo asks for.
     let emu = podid_azure_emulator::Emulator::start(podid_azure_emulator::Settings::default())
         .await
         .unwrap();
     let vmss = emu.add_scale_set("MC_demo", "aks-demo-1-vmss", 1);
-    let ident = emu.add_identity("rg", "demo");
+    let ident = emu.add_identity("rg", &format!("demo-{tag}"));
     emu.preassign(&vmss, &ident.id);
 
-    // Kubernetes: the identity, its binding and the pod whose address is the pod namespace's.
     let cluster = podid_testkit::Cluster::shared_async().await;
-    let ns = cluster.namespace("demo").await;
+    let ns = cluster.namespace(&format!("demo-{tag}")).await;
     let client = ns.client.clone();
-    let node = "aks-demo-1-vmss000000";
+    let node = format!("aks-demo-{tag}-vmss000000");
     Api::<AzureIdentity>::namespaced(client.clone(), &ns.name)
         .create(
             &PostParams::default(),
             &obj(json!({
-                "apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzureIdentity",
                 "metadata": {"name": "demo"},
                 "spec": {"type": 0, "resourceID": ident.id, "clientID": ident.client_id}
             })),
@@ -264,14 +263,13 @@ async fn the_original_demo_in_a_pod_namespace_gets_a_token_through_the_metadata_
         .create(
             &PostParams::default(),
             &obj(json!({
-                "apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzureIdentityBinding",
                 "metadata": {"name": "demo-binding"},
                 "spec": {"azureIdentity": "demo", "selector": "demo"}
             })),
         )
         .await
         .unwrap();
-    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), &ns.name)
+    Api::<ServiceAccount>::namespaced(client.clone(), &ns.name)
         .create(
             &PostParams::default(),
             &obj(json!({"metadata": {"name": "demo"}})),
@@ -283,11 +281,14 @@ async fn the_original_demo_in_a_pod_namespace_gets_a_token_through_the_metadata_
         &PostParams::default(),
         &obj(json!({
             "metadata": {"name": "demo", "labels": {"aadpodidbinding": "demo"}},
-            "spec": {"nodeName": node, "serviceAccountName": "demo", "automountServiceAccountToken": false, "containers": [{"name": "demo", "image": "mcr.microsoft.com/oss/azure/aad-pod-identity/demo:v1.8.17"}]}
+            "spec": {"nodeName": node, "serviceAccountName": "demo", "automountServiceAccountToken": false,
+                     "containers": [{"name": "demo", "image": "mcr.microsoft.com/oss/azure/aad-pod-identity/demo:v1.8.17"}]}
         })),
     )
     .await
     .unwrap();
+    // No kubelet runs this node: the pod's status says what one would (its address is the pod
+    // namespace's).
     pods.patch_status(
         "demo",
         &PatchParams::default(),
@@ -297,27 +298,54 @@ async fn the_original_demo_in_a_pod_namespace_gets_a_token_through_the_metadata_
     )
     .await
     .unwrap();
-
     let config = ServerConfig {
         mode: Mode::Managed,
         force_namespaced: true,
         imds_endpoint: url::Url::parse(&emu.imds_endpoint("aks-demo-1-vmss_0")).unwrap(),
         ..Default::default()
     };
-    let _agent = live::start_agent_on(listener, client, node, config, &emu.arm_endpoint()).await;
+    let agent = live::start_agent_on(listener, client, &node, config, &emu.arm_endpoint()).await;
+    Some(PodBehindAgent {
+        net,
+        ident,
+        _emu: emu,
+        _agent: agent,
+    })
+}
 
+/// A command run as the pod, with no Azure or MSI environment of the test's.
+fn in_pod(pod: &PodBehindAgent, program: &std::path::Path) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new("ip");
-    cmd.args(["netns", "exec", &net.pod])
-        .arg(&demo)
-        .args(["--identity-client-id", &ident.client_id, "--period", "1h"])
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
+    cmd.args(["netns", "exec", &pod.net.pod]).arg(program);
     for (k, _) in std::env::vars() {
-        if k.starts_with("MSI_") || k.starts_with("IDENTITY_") || k.starts_with("AZURE_") {
+        if k.starts_with("MSI_")
+            || k.starts_with("IDENTITY_")
+            || k.starts_with("AZURE_")
+            || k == "IMDS_ENDPOINT"
+        {
             cmd.env_remove(k);
         }
     }
-    let mut child = cmd.spawn().unwrap();
+    cmd.kill_on_drop(true);
+    cmd
+}
+
+/// The original project's demo program (aad-pod-identity v1.8.17's `cmd/demo`, built by
+/// tests/peers/build.sh), run inside the pod namespace, asks 169.254.169.254 for
+/// `/metadata/instance` and for a token of its user-assigned identity, and logs that it got it.
+#[tokio::test]
+async fn the_original_demo_in_a_pod_namespace_gets_a_token_through_the_metadata_address() {
+    use tokio::io::AsyncBufReadExt;
+    let demo = podid_testkit::peer_binary("demo").expect("the original demo program");
+    let Some(pod) = pod_behind_agent("d").await else {
+        return;
+    };
+    let ident = &pod.ident;
+    let mut child = in_pod(&pod, &demo)
+        .args(["--identity-client-id", &ident.client_id, "--period", "1h"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
     let mut log = Vec::new();
     let mut token = None;
@@ -354,6 +382,90 @@ async fn the_original_demo_in_a_pod_namespace_gets_a_token_through_the_metadata_
     let claims = live::claims(&token.expect("the demo printed its token"));
     assert_eq!(claims["appid"], ident.client_id.as_str(), "{claims}");
     assert_eq!(claims["aud"], "https://management.azure.com/", "{claims}");
+}
+
+/// Python azure-identity's ManagedIdentityCredential, unchanged and unconfigured, in the pod
+/// namespace: it calls 169.254.169.254 like on any Azure VM, with and without a client ID.
+#[tokio::test]
+async fn python_azure_identity_unchanged_in_a_pod_namespace_gets_the_pods_token() {
+    let venv = live::python_venv();
+    let Some(pod) = pod_behind_agent("p").await else {
+        return;
+    };
+    const SCRIPT: &str = r#"
+import sys
+from azure.identity import ManagedIdentityCredential
+for kw in ({}, {"client_id": sys.argv[1]}):
+    print(ManagedIdentityCredential(**kw).get_token("https://vault.azure.net/.default").token, flush=True)
+"#;
+    let out = in_pod(&pod, &venv.join("bin/python"))
+        .args(["-c", SCRIPT, &pod.ident.client_id])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tokens: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(tokens.len(), 2);
+    for t in tokens {
+        let c = live::claims(&t);
+        assert_eq!(c["appid"], pod.ident.client_id.as_str(), "{c}");
+        assert_eq!(c["aud"], "https://vault.azure.net", "{c}");
+    }
+}
+
+/// The Rust SDK's IMDS credential (azure_identity 0.21's `VirtualMachineManagedIdentityCredential`,
+/// its only public one; it names no identity, so the agent serves the pod's only one), unchanged,
+/// on a thread inside the pod namespace.
+#[tokio::test]
+async fn rust_azure_identity_unchanged_in_a_pod_namespace_gets_the_pods_token() {
+    let Some(pod) = pod_behind_agent("r").await else {
+        return;
+    };
+    let path = format!("/var/run/netns/{}", pod.net.pod);
+    // A thread of its own (never a pooled one): it enters the pod namespace and ends there.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::File::open(&path).unwrap();
+        // SAFETY: setns on a valid namespace fd changes only this thread, which ends here.
+        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let out = rt.block_on(async move {
+            use azure_core::auth::TokenCredential;
+            let system = azure_identity::VirtualMachineManagedIdentityCredential::new(
+                azure_identity::TokenCredentialOptions::default(),
+            );
+            let mut out = Vec::new();
+            for scope in [
+                "https://storage.azure.com/.default",
+                "https://storage.azure.com/.default",
+            ] {
+                let t = system.get_token(&[scope]).await.unwrap();
+                out.push(t.token.secret().to_owned());
+            }
+            out
+        });
+        let _ = tx.send(out);
+    });
+    let tokens = rx
+        .await
+        .expect("the SDK thread panicked; see its message above");
+    for t in tokens {
+        let c = live::claims(&t);
+        assert_eq!(c["appid"], pod.ident.client_id.as_str(), "{c}");
+        assert_eq!(c["aud"], "https://storage.azure.com", "{c}");
+    }
 }
 
 /// An HTTP/1.1 keep-alive server on `addr:port` answering `<name> saw <client> <path>`.

@@ -200,3 +200,24 @@ pub async fn run_pods(
         .expect("pods Running with IPs");
     ips
 }
+
+/// The Python venv with azure-identity that tests/azure-emulator/setup-python.sh builds
+/// (`$PODID_PY_VENV`, else its cache directory); panics with the fix when it is missing.
+pub fn python_venv() -> std::path::PathBuf {
+    let venv = std::env::var_os("PODID_PY_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("PODID_CACHE_DIR")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| {
+                    std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/podid")
+                })
+                .join("venv-azure-identity-1.27.0")
+        });
+    assert!(
+        venv.join("bin/python").is_file(),
+        "{} missing: run tests/azure-emulator/setup-python.sh (tests/run.sh does)",
+        venv.display()
+    );
+    venv
+}
