@@ -58,6 +58,8 @@ pub struct Settings {
     pub require_arm_auth: bool,
     /// Listen address (port 0: any free port); the https listener takes another free port.
     pub listen: SocketAddr,
+    /// Seconds added to the clock when checking assertion lifetimes (tests of expiry).
+    pub clock_offset_secs: u64,
 }
 
 impl Default for Settings {
@@ -70,6 +72,7 @@ impl Default for Settings {
             issuer_ca_pem: Vec::new(),
             require_arm_auth: true,
             listen: "127.0.0.1:0".parse().expect("addr"),
+            clock_offset_secs: 0,
         }
     }
 }
@@ -231,15 +234,7 @@ impl Emulator {
         let ctx = Arc::new(Shared {
             world: Mutex::new(World::default()),
             keys,
-            settings: Mutex::new(server::Settings {
-                tenant_id: settings.tenant_id.clone(),
-                subscription_id: settings.subscription_id.clone(),
-                lro_polls: settings.lro_polls,
-                fic_write_latency: settings.fic_write_latency,
-                issuer_ca_pem: settings.issuer_ca_pem.clone(),
-                require_arm_auth: settings.require_arm_auth,
-                clock_offset_secs: 0,
-            }),
+            settings: Mutex::new(settings.clone()),
         });
         let app = server::router(ctx.clone());
         let http_listener = TcpListener::bind(settings.listen).await?;

@@ -51,23 +51,6 @@ pub struct Fault {
     pub rate: Option<f64>,
 }
 
-/// Emulator settings.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    pub tenant_id: String,
-    pub subscription_id: String,
-    /// `InProgress` answers of an operation before it reports `Succeeded`.
-    pub lro_polls: u32,
-    /// How long a federated-credential write holds the identity (overlapping writes get 409).
-    pub fic_write_latency: Duration,
-    /// PEM roots trusted when fetching an issuer's discovery document and JWKS.
-    pub issuer_ca_pem: Vec<String>,
-    /// Require a valid ARM bearer token on `/subscriptions/...`.
-    pub require_arm_auth: bool,
-    /// Seconds added to the clock when checking assertion lifetimes (tests of expiry).
-    pub clock_offset_secs: u64,
-}
-
 /// Everything mutable.
 #[derive(Default)]
 pub struct World {
@@ -87,7 +70,7 @@ pub struct World {
 pub struct Shared {
     pub world: Mutex<World>,
     pub keys: Keys,
-    pub settings: Mutex<Settings>,
+    pub settings: Mutex<crate::Settings>,
 }
 
 pub type Ctx = Arc<Shared>;
