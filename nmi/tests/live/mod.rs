@@ -8,10 +8,8 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use base64::Engine;
-use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
-use kube::runtime::{WatchStreamExt, watcher};
 use podid_nmi::cache::{Clock, SystemClock, TokenCache};
 use podid_nmi::kube::{KubeView, SecretCache};
 use podid_nmi::metrics::Metrics;
@@ -178,27 +176,15 @@ pub async fn run_pods(
         .await
         .unwrap();
     }
-    let mut ips = std::collections::BTreeMap::<String, IpAddr>::new();
-    let wait = async {
-        let mut stream = watcher(pods.clone(), watcher::Config::default())
-            .applied_objects()
-            .boxed();
-        while let Some(p) = stream.try_next().await.unwrap() {
-            let st = p.status.as_ref();
-            if st.and_then(|s| s.phase.as_deref()) == Some("Running")
-                && let Some(ip) = st.and_then(|s| s.pod_ip.as_deref())
-            {
-                ips.insert(p.metadata.name.clone().unwrap(), ip.parse().unwrap());
-            }
-            if ips.len() == labels.len() {
-                return;
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(120), wait)
+    podid_testkit::wait_for_running_pods(pods.clone(), "", labels.len(), 120)
         .await
-        .expect("pods Running with IPs");
-    ips
+        .expect("pods Running with IPs")
+        .into_iter()
+        .map(|p| {
+            let ip = p.status.and_then(|s| s.pod_ip).unwrap_or_default();
+            (p.metadata.name.unwrap_or_default(), ip.parse().unwrap())
+        })
+        .collect()
 }
 
 /// The Python venv with azure-identity that tests/azure-emulator/setup-python.sh builds

@@ -676,7 +676,10 @@ pub fn is_running_on_fake_node(pod: &Pod) -> bool {
 }
 
 /// Waits (with a watch) until `count` pods matching `labels` are Running with 127.10.x.x IPs,
-/// failing after `secs` seconds; returns those pods.
+/// failing after `secs` seconds; returns those pods. kwok can write a pod's status twice in
+/// quick succession (its ready stage may run again before it sees its own first write), each
+/// time with a new IP: so the pods are returned only once no change to them has arrived for
+/// [`SETTLE`], and the IPs returned are the ones that stay.
 pub async fn wait_for_running_pods(
     pods: Api<Pod>,
     labels: &str,
@@ -690,11 +693,19 @@ pub async fn wait_for_running_pods(
     let stream = watcher(pods, watcher::Config::default().labels(labels)).touched_objects();
     let wait = async {
         futures::pin_mut!(stream);
-        while let Some(pod) = stream
-            .try_next()
-            .await
-            .map_err(|e| Error::Wait(e.to_string()))?
-        {
+        let mut ready: Option<Vec<Pod>> = None;
+        loop {
+            let next = match &ready {
+                // Conditions met: only a quiet period is missing.
+                Some(_) => match tokio::time::timeout(SETTLE, stream.try_next()).await {
+                    Ok(next) => next,
+                    Err(_) => return Ok(ready.take().unwrap_or_default()),
+                },
+                None => stream.try_next().await,
+            };
+            let Some(pod) = next.map_err(|e| Error::Wait(e.to_string()))? else {
+                return Err(Error::Wait("pod watch ended".into()));
+            };
             let name = pod.metadata.name.clone().unwrap_or_default();
             if pod.metadata.deletion_timestamp.is_some() {
                 seen.remove(&name);
@@ -706,11 +717,8 @@ pub async fn wait_for_running_pods(
                 .filter(|p| is_running_on_fake_node(p))
                 .cloned()
                 .collect();
-            if running.len() >= count {
-                return Ok(running);
-            }
+            ready = (running.len() >= count).then_some(running);
         }
-        Err(Error::Wait("pod watch ended".into()))
     };
     tokio::time::timeout(Duration::from_secs(secs), wait)
         .await
@@ -720,6 +728,9 @@ pub async fn wait_for_running_pods(
             ))
         })?
 }
+
+/// How long pods' status must stay unchanged before [`wait_for_running_pods`] trusts it.
+pub const SETTLE: Duration = Duration::from_millis(500);
 
 /// Stops every control-plane process now (also done automatically at exit).
 pub fn stop() {
