@@ -178,6 +178,28 @@ pub struct Flags {
     /// 6+ trace. `RUST_LOG`, when set, wins.
     #[arg(short = 'v', long = "v", default_value_t = 0)]
     pub verbosity: u8,
+    /// Accepted for compatibility: deprecated in the original too.
+    #[arg(long = "enableScaleFeatures", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub enable_scale_features: bool,
+    /// Accepted for compatibility: there is no profiler.
+    #[arg(long = "enableProfile", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub enable_profile: bool,
+    /// Accepted for compatibility: the one-time upgrade of pre-1.6 objects is not performed
+    /// (docs/parity.md).
+    #[arg(long = "enable-type-upgrade", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub enable_type_upgrade: bool,
+    #[arg(
+        long = "config-map-name",
+        default_value = "aad-pod-identity-config",
+        hide = true
+    )]
+    pub config_map_name: String,
+    #[arg(
+        long = "type-upgrade-status-key",
+        default_value = "type-upgrade-status",
+        hide = true
+    )]
+    pub type_upgrade_status_key: String,
     /// Accepted for compatibility (the original's manifests pass it); logs go to stderr.
     #[arg(long = "logtostderr", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub logtostderr: bool,

@@ -79,6 +79,11 @@ fn the_deployment_arguments_and_the_originals_are_flags_the_operator_accepts() {
             "--identity-assignment-reconcile-interval=3m",
             "--custom-user-agent=aks",
             "--forceNamespaced=true",
+            "--enableScaleFeatures=false",
+            "--enableProfile=false",
+            "--enable-type-upgrade=true",
+            "--config-map-name=aad-pod-identity-config",
+            "--type-upgrade-status-key=type-upgrade-status",
         ][..],
     ] {
         let args: Vec<&str> = std::iter::once("mic")
