@@ -24,6 +24,92 @@ pub enum ConfigError {
     },
     #[error("cloud config is missing {0}")]
     Missing(&'static str),
+    #[error(
+        "cloud config: unknown cloud {0:?}; use AzurePublicCloud, AzureChinaCloud, AzureUSGovernmentCloud, AzureGermanCloud or AzureStackCloud (with AZURE_ENVIRONMENT_FILEPATH), or set --arm-endpoint, --arm-audience and --authority-host"
+    )]
+    UnknownCloud(String),
+    #[error(
+        "cloud AzureStackCloud: reading the environment file {path} (AZURE_ENVIRONMENT_FILEPATH): {reason}"
+    )]
+    EnvironmentFile { path: String, reason: String },
+}
+
+/// ARM and Entra endpoints of one Azure cloud (no trailing slashes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloudEndpoints {
+    pub arm: String,
+    pub arm_audience: String,
+    pub authority_host: String,
+}
+
+impl CloudEndpoints {
+    fn new(arm: &str, audience: &str, authority: &str) -> Self {
+        let t = |s: &str| s.trim_end_matches('/').to_owned();
+        Self {
+            arm: t(arm),
+            arm_audience: t(audience),
+            authority_host: t(authority),
+        }
+    }
+
+    /// The endpoints of azure.json's `cloud`, as the original resolves it (go-autorest's
+    /// `EnvironmentFromName`): a known name, case-insensitively, or `AzureStackCloud` read from
+    /// the JSON file named by `AZURE_ENVIRONMENT_FILEPATH`. Empty means the public cloud.
+    pub fn for_cloud(name: &str, environment_file: Option<&str>) -> Result<Self, ConfigError> {
+        Ok(match name.to_ascii_uppercase().as_str() {
+            "" | "AZUREPUBLICCLOUD" => Self::new(
+                "https://management.azure.com/",
+                "https://management.azure.com/",
+                "https://login.microsoftonline.com/",
+            ),
+            "AZURECHINACLOUD" => Self::new(
+                "https://management.chinacloudapi.cn/",
+                "https://management.chinacloudapi.cn/",
+                "https://login.chinacloudapi.cn/",
+            ),
+            "AZUREUSGOVERNMENTCLOUD" => Self::new(
+                "https://management.usgovcloudapi.net/",
+                "https://management.usgovcloudapi.net/",
+                "https://login.microsoftonline.us/",
+            ),
+            "AZUREGERMANCLOUD" => Self::new(
+                "https://management.microsoftazure.de/",
+                "https://management.microsoftazure.de/",
+                "https://login.microsoftonline.de/",
+            ),
+            "AZURESTACKCLOUD" => {
+                let path = environment_file.unwrap_or_default().to_owned();
+                let fail = |reason: String| ConfigError::EnvironmentFile {
+                    path: path.clone(),
+                    reason,
+                };
+                if path.is_empty() {
+                    return Err(fail("the variable is not set".into()));
+                }
+                #[derive(Deserialize)]
+                #[serde(rename_all = "camelCase")]
+                struct Env {
+                    resource_manager_endpoint: String,
+                    active_directory_endpoint: String,
+                    #[serde(default)]
+                    token_audience: String,
+                }
+                let text = std::fs::read_to_string(&path).map_err(|e| fail(e.to_string()))?;
+                let env: Env = serde_json::from_str(&text).map_err(|e| fail(e.to_string()))?;
+                let audience = if env.token_audience.is_empty() {
+                    &env.resource_manager_endpoint
+                } else {
+                    &env.token_audience
+                };
+                Self::new(
+                    &env.resource_manager_endpoint,
+                    audience,
+                    &env.active_directory_endpoint,
+                )
+            }
+            _ => return Err(ConfigError::UnknownCloud(name.to_owned())),
+        })
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -106,27 +192,16 @@ pub struct Flags {
     pub immutable_user_msis: String,
     #[arg(long = "log-format", value_enum, default_value = "text")]
     pub log_format: LogFormat,
-    /// ARM base URL.
-    #[arg(
-        long = "arm-endpoint",
-        env = "ARM_ENDPOINT",
-        default_value = "https://management.azure.com"
-    )]
-    pub arm_endpoint: String,
-    /// Token audience for ARM (default: the public cloud's).
-    #[arg(
-        long = "arm-audience",
-        env = "ARM_AUDIENCE",
-        default_value = "https://management.azure.com"
-    )]
-    pub arm_audience: String,
-    /// Entra authority host for a service-principal credential.
-    #[arg(
-        long = "authority-host",
-        env = "AZURE_AUTHORITY_HOST",
-        default_value = "https://login.microsoftonline.com"
-    )]
-    pub authority_host: String,
+    /// ARM base URL (default: that of azure.json's `cloud`, else the public cloud's).
+    #[arg(long = "arm-endpoint", env = "ARM_ENDPOINT")]
+    pub arm_endpoint: Option<String>,
+    /// Token audience for ARM (default: that of azure.json's `cloud`).
+    #[arg(long = "arm-audience", env = "ARM_AUDIENCE")]
+    pub arm_audience: Option<String>,
+    /// Entra authority host for a service-principal credential (default: that of azure.json's
+    /// `cloud`).
+    #[arg(long = "authority-host", env = "AZURE_AUTHORITY_HOST")]
+    pub authority_host: Option<String>,
     /// IMDS base URL for a managed-identity credential.
     #[arg(
         long = "imds-endpoint",
@@ -239,6 +314,8 @@ pub struct CloudConfig {
     pub credential: CredentialConfig,
     /// The cluster identity's client ID (never removed), when configured.
     pub cluster_identity: Option<String>,
+    /// ARM and Entra of the cloud, flags over azure.json's `cloud`.
+    pub endpoints: CloudEndpoints,
 }
 
 impl Flags {
@@ -293,6 +370,19 @@ impl Flags {
         if let Some(m) = &self.use_msi {
             j.use_managed_identity_extension = m.eq_ignore_ascii_case("true");
         }
+        let mut endpoints = CloudEndpoints::for_cloud(
+            &j.cloud,
+            std::env::var("AZURE_ENVIRONMENT_FILEPATH").ok().as_deref(),
+        )?;
+        for (field, flag) in [
+            (&mut endpoints.arm, &self.arm_endpoint),
+            (&mut endpoints.arm_audience, &self.arm_audience),
+            (&mut endpoints.authority_host, &self.authority_host),
+        ] {
+            if let Some(v) = flag.as_ref().filter(|v| !v.is_empty()) {
+                *field = v.trim_end_matches('/').to_owned();
+            }
+        }
         let cluster_identity = Some(j.user_assigned_identity_id.clone()).filter(|c| !c.is_empty());
         let credential = if j.use_managed_identity_extension {
             CredentialConfig::ManagedIdentity {
@@ -309,7 +399,7 @@ impl Flags {
                 ));
             }
             CredentialConfig::ClientSecret {
-                authority_host: self.authority_host.clone(),
+                authority_host: endpoints.authority_host.clone(),
                 tenant_id: j.tenant_id.clone(),
                 client_id: j.aad_client_id.clone(),
                 secret: j.aad_client_secret.clone(),
@@ -325,6 +415,7 @@ impl Flags {
             vm_type: j.vm_type,
             credential,
             cluster_identity,
+            endpoints,
         })
     }
 
@@ -397,6 +488,78 @@ mod tests {
             f.immutable(&c),
             ["a", "b", "cluster-id"].map(String::from).into()
         );
+    }
+
+    #[test]
+    fn the_cloud_of_azure_json_picks_the_endpoints_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("azure.json");
+        let write = |cloud: &str| {
+            std::fs::write(
+                &path,
+                format!(
+                    r#"{{"cloud":"{cloud}","tenantId":"t","subscriptionId":"s","aadClientId":"c","aadClientSecret":"x"}}"#
+                ),
+            )
+            .unwrap()
+        };
+        let p = path.to_str().unwrap();
+        write("AzureChinaCloud");
+        let c = flags(&["--cloudconfig", p]).cloud_config().unwrap();
+        assert_eq!(c.endpoints.arm, "https://management.chinacloudapi.cn");
+        assert_eq!(c.endpoints.authority_host, "https://login.chinacloudapi.cn");
+        assert!(
+            matches!(c.credential, CredentialConfig::ClientSecret { ref authority_host, .. } if authority_host == "https://login.chinacloudapi.cn")
+        );
+        write("azureusgovernmentcloud");
+        let c = flags(&["--cloudconfig", p, "--arm-endpoint", "https://arm.example/"])
+            .cloud_config()
+            .unwrap();
+        assert_eq!(c.endpoints.arm, "https://arm.example", "a flag wins");
+        assert_eq!(
+            c.endpoints.arm_audience,
+            "https://management.usgovcloudapi.net"
+        );
+        assert_eq!(
+            c.endpoints.authority_host,
+            "https://login.microsoftonline.us"
+        );
+        write("");
+        let c = flags(&["--cloudconfig", p]).cloud_config().unwrap();
+        assert_eq!(c.endpoints.arm, "https://management.azure.com");
+        write("MarsCloud");
+        let e = flags(&["--cloudconfig", p]).cloud_config().unwrap_err();
+        assert!(e.to_string().contains("unknown cloud \"MarsCloud\""), "{e}");
+        assert!(
+            e.to_string().contains("--arm-endpoint"),
+            "names the fix: {e}"
+        );
+    }
+
+    #[test]
+    fn azure_stack_reads_the_environment_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = dir.path().join("env.json");
+        std::fs::write(
+            &env,
+            r#"{"name":"AzureStackCloud","resourceManagerEndpoint":"https://127.0.0.1:8443/",
+                "activeDirectoryEndpoint":"https://127.0.0.1:8443/","tokenAudience":""}"#,
+        )
+        .unwrap();
+        let e = CloudEndpoints::for_cloud("AzureStackCloud", Some(env.to_str().unwrap())).unwrap();
+        assert_eq!(e.arm, "https://127.0.0.1:8443");
+        assert_eq!(
+            e.arm_audience, "https://127.0.0.1:8443",
+            "audience defaults to ARM"
+        );
+        let err = CloudEndpoints::for_cloud("AzureStackCloud", None).unwrap_err();
+        assert!(
+            err.to_string().contains("AZURE_ENVIRONMENT_FILEPATH"),
+            "{err}"
+        );
+        let err = CloudEndpoints::for_cloud("AzureStackCloud", Some("/nonexistent/env.json"))
+            .unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/env.json"), "{err}");
     }
 
     #[test]

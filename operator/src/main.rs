@@ -121,9 +121,9 @@ async fn main() -> anyhow::Result<()> {
         .credential
         .build(http_client.clone())
         .context("Azure credential")?;
-    let mut arm = Arm::new(&flags.arm_endpoint, credential, http_client);
+    let mut arm = Arm::new(&cloud.endpoints.arm, credential, http_client);
     arm.retry = flags.arm_retry();
-    arm.audience = flags.arm_audience.clone();
+    arm.audience = cloud.endpoints.arm_audience.clone();
     let m = metrics.clone();
     arm.observer = Some(Arc::new(move |op, result, took| {
         m.observe_arm(op, result, took)
@@ -143,7 +143,7 @@ async fn main() -> anyhow::Result<()> {
         subscription = %cloud.subscription_id,
         resource_group = %cloud.resource_group,
         credential = ?cloud.credential,
-        arm = %flags.arm_endpoint,
+        arm = %cloud.endpoints.arm,
         identity = %identity,
         "starting podid-operator"
     );

@@ -323,9 +323,8 @@ impl Run<'_> {
                     .arg("--logtostderr")
                     .arg(format!("--http-probe-port={probe}"))
                     .arg(format!("--prometheus-port={prom}"))
-                    .arg(format!("--arm-endpoint={https}"))
-                    .arg(format!("--arm-audience={https}/"))
-                    .arg(format!("--authority-host={https}"))
+                    // The endpoints come from azure.json's cloud (AzureStackCloud) and its
+                    // environment file, as for the original; only the CA is ours to add.
                     .arg(format!("--extra-ca-file={}", ca.display()))
                     .env("KUBECONFIG", self.cluster.kubeconfig())
                     .env("MIC_POD_NAMESPACE", "default")
