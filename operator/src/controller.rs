@@ -339,10 +339,8 @@ impl<A: NodePoolIdentities> Controller<A> {
                 Err(e) => {
                     r.errors += 1;
                     self.metrics.kubernetes_error("assigned_identity_addition");
-                    self.binding_event(
+                    self.assignment_failed(
                         obj,
-                        EventType::Warning,
-                        "binding apply error",
                         &format!("failed to create AzureAssignedIdentity {}: {e}", key(obj)),
                     )
                     .await;
@@ -385,10 +383,8 @@ impl<A: NodePoolIdentities> Controller<A> {
             let Some(obj) = obj else { continue };
             if !passed(&m.after) {
                 if let Some(e) = failure(&m.after) {
-                    self.binding_event(
+                    self.assignment_failed(
                         obj,
-                        EventType::Warning,
-                        "binding apply error",
                         &format!("identity not assigned for {}: {e}", m.item),
                     )
                     .await;
@@ -402,10 +398,8 @@ impl<A: NodePoolIdentities> Controller<A> {
         for u in &plan.update {
             if !passed(&u.after) {
                 if let Some(e) = failure(&u.after) {
-                    self.binding_event(
+                    self.assignment_failed(
                         &u.item,
-                        EventType::Warning,
-                        "binding apply error",
                         &format!("identity not assigned for {}: {e}", key(&u.item)),
                     )
                     .await;
@@ -549,6 +543,32 @@ impl<A: NodePoolIdentities> Controller<A> {
         );
         self.binding_event(obj, EventType::Normal, "binding applied", &note)
             .await;
+    }
+
+    /// A failed assignment, told where users look: the binding (reason `binding apply error`,
+    /// as the original), and — podid — the pod and the AzureAssignedIdentity (reason
+    /// `AssignmentFailed`), so `kubectl describe pod` says why its identity is missing.
+    async fn assignment_failed(&self, obj: &AzureAssignedIdentity, note: &str) {
+        self.binding_event(obj, EventType::Warning, "binding apply error", note)
+            .await;
+        let pod = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: Some(obj.spec.pod.clone()),
+            namespace: Some(obj.spec.pod_namespace.clone()),
+            ..ObjectReference::default()
+        };
+        self.event(&pod, EventType::Warning, "AssignmentFailed", note)
+            .await;
+        if obj.metadata.uid.is_some() {
+            self.event(
+                &obj.object_ref(&()),
+                EventType::Warning,
+                "AssignmentFailed",
+                note,
+            )
+            .await;
+        }
     }
 
     async fn binding_event(

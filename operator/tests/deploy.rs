@@ -3,26 +3,20 @@
 //! manifest changes), and its RBAC is enough for the controller and no more: the controller runs
 //! here with exactly that account's permissions (impersonated) and converges a bound pod.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
-use podid_azure::Arm;
 use podid_azure_emulator::{Emulator, Settings};
 use podid_crds::{AssignedIdentityState, AzureAssignedIdentity};
 use podid_operator::config::Flags;
-use podid_operator::controller::{Controller, LoopSettings, Stores};
-use podid_operator::leader::{self, Election};
-use podid_operator::metrics::Metrics;
-use podid_operator::planner::{AssignmentPlanner, PlannerOptions};
 use podid_testkit::{Cluster, NodePool, wait_for};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::{Notify, watch};
-use tokio_util::sync::CancellationToken;
+
+mod common;
 
 const MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/podid-operator.yaml");
 const ACCOUNT: &str = "system:serviceaccount:default:podid-operator";
@@ -165,50 +159,15 @@ async fn the_manifest_applies_and_its_account_is_all_the_controller_needs() {
 
     let client = cluster.client_as(ACCOUNT).await.unwrap();
 
-    let http = reqwest::Client::new();
-    let credential = podid_azure::CredentialConfig::ClientSecret {
-        authority_host: emu.arm_endpoint(),
-        tenant_id: emu.tenant_id(),
-        client_id: "operator".into(),
-        secret: "pw".into(),
-    }
-    .build(http.clone())
-    .unwrap();
-    let mut arm = Arm::new(&emu.arm_endpoint(), credential, http);
-    arm.poll_interval = Duration::from_millis(20);
-    let shutdown = CancellationToken::new();
-    let notify = Arc::new(Notify::new());
-    let stores = Stores::start(&client, notify.clone(), &shutdown);
-    let controller = Controller::new(
-        client.clone(),
-        arm,
-        AssignmentPlanner::new(PlannerOptions::default()),
-        stores,
-        Metrics::new(),
+    // As the deployed account; its Lease in `default`, as deployed.
+    let replica = common::start(
+        &client,
+        &emu,
         "podid-operator-0",
-    );
-    let (may_write_tx, may_write) = watch::channel(false);
-    let election = tokio::spawn(leader::run(
-        client.clone(),
-        Election {
-            namespace: "default".into(),
-            name: "podid-operator".into(),
-            identity: "podid-operator-0".into(),
-            duration: Duration::from_secs(15),
-            original_lock: Some(("default".into(), "aad-pod-identity-mic".into())),
-        },
-        may_write_tx,
-        shutdown.clone(),
-    ));
-    let run = {
-        let shutdown = shutdown.clone();
-        let settings = LoopSettings {
-            debounce: Duration::from_millis(200),
-            full_interval: Duration::from_secs(180),
-            retry_base: Duration::from_millis(500),
-        };
-        tokio::spawn(async move { controller.run(notify, may_write, settings, shutdown).await })
-    };
+        "default",
+        Duration::from_secs(15),
+    )
+    .await;
 
     Api::<Pod>::namespaced(admin.clone(), &ns.name)
         .create(
@@ -254,7 +213,5 @@ async fn the_manifest_applies_and_its_account_is_all_the_controller_needs() {
     .await
     .expect("AzureAssignedIdentity deleted as the deployed account");
     assert!(emu.assigned_identities(&vmss).is_empty());
-    shutdown.cancel();
-    run.await.unwrap();
-    election.await.unwrap();
+    replica.stop().await;
 }
