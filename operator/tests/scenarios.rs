@@ -497,3 +497,95 @@ async fn a_refused_assignment_is_explained_in_events() {
     );
     replica.stop().await;
 }
+
+/// While the original MIC holds its leader lock (the Endpoints `aad-pod-identity-mic` with a
+/// fresh `control-plane.alpha.kubernetes.io/leader` record), podid-operator takes its own Lease
+/// but writes nothing — no record, no ARM call; once the original is gone it converges.
+#[tokio::test]
+async fn nothing_is_written_while_the_original_mic_holds_its_lock() {
+    let _serial = one_controller_at_a_time().await;
+    let cluster = Cluster::shared_async().await;
+    clean_slate(cluster).await;
+    let ns = cluster.namespace("sc-lock").await;
+    let c = ns.client.clone();
+    let pool = NodePool::aks("sclock", 1);
+    cluster.add_nodes(&pool).await.expect("fake node ready");
+    let emu = emulator().await;
+    let vmss = emu.add_scale_set(&pool.resource_group, &pool.scale_set, 1);
+    let id = emu.add_identity("rg", "locked");
+    identity(&c, &ns.name, "locked", 0, &id.id, &id.client_id).await;
+    binding(&c, &ns.name, "locked", "locked", "locked").await;
+    pod(&c, &ns.name, "app", &pool.node_name(0), "locked").await;
+
+    // The original MIC, as it keeps its lock: renewed now, for 15 s.
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let record = serde_json::json!({
+        "holderIdentity": "mic-7d9f8c6b5-x2x7q", "leaseDurationSeconds": 15,
+        "acquireTime": now, "renewTime": now, "leaderTransitions": 3
+    });
+    let endpoints: Api<k8s_openapi::api::core::v1::Endpoints> =
+        Api::namespaced(c.clone(), &ns.name);
+    endpoints
+        .create(
+            &kube::api::PostParams::default(),
+            &obj(
+                serde_json::json!({"metadata": {"name": "aad-pod-identity-mic", "annotations": {
+                "control-plane.alpha.kubernetes.io/leader": record.to_string()}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let replica = start_respecting(
+        &c,
+        &emu,
+        "r1",
+        &ns.name,
+        Duration::from_secs(15),
+        Some((ns.name.clone(), "aad-pod-identity-mic".into())),
+    )
+    .await;
+    // It leads its own Lease...
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(c.clone(), &ns.name);
+    podid_testkit::wait_for(
+        leases,
+        "podid-operator",
+        30,
+        |l: Option<&k8s_openapi::api::coordination::v1::Lease>| {
+            l.and_then(|l| l.spec.as_ref()?.holder_identity.as_deref()) == Some("r1")
+        },
+    )
+    .await
+    .expect("its Lease taken");
+    // ...and over the next seconds writes nothing.
+    let records: Api<podid_crds::AzureAssignedIdentity> = Api::namespaced(c.clone(), "default");
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(
+            records
+                .get_opt(&format!("app-{}-locked", ns.name))
+                .await
+                .unwrap()
+                .is_none(),
+            "a record was written while the original MIC leads"
+        );
+        assert!(
+            emu.calls()
+                .keys()
+                .all(|k| k.starts_with("POST token") || !k.contains("vmss")),
+            "ARM was called: {:?}",
+            emu.calls()
+        );
+    }
+
+    // The original MIC is scaled away (its lock goes): podid takes over.
+    endpoints
+        .delete("aad-pod-identity-mic", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_assigned(&c, &ns.name, &names(&ns.name, &[("app", "locked")]), 60).await;
+    wait_machine(&emu, &vmss, &[&id.id], 10).await;
+    delete_pod(&c, &ns.name, "app").await;
+    wait_assigned(&c, &ns.name, &[], 60).await;
+    replica.stop().await;
+}

@@ -134,6 +134,19 @@ pub async fn start(
     lease_ns: &str,
     lease: Duration,
 ) -> Replica {
+    start_respecting(client, emu, identity, lease_ns, lease, None).await
+}
+
+/// [`start`], also standing back while the original MIC's Endpoints lock `original_lock`
+/// (namespace, name) is held.
+pub async fn start_respecting(
+    client: &kube::Client,
+    emu: &Emulator,
+    identity: &str,
+    lease_ns: &str,
+    lease: Duration,
+    original_lock: Option<(String, String)>,
+) -> Replica {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "podid_operator=info".into()))
         .with_test_writer()
@@ -175,7 +188,7 @@ pub async fn start(
             name: "podid-operator".into(),
             identity: identity.into(),
             duration: lease,
-            original_lock: None,
+            original_lock,
         },
         may_write_tx,
         shutdown.clone(),
