@@ -389,27 +389,14 @@ async fn the_binary_serves_reports_health_and_shuts_down_cleanly() {
     let vmss = emu.add_scale_set(&pool.resource_group, &pool.scale_set, 1);
     let a = emu.add_identity("rg", "bin-a");
     emu.preassign(&vmss, &a.id);
-    let spec = AzureIdentitySpec {
-        client_id: a.client_id.clone(),
-        resource_id: a.id.clone(),
-        ..Default::default()
-    };
-    Api::<AzureIdentity>::namespaced(client.clone(), &ns.name)
-        .create(&PostParams::default(), &AzureIdentity::new("a", spec))
-        .await
-        .unwrap();
-    let spec = AzureIdentityBindingSpec {
-        azure_identity: "a".into(),
-        selector: "sel-a".into(),
-        ..Default::default()
-    };
-    Api::<AzureIdentityBinding>::namespaced(client.clone(), &ns.name)
-        .create(
-            &PostParams::default(),
-            &AzureIdentityBinding::new("bind-a", spec),
-        )
-        .await
-        .unwrap();
+    live::bound_identity(
+        &client,
+        &ns.name,
+        "a",
+        json!({"type": 0, "clientID": a.client_id, "resourceID": a.id}),
+        "sel-a",
+    )
+    .await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
     let ips = run_pods(
         &pods,
@@ -536,37 +523,8 @@ async fn a_secret_the_agent_may_not_read_is_refused_at_once_and_counted() {
         .unwrap();
     let agent_client = cluster.client_as(&user).await.unwrap();
 
-    Api::<Secret>::namespaced(admin.clone(), &ns.name)
-        .create(
-            &PostParams::default(),
-            &obj(json!({"metadata": {"name": "sp-secret"}, "stringData": {"clientsecret": "s3cret"}})),
-        )
-        .await
-        .unwrap();
-    let sp = AzureIdentitySpec {
-        type_: IdentityType::ServicePrincipal,
-        client_id: sp_client.into(),
-        tenant_id: emu.tenant_id(),
-        ad_endpoint: format!("{}/", emu.arm_endpoint()),
-        client_password: Some(obj(json!({"name": "sp-secret", "namespace": ns.name}))),
-        ..Default::default()
-    };
-    Api::<AzureIdentity>::namespaced(admin.clone(), &ns.name)
-        .create(&PostParams::default(), &AzureIdentity::new("sp", sp))
-        .await
-        .unwrap();
-    let spec = AzureIdentityBindingSpec {
-        azure_identity: "sp".into(),
-        selector: "sel-sp".into(),
-        ..Default::default()
-    };
-    Api::<AzureIdentityBinding>::namespaced(admin.clone(), &ns.name)
-        .create(
-            &PostParams::default(),
-            &AzureIdentityBinding::new("bind-sp", spec),
-        )
-        .await
-        .unwrap();
+    let sp = live::sp_spec(&admin, &ns.name, &emu, sp_client, "sp-secret", "s3cret").await;
+    live::bound_identity(&admin, &ns.name, "sp", sp, "sel-sp").await;
     let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns.name);
     let ips = run_pods(
         &pods,

@@ -7,10 +7,9 @@ use std::net::SocketAddr;
 
 use clap::Parser;
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::{Api, PostParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
 use podid_azure_emulator::{Emulator, Settings};
-use podid_crds::{AzureIdentity, AzureIdentityBinding};
 use podid_nmi::config::Flags;
 use podid_nmi::resolve::Mode;
 use podid_nmi::server::ServerConfig;
@@ -19,7 +18,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 mod live;
-use live::{call, claims, obj, run_pods};
+use live::{call, claims, run_pods};
 
 const MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/podid-nmi.yaml");
 
@@ -148,33 +147,16 @@ async fn the_manifest_applies_and_its_account_is_all_the_agent_needs() {
     emu.preassign(&vmss, &ua.id);
     let sp_client = "5e1f0000-0000-0000-0000-0000000de910";
     emu.add_app(sp_client, Some("s3cret"), None);
-    Api::<Secret>::namespaced(admin.clone(), &ns.name)
-        .create(
-            &PostParams::default(),
-            &obj(json!({"metadata": {"name": "sp-secret"}, "stringData": {"clientsecret": "s3cret"}})),
-        )
-        .await
-        .unwrap();
-    let ids: Api<AzureIdentity> = Api::namespaced(admin.clone(), &ns.name);
-    for spec in [
-        json!({"metadata": {"name": "ua"}, "spec": {"type": 0, "resourceID": ua.id, "clientID": ua.client_id}}),
-        json!({"metadata": {"name": "sp"}, "spec": {"type": 1, "clientID": sp_client, "tenantID": emu.tenant_id(),
-               "adEndpoint": format!("{}/", emu.arm_endpoint()),
-               "clientPassword": {"name": "sp-secret", "namespace": ns.name}}}),
-    ] {
-        ids.create(&PostParams::default(), &obj(spec))
-            .await
-            .unwrap();
-    }
-    for id in ["ua", "sp"] {
-        Api::<AzureIdentityBinding>::namespaced(admin.clone(), &ns.name)
-            .create(
-                &PostParams::default(),
-                &obj(json!({"metadata": {"name": id}, "spec": {"azureIdentity": id, "selector": id}})),
-            )
-            .await
-            .unwrap();
-    }
+    let sp = live::sp_spec(&admin, &ns.name, &emu, sp_client, "sp-secret", "s3cret").await;
+    live::bound_identity(&admin, &ns.name, "sp", sp, "sp").await;
+    live::bound_identity(
+        &admin,
+        &ns.name,
+        "ua",
+        json!({"type": 0, "resourceID": ua.id, "clientID": ua.client_id}),
+        "ua",
+    )
+    .await;
     let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns.name);
     let ips = run_pods(
         &pods,

@@ -207,3 +207,50 @@ pub fn python_venv() -> std::path::PathBuf {
     );
     venv
 }
+
+/// Creates AzureIdentity `name` with `spec` and the binding `bind-<name>` selecting `selector`.
+pub async fn bound_identity(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    spec: Value,
+    selector: &str,
+) {
+    Api::<podid_crds::AzureIdentity>::namespaced(client.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": name}, "spec": spec})),
+        )
+        .await
+        .unwrap();
+    Api::<podid_crds::AzureIdentityBinding>::namespaced(client.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": format!("bind-{name}")},
+                        "spec": {"azureIdentity": name, "selector": selector}})),
+        )
+        .await
+        .unwrap();
+}
+
+/// The spec of a service principal whose secret is `<secret name>` in `ns` (created here with
+/// `value` under `clientsecret`), signing in at the emulator's Entra.
+pub async fn sp_spec(
+    client: &kube::Client,
+    ns: &str,
+    emu: &podid_azure_emulator::Emulator,
+    client_id: &str,
+    secret: &str,
+    value: &str,
+) -> Value {
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": secret}, "stringData": {"clientsecret": value}})),
+        )
+        .await
+        .unwrap();
+    json!({"type": 1, "clientID": client_id, "tenantID": emu.tenant_id(),
+           "adEndpoint": format!("{}/", emu.arm_endpoint()),
+           "clientPassword": {"name": secret, "namespace": ns}})
+}
