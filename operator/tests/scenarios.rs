@@ -26,7 +26,8 @@ async fn emulator() -> Emulator {
 
 /// Several pods and one identity; one pod with several identities through one selector; a
 /// service principal; a pod, a binding and an identity deleted while pods run; identities on
-/// the scale set before podid (the kubelet's, another tool's) are never removed.
+/// the scale set before podid (the kubelet's, another tool's) are never removed, even when a
+/// pod bound to one comes and goes.
 #[tokio::test]
 async fn pods_bindings_and_identities_come_and_go() {
     let _serial = one_controller_at_a_time().await;
@@ -59,7 +60,16 @@ async fn pods_bindings_and_identities_come_and_go() {
     binding(&c, &ns.name, "multi-one", "one", "multi").await;
     binding(&c, &ns.name, "multi-two", "two", "multi").await;
     binding(&c, &ns.name, "sp", "sp", "sp").await;
-    for (p, sel) in [("a", "one"), ("b", "one"), ("m", "multi"), ("s", "sp")] {
+    // A pod is also bound to the identity another tool put on the scale set.
+    identity(&c, &ns.name, "other", 0, &foreign.id, &foreign.client_id).await;
+    binding(&c, &ns.name, "other", "other", "other").await;
+    for (p, sel) in [
+        ("a", "one"),
+        ("b", "one"),
+        ("m", "multi"),
+        ("s", "sp"),
+        ("f", "other"),
+    ] {
         pod(&c, &ns.name, p, &node, sel).await;
     }
     let replica = start(&c, &emu, "r1", &ns.name, Duration::from_secs(15)).await;
@@ -76,12 +86,26 @@ async fn pods_bindings_and_identities_come_and_go() {
                 ("m", "one"),
                 ("m", "two"),
                 ("s", "sp"),
+                ("f", "other"),
             ],
         ),
         60,
     )
     .await;
     wait_machine(&emu, &vmss, &[pre[0], pre[1], &one.id, &two.id], 10).await;
+    let f = Api::<podid_crds::AzureAssignedIdentity>::namespaced(c.clone(), "default")
+        .get(&format!("f-{}-other", ns.name))
+        .await
+        .unwrap();
+    assert_eq!(
+        f.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("podid.dev/preexisting-assignment"))
+            .map(String::as_str),
+        Some("true"),
+        "the record says the identity was there before podid"
+    );
     assert!(
         emu.call_count("PATCH vmss") <= 2,
         "one write for all that was there at start: {:?}",
@@ -99,9 +123,11 @@ async fn pods_bindings_and_identities_come_and_go() {
         "a service principal is assigned nothing on Azure"
     );
 
-    // One of the pods of `one` goes: `one` stays for the others.
+    // One of the pods of `one` goes: `one` stays for the others. The pod bound to the other
+    // tool's identity goes: that identity stays, it was not podid's to remove.
     let patches = emu.call_count("PATCH vmss");
     delete_pod(&c, &ns.name, "a").await;
+    delete_pod(&c, &ns.name, "f").await;
     wait_assigned(
         &c,
         &ns.name,
