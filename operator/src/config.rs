@@ -239,7 +239,8 @@ pub struct Flags {
     /// First wait between those retries (doubled each time, up to 30 s).
     #[arg(long = "update-user-msi-retry-interval", default_value = "1s", value_parser = parse_duration)]
     pub update_user_msi_retry_interval: Duration,
-    /// Accepted for compatibility: AzureAssignedIdentity writes of a pass go one by one.
+    /// At most this many AzureAssignedIdentity creates, status writes or deletes in flight at
+    /// once within a pass (the original's flag).
     #[arg(long = "createDeleteBatch", default_value_t = 20)]
     pub create_delete_batch: u32,
     /// Accepted for compatibility: there is no client-side rate limit on API server calls

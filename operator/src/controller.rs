@@ -138,6 +138,8 @@ pub struct Controller<A> {
     pub recorder: Recorder,
     /// True once the caches synced and a pass may run (for `/readyz`).
     pub ready: Arc<AtomicBool>,
+    /// At most this many AzureAssignedIdentity writes in flight at once (`--createDeleteBatch`).
+    pub batch: usize,
 }
 
 /// What a pass did.
@@ -173,6 +175,7 @@ impl<A: NodePoolIdentities> Controller<A> {
             metrics,
             recorder,
             ready: Arc::new(AtomicBool::new(false)),
+            batch: 20,
         }
     }
 
@@ -325,28 +328,43 @@ impl<A: NodePoolIdentities> Controller<A> {
                 )
             })
             .collect();
-        let mut created: BTreeMap<ObjectKey, AzureAssignedIdentity> = BTreeMap::new();
-        for c in &plan.create {
-            let obj = &c.item;
-            match self.api(obj).create(&PostParams::default(), obj).await {
-                Ok(o) => {
-                    self.metrics.assigned_identity_addition_count.inc();
-                    if c.after.is_empty() {
-                        self.applied_event(obj).await;
+        // Record writes go `batch` at a time; the report is summed afterwards.
+        let created: BTreeMap<ObjectKey, AzureAssignedIdentity> = futures::stream::iter(
+            plan.create
+                .iter()
+                .map(|c| async move {
+                    let obj = &c.item;
+                    match self.api(obj).create(&PostParams::default(), obj).await {
+                        Ok(o) => {
+                            self.metrics.assigned_identity_addition_count.inc();
+                            if c.after.is_empty() {
+                                self.applied_event(obj).await;
+                            }
+                            Some((key(obj), o))
+                        }
+                        Err(e) => {
+                            self.metrics.kubernetes_error("assigned_identity_addition");
+                            self.assignment_failed(
+                                obj,
+                                &format!(
+                                    "failed to create AzureAssignedIdentity {}: {e}",
+                                    key(obj)
+                                ),
+                            )
+                            .await;
+                            None
+                        }
                     }
-                    created.insert(key(obj), o);
-                }
-                Err(e) => {
-                    r.errors += 1;
-                    self.metrics.kubernetes_error("assigned_identity_addition");
-                    self.assignment_failed(
-                        obj,
-                        &format!("failed to create AzureAssignedIdentity {}: {e}", key(obj)),
-                    )
-                    .await;
-                }
-            }
-        }
+                })
+                .collect::<Vec<_>>(),
+        )
+        .buffer_unordered(self.batch.max(1))
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+        r.errors += plan.create.len() - created.len();
 
         let mut ok: BTreeSet<&AssignmentTarget> = BTreeSet::new();
         let mut failed: BTreeMap<&AssignmentTarget, String> = BTreeMap::new();
@@ -376,25 +394,40 @@ impl<A: NodePoolIdentities> Controller<A> {
                 .find_map(|t| failed.get(t).map(|e| format!("{t}: {e}")))
         };
 
-        for m in &plan.mark_assigned {
-            let obj = created
-                .get(&m.item)
-                .or_else(|| by_key.get(&m.item).copied());
-            let Some(obj) = obj else { continue };
-            if !passed(&m.after) {
-                if let Some(e) = failure(&m.after) {
-                    self.assignment_failed(
-                        obj,
-                        &format!("identity not assigned for {}: {e}", m.item),
-                    )
-                    .await;
-                }
-                continue;
-            }
-            if self.set_status(&m.item, "Assigned", r).await {
-                self.applied_event(obj).await;
-            }
-        }
+        let marks: Vec<bool> = futures::stream::iter(
+            plan.mark_assigned
+                .iter()
+                .map(|m| {
+                    let created = &created;
+                    let by_key = &by_key;
+                    async move {
+                        let obj = created
+                            .get(&m.item)
+                            .or_else(|| by_key.get(&m.item).copied());
+                        let Some(obj) = obj else { return true };
+                        if !passed(&m.after) {
+                            if let Some(e) = failure(&m.after) {
+                                self.assignment_failed(
+                                    obj,
+                                    &format!("identity not assigned for {}: {e}", m.item),
+                                )
+                                .await;
+                            }
+                            return true;
+                        }
+                        let ok = self.set_status(&m.item, "Assigned").await;
+                        if ok {
+                            self.applied_event(obj).await;
+                        }
+                        ok
+                    }
+                })
+                .collect::<Vec<_>>(),
+        )
+        .buffer_unordered(self.batch.max(1))
+        .collect()
+        .await;
+        r.errors += marks.iter().filter(|ok| !**ok).count();
         for u in &plan.update {
             if !passed(&u.after) {
                 if let Some(e) = failure(&u.after) {
@@ -431,23 +464,36 @@ impl<A: NodePoolIdentities> Controller<A> {
                 }
             }
         }
-        for d in &plan.delete {
-            if !passed(&d.after) {
-                continue;
-            }
-            let Some(obj) = by_key.get(&d.item) else {
-                continue;
-            };
-            if !d.after.is_empty() && !self.set_status(&d.item, "Unassigned", r).await {
-                continue;
-            }
-            if self.remove(obj).await {
-                self.metrics.assigned_identity_deletion_count.inc();
-            } else {
-                r.errors += 1;
-                self.metrics.kubernetes_error("assigned_identity_deletion");
-            }
-        }
+        let deletions: Vec<bool> = futures::stream::iter(
+            plan.delete
+                .iter()
+                .map(|d| {
+                    let by_key = &by_key;
+                    async move {
+                        if !passed(&d.after) {
+                            return true;
+                        }
+                        let Some(obj) = by_key.get(&d.item) else {
+                            return true;
+                        };
+                        if !d.after.is_empty() && !self.set_status(&d.item, "Unassigned").await {
+                            return false;
+                        }
+                        if self.remove(obj).await {
+                            self.metrics.assigned_identity_deletion_count.inc();
+                            true
+                        } else {
+                            self.metrics.kubernetes_error("assigned_identity_deletion");
+                            false
+                        }
+                    }
+                })
+                .collect::<Vec<_>>(),
+        )
+        .buffer_unordered(self.batch.max(1))
+        .collect()
+        .await;
+        r.errors += deletions.iter().filter(|ok| !**ok).count();
     }
 
     fn api(&self, obj: &AzureAssignedIdentity) -> Api<AzureAssignedIdentity> {
@@ -455,7 +501,7 @@ impl<A: NodePoolIdentities> Controller<A> {
     }
 
     /// Writes `status.status` through the main resource (the CRD has no status subresource).
-    async fn set_status(&self, k: &ObjectKey, value: &str, r: &mut PassReport) -> bool {
+    async fn set_status(&self, k: &ObjectKey, value: &str) -> bool {
         let api: Api<AzureAssignedIdentity> = Api::namespaced(self.client.clone(), &k.namespace);
         let patch = serde_json::json!({"status": {"status": value}});
         match api
@@ -467,19 +513,24 @@ impl<A: NodePoolIdentities> Controller<A> {
                 true
             }
             Err(e) => {
-                r.errors += 1;
                 self.metrics
                     .kubernetes_error("update_azure_assigned_identity_status");
                 tracing::warn!(object = %k, error = %e, "writing status");
-                if let Ok(Some(obj)) = api.get_opt(&k.name).await {
-                    self.event(
-                        &obj.object_ref(&()),
-                        EventType::Warning,
-                        "status update error",
-                        &format!("failed to set status {value}: {e}"),
-                    )
-                    .await;
-                }
+                // (No read back: the role has no `get`; the reference needs no uid.)
+                let reference = ObjectReference {
+                    api_version: Some(AzureAssignedIdentity::api_version(&()).into()),
+                    kind: Some("AzureAssignedIdentity".into()),
+                    name: Some(k.name.clone()),
+                    namespace: Some(k.namespace.clone()),
+                    ..ObjectReference::default()
+                };
+                self.event(
+                    &reference,
+                    EventType::Warning,
+                    "status update error",
+                    &format!("failed to set status {value}: {e}"),
+                )
+                .await;
                 false
             }
         }

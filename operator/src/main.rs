@@ -158,6 +158,7 @@ async fn main() -> anyhow::Result<()> {
         &identity,
     );
     controller.ready = ready.clone();
+    controller.batch = flags.create_delete_batch.max(1) as usize;
     tasks.spawn({
         let election = Election {
             namespace: flags.leader_election_namespace.clone(),
