@@ -24,6 +24,8 @@ pub enum ConfigError {
     },
     #[error("cloud config is missing {0}")]
     Missing(&'static str),
+    #[error("Azure credential: {0}")]
+    Credential(String),
     #[error(
         "cloud config: unknown cloud {0:?}; use AzurePublicCloud, AzureChinaCloud, AzureUSGovernmentCloud, AzureGermanCloud or AzureStackCloud (with AZURE_ENVIRONMENT_FILEPATH), or set --arm-endpoint, --arm-audience and --authority-host"
     )]

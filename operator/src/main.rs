@@ -117,10 +117,24 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let http_client = http_client.build().context("HTTP client")?;
-    let credential = cloud
-        .credential
-        .build(http_client.clone())
-        .context("Azure credential")?;
+    let credential: Arc<dyn azure_core::auth::TokenCredential> = match &flags.cloud_config {
+        // Rebuilt when azure.json changes (a rotated secret), as the original re-reads it.
+        Some(path) => {
+            let f = flags.clone();
+            Arc::new(
+                podid_operator::credential::ReloadingCredential::new(
+                    path.clone(),
+                    move || f.cloud_config().map(|c| c.credential),
+                    http_client.clone(),
+                )
+                .context("Azure credential")?,
+            )
+        }
+        None => cloud
+            .credential
+            .build(http_client.clone())
+            .context("Azure credential")?,
+    };
     let mut arm = Arm::new(&cloud.endpoints.arm, credential, http_client);
     arm.retry = flags.arm_retry();
     arm.audience = cloud.endpoints.arm_audience.clone();
