@@ -4,18 +4,11 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use clap::{ArgAction, Parser, ValueEnum};
+use clap::{ArgAction, Parser};
 
 use crate::resolve::Mode;
 use crate::server::ServerConfig;
 use crate::wait::RetryPolicy;
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
 
 #[derive(Clone, Debug, Parser)]
 #[command(
@@ -109,15 +102,8 @@ pub struct Flags {
     /// Accepted for compatibility; there is no profiler.
     #[arg(long = "enableProfile", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub enable_profile: bool,
-    #[arg(long = "log-format", value_enum, default_value = "text")]
-    pub log_format: LogFormat,
-    /// klog's verbosity, as the original's chart passes it (`-v=N`): 0–3 info, 4–5 debug, 6+
-    /// trace. `RUST_LOG`, when set, wins.
-    #[arg(short = 'v', long = "v", default_value_t = 0)]
-    pub verbosity: u8,
-    /// Accepted for compatibility (the original's manifests pass it); logs always go to stderr.
-    #[arg(long = "logtostderr", default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
-    pub logtostderr: bool,
+    #[command(flatten)]
+    pub log: podid_telemetry::LogFlags,
     /// Accepted for compatibility.
     #[arg(long = "custom-user-agent", default_value = "")]
     pub custom_user_agent: String,
@@ -127,15 +113,6 @@ pub struct Flags {
 }
 
 impl Flags {
-    /// The log filter: `RUST_LOG` when set, else from `-v`.
-    pub fn log_level(&self) -> &'static str {
-        match self.verbosity {
-            0..=3 => "info",
-            4..=5 => "debug",
-            _ => "trace",
-        }
-    }
-
     /// `--forceNamespaced`, or env `FORCENAMESPACED=true` as in the original.
     pub fn force_namespaced(&self) -> bool {
         self.force_namespaced || std::env::var("FORCENAMESPACED").is_ok_and(|v| v == "true")

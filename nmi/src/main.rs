@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use podid_nmi::cache::{Clock, SystemClock, TokenCache};
-use podid_nmi::config::{Flags, LogFormat};
+use podid_nmi::config::Flags;
 use podid_nmi::iptables::{self, Iptables};
 use podid_nmi::kube::{KubeView, SecretCache};
 use podid_nmi::metrics::Metrics;
@@ -21,15 +21,7 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(flags.log_level()));
-    match flags.log_format {
-        LogFormat::Json => tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init(),
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
-    }
+    flags.log.init();
     flags.validate().map_err(anyhow::Error::msg)?;
     if !flags.allow_network_plugin_kubenet {
         let cfg = std::fs::read_to_string(&flags.kubelet_config).with_context(|| {

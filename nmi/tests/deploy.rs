@@ -102,7 +102,7 @@ fn the_daemonset_arguments_and_the_originals_are_flags_the_agent_accepts() {
         assert_eq!(flags.node, "aks-nodepool1-0");
     }
     let flags = Flags::try_parse_from(["nmi", "--node=n", "-v=5"]).unwrap();
-    assert_eq!(flags.log_level(), "debug");
+    assert_eq!(flags.log.level(), "debug");
 }
 
 #[tokio::test]

@@ -114,12 +114,6 @@ impl CloudEndpoints {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
 /// `standard`: this controller assigns identities (the original MIC). `managed`: identities are
 /// assigned by hand, so the controller assigns nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -192,8 +186,30 @@ pub struct Flags {
     /// Comma-separated client IDs (or ARM ids) never removed from a scale set or VM.
     #[arg(long = "immutable-user-msis", default_value = "")]
     pub immutable_user_msis: String,
-    #[arg(long = "log-format", value_enum, default_value = "text")]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub log: podid_telemetry::LogFlags,
+    /// Accepted for compatibility: deprecated in the original too.
+    #[arg(long = "enableScaleFeatures", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub enable_scale_features: bool,
+    /// Accepted for compatibility: there is no profiler.
+    #[arg(long = "enableProfile", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub enable_profile: bool,
+    /// Accepted for compatibility: the one-time upgrade of pre-1.6 objects is not performed
+    /// (docs/parity.md).
+    #[arg(long = "enable-type-upgrade", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub enable_type_upgrade: bool,
+    #[arg(
+        long = "config-map-name",
+        default_value = "aad-pod-identity-config",
+        hide = true
+    )]
+    pub config_map_name: String,
+    #[arg(
+        long = "type-upgrade-status-key",
+        default_value = "type-upgrade-status",
+        hide = true
+    )]
+    pub type_upgrade_status_key: String,
     /// ARM base URL (default: that of azure.json's `cloud`, else the public cloud's).
     #[arg(long = "arm-endpoint", env = "ARM_ENDPOINT")]
     pub arm_endpoint: Option<String>,
@@ -252,35 +268,6 @@ pub struct Flags {
     /// Accepted for compatibility.
     #[arg(long = "custom-user-agent", default_value = "")]
     pub custom_user_agent: String,
-    /// klog's verbosity, as the original's chart passes it (`-v=N`): 0–3 info, 4–5 debug,
-    /// 6+ trace. `RUST_LOG`, when set, wins.
-    #[arg(short = 'v', long = "v", default_value_t = 0)]
-    pub verbosity: u8,
-    /// Accepted for compatibility: deprecated in the original too.
-    #[arg(long = "enableScaleFeatures", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
-    pub enable_scale_features: bool,
-    /// Accepted for compatibility: there is no profiler.
-    #[arg(long = "enableProfile", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
-    pub enable_profile: bool,
-    /// Accepted for compatibility: the one-time upgrade of pre-1.6 objects is not performed
-    /// (docs/parity.md).
-    #[arg(long = "enable-type-upgrade", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
-    pub enable_type_upgrade: bool,
-    #[arg(
-        long = "config-map-name",
-        default_value = "aad-pod-identity-config",
-        hide = true
-    )]
-    pub config_map_name: String,
-    #[arg(
-        long = "type-upgrade-status-key",
-        default_value = "type-upgrade-status",
-        hide = true
-    )]
-    pub type_upgrade_status_key: String,
-    /// Accepted for compatibility (the original's manifests pass it); logs go to stderr.
-    #[arg(long = "logtostderr", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
-    pub logtostderr: bool,
 }
 
 /// azure.json, as the AKS cloud provider writes it (keys are case-sensitive).
@@ -322,15 +309,6 @@ pub struct CloudConfig {
 }
 
 impl Flags {
-    /// The log filter: `RUST_LOG` when set, else from `-v`.
-    pub fn log_level(&self) -> &'static str {
-        match self.verbosity {
-            0..=3 => "info",
-            4..=5 => "debug",
-            _ => "trace",
-        }
-    }
-
     /// ARM retries within a pass, from `--update-user-msi-max-retry` and `-retry-interval`.
     pub fn arm_retry(&self) -> podid_azure::RetryPolicy {
         podid_azure::RetryPolicy {

@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use clap::Parser;
 use podid_azure::Arm;
-use podid_operator::config::{Flags, LogFormat, Mode};
+use podid_operator::config::{Flags, Mode};
 use podid_operator::controller::{Controller, LoopSettings, Stores};
 use podid_operator::leader::{self, Election};
 use podid_operator::metrics::Metrics;
@@ -71,15 +71,7 @@ async fn serve(port: u16, app: Router, shutdown: CancellationToken) -> anyhow::R
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(flags.log_level()));
-    match flags.log_format {
-        LogFormat::Json => tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init(),
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
-    }
+    flags.log.init();
     let shutdown = CancellationToken::new();
     let metrics = Metrics::new();
     let ready = Arc::new(AtomicBool::new(false));

@@ -97,7 +97,7 @@ fn the_deployment_arguments_and_the_originals_are_flags_the_operator_accepts() {
         (retry.attempts, retry.base_delay),
         (5, Duration::from_secs(2))
     );
-    assert_eq!(flags.log_level(), "trace");
+    assert_eq!(flags.log.level(), "trace");
 }
 
 #[tokio::test]
