@@ -7,23 +7,15 @@ use std::time::Duration;
 
 use clap::Parser;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, PostParams};
 use podid_azure_emulator::{Emulator, Settings};
-use podid_crds::{AssignedIdentityState, AzureAssignedIdentity};
 use podid_operator::config::Flags;
-use podid_testkit::{Cluster, NodePool, wait_for};
+use podid_testkit::{Cluster, NodePool};
 use serde::Deserialize;
-use serde_json::json;
 
 mod common;
 
 const MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/podid-operator.yaml");
 const ACCOUNT: &str = "system:serviceaccount:default:podid-operator";
-
-fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
-    serde_json::from_value(v).expect("valid object")
-}
 
 fn deployment() -> Deployment {
     let text = std::fs::read_to_string(MANIFEST).unwrap();
@@ -137,81 +129,30 @@ async fn the_manifest_applies_and_its_account_is_all_the_controller_needs() {
     let pool = NodePool::aks("opdep", 1);
     cluster.add_nodes(&pool).await.expect("fake node ready");
     let emu = Emulator::start(Settings::default()).await.unwrap();
-    emu.add_app("operator", Some("pw"), None);
+    emu.add_app(common::APP.0, Some(common::APP.1), None);
     let vmss = emu.add_scale_set(&pool.resource_group, &pool.scale_set, 1);
     let id = emu.add_identity("rg", "deployed");
-    Api::<podid_crds::AzureIdentity>::namespaced(admin.clone(), &ns.name)
-        .create(
-            &PostParams::default(),
-            &obj(json!({"metadata": {"name": "deployed"},
-                        "spec": {"type": 0, "resourceID": id.id, "clientID": id.client_id}})),
-        )
-        .await
-        .unwrap();
-    Api::<podid_crds::AzureIdentityBinding>::namespaced(admin.clone(), &ns.name)
-        .create(
-            &PostParams::default(),
-            &obj(json!({"metadata": {"name": "deployed"},
-                        "spec": {"azureIdentity": "deployed", "selector": "deployed"}})),
-        )
-        .await
-        .unwrap();
+    common::identity(&admin, &ns.name, "deployed", 0, &id.id, &id.client_id).await;
+    common::binding(&admin, &ns.name, "deployed", "deployed", "deployed").await;
 
+    // As the deployed account, with its Lease and the original's lock in `default`, as deployed.
     let client = cluster.client_as(ACCOUNT).await.unwrap();
-
-    // As the deployed account; its Lease in `default`, as deployed.
-    let replica = common::start(
+    let replica = common::start_respecting(
         &client,
         &emu,
         "podid-operator-0",
         "default",
         Duration::from_secs(15),
+        Some(("default".into(), "aad-pod-identity-mic".into())),
     )
     .await;
-
-    Api::<Pod>::namespaced(admin.clone(), &ns.name)
-        .create(
-            &PostParams::default(),
-            &obj(json!({
-                "metadata": {"name": "app", "labels": {"aadpodidbinding": "deployed"}},
-                "spec": {"nodeName": pool.node_name(0), "automountServiceAccountToken": false,
-                         "containers": [{"name": "c", "image": "registry.invalid/app:1"}]}
-            })),
-        )
-        .await
-        .unwrap();
-    let name = format!("app-{}-deployed", ns.name);
-    let aai = wait_for(
-        // Not namespaced: in `default`, as the original writes them.
-        Api::<AzureAssignedIdentity>::namespaced(admin.clone(), "default"),
-        &name,
-        60,
-        |a: Option<&AzureAssignedIdentity>| {
-            a.and_then(|a| a.status.as_ref())
-                .is_some_and(|s| s.status == AssignedIdentityState::Assigned)
-        },
-    )
-    .await
-    .expect("AzureAssignedIdentity Assigned as the deployed account")
-    .unwrap();
-    assert!(
-        emu.assigned_identities(&vmss)
-            .contains(&id.id.to_lowercase()),
-        "the identity is on the scale set"
-    );
+    common::pod(&admin, &ns.name, "app", &pool.node_name(0), "deployed").await;
+    let record = format!("app-{}-deployed", ns.name);
+    common::wait_assigned(&admin, &ns.name, std::slice::from_ref(&record), 60).await;
+    common::wait_machine(&emu, &vmss, &[&id.id], 10).await;
     // And back: the finalizer removed, the record deleted, the identity off the scale set.
-    Api::<Pod>::namespaced(admin.clone(), &ns.name)
-        .delete("app", &kube::api::DeleteParams::default().grace_period(0))
-        .await
-        .unwrap();
-    wait_for(
-        Api::<AzureAssignedIdentity>::namespaced(admin.clone(), "default"),
-        &name,
-        60,
-        kube::runtime::wait::conditions::is_deleted(aai.metadata.uid.as_deref().unwrap()),
-    )
-    .await
-    .expect("AzureAssignedIdentity deleted as the deployed account");
-    assert!(emu.assigned_identities(&vmss).is_empty());
+    common::delete_pod(&admin, &ns.name, "app").await;
+    common::wait_assigned(&admin, &ns.name, &[], 60).await;
+    common::wait_machine(&emu, &vmss, &[], 10).await;
     replica.stop().await;
 }

@@ -303,10 +303,9 @@ async fn scale_up_and_down_with_a_fifth_of_arm_calls_failing() {
                 route: route.into(),
                 status,
                 retry_after,
-                latency_ms: None,
                 drop,
-                count: None,
                 rate: Some(0.2 / 3.0),
+                ..Default::default()
             });
         }
     }
@@ -348,12 +347,9 @@ async fn a_restart_in_the_middle_of_a_write_loses_and_leaks_nothing() {
     }
     let hang = || Fault {
         route: "PATCH vmss".into(),
-        status: None,
-        retry_after: None,
         latency_ms: Some(60_000),
-        drop: false,
         count: Some(1),
-        rate: None,
+        ..Default::default()
     };
     let in_flight = async |n: u64| {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
