@@ -7,27 +7,7 @@ use std::process::Command;
 use podid_nmi::iptables::{CHAIN, Iptables, RuleSpec};
 
 mod live;
-use live::obj;
-
-struct Netns(Vec<String>);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for ns in &self.0 {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-fn sh(args: &[&str]) -> std::process::Output {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+use live::{Netns, obj, sh};
 
 fn nat_listing(ns: &str) -> String {
     String::from_utf8(
@@ -227,7 +207,7 @@ struct PodBehindAgent {
 async fn pod_behind_agent(tag: &str) -> Option<PodBehindAgent> {
     use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
     use kube::api::{Api, Patch, PatchParams, PostParams};
-    use podid_crds::{AzureIdentity, AzureIdentityBinding};
+
     use podid_nmi::resolve::Mode;
     use podid_nmi::server::ServerConfig;
     use serde_json::json;
@@ -249,26 +229,14 @@ async fn pod_behind_agent(tag: &str) -> Option<PodBehindAgent> {
     let ns = cluster.namespace(&format!("demo-{tag}")).await;
     let client = ns.client.clone();
     let node = format!("aks-demo-{tag}-vmss000000");
-    Api::<AzureIdentity>::namespaced(client.clone(), &ns.name)
-        .create(
-            &PostParams::default(),
-            &obj(json!({
-                "metadata": {"name": "demo"},
-                "spec": {"type": 0, "resourceID": ident.id, "clientID": ident.client_id}
-            })),
-        )
-        .await
-        .unwrap();
-    Api::<AzureIdentityBinding>::namespaced(client.clone(), &ns.name)
-        .create(
-            &PostParams::default(),
-            &obj(json!({
-                "metadata": {"name": "demo-binding"},
-                "spec": {"azureIdentity": "demo", "selector": "demo"}
-            })),
-        )
-        .await
-        .unwrap();
+    live::bound_identity(
+        &client,
+        &ns.name,
+        "demo",
+        json!({"type": 0, "resourceID": ident.id, "clientID": ident.client_id}),
+        "demo",
+    )
+    .await;
     Api::<ServiceAccount>::namespaced(client.clone(), &ns.name)
         .create(
             &PostParams::default(),

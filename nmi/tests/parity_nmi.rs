@@ -26,7 +26,7 @@ use podid_testkit::{Cluster, NodePool};
 use serde_json::{Value, json};
 
 mod live;
-use live::{bridge, claims, listen_in_netns, obj, start_agent};
+use live::{bridge, claims, listen_in_netns, obj, sh, start_agent};
 
 /// Sends the requests of a JSON plan and prints one JSON answer per request. With `probe`,
 /// first waits until that `/healthz` reports `Active` (the original's iptables are in place).
@@ -127,23 +127,6 @@ fn normal(v: &Value) -> String {
     format!("{status} {}", body.trim_end())
 }
 
-struct Namespace(String);
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn addr_of(url: &str) -> SocketAddr {
     let u = url::Url::parse(url).unwrap();
     format!(
@@ -167,15 +150,15 @@ async fn the_original_nmi_and_podid_nmi_answer_the_same_requests_alike() {
         eprintln!("skipping: `ip netns add` is not permitted here");
         return;
     }
-    let netns = Namespace(ns_name.clone());
+    let _netns = live::Netns(vec![ns_name.clone()]);
     sh(&[
-        "ip", "netns", "exec", &netns.0, "ip", "link", "set", "lo", "up",
+        "ip", "netns", "exec", &ns_name, "ip", "link", "set", "lo", "up",
     ]);
     sh(&[
         "ip",
         "netns",
         "exec",
-        &netns.0,
+        &ns_name,
         "ip",
         "addr",
         "add",
@@ -318,17 +301,17 @@ async fn the_original_nmi_and_podid_nmi_answer_the_same_requests_alike() {
 
     // The original, in its namespace, with the same retry settings as ours below.
     for target in [addr_of(cluster.server()), addr_of(&emu.arm_endpoint())] {
-        bridge(listen_in_netns(&netns.0, &target.to_string()), target);
+        bridge(listen_in_netns(&ns_name, &target.to_string()), target);
     }
     bridge(
-        listen_in_netns(&netns.0, "169.254.169.254:80"),
+        listen_in_netns(&ns_name, "169.254.169.254:80"),
         addr_of(&emu.arm_endpoint()),
     );
     let log = ns.name.clone() + "-original-nmi.log";
     let log = std::env::temp_dir().join(log);
     let log_file = std::fs::File::create(&log).unwrap();
     let mut peer = tokio::process::Command::new("ip")
-        .args(["netns", "exec", &netns.0])
+        .args(["netns", "exec", &ns_name])
         .arg(&original)
         .args([
             "--node",
@@ -475,7 +458,7 @@ async fn the_original_nmi_and_podid_nmi_answer_the_same_requests_alike() {
     let waiting = waiting.to_string();
     let (theirs, ours_answers, ours_waiting) = tokio::join!(
         send(
-            Some(&netns.0),
+            Some(&ns_name),
             "127.0.0.1:2579",
             Some("127.0.0.1:8085"),
             &reqs

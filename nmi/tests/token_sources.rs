@@ -5,24 +5,15 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use base64::Engine;
 use podid_azure_emulator::{Emulator, Settings};
 use podid_nmi::cache::{Clock, SystemClock};
 use podid_nmi::token::{
     ClientCredential, ClientCredentialsSource, ImdsTokenSource, TokenError, TokenSource,
     certificate_credential, http_client,
 };
-use serde_json::Value;
 
-fn claims(token: &str) -> Value {
-    let payload = token.split('.').nth(1).expect("a JWT");
-    serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(payload)
-            .unwrap(),
-    )
-    .unwrap()
-}
+mod live;
+use live::claims;
 
 fn clock() -> Arc<dyn Clock> {
     Arc::new(SystemClock)

@@ -254,3 +254,30 @@ pub async fn sp_spec(
            "adEndpoint": format!("{}/", emu.arm_endpoint()),
            "clientPassword": {"name": secret, "namespace": ns}})
 }
+
+/// Network namespaces (`ip netns` names) deleted when this drops.
+pub struct Netns(pub Vec<String>);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", ns])
+                .status();
+        }
+    }
+}
+
+/// Runs a command; panics with its stderr when it fails.
+pub fn sh(args: &[&str]) -> std::process::Output {
+    let out = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
