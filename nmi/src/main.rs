@@ -114,7 +114,7 @@ async fn main() -> anyhow::Result<()> {
     let result: anyhow::Result<()> = async {
         let mut ticker = tokio::time::interval(interval);
         let mut conntrack_cleared = false;
-        let stop = shutdown_signal();
+        let stop = podid_telemetry::shutdown_signal();
         tokio::pin!(stop);
         loop {
             tokio::select! {
@@ -162,13 +162,4 @@ async fn main() -> anyhow::Result<()> {
         std::process::exit(1);
     }
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

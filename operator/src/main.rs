@@ -91,7 +91,7 @@ async fn main() -> anyhow::Result<()> {
         // Managed mode: identities are assigned by hand; nothing to do but stay observable.
         tracing::info!("managed mode: no identity assignment");
         ready.store(true, Ordering::SeqCst);
-        shutdown_signal().await;
+        podid_telemetry::shutdown_signal().await;
         shutdown.cancel();
         while tasks.join_next().await.is_some() {}
         return Ok(());
@@ -186,7 +186,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let result: anyhow::Result<()> = tokio::select! {
         _ = controller.run(notify, may_write, settings, shutdown.clone()) => Ok(()),
-        _ = shutdown_signal() => Ok(()),
+        _ = podid_telemetry::shutdown_signal() => Ok(()),
         Some(r) = tasks.join_next() => match r {
             Ok(Err(e)) => Err(e),
             _ => Err(anyhow::anyhow!("a server stopped unexpectedly")),
@@ -196,13 +196,4 @@ async fn main() -> anyhow::Result<()> {
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
     result
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

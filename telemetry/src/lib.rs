@@ -1,6 +1,6 @@
-//! What podid's long-running binaries share about telling what they do: the logging flags
+//! What podid's long-running binaries share about running as a service: the logging flags
 //! (with klog's `-v` and `--logtostderr`, which the original components' manifests pass) and
-//! their set-up, and small Prometheus helpers.
+//! their set-up, small Prometheus helpers, and the shutdown signal.
 
 use clap::{ArgAction, Args, ValueEnum};
 use prometheus_client::metrics::family::MetricConstructor;
@@ -50,6 +50,16 @@ impl LogFlags {
             LogFormat::Json => fmt.json().init(),
             LogFormat::Text => fmt.init(),
         }
+    }
+}
+
+/// Resolves on SIGTERM (what the kubelet sends) or Ctrl-C.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
     }
 }
 
