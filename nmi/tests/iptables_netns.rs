@@ -55,15 +55,10 @@ impl NetnsPair {
             format!("podid-nmi-{id}-{tag}-node"),
             format!("podid-nmi-{id}-{tag}-pod"),
         );
-        if Command::new("ip")
-            .args(["netns", "add", &node])
-            .status()
-            .map(|s| !s.success())
-            .unwrap_or(true)
-        {
-            eprintln!("skipping: `ip netns add` is not permitted here");
+        if !podid_testkit::prereq::netns_available(&format!("iptables_netns::{tag}")) {
             return None;
         }
+        sh(&["ip", "netns", "add", &node]);
         let guard = Netns(vec![node.clone(), podns.clone()]);
         sh(&["ip", "netns", "add", &podns]);
         let (vn, vp) = (format!("pn{id}{tag}"), format!("pp{id}{tag}"));

@@ -133,7 +133,10 @@ fn openssl_material(password: &str) -> Option<(String, Vec<u8>)> {
 #[tokio::test]
 async fn entra_certificate_from_pkcs12_and_pem() {
     let Some((pem, p12)) = openssl_material("p@ss") else {
-        eprintln!("skipping: the openssl command is not available");
+        podid_testkit::prereq::skip(
+            "entra_certificate_from_pkcs12_and_pem",
+            "the openssl command is not available",
+        );
         return;
     };
     let cert_pem = pem[pem.find("-----BEGIN CERTIFICATE-----").unwrap()..].to_owned();

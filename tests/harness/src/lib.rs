@@ -12,6 +12,7 @@
 //! ```
 
 mod pki;
+pub mod prereq;
 mod process;
 
 use std::path::{Path, PathBuf};
