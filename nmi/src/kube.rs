@@ -77,6 +77,7 @@ pub fn pod_info(pod: &Pod) -> PodInfo {
             .as_ref()
             .and_then(|s| s.host_network)
             .unwrap_or(false),
+        terminating: pod.metadata.deletion_timestamp.is_some(),
     }
 }
 

@@ -11,6 +11,8 @@ pub struct Reply {
     pub body: String,
     /// `Retry-After` seconds (`--set-retry-after-header`).
     pub retry_after: Option<u32>,
+    /// `Location` (a redirect to the clean path).
+    pub location: Option<String>,
 }
 
 pub const TEXT: &str = "text/plain; charset=utf-8";
@@ -25,6 +27,7 @@ impl Reply {
             content_type: TEXT,
             body: format!("{}\n", message.as_ref()),
             retry_after: None,
+            location: None,
         }
     }
 
@@ -36,6 +39,18 @@ impl Reply {
             content_type: JSON_CHARSET,
             body: format!("{body}\n"),
             retry_after: None,
+            location: None,
+        }
+    }
+
+    /// `301 Moved Permanently` to `location`, with no body, as Go's router answers.
+    pub fn moved(location: String) -> Self {
+        Self {
+            status: 301,
+            content_type: "",
+            body: String::new(),
+            retry_after: None,
+            location: Some(location),
         }
     }
 
@@ -46,6 +61,7 @@ impl Reply {
             content_type: JSON,
             body,
             retry_after: None,
+            location: None,
         }
     }
 }
@@ -55,15 +71,24 @@ impl IntoResponse for Reply {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut resp = (status, self.body).into_response();
         let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(self.content_type),
-        );
+        if !self.content_type.is_empty() {
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(self.content_type),
+            );
+        }
         if self.content_type == TEXT {
             h.insert(
                 header::X_CONTENT_TYPE_OPTIONS,
                 HeaderValue::from_static("nosniff"),
             );
+        }
+        if let Some(loc) = self
+            .location
+            .as_deref()
+            .and_then(|l| HeaderValue::from_str(l).ok())
+        {
+            h.insert(header::LOCATION, loc);
         }
         if let Some(secs) = self.retry_after {
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs));

@@ -133,11 +133,81 @@ pub fn parse_host_token(
     })
 }
 
+/// Why a request path is not routed as it is.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// `.`/`..` segments or repeated slashes: answered, as the original's router does, with
+    /// `301 Moved Permanently` to the clean path (`location`, with the query), which is then
+    /// routed and authorised like any other request.
+    #[error("Moved Permanently")]
+    NotClean { location: String },
+    /// A path no cleaning makes safe to route: not starting with `/`, or holding anything but
+    /// RFC 3986's unreserved characters and `/` (a backslash, a percent-encoded byte, a `;`
+    /// parameter, …). IMDS paths never need them; a server behind the agent could read them as
+    /// other paths.
+    #[error("Invalid request")]
+    Malformed,
+}
+
+impl PathError {
+    pub fn reply(&self) -> Reply {
+        match self {
+            Self::NotClean { location } => Reply::moved(location.clone()),
+            Self::Malformed => Reply::text(400, self.to_string()),
+        }
+    }
+}
+
+/// RFC 3986's unreserved characters and `/`: all IMDS paths are made of them. Anything else
+/// (percent-encoding, backslashes, `;` parameters, …) is something a server might read as
+/// another path.
+fn is_path_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-._~/".contains(c)
+}
+
+/// The path as Go's `path.Clean` (gorilla/mux's `cleanPath`) makes it: one slash between
+/// segments, no `.` segments, `..` removing the segment before it (never past the root), the
+/// trailing slash kept.
+pub fn clean_path(path: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for seg in path.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    let mut clean = format!("/{}", out.join("/"));
+    if path.ends_with('/') && clean != "/" {
+        clean.push('/');
+    }
+    clean
+}
+
+/// Checks that `path` is canonical before it is routed: the path routed is then exactly the
+/// path forwarded to IMDS, byte for byte.
+pub fn check_path(path: &str, query: Option<&str>) -> Result<(), PathError> {
+    if !path.starts_with('/') || !path.chars().all(is_path_char) {
+        return Err(PathError::Malformed);
+    }
+    let clean = clean_path(path);
+    if clean != path {
+        let location = match query {
+            Some(q) => format!("{clean}?{q}"),
+            None => clean,
+        };
+        return Err(PathError::NotClean { location });
+    }
+    Ok(())
+}
+
 /// Which handler a request path goes to, in the original's match order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
     Token,
-    /// A disguised token path (backslashes, CVE-2022-23551): refused with 400.
+    /// A disguised token path (CVE-2022-23551): refused with 400.
     InvalidToken,
     HostToken,
     /// `/metadata/instance…` with `--block-instance-metadata`: 403.
@@ -145,8 +215,11 @@ pub enum Route {
     Proxy,
 }
 
-/// Routes a path like the original's gorilla/mux table: `metadata` is case-insensitive, the rest
-/// of the token path is not, and all matches are prefixes.
+/// Routes a canonical path (see [`check_path`]) like the original's gorilla/mux table: `metadata`
+/// is case-insensitive, the rest of the token path is not, and all matches are prefixes. Unlike
+/// the original, any other spelling of the token path (`/metadata/identity…oauth2…token`, in any
+/// case, anywhere in the path) is refused, and `/metadata/instance` is blocked in any case: what
+/// IMDS treats as equal is not ours to guess.
 pub fn route(path: &str, block_instance_metadata: bool) -> Route {
     let after_metadata = path
         .strip_prefix('/')
@@ -154,16 +227,15 @@ pub fn route(path: &str, block_instance_metadata: bool) -> Route {
             p.len() >= 8 && p.is_char_boundary(8) && p[..8].eq_ignore_ascii_case("metadata")
         })
         .map(|p| &p[8..]);
-    if let Some(rest) = after_metadata {
-        if rest.starts_with("/identity/oauth2/token") {
-            return Route::Token;
-        }
-        if disguised_token_path(rest) {
-            return Route::InvalidToken;
-        }
-        if block_instance_metadata && rest.starts_with("/instance") {
-            return Route::BlockedInstance;
-        }
+    if after_metadata.is_some_and(|rest| rest.starts_with("/identity/oauth2/token")) {
+        return Route::Token;
+    }
+    let lower = path.to_ascii_lowercase();
+    if disguised_token_path(&lower) {
+        return Route::InvalidToken;
+    }
+    if block_instance_metadata && lower.starts_with("/metadata/instance") {
+        return Route::BlockedInstance;
     }
     if path.starts_with("/host/token") {
         return Route::HostToken;
@@ -171,11 +243,12 @@ pub fn route(path: &str, block_instance_metadata: bool) -> Route {
     Route::Proxy
 }
 
-/// `/identity(.*?)oauth2(.*?)token` after the metadata segment.
-fn disguised_token_path(rest: &str) -> bool {
-    let Some(r) = rest.strip_prefix("/identity") else {
-        return false;
-    };
-    r.find("oauth2")
-        .is_some_and(|i| r[i + "oauth2".len()..].contains("token"))
+/// The original's `/(?i:metadata)/identity(.*?)oauth2(.*?)token`, anywhere in the (lowercased)
+/// path.
+fn disguised_token_path(lower: &str) -> bool {
+    lower.match_indices("/metadata/identity").any(|(i, m)| {
+        let r = &lower[i + m.len()..];
+        r.find("oauth2")
+            .is_some_and(|j| r[j + "oauth2".len()..].contains("token"))
+    })
 }

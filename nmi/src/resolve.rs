@@ -100,25 +100,35 @@ fn map_select(
     }
 }
 
-/// Standard mode, before waiting: a request naming an identity the pod's bindings do not grant
-/// is refused at once (403), and a pod granted nothing is answered at once (404) unless
-/// `wait_for_unbound` restores the original's full wait.
-pub fn standard_preflight(
+/// The identities the pod's bindings grant it now, in standard mode.
+pub fn standard_grants(
     pod: &PodInfo,
-    request: &IdentityRequest,
     bindings: &[AzureIdentityBinding],
     identities: &[AzureIdentity],
     force_namespaced: bool,
-    wait_for_unbound: bool,
-) -> Result<(), ResolveError> {
-    let grants = pod_identities(
+) -> Vec<AzureIdentity> {
+    pod_identities(
         &pod.facts,
         bindings,
         identities,
         MatchOptions::standard(force_namespaced),
     )
-    .grants;
-    if grants.is_empty() {
+    .grants
+    .iter()
+    .map(|g| g.identity.clone())
+    .collect()
+}
+
+/// Standard mode, before waiting: a request naming an identity the pod's bindings do not grant
+/// (`granted`, from [`standard_grants`]) is refused at once (403), and a pod granted nothing is
+/// answered at once (404) unless `wait_for_unbound` restores the original's full wait.
+pub fn standard_preflight(
+    pod: &PodInfo,
+    request: &IdentityRequest,
+    granted: &[AzureIdentity],
+    wait_for_unbound: bool,
+) -> Result<(), ResolveError> {
+    if granted.is_empty() {
         return if wait_for_unbound {
             Ok(())
         } else if request.is_unspecified() {
@@ -127,18 +137,37 @@ pub fn standard_preflight(
             Err(ResolveError::NotBound { pod: pod.key() })
         };
     }
-    if !request.is_unspecified() && !grants.iter().any(|g| request.names(g.identity, None)) {
+    if !request.is_unspecified() && !granted.iter().any(|g| request.names(g, None)) {
         return Err(ResolveError::NotBound { pod: pod.key() });
     }
     Ok(())
 }
 
-/// Standard mode, after the wait: choose among the identities assigned to the pod. Namespaced
-/// identities (by `--forceNamespaced` or annotation) count only in the pod's namespace.
+/// True when an assignment's copy of an identity is the identity as granted now: same object,
+/// same client and resource IDs (a copy made before an edit is stale).
+fn is_live_copy(copy: &AzureIdentity, live: &AzureIdentity) -> bool {
+    copy.namespace() == live.namespace()
+        && copy.name_any() == live.name_any()
+        && copy
+            .spec
+            .client_id
+            .eq_ignore_ascii_case(&live.spec.client_id)
+        && copy
+            .spec
+            .resource_id
+            .eq_ignore_ascii_case(&live.spec.resource_id)
+}
+
+/// Standard mode, after the wait: choose among the identities assigned to the pod that its
+/// bindings still grant (`granted`, read after the wait): a record whose grant was revoked, or
+/// whose copy predates an edit of the identity, is never served while its removal is pending.
+/// Namespaced identities (by `--forceNamespaced` or annotation) count only in the pod's
+/// namespace.
 pub fn select_assigned(
     pod: &PodInfo,
     request: &IdentityRequest,
     assigned: &[AzureIdentity],
+    granted: &[AzureIdentity],
     force_namespaced: bool,
 ) -> Result<AzureIdentity, ResolveError> {
     let mut allowed: Vec<&AzureIdentity> = assigned
@@ -147,6 +176,7 @@ pub fn select_assigned(
             !is_namespaced(i, force_namespaced)
                 || i.namespace().as_deref() == Some(&pod.facts.namespace)
         })
+        .filter(|i| granted.iter().any(|g| is_live_copy(i, g)))
         .collect();
     // The same identity can be assigned to a pod through several bindings.
     allowed.sort_by_key(|i| (i.namespace(), i.name_any()));

@@ -167,7 +167,9 @@ async fn dispatch(
     req: Request,
 ) -> Response {
     let started = Instant::now();
-    let route = request::route(req.uri().path(), agent.config.block_instance_metadata);
+    // The path is checked before it is routed, so the path routed is the path forwarded.
+    let route = request::check_path(req.uri().path(), req.uri().query())
+        .map(|()| request::route(req.uri().path(), agent.config.block_instance_metadata));
     let ip = caller_ip(addr);
     let span = info_span!(
         "request",
@@ -178,27 +180,38 @@ async fn dispatch(
         pod.name = tracing::field::Empty,
     );
     let (name, outcome) = async {
-        match route {
-            Route::Token => ("token", token(&agent, ip, req).await),
-            Route::HostToken => ("host_token", host_token(&agent, ip, req).await),
-            Route::InvalidToken => (
+        match &route {
+            Err(e) => (
+                "non_canonical_path",
+                Outcome::new(
+                    e.reply(),
+                    if e.reply().status == 301 {
+                        "redirected"
+                    } else {
+                        "bad_request"
+                    },
+                ),
+            ),
+            Ok(Route::Token) => ("token", token(&agent, ip, req).await),
+            Ok(Route::HostToken) => ("host_token", host_token(&agent, ip, req).await),
+            Ok(Route::InvalidToken) => (
                 "invalid_token_path",
                 Outcome::new(request::RequestError::InvalidPath.reply(), "bad_request"),
             ),
-            Route::BlockedInstance => (
+            Ok(Route::BlockedInstance) => (
                 "instance",
                 Outcome::new(
                     Reply::text(403, "Request blocked by AAD Pod Identity NMI"),
                     "blocked",
                 ),
             ),
-            Route::Proxy => ("proxy", proxy_checked(&agent, req).await),
+            Ok(Route::Proxy) => ("proxy", proxy_checked(&agent, req).await),
         }
     }
     .instrument(span.clone())
     .await;
     let secs = started.elapsed().as_secs_f64();
-    if matches!(route, Route::Token | Route::HostToken) {
+    if let Ok(route @ (Route::Token | Route::HostToken)) = route {
         let op = if route == Route::Token {
             "/metadata/identity/oauth2/token"
         } else {
@@ -264,6 +277,14 @@ async fn token(agent: &Agent, ip: IpAddr, req: Request) -> Outcome {
         Err(e @ PodLookupError::Unknown(_)) => {
             tracing::warn!(error = %e, "token request from an address that is no pod of this node");
             return Outcome::new(Reply::text(403, e.to_string()), "unknown_pod").resource(&parsed);
+        }
+        Err(e @ PodLookupError::Terminating(..)) => {
+            tracing::warn!(error = %e, "token request from the address of a pod being deleted");
+            let reply = Reply {
+                retry_after: Some(5),
+                ..Reply::text(503, e.to_string())
+            };
+            return Outcome::new(reply, "terminating_pod").resource(&parsed);
         }
         Err(e) => {
             return Outcome::new(Reply::text(500, e.to_string()), "ambiguous_pod")
@@ -372,14 +393,9 @@ async fn resolve_identity(
     match cfg.mode {
         Mode::Managed => resolve::select_managed(pod, &req.identity, &bindings, &identities),
         Mode::Standard => {
-            resolve::standard_preflight(
-                pod,
-                &req.identity,
-                &bindings,
-                &identities,
-                cfg.force_namespaced,
-                cfg.wait_for_unbound_pods,
-            )?;
+            let granted =
+                resolve::standard_grants(pod, &bindings, &identities, cfg.force_namespaced);
+            resolve::standard_preflight(pod, &req.identity, &granted, cfg.wait_for_unbound_pods)?;
             let assigned = wait_for_assignment(
                 &req.identity,
                 &cfg.retry,
@@ -392,7 +408,21 @@ async fn resolve_identity(
                 &agent.shutdown,
             )
             .await?;
-            resolve::select_assigned(pod, &req.identity, &assigned, cfg.force_namespaced)
+            // Grants are read again: the wait can last minutes, and a binding removed meanwhile
+            // must not be served from a record whose deletion is still pending.
+            let granted = resolve::standard_grants(
+                pod,
+                &agent.view.bindings(),
+                &agent.view.identities(),
+                cfg.force_namespaced,
+            );
+            resolve::select_assigned(
+                pod,
+                &req.identity,
+                &assigned,
+                &granted,
+                cfg.force_namespaced,
+            )
         }
     }
 }
@@ -463,7 +493,9 @@ async fn proxy(agent: &Agent, req: Request) -> Outcome {
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "/".into());
-    let url = crate::token::imds_url(&agent.config.imds_endpoint, &path_and_query);
+    let Some(url) = crate::token::imds_url(&agent.config.imds_endpoint, &path_and_query) else {
+        return Outcome::new(request::PathError::Malformed.reply(), "bad_request");
+    };
     let (parts, body) = req.into_parts();
     let body = match axum::body::to_bytes(body, 1 << 20).await {
         Ok(b) => b,

@@ -176,16 +176,19 @@ async fn read_token(
 }
 
 /// `path` under an IMDS base URL, keeping any path prefix of the base (an emulator may serve
-/// IMDS under `/instances/<name>`).
-pub fn imds_url(base: &url::Url, path_and_query: &str) -> url::Url {
+/// IMDS under `/instances/<name>`). `None` unless the URL's path is exactly the prefix followed
+/// by `path`, byte for byte: a path the URL parser would rewrite (dot segments, backslashes,
+/// characters it encodes) is never sent, since IMDS would then be asked for another path than
+/// the one the agent routed.
+pub fn imds_url(base: &url::Url, path_and_query: &str) -> Option<url::Url> {
     let mut url = base.clone();
     let (path, query) = path_and_query
         .split_once('?')
         .map_or((path_and_query, None), |(p, q)| (p, Some(q)));
-    let prefix = base.path().trim_end_matches('/');
-    url.set_path(&format!("{prefix}{path}"));
+    let expected = format!("{}{path}", base.path().trim_end_matches('/'));
+    url.set_path(&expected);
     url.set_query(query);
-    url
+    (url.path() == expected).then_some(url)
 }
 
 /// A user-assigned managed identity through the node's IMDS (type 0).
@@ -201,7 +204,13 @@ pub struct ImdsTokenSource {
 impl TokenSource for ImdsTokenSource {
     fn fetch<'a>(&'a self, resource: &'a str) -> BoxFuture<'a, Result<AccessToken, TokenError>> {
         Box::pin(async move {
-            let mut url = imds_url(&self.endpoint, "/metadata/identity/oauth2/token");
+            let mut url =
+                imds_url(&self.endpoint, "/metadata/identity/oauth2/token").ok_or_else(|| {
+                    TokenError::Unavailable(format!(
+                        "IMDS endpoint {} cannot hold the token path",
+                        self.endpoint
+                    ))
+                })?;
             {
                 let mut q = url.query_pairs_mut();
                 q.append_pair("api-version", "2018-02-01");

@@ -24,6 +24,9 @@ pub struct PodInfo {
     pub active: bool,
     /// `spec.hostNetwork`: such a pod shares the node's IP, so its address proves nothing.
     pub host_network: bool,
+    /// `metadata.deletionTimestamp` is set: the pod is going, and its IP may already be another
+    /// pod's.
+    pub terminating: bool,
 }
 
 impl PodInfo {
@@ -34,8 +37,8 @@ impl PodInfo {
 
 /// Read access to the node's view of the cluster. Every method reads memory only.
 pub trait ClusterView: Send + Sync {
-    /// Active pods of this node whose `status.podIP` is `ip`, leaving out hostNetwork pods
-    /// (any process on the node could use their address).
+    /// Active pods of this node whose `status.podIP` is `ip` (terminating ones included),
+    /// leaving out hostNetwork pods (any process on the node could use their address).
     fn pods_with_ip(&self, ip: IpAddr) -> Vec<PodInfo>;
     /// A pod of this node by namespace and name.
     fn pod(&self, namespace: &str, name: &str) -> Option<PodInfo>;
@@ -150,9 +153,14 @@ impl SecretSource for MemoryView {
     }
 }
 
-/// The only pod with this IP, or why there is none.
+/// The only pod with this IP, or why there is none. An IP held by a pod being deleted names no
+/// pod: the caller may be that pod or a new pod the address was given to, and serving the old
+/// pod's identities to the new one would hand them to whoever got the address (the SDKs retry).
 pub fn pod_for_ip(view: &dyn ClusterView, ip: IpAddr) -> Result<PodInfo, PodLookupError> {
     let mut pods = view.pods_with_ip(ip);
+    if let Some(going) = pods.iter().find(|p| p.terminating) {
+        return Err(PodLookupError::Terminating(ip, going.key()));
+    }
     match pods.len() {
         0 => Err(PodLookupError::Unknown(ip)),
         1 => Ok(pods.remove(0)),
@@ -170,4 +178,6 @@ pub enum PodLookupError {
     Unknown(IpAddr),
     #[error("failed to match pod IP {0} with {1:?}")]
     Ambiguous(IpAddr, Vec<String>),
+    #[error("pod IP {0} belongs to pod {1}, which is being deleted; retry once it is gone")]
+    Terminating(IpAddr, String),
 }

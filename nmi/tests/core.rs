@@ -18,7 +18,7 @@ use podid_nmi::iptables::{
 };
 use podid_nmi::request::{self, RequestError, Route, parse_host_token, parse_token_query, route};
 use podid_nmi::resolve::{
-    ResolveError, is_exempt, select_assigned, select_managed, standard_preflight,
+    ResolveError, is_exempt, select_assigned, select_managed, standard_grants, standard_preflight,
 };
 use podid_nmi::token::{AccessToken, client_secret_value};
 use podid_nmi::wait::{RetryPolicy, WaitError, WaitStep, wait_step};
@@ -143,7 +143,18 @@ fn routes_like_the_original() {
         ("/Metadata/identity/oauth2/token", false, Route::Token),
         ("/METADATA/identity/oauth2/token/", false, Route::Token),
         ("/metadata/identity/oauth2/tokenXYZ", false, Route::Token),
-        ("/metadata/Identity/oauth2/token", false, Route::Proxy),
+        // podid: other spellings of the token path are refused, in any case and anywhere.
+        (
+            "/metadata/Identity/oauth2/token",
+            false,
+            Route::InvalidToken,
+        ),
+        (
+            "/x/METADATA/IDENTITY/OAUTH2/TOKEN",
+            false,
+            Route::InvalidToken,
+        ),
+        ("/metadata/INSTANCE/compute", true, Route::BlockedInstance),
         (
             "/metadata/identity\\oauth2\\token/",
             false,
@@ -314,52 +325,28 @@ fn standard_preflight_refuses_unbound_and_answers_unlabelled_pods_at_once() {
     let ids = [a, b];
     let bound = pod("ns", "p", Some("sel-a"), "10.0.0.5");
     let unbound = pod("ns", "q", None, "10.0.0.6");
+    let granted = |p| standard_grants(p, &bindings, &ids, false);
 
-    assert!(standard_preflight(&bound, &unspecified(), &bindings, &ids, false, false).is_ok());
-    assert!(
-        standard_preflight(
-            &bound,
-            &by_client("CLIENT-A"),
-            &bindings,
-            &ids,
-            false,
-            false
-        )
-        .is_ok()
-    );
-    let e = standard_preflight(
-        &bound,
-        &by_client("client-b"),
-        &bindings,
-        &ids,
-        false,
-        false,
-    )
-    .unwrap_err();
+    assert!(standard_preflight(&bound, &unspecified(), &granted(&bound), false).is_ok());
+    assert!(standard_preflight(&bound, &by_client("CLIENT-A"), &granted(&bound), false).is_ok());
+    let e =
+        standard_preflight(&bound, &by_client("client-b"), &granted(&bound), false).unwrap_err();
     assert_eq!(e.reply(false).status, 403);
     assert_eq!(
         e.reply(false).body,
         "the requested identity is not bound to pod ns/p\n"
     );
 
-    let e =
-        standard_preflight(&unbound, &unspecified(), &bindings, &ids, false, false).unwrap_err();
+    let e = standard_preflight(&unbound, &unspecified(), &granted(&unbound), false).unwrap_err();
     assert_eq!(
         (e.reply(false).status, e.reply(false).body),
         (404, "no azure identity found for pod ns/q\n".into())
     );
-    let e = standard_preflight(
-        &unbound,
-        &by_client("client-a"),
-        &bindings,
-        &ids,
-        false,
-        false,
-    )
-    .unwrap_err();
+    let e = standard_preflight(&unbound, &by_client("client-a"), &granted(&unbound), false)
+        .unwrap_err();
     assert_eq!(e.reply(false).status, 403);
     // --wait-for-unbound-pods restores the original's wait.
-    assert!(standard_preflight(&unbound, &unspecified(), &bindings, &ids, false, true).is_ok());
+    assert!(standard_preflight(&unbound, &unspecified(), &granted(&unbound), true).is_ok());
 }
 
 #[test]
@@ -367,21 +354,22 @@ fn select_assigned_one_none_several() {
     let p = pod("ns", "p", Some("sel"), "10.0.0.5");
     let a = msi("ns", "a", "client-a");
     let b = msi("other", "b", "client-b");
+    let both = [a.clone(), b.clone()];
     assert_eq!(
-        select_assigned(&p, &unspecified(), std::slice::from_ref(&a), false)
+        select_assigned(&p, &unspecified(), std::slice::from_ref(&a), &both, false)
             .unwrap()
             .spec
             .client_id,
         "client-a"
     );
     assert_eq!(
-        select_assigned(&p, &by_client("Client-B"), &[a.clone(), b.clone()], false)
+        select_assigned(&p, &by_client("Client-B"), &both, &both, false)
             .unwrap()
             .spec
             .client_id,
         "client-b"
     );
-    let e = select_assigned(&p, &unspecified(), &[a.clone(), b.clone()], false).unwrap_err();
+    let e = select_assigned(&p, &unspecified(), &both, &both, false).unwrap_err();
     assert!(matches!(e, ResolveError::Ambiguous { .. }));
     let r = e.reply(false);
     assert_eq!(r.status, 400);
@@ -392,15 +380,15 @@ fn select_assigned_one_none_several() {
     );
     // Namespaced: the identity in another namespace does not count.
     assert_eq!(
-        select_assigned(&p, &unspecified(), &[a.clone(), b.clone()], true)
+        select_assigned(&p, &unspecified(), &both, &both, true)
             .unwrap()
             .spec
             .client_id,
         "client-a"
     );
-    let e = select_assigned(&p, &by_client("client-b"), &[a, b], true).unwrap_err();
+    let e = select_assigned(&p, &by_client("client-b"), &both, &both, true).unwrap_err();
     assert_eq!(e.reply(false).status, 403);
-    let e = select_assigned(&p, &unspecified(), &[], false).unwrap_err();
+    let e = select_assigned(&p, &unspecified(), &[], &both, false).unwrap_err();
     assert_eq!(e.reply(false).status, 404);
 }
 
@@ -614,14 +602,27 @@ fn imds_urls_keep_the_base_path() {
     use podid_nmi::token::imds_url;
     let plain = url::Url::parse("http://169.254.169.254:80/").unwrap();
     assert_eq!(
-        imds_url(&plain, "/metadata/instance?api-version=1").as_str(),
+        imds_url(&plain, "/metadata/instance?api-version=1")
+            .unwrap()
+            .as_str(),
         "http://169.254.169.254/metadata/instance?api-version=1"
     );
     let prefixed = url::Url::parse("http://127.0.0.1:9/instances/vmss_0").unwrap();
     assert_eq!(
-        imds_url(&prefixed, "/metadata/identity/oauth2/token").as_str(),
+        imds_url(&prefixed, "/metadata/identity/oauth2/token")
+            .unwrap()
+            .as_str(),
         "http://127.0.0.1:9/instances/vmss_0/metadata/identity/oauth2/token"
     );
+    // A path the URL parser would rewrite is never sent.
+    for rewritten in [
+        "/metadata/x/../identity/oauth2/token",
+        "/./metadata/instance",
+        "/metadata\\identity/oauth2/token",
+        "/%2e/metadata/instance",
+    ] {
+        assert_eq!(imds_url(&plain, rewritten), None, "{rewritten}");
+    }
 }
 
 #[test]

@@ -82,7 +82,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(c.eq_ignore_ascii_case(&chosen.spec.client_id));
         }
     }
-    if let Ok(chosen) = select_assigned(&pod, &request, &identities, head[0] & 2 == 2) {
+    if let Ok(chosen) = select_assigned(&pod, &request, &identities, &identities, head[0] & 2 == 2) {
         assert!(identities.iter().any(|i| i.metadata == chosen.metadata));
         if let Some(c) = &request.client_id {
             assert!(c.eq_ignore_ascii_case(&chosen.spec.client_id));

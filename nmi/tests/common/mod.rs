@@ -69,6 +69,7 @@ pub fn pod(ns: &str, name: &str, label: Option<&str>, ip: &str) -> PodInfo {
         ip: Some(ip.parse::<IpAddr>().unwrap()),
         active: true,
         host_network: false,
+        terminating: false,
     }
 }
 
