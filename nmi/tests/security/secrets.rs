@@ -280,6 +280,7 @@ async fn ad_endpoint_of_attackers_server_is_not_contacted() {
     let agent = memory_agent(state, &emu.arm_endpoint(), &[]).await;
 
     let (status, body) = call(agent.addr, ip("127.10.40.3"), "").await;
+    attacker.assert_untouched();
     assert_eq!(status, 403, "{body}");
     assert!(
         body.contains(&format!(
@@ -288,7 +289,6 @@ async fn ad_endpoint_of_attackers_server_is_not_contacted() {
         )) && body.contains("--allowed-authority-hosts"),
         "the refusal names the field and the fix: {body}"
     );
-    attacker.assert_untouched();
     assert!(agent.reads.lock().unwrap().is_empty(), "no Secret was read");
 }
 
@@ -349,6 +349,7 @@ async fn tenant_id_rewriting_the_token_url_is_refused() {
         );
         let agent = memory_agent(state, &emu.arm_endpoint(), &[]).await;
         let (status, body) = call(agent.addr, ip(&pod_ip), "").await;
+        attacker.assert_untouched();
         assert_eq!(status, 403, "{tenant}: {body}");
         assert!(
             body.contains(&format!(
@@ -357,7 +358,6 @@ async fn tenant_id_rewriting_the_token_url_is_refused() {
             "the refusal names the field: {body}"
         );
     }
-    attacker.assert_untouched();
     assert!(
         emu.calls().is_empty(),
         "the authority was not asked at all: {:?}",
