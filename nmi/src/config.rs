@@ -2,10 +2,13 @@
 //! `--flag=true|false` as Go's did) plus podid's own.
 
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{ArgAction, Parser};
 
+use crate::entra::EntraPolicy;
+use crate::kube::DEFAULT_MAX_SECRET_WATCHES;
 use crate::resolve::Mode;
 use crate::server::ServerConfig;
 use crate::wait::RetryPolicy;
@@ -35,13 +38,25 @@ pub struct Flags {
     /// it at an emulator). The iptables rules still use metadata-ip/port.
     #[arg(long = "imds-endpoint")]
     pub imds_endpoint: Option<url::Url>,
-    /// podid: the Entra authority used for service principals without `adEndpoint`.
+    /// podid: the Entra authority used for service principals without `adEndpoint` (its
+    /// origin is also one `adEndpoint` may name).
     #[arg(
         long = "entra-authority",
         env = "AZURE_AUTHORITY_HOST",
         default_value = "https://login.microsoftonline.com/"
     )]
     pub entra_authority: url::Url,
+    /// podid: more authorities an AzureIdentity's `adEndpoint` may name besides Entra's sign-in
+    /// hosts (login.microsoftonline.com, login.chinacloudapi.cn, login.microsoftonline.us) and
+    /// `--entra-authority`'s: comma-separated host names (https) or origins
+    /// (`https://host:port`). The service principal's secret is sent there.
+    #[arg(long = "allowed-authority-hosts", value_delimiter = ',')]
+    pub allowed_authority_hosts: Vec<String>,
+    /// podid: read a service principal's Secret from the namespace `clientPassword.namespace`
+    /// names even when it is not the AzureIdentity's, as the original does. Risk: whoever may
+    /// create AzureIdentities in one namespace can then use any Secret of the cluster.
+    #[arg(long = "allow-cross-namespace-secrets", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub allow_cross_namespace_secrets: bool,
     #[arg(long = "ipt-update-interval-sec", default_value_t = 60)]
     pub ipt_update_interval_sec: u64,
     /// podid: set to false to leave iptables alone (another component redirects IMDS traffic).
@@ -74,6 +89,10 @@ pub struct Flags {
     /// only get).
     #[arg(long = "watch-secrets", default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub watch_secrets: bool,
+    /// podid: at most this many Secrets are watched at once (each watch is a connection to the
+    /// API server); beyond it a Secret is read with one GET per fetch.
+    #[arg(long = "max-secret-watches", default_value_t = DEFAULT_MAX_SECRET_WATCHES)]
+    pub max_secret_watches: usize,
     #[arg(long = "block-instance-metadata", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub block_instance_metadata: bool,
     #[arg(long = "metadata-header-required", default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
@@ -137,7 +156,48 @@ impl Flags {
         if self.operation_mode == Mode::Managed && !self.force_namespaced() {
             return Err("managed mode not intialized in force namespaced mode".into());
         }
+        self.entra_policy()?;
         Ok(())
+    }
+
+    /// Which service principals the agent signs in, where, with which Secrets.
+    pub fn entra_policy(&self) -> Result<EntraPolicy, String> {
+        EntraPolicy::new(
+            self.entra_authority.clone(),
+            &self.allowed_authority_hosts,
+            self.allow_cross_namespace_secrets,
+        )
+    }
+
+    /// The production token sources: IMDS, and Entra with Secrets read through `client`
+    /// (watched unless `--watch-secrets=false`; a watch closes within `sweep_every` of its
+    /// Secret no longer being referenced by any identity in `view`).
+    pub fn credentials(
+        &self,
+        client: ::kube::Client,
+        view: Arc<dyn crate::view::ClusterView>,
+        metrics: crate::metrics::Metrics,
+        clock: Arc<dyn crate::cache::Clock>,
+        shutdown: tokio_util::sync::CancellationToken,
+        sweep_every: Duration,
+    ) -> Result<crate::token::AzureCredentials, String> {
+        let secrets = crate::kube::SecretCache::new(client, shutdown)
+            .with_metrics(metrics)
+            .with_max_watches(self.max_secret_watches);
+        let secrets = if self.watch_secrets {
+            secrets.close_unreferenced_every(view, sweep_every);
+            secrets
+        } else {
+            secrets.without_watches()
+        };
+        Ok(crate::token::AzureCredentials {
+            http: crate::token::http_client(),
+            entra_http: crate::token::entra_http_client(),
+            imds_endpoint: self.imds_endpoint(),
+            policy: self.entra_policy()?,
+            secrets: Arc::new(secrets),
+            clock,
+        })
     }
 
     pub fn server_config(&self) -> ServerConfig {

@@ -1,9 +1,9 @@
 //! The node's view of the cluster, kept current by watches: pods of this node only (field
 //! selector `spec.nodeName=<node>`), this node's AzureAssignedIdentities (label
 //! `nodename=<node>`), bindings, identities and exceptions; Secrets of service principals are
-//! watched one by one, on first use.
+//! watched one by one, on first use, until no identity references them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -214,35 +214,51 @@ impl ClusterView for KubeView {
     }
 }
 
-/// One watch cache per (namespace, name).
-/// Per Secret: its watch's store and when the watch started.
-type SecretStores = HashMap<(String, String), (Store<Secret>, std::time::Instant)>;
+/// One Secret's watch: its store, when it started, and what ends it.
+struct SecretWatch {
+    store: Store<Secret>,
+    started: std::time::Instant,
+    stop: CancellationToken,
+}
+
+/// The open Secret watches by (namespace, name).
+type SecretWatches = HashMap<(String, String), SecretWatch>;
 
 /// Service-principal Secrets, each watched by name (field selector `metadata.name`) from its
 /// first use, so a request reads memory and a rotated secret is seen at once. While a watch is
 /// not (yet) listing — first use, RBAC missing, API server away — a request reads the Secret
 /// with one GET instead of waiting, so a permission error is answered at once and counted as
 /// the original counts it (`kubernetes_api_operations_errors_count{operation_type="get_secret"}`).
+/// At most `max_watches` are open; beyond that a Secret is read with a GET per fetch. A watch
+/// is closed once no AzureIdentity references its Secret ([`SecretCache::close_unreferenced`]).
 #[derive(Clone)]
 pub struct SecretCache {
     client: Client,
-    stores: Arc<Mutex<SecretStores>>,
+    watches: Arc<Mutex<SecretWatches>>,
     shutdown: CancellationToken,
     metrics: Option<crate::metrics::Metrics>,
     watch: bool,
+    max_watches: usize,
 }
 
 /// How long a request waits for a new Secret watch before reading the Secret directly.
 const SECRET_WATCH_GRACE: Duration = Duration::from_secs(2);
 
+/// Default of `--max-secret-watches`.
+pub const DEFAULT_MAX_SECRET_WATCHES: usize = 100;
+
+/// How often the agent closes the watches of Secrets no AzureIdentity references.
+pub const SECRET_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
 impl SecretCache {
     pub fn new(client: Client, shutdown: CancellationToken) -> Self {
         Self {
             client,
-            stores: Arc::default(),
+            watches: Arc::default(),
             shutdown,
             metrics: None,
             watch: true,
+            max_watches: DEFAULT_MAX_SECRET_WATCHES,
         }
     }
 
@@ -250,6 +266,62 @@ impl SecretCache {
     pub fn without_watches(mut self) -> Self {
         self.watch = false;
         self
+    }
+
+    /// Keeps at most `max` watches open (`--max-secret-watches`); 0 watches none.
+    pub fn with_max_watches(mut self, max: usize) -> Self {
+        self.max_watches = max;
+        self
+    }
+
+    /// The Secrets watched now.
+    pub fn watched(&self) -> BTreeSet<(String, String)> {
+        self.lock().keys().cloned().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SecretWatches> {
+        self.watches.lock().expect("secret cache lock")
+    }
+
+    /// Closes the watches of Secrets not in `referenced` (their reflector tasks end and their
+    /// API connections close); returns how many were closed.
+    pub fn close_unreferenced(&self, referenced: &BTreeSet<(String, String)>) -> usize {
+        let mut watches = self.lock();
+        let before = watches.len();
+        watches.retain(|key, w| {
+            let keep = referenced.contains(key);
+            if !keep {
+                w.stop.cancel();
+            }
+            keep
+        });
+        before - watches.len()
+    }
+
+    /// Every `every` until shutdown, closes the watches of Secrets that no AzureIdentity in
+    /// `view` references (an identity deleted or pointed at another Secret).
+    pub fn close_unreferenced_every(
+        &self,
+        view: Arc<dyn crate::view::ClusterView>,
+        every: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let cache = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = cache.shutdown.cancelled() => break,
+                    _ = tick.tick() => {
+                        let referenced = crate::entra::referenced_secrets(&view.identities());
+                        let closed = cache.close_unreferenced(&referenced);
+                        if closed > 0 {
+                            tracing::info!(closed, open = cache.lock().len(), "closed the watches of Secrets no AzureIdentity references");
+                        }
+                    }
+                }
+            }
+        })
     }
 
     /// Counts failed direct reads in `metrics`.
@@ -302,20 +374,34 @@ impl SecretSource for SecretCache {
                 return self.get_directly(namespace, name).await;
             }
             let key = (namespace.to_owned(), name.to_owned());
-            let (store, started) = {
-                let mut stores = self.stores.lock().expect("secret cache lock");
-                stores
-                    .entry(key)
-                    .or_insert_with(|| {
+            let watched = {
+                let mut watches = self.lock();
+                if !watches.contains_key(&key) && watches.len() >= self.max_watches {
+                    None
+                } else {
+                    let w = watches.entry(key).or_insert_with(|| {
+                        let stop = self.shutdown.child_token();
                         let store = spawn_reflector(
                             Api::<Secret>::namespaced(self.client.clone(), namespace),
                             watcher::Config::default().fields(&format!("metadata.name={name}")),
-                            self.shutdown.clone(),
+                            stop.clone(),
                             "secret",
                         );
-                        (store, std::time::Instant::now())
-                    })
-                    .clone()
+                        SecretWatch {
+                            store,
+                            started: std::time::Instant::now(),
+                            stop,
+                        }
+                    });
+                    Some((w.store.clone(), w.started))
+                }
+            };
+            let Some((store, started)) = watched else {
+                tracing::debug!(
+                    max = self.max_watches,
+                    "secret watches at their limit: reading the Secret directly"
+                );
+                return self.get_directly(namespace, name).await;
             };
             // Only the first requests wait for a new watch; once its grace is over, a watch
             // that still cannot list (e.g. RBAC grants `get` only, as the original's role does)

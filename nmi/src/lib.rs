@@ -5,6 +5,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod entra;
 pub mod iptables;
 pub mod kube;
 pub mod metrics;

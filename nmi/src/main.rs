@@ -11,11 +11,11 @@ use clap::Parser;
 use podid_nmi::cache::{Clock, SystemClock, TokenCache};
 use podid_nmi::config::Flags;
 use podid_nmi::iptables::{self, Iptables};
-use podid_nmi::kube::{KubeView, SecretCache};
+use podid_nmi::kube::{KubeView, SECRET_SWEEP_INTERVAL};
 use podid_nmi::metrics::Metrics;
 use podid_nmi::resolve::Mode;
 use podid_nmi::server::{self, Agent};
-use podid_nmi::token::{AzureCredentials, http_client};
+use podid_nmi::token::http_client;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -47,20 +47,16 @@ async fn main() -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let http = http_client();
     let metrics = Metrics::new();
-    let credentials = AzureCredentials {
-        http: http.clone(),
-        imds_endpoint: flags.imds_endpoint(),
-        default_authority: flags.entra_authority.clone(),
-        secrets: Arc::new({
-            let secrets = SecretCache::new(client, shutdown.clone()).with_metrics(metrics.clone());
-            if flags.watch_secrets {
-                secrets
-            } else {
-                secrets.without_watches()
-            }
-        }),
-        clock: clock.clone(),
-    };
+    let credentials = flags
+        .credentials(
+            client,
+            Arc::new(view.clone()),
+            metrics.clone(),
+            clock.clone(),
+            shutdown.clone(),
+            SECRET_SWEEP_INTERVAL,
+        )
+        .map_err(anyhow::Error::msg)?;
     let cache = if flags.token_refresh_margin_sec == 0 {
         TokenCache::disabled()
     } else {

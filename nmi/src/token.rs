@@ -6,7 +6,6 @@
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use kube::ResourceExt;
 use podid_crds::{AzureIdentity, IdentityType};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -108,10 +107,18 @@ pub enum TokenError {
     Rejected {
         source_kind: &'static str,
         status: u16,
+        /// What of the answer's body the pod may see: [`crate::entra::public_error_detail`].
         detail: String,
-        /// The URL asked (with its query; never a secret: those travel in the POST body).
+        /// The URL asked (with its query; never a secret: those travel in the POST body). Its
+        /// authority and tenant are checked ([`crate::entra`]), so it carries no one's choice
+        /// of server.
         endpoint: String,
     },
+    /// The agent will not act for this identity as it is written (a Secret of another
+    /// namespace, an authority that is not Entra's, a tenant that is no GUID or domain): 403.
+    /// Nothing was read or asked.
+    #[error("{0}")]
+    Refused(String),
     /// Could not ask (network, bad configuration, unreadable secret): 503.
     #[error("{0}")]
     Unavailable(String),
@@ -121,7 +128,7 @@ impl TokenError {
     /// The original's statuses: 403 for a refusal, 503 otherwise.
     pub fn status(&self) -> u16 {
         match self {
-            Self::Rejected { .. } => 403,
+            Self::Rejected { .. } | Self::Refused(_) => 403,
             Self::Unavailable(_) => 503,
         }
     }
@@ -144,10 +151,6 @@ pub fn http_client() -> reqwest::Client {
         .expect("building HTTP client")
 }
 
-fn truncate(s: &str) -> String {
-    s.chars().take(512).collect()
-}
-
 async fn read_token(
     kind: &'static str,
     resp: Result<reqwest::Response, reqwest::Error>,
@@ -165,7 +168,7 @@ async fn read_token(
         return Err(TokenError::Rejected {
             source_kind: kind,
             status: status.as_u16(),
-            detail: truncate(&body),
+            detail: crate::entra::public_error_detail(&body),
             endpoint,
         });
     }
@@ -268,13 +271,24 @@ struct AssertionClaims<'a> {
 }
 
 impl ClientCredentialsSource {
+    /// `<authority>/<tenant>/oauth2/token`, on the authority's own origin: a tenant that is no
+    /// GUID or domain name could rewrite the path, or (`//host/…`) the server itself.
     fn token_url(&self) -> Result<url::Url, TokenError> {
+        crate::entra::check_tenant("tenant", &self.tenant_id).map_err(TokenError::Refused)?;
         let mut base = self.authority.clone();
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
         }
-        base.join(&format!("{}/oauth2/token", self.tenant_id))
-            .map_err(|e| TokenError::Unavailable(format!("Entra authority: {e}")))
+        let url = base
+            .join(&format!("{}/oauth2/token", self.tenant_id))
+            .map_err(|e| TokenError::Unavailable(format!("Entra authority: {e}")))?;
+        if url.origin() != base.origin() {
+            return Err(TokenError::Refused(format!(
+                "tenant {:?} leaves the authority {base}",
+                self.tenant_id
+            )));
+        }
+        Ok(url)
     }
 
     fn assertion(&self, aud: &str, key_pem: &[u8], cert_der: &[u8]) -> Result<String, TokenError> {
@@ -348,12 +362,27 @@ pub trait Credentials: Send + Sync {
     ) -> BoxFuture<'a, Result<IdentitySources, TokenError>>;
 }
 
+/// An HTTP client for Entra: [`http_client`] that never follows a redirect, so a client secret
+/// or assertion is only ever sent to the checked authority.
+pub fn entra_http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(60))
+        .build()
+        .expect("building HTTP client")
+}
+
 /// Production [`Credentials`]: IMDS for managed identities, Entra for service principals.
 pub struct AzureCredentials {
+    /// For IMDS.
     pub http: reqwest::Client,
+    /// For Entra: [`entra_http_client`].
+    pub entra_http: reqwest::Client,
     pub imds_endpoint: url::Url,
-    /// Used when an identity has no `adEndpoint`.
-    pub default_authority: url::Url,
+    /// Which service principals the agent signs in, where, and with which Secrets.
+    pub policy: crate::entra::EntraPolicy,
     pub secrets: Arc<dyn SecretSource>,
     pub clock: Arc<dyn Clock>,
 }
@@ -465,22 +494,13 @@ impl Credentials for AzureCredentials {
                     })],
                 }),
                 IdentityType::ServicePrincipal | IdentityType::ServicePrincipalCertificate => {
-                    let secret_ref = spec.client_password.as_ref().ok_or_else(|| {
-                        TokenError::Unavailable(format!(
-                            "identity {} has no clientPassword secret reference",
-                            identity.name_any()
-                        ))
-                    })?;
-                    let (ns, name) = (
-                        secret_ref
-                            .namespace
-                            .clone()
-                            .unwrap_or_else(|| identity.namespace().unwrap_or_default()),
-                        secret_ref.name.clone().unwrap_or_default(),
-                    );
+                    // Before anything is read or sent: the Secret's namespace, the authority
+                    // and the tenants (see crate::entra).
+                    let sign_in = self.policy.check(identity).map_err(TokenError::Refused)?;
+                    let (ns, name) = &sign_in.secret;
                     let data = self
                         .secrets
-                        .secret(&ns, &name)
+                        .secret(ns, name)
                         .await
                         .map_err(|e| {
                             TokenError::Unavailable(format!(
@@ -503,18 +523,7 @@ impl Credentials for AzureCredentials {
                             TokenError::Unavailable(format!("secret {ns}/{name}: {e}"))
                         })?
                     };
-                    let authority = if spec.ad_endpoint.is_empty() {
-                        self.default_authority.clone()
-                    } else {
-                        url::Url::parse(&spec.ad_endpoint).map_err(|e| {
-                            TokenError::Unavailable(format!(
-                                "adEndpoint {:?}: {e}",
-                                spec.ad_endpoint
-                            ))
-                        })?
-                    };
-                    let tenants = std::iter::once(spec.tenant_id.clone())
-                        .chain(spec.auxiliary_tenant_ids.clone().unwrap_or_default());
+                    let authority = sign_in.authority;
                     // Secret contents change the key, so a rotated secret is used at once.
                     let fingerprint = {
                         use sha2::Digest;
@@ -529,10 +538,12 @@ impl Credentials for AzureCredentials {
                             .map(|b| format!("{b:02x}"))
                             .collect::<String>()
                     };
-                    let sources = tenants
+                    let sources = sign_in
+                        .tenants
+                        .into_iter()
                         .map(|tenant_id| {
                             Arc::new(ClientCredentialsSource {
-                                http: self.http.clone(),
+                                http: self.entra_http.clone(),
                                 authority: authority.clone(),
                                 tenant_id,
                                 client_id: spec.client_id.clone(),

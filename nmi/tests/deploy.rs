@@ -29,13 +29,24 @@ fn documents() -> Vec<serde_json::Value> {
         .collect()
 }
 
-#[test]
-fn the_daemonset_arguments_and_the_originals_are_flags_the_agent_accepts() {
-    let ds: DaemonSet = documents()
+fn daemonset() -> DaemonSet {
+    documents()
         .into_iter()
         .find(|d| d["kind"] == "DaemonSet")
         .map(|d| serde_json::from_value(d).unwrap())
-        .expect("a DaemonSet");
+        .expect("a DaemonSet")
+}
+
+fn daemonset_args() -> Vec<String> {
+    daemonset().spec.unwrap().template.spec.unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap()
+}
+
+#[test]
+fn the_daemonset_arguments_and_the_originals_are_flags_the_agent_accepts() {
+    let ds = daemonset();
     let c = &ds.spec.unwrap().template.spec.unwrap().containers[0];
     let args: Vec<String> = std::iter::once("podid-nmi".to_owned())
         .chain(
@@ -118,6 +129,8 @@ async fn the_manifest_applies_and_its_account_is_all_the_agent_needs() {
         ("create", "pods"),
         ("update", "azureassignedidentities.aadpodidentity.k8s.io"),
         ("delete", "secrets"),
+        ("list", "secrets"),
+        ("watch", "secrets"),
         ("list", "nodes"),
         ("create", "events"),
     ] {
@@ -181,9 +194,22 @@ async fn the_manifest_applies_and_its_account_is_all_the_agent_needs() {
             .unwrap(),
         ..Default::default()
     };
-    let (_agent, metrics) =
-        live::start_agent_with_metrics(listener, as_agent, &node, server, &emu.arm_endpoint())
-            .await;
+    // Its token sources as the DaemonSet's arguments make them (e.g. --watch-secrets=false).
+    let args = daemonset_args();
+    let args: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| !a.starts_with("--node"))
+        .collect();
+    let (_agent, metrics) = live::start_agent_with_flags(
+        listener,
+        as_agent,
+        &node,
+        server,
+        &emu.arm_endpoint(),
+        &args,
+    )
+    .await;
     for (pod, appid) in [("pod-ua", ua.client_id.as_str()), ("pod-sp", sp_client)] {
         let (status, body) = call(addr, ips[pod], "").await;
         assert_eq!(status, 200, "{pod}: {body}");

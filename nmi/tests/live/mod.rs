@@ -8,14 +8,16 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use base64::Engine;
+use clap::Parser;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use podid_nmi::cache::{Clock, SystemClock, TokenCache};
-use podid_nmi::kube::{KubeView, SecretCache};
+use podid_nmi::config::Flags;
+use podid_nmi::kube::KubeView;
 use podid_nmi::metrics::Metrics;
 use podid_nmi::resolve::Mode;
 use podid_nmi::server::{self, Agent, ServerConfig};
-use podid_nmi::token::{AzureCredentials, http_client};
+use podid_nmi::token::http_client;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -55,6 +57,26 @@ pub async fn start_agent_with_metrics(
     config: ServerConfig,
     authority: &str,
 ) -> (tokio_util::sync::DropGuard, Metrics) {
+    start_agent_with_flags(listener, client, node, config, authority, &[]).await
+}
+
+/// [`start_agent_with_metrics`] with more of the agent's command-line `flags` (those that
+/// shape its token sources, e.g. `--allow-cross-namespace-secrets`, `--watch-secrets=false`),
+/// wired as the binary wires them; unreferenced Secret watches close within a second.
+pub async fn start_agent_with_flags(
+    listener: tokio::net::TcpListener,
+    client: kube::Client,
+    node: &str,
+    config: ServerConfig,
+    authority: &str,
+    flags: &[&str],
+) -> (tokio_util::sync::DropGuard, Metrics) {
+    let args: Vec<String> = ["podid-nmi".to_owned(), format!("--node={node}")]
+        .into_iter()
+        .chain([format!("--entra-authority={authority}")])
+        .chain(flags.iter().map(|f| f.to_string()))
+        .collect();
+    let flags = Flags::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
     let shutdown = CancellationToken::new();
     let view = KubeView::start(
         client.clone(),
@@ -66,16 +88,19 @@ pub async fn start_agent_with_metrics(
     .unwrap();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let metrics = Metrics::new();
+    let mut credentials = flags
+        .credentials(
+            client,
+            Arc::new(view.clone()),
+            metrics.clone(),
+            clock.clone(),
+            shutdown.clone(),
+            Duration::from_secs(1),
+        )
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    credentials.imds_endpoint = config.imds_endpoint.clone();
     let agent = Arc::new(Agent {
-        credentials: Arc::new(AzureCredentials {
-            http: http_client(),
-            imds_endpoint: config.imds_endpoint.clone(),
-            default_authority: url::Url::parse(authority).unwrap(),
-            secrets: Arc::new(
-                SecretCache::new(client, shutdown.clone()).with_metrics(metrics.clone()),
-            ),
-            clock: clock.clone(),
-        }),
+        credentials: Arc::new(credentials),
         config,
         view: Arc::new(view),
         cache: TokenCache::new(clock.clone(), Duration::from_secs(300)),

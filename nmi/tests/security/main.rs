@@ -12,3 +12,4 @@ mod lenient;
 mod path;
 mod pod_ip;
 mod scene;
+mod secrets;

@@ -13,7 +13,8 @@ use podid_azure_emulator::{Emulator, Settings};
 use podid_nmi::cache::{Clock, SystemClock, TokenCache};
 use podid_nmi::metrics::Metrics;
 use podid_nmi::server::{self, Agent, ServerConfig};
-use podid_nmi::token::{AzureCredentials, http_client};
+use podid_nmi::entra::EntraPolicy;
+use podid_nmi::token::{AzureCredentials, entra_http_client, http_client};
 use podid_nmi::view::MemoryView;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -58,8 +59,14 @@ impl Scene {
             view: Arc::new(view.clone()),
             credentials: Arc::new(AzureCredentials {
                 http: http_client(),
+                entra_http: entra_http_client(),
                 imds_endpoint: imds,
-                default_authority: url::Url::parse(&emu.authority_host()).unwrap(),
+                policy: EntraPolicy::new(
+                    url::Url::parse(&emu.authority_host()).unwrap(),
+                    &[],
+                    false,
+                )
+                .unwrap(),
                 secrets: Arc::new(view.clone()),
                 clock: clock.clone(),
             }),
