@@ -287,7 +287,8 @@ async fn standard_mode_serves_once_the_controller_marks_the_assignment_assigned(
         );
         let spec = AzureIdentityBindingSpec {
             azure_identity: name.into(),
-            selector: format!("sel-{name}"),
+            // Standard mode matches bindings of every namespace: selectors no other test uses.
+            selector: format!("std-sel-{name}"),
             ..Default::default()
         };
         bindings
@@ -303,8 +304,8 @@ async fn standard_mode_serves_once_the_controller_marks_the_assignment_assigned(
         &pods,
         &node,
         &[
-            ("pod-a", json!({"aadpodidbinding": "sel-a"})),
-            ("pod-b", json!({"aadpodidbinding": "sel-b"})),
+            ("pod-a", json!({"aadpodidbinding": "std-sel-a"})),
+            ("pod-b", json!({"aadpodidbinding": "std-sel-b"})),
         ],
     )
     .await;
