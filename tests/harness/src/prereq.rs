@@ -18,7 +18,10 @@ pub fn skip(test: &str, reason: &str) {
     }
     eprintln!("skipping {test}: {reason}");
     if let Some(path) = std::env::var_os("PODID_SKIP_LOG")
-        && let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path)
+        && let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
     {
         let _ = writeln!(f, "{test}: {reason}");
     }
@@ -27,7 +30,10 @@ pub fn skip(test: &str, reason: &str) {
 /// True when this process may create network namespaces (`ip netns add` works); otherwise
 /// reports the skip for `test` (a failure under CI) and returns false.
 pub fn netns_available(test: &str) -> bool {
-    let probe = format!("podid-probe-{}", std::process::id());
+    // One name per call: tests of one binary probe concurrently.
+    static PROBES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let probe = format!("podid-probe-{}-{n}", std::process::id());
     let ok = std::process::Command::new("ip")
         .args(["netns", "add", &probe])
         .stderr(std::process::Stdio::null())
@@ -38,7 +44,10 @@ pub fn netns_available(test: &str) -> bool {
             .args(["netns", "delete", &probe])
             .status();
     } else {
-        skip(test, "`ip netns add` is not permitted here (needs root and iproute2)");
+        skip(
+            test,
+            "`ip netns add` is not permitted here (needs root and iproute2)",
+        );
     }
     ok
 }
