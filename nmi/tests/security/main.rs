@@ -6,3 +6,4 @@
 mod live;
 
 mod fail_closed;
+mod operator_exemption;
