@@ -1,5 +1,7 @@
 //! podid-nmi: the node agent binary. All logic is in the library; this wires flags, watches,
-//! iptables, the servers and shutdown together.
+//! iptables, the servers and shutdown together. Only SIGTERM/SIGINT removes the iptables rules;
+//! every other exit leaves them, so pods are refused rather than reaching IMDS (docs/nmi.md,
+//! "Exits").
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use podid_nmi::metrics::Metrics;
 use podid_nmi::resolve::Mode;
 use podid_nmi::server::{self, Agent};
 use podid_nmi::token::http_client;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -23,6 +26,112 @@ async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
     flags.log.init();
     flags.validate().map_err(anyhow::Error::msg)?;
+    let stop = stop_signal().await;
+    tracing::info!(node = %flags.node, version = env!("CARGO_PKG_VERSION"), "podid-nmi starting");
+    let shutdown = CancellationToken::new();
+    let ipt = Iptables::default();
+    let mut tasks = JoinSet::new();
+    let result = run(&flags, &ipt, &stop, shutdown.clone(), &mut tasks).await;
+    shutdown.cancel();
+    if let Err(e) = result {
+        // Fail closed: the rules stay, so pods' connections to the metadata address are refused
+        // (nothing listens where they lead) until the agent is back, instead of reaching IMDS
+        // with the node's identities for as long as the agent crash-loops.
+        tracing::error!(
+            error = format!("{e:#}"),
+            "fatal error: exiting and leaving the iptables rules in place"
+        );
+        return Err(e);
+    }
+    // Only an intended stop (the pod is deleted or replaced) removes the rules.
+    tracing::info!("stop signal: removing the iptables rules and shutting down");
+    let mut cleanup_failed = false;
+    if flags.manage_iptables
+        && let Err(e) = ipt.cleanup().await
+    {
+        tracing::error!(error = %e, "removing iptables rules");
+        cleanup_failed = true;
+    }
+    while tasks.join_next().await.is_some() {}
+    tokio::time::sleep(Duration::from_secs(flags.shutdown_delay_sec)).await;
+    if cleanup_failed {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// Cancelled on SIGTERM or SIGINT. The handlers are installed before this returns, so a stop
+/// during start-up is an intended stop too, not the signal's default (an exit that would keep
+/// the rules).
+async fn stop_signal() -> CancellationToken {
+    let stop = CancellationToken::new();
+    let mut signal = Box::pin(podid_telemetry::shutdown_signal());
+    if futures::poll!(signal.as_mut()).is_pending() {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            signal.await;
+            stop.cancel();
+        });
+    } else {
+        stop.cancel();
+    }
+    stop
+}
+
+/// Runs the agent until the stop signal (`Ok`) or a fatal error (`Err`).
+async fn run(
+    flags: &Flags,
+    ipt: &Iptables,
+    stop: &CancellationToken,
+    shutdown: CancellationToken,
+    tasks: &mut JoinSet<std::io::Result<()>>,
+) -> anyhow::Result<()> {
+    let agent = tokio::select! {
+        agent = start(flags, shutdown, tasks) => agent?,
+        _ = stop.cancelled() => return Ok(()),
+    };
+    let spec = flags.rule_spec();
+    let mut ticker =
+        tokio::time::interval(Duration::from_secs(flags.ipt_update_interval_sec.max(1)));
+    let mut conntrack_cleared = false;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                if flags.manage_iptables {
+                    // Like the original, an iptables failure ends the agent, leaving the rules (it is
+                    // restarted).
+                    if ipt.ensure(&spec).await.context("ensuring iptables rules")? {
+                        tracing::info!(chain = iptables::CHAIN, "iptables rules written");
+                    }
+                    // Once, after the first rules: connections pods opened to IMDS before
+                    // them would otherwise keep bypassing the agent (fatal, as the original).
+                    if flags.enable_conntrack_deletion && !conntrack_cleared {
+                        let n = ipt
+                            .delete_conntrack_entries(spec.metadata_ip, spec.metadata_port)
+                            .await
+                            .context("deleting conntrack entries for the metadata endpoint")?;
+                        tracing::info!(deleted = n, "conntrack entries to the metadata endpoint deleted");
+                        conntrack_cleared = true;
+                    }
+                }
+                agent.initialized.store(true, Ordering::SeqCst);
+            }
+            _ = stop.cancelled() => return Ok(()),
+            Some(r) = tasks.join_next() => {
+                r.context("server task")?.context("server")?;
+                anyhow::bail!("a server stopped unexpectedly");
+            }
+        }
+    }
+}
+
+/// Everything before the first rules: the kubenet check, the watches, the listeners and their
+/// servers (spawned into `tasks`).
+async fn start(
+    flags: &Flags,
+    shutdown: CancellationToken,
+    tasks: &mut JoinSet<std::io::Result<()>>,
+) -> anyhow::Result<Arc<Agent>> {
     if !flags.allow_network_plugin_kubenet {
         let cfg = std::fs::read_to_string(&flags.kubelet_config).with_context(|| {
             format!("reading kubelet config {}", flags.kubelet_config.display())
@@ -33,7 +142,6 @@ async fn main() -> anyhow::Result<()> {
             );
         }
     }
-    let shutdown = CancellationToken::new();
     let client = kube::Client::try_default()
         .await
         .context("building Kubernetes client")?;
@@ -86,7 +194,6 @@ async fn main() -> anyhow::Result<()> {
     let main_listener = bind(flags.port, flags.listen_address.into()).await?;
     let probe_listener = bind(flags.http_probe_port, any).await?;
     let metrics_listener = bind(flags.prometheus_port, any).await?;
-    let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(server::serve(
         main_listener,
         server::router(agent.clone()),
@@ -103,59 +210,5 @@ async fn main() -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     tracing::info!(node = %flags.node, mode = ?flags.operation_mode, port = flags.port, "podid-nmi started");
-
-    let ipt = Iptables::default();
-    let spec = flags.rule_spec();
-    let interval = Duration::from_secs(flags.ipt_update_interval_sec.max(1));
-    let result: anyhow::Result<()> = async {
-        let mut ticker = tokio::time::interval(interval);
-        let mut conntrack_cleared = false;
-        let stop = podid_telemetry::shutdown_signal();
-        tokio::pin!(stop);
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {
-                    if flags.manage_iptables {
-                        // Like the original, an iptables failure ends the agent (it is restarted).
-                        if ipt.ensure(&spec).await.context("ensuring iptables rules")? {
-                            tracing::info!(chain = iptables::CHAIN, "iptables rules written");
-                        }
-                        // Once, after the first rules: connections pods opened to IMDS before
-                        // them would otherwise keep bypassing the agent (fatal, as the original).
-                        if flags.enable_conntrack_deletion && !conntrack_cleared {
-                            let n = ipt
-                                .delete_conntrack_entries(spec.metadata_ip, spec.metadata_port)
-                                .await
-                                .context("deleting conntrack entries for the metadata endpoint")?;
-                            tracing::info!(deleted = n, "conntrack entries to the metadata endpoint deleted");
-                            conntrack_cleared = true;
-                        }
-                    }
-                    agent.initialized.store(true, Ordering::SeqCst);
-                }
-                _ = &mut stop => return Ok(()),
-                Some(r) = tasks.join_next() => {
-                    r.context("server task")?.context("server")?;
-                    anyhow::bail!("a server stopped unexpectedly");
-                }
-            }
-        }
-    }
-    .await;
-    tracing::info!("shutting down");
-    shutdown.cancel();
-    let mut cleanup_failed = false;
-    if flags.manage_iptables
-        && let Err(e) = ipt.cleanup().await
-    {
-        tracing::error!(error = %e, "removing iptables rules");
-        cleanup_failed = true;
-    }
-    while tasks.join_next().await.is_some() {}
-    tokio::time::sleep(Duration::from_secs(flags.shutdown_delay_sec)).await;
-    result?;
-    if cleanup_failed {
-        std::process::exit(1);
-    }
-    Ok(())
+    Ok(agent)
 }

@@ -4,20 +4,11 @@
 
 use std::process::Command;
 
-use podid_nmi::iptables::{CHAIN, Iptables, RuleSpec};
+use podid_nmi::iptables::CHAIN;
 
 mod live;
-use live::{Netns, obj, sh};
-
-fn nat_listing(ns: &str) -> String {
-    String::from_utf8(
-        sh(&[
-            "ip", "netns", "exec", ns, "iptables", "-w", "-t", "nat", "-S",
-        ])
-        .stdout,
-    )
-    .unwrap()
-}
+use live::netns::{NodeNetns, agent_rules};
+use live::{obj, sh};
 
 const SERVER: &str = r#"
 import http.server, sys
@@ -39,105 +30,19 @@ except Exception as e:
     print("error:", e)
 "#;
 
-/// A "node" and a "pod" network namespace joined by a veth pair (node 10.200.0.1, pod
-/// 10.200.0.2, the pod's default route via the node), deleted on drop. `None` (with a message)
-/// where `ip netns add` is not permitted.
-struct NetnsPair {
-    node: String,
-    pod: String,
-    _guard: Netns,
-}
-
-impl NetnsPair {
-    fn create(tag: &str) -> Option<Self> {
-        let id = std::process::id();
-        let (node, podns) = (
-            format!("podid-nmi-{id}-{tag}-node"),
-            format!("podid-nmi-{id}-{tag}-pod"),
-        );
-        if !podid_testkit::prereq::netns_available(&format!("iptables_netns::{tag}")) {
-            return None;
-        }
-        sh(&["ip", "netns", "add", &node]);
-        let guard = Netns(vec![node.clone(), podns.clone()]);
-        sh(&["ip", "netns", "add", &podns]);
-        let (vn, vp) = (format!("pn{id}{tag}"), format!("pp{id}{tag}"));
-        let (vn, vp) = (&vn[..vn.len().min(15)], &vp[..vp.len().min(15)]);
-        sh(&["ip", "link", "add", vn, "type", "veth", "peer", "name", vp]);
-        sh(&["ip", "link", "set", vn, "netns", &node]);
-        sh(&["ip", "link", "set", vp, "netns", &podns]);
-        for (ns, dev, addr) in [(&node, vn, "10.200.0.1/24"), (&podns, vp, "10.200.0.2/24")] {
-            sh(&[
-                "ip", "netns", "exec", ns, "ip", "addr", "add", addr, "dev", dev,
-            ]);
-            sh(&["ip", "netns", "exec", ns, "ip", "link", "set", dev, "up"]);
-            sh(&["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"]);
-        }
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &podns,
-            "ip",
-            "route",
-            "add",
-            "default",
-            "via",
-            "10.200.0.1",
-        ]);
-        // DNAT to 127.0.0.1 from PREROUTING needs route_localnet (set by kube-proxy on real nodes).
-        for conf in ["all", vn] {
-            sh(&[
-                "ip",
-                "netns",
-                "exec",
-                &node,
-                "sysctl",
-                "-qw",
-                &format!("net.ipv4.conf.{conf}.route_localnet=1"),
-            ]);
-        }
-        Some(Self {
-            node,
-            pod: podns,
-            _guard: guard,
-        })
-    }
-
-    fn iptables(&self) -> Iptables {
-        Iptables {
-            prefix: vec![
-                "ip".into(),
-                "netns".into(),
-                "exec".into(),
-                self.node.clone(),
-            ],
-        }
-    }
-}
-
-fn agent_rules() -> RuleSpec {
-    RuleSpec {
-        metadata_ip: "169.254.169.254".parse().unwrap(),
-        metadata_port: 80,
-        target_ip: "127.0.0.1".parse().unwrap(),
-        target_port: 2579,
-    }
-}
-
 #[tokio::test]
 async fn rules_redirect_pod_traffic_to_the_agent_and_are_removed_on_cleanup() {
-    let Some(net) = NetnsPair::create("r") else {
+    let Some(net) = NodeNetns::create("iptables_netns::r", "r", 1) else {
         return;
     };
-    let (node, podns) = (&net.node, &net.pod);
+    let (node, podns) = (&net.node, &net.pods[0]);
     let ipt = net.iptables();
     let spec = agent_rules();
     assert!(
         ipt.ensure(&spec).await.unwrap(),
         "first run writes the rules"
     );
-    let listing = nat_listing(node);
+    let listing = net.nat_listing();
     assert!(
         listing.contains("-A PREROUTING -j aad-metadata"),
         "{listing}"
@@ -153,7 +58,7 @@ async fn rules_redirect_pod_traffic_to_the_agent_and_are_removed_on_cleanup() {
         "ip", "netns", "exec", node, "iptables", "-w", "-t", "nat", "-F", CHAIN,
     ]);
     assert!(ipt.ensure(&spec).await.unwrap());
-    let listing = nat_listing(node);
+    let listing = net.nat_listing();
     assert_eq!(
         listing.matches("-A PREROUTING -j aad-metadata").count(),
         1,
@@ -180,7 +85,7 @@ async fn rules_redirect_pod_traffic_to_the_agent_and_are_removed_on_cleanup() {
     );
 
     ipt.cleanup().await.unwrap();
-    let listing = nat_listing(node);
+    let listing = net.nat_listing();
     assert!(!listing.contains("aad-metadata"), "{listing}");
     // Cleaning up twice is harmless.
     ipt.cleanup().await.unwrap();
@@ -193,7 +98,7 @@ async fn rules_redirect_pod_traffic_to_the_agent_and_are_removed_on_cleanup() {
 /// IMDS, where the identity `ident` is on the node's scale set. `None` where namespaces cannot
 /// be made.
 struct PodBehindAgent {
-    net: NetnsPair,
+    net: NodeNetns,
     ident: podid_azure_emulator::state::Identity,
     _emu: podid_azure_emulator::Emulator,
     _agent: tokio_util::sync::DropGuard,
@@ -207,11 +112,9 @@ async fn pod_behind_agent(tag: &str) -> Option<PodBehindAgent> {
     use podid_nmi::server::ServerConfig;
     use serde_json::json;
 
-    let net = NetnsPair::create(tag)?;
+    let net = NodeNetns::create(&format!("iptables_netns::{tag}"), tag, 1)?;
     assert!(net.iptables().ensure(&agent_rules()).await.unwrap());
-    let listener =
-        tokio::net::TcpListener::from_std(live::listen_in_netns(&net.node, "127.0.0.1:2579"))
-            .unwrap();
+    let listener = net.listen_on_node("127.0.0.1:2579");
 
     let emu = podid_azure_emulator::Emulator::start(podid_azure_emulator::Settings::default())
         .await
@@ -279,7 +182,7 @@ async fn pod_behind_agent(tag: &str) -> Option<PodBehindAgent> {
 /// A command run as the pod, with no Azure or MSI environment of the test's.
 fn in_pod(pod: &PodBehindAgent, program: &std::path::Path) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new("ip");
-    cmd.args(["netns", "exec", &pod.net.pod]).arg(program);
+    cmd.args(["netns", "exec", &pod.net.pods[0]]).arg(program);
     for (k, _) in std::env::vars() {
         if k.starts_with("MSI_")
             || k.starts_with("IDENTITY_")
@@ -388,23 +291,12 @@ for kw in ({}, {"client_id": sys.argv[1]}):
 /// on a thread inside the pod namespace.
 #[tokio::test]
 async fn rust_azure_identity_unchanged_in_a_pod_namespace_gets_the_pods_token() {
-    let Some(pod) = pod_behind_agent("r").await else {
+    let Some(pod) = pod_behind_agent("rs").await else {
         return;
     };
-    let path = format!("/var/run/netns/{}", pod.net.pod);
-    // A thread of its own (never a pooled one): it enters the pod namespace and ends there.
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        use std::os::fd::AsRawFd;
-        let f = std::fs::File::open(&path).unwrap();
-        // SAFETY: setns on a valid namespace fd changes only this thread, which ends here.
-        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let out = rt.block_on(async move {
+    let tokens = pod
+        .net
+        .in_pod(0, || async {
             use azure_core::auth::TokenCredential;
             let system = azure_identity::VirtualMachineManagedIdentityCredential::new(
                 azure_identity::TokenCredentialOptions::default(),
@@ -418,12 +310,8 @@ async fn rust_azure_identity_unchanged_in_a_pod_namespace_gets_the_pods_token() 
                 out.push(t.token.secret().to_owned());
             }
             out
-        });
-        let _ = tx.send(out);
-    });
-    let tokens = rx
-        .await
-        .expect("the SDK thread panicked; see its message above");
+        })
+        .await;
     for t in tokens {
         let c = live::claims(&t);
         assert_eq!(c["appid"], pod.ident.client_id.as_str(), "{c}");
@@ -470,7 +358,7 @@ async fn conntrack_deletion_stops_connections_opened_before_the_rules_from_bypas
         Command::new("conntrack").arg("--version").output().is_ok(),
         "the conntrack tool is missing: apt-get install conntrack (.ci/run installs it)"
     );
-    let Some(net) = NetnsPair::create("c") else {
+    let Some(net) = NodeNetns::create("iptables_netns::c", "c", 1) else {
         return;
     };
     // As on a real node (kube-proxy's rules), connection tracking is already on in the node
@@ -529,7 +417,14 @@ async fn conntrack_deletion_stops_connections_opened_before_the_rules_from_bypas
         servers.push(s);
     }
     let mut pod = tokio::process::Command::new("ip")
-        .args(["netns", "exec", &net.pod, "python3", "-c", KEEPALIVE_CLIENT])
+        .args([
+            "netns",
+            "exec",
+            &net.pods[0],
+            "python3",
+            "-c",
+            KEEPALIVE_CLIENT,
+        ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)

@@ -2,6 +2,8 @@
 //! emulator.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;

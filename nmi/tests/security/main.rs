@@ -7,8 +7,10 @@ mod common;
 #[path = "../live/mod.rs"]
 mod live;
 
+mod fail_closed;
 mod grants;
 mod lenient;
+mod operator_exemption;
 mod path;
 mod pod_ip;
 mod scene;

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use podid_azure_emulator::{Emulator, Settings};
 use podid_nmi::cache::{Clock, SystemClock, TokenCache};
+use podid_nmi::entra::EntraPolicy;
 use podid_nmi::metrics::Metrics;
 use podid_nmi::server::{self, Agent, ServerConfig};
-use podid_nmi::entra::EntraPolicy;
 use podid_nmi::token::{AzureCredentials, entra_http_client, http_client};
 use podid_nmi::view::MemoryView;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

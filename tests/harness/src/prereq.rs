@@ -30,7 +30,10 @@ pub fn skip(test: &str, reason: &str) {
 /// True when this process may create network namespaces (`ip netns add` works); otherwise
 /// reports the skip for `test` (a failure under CI) and returns false.
 pub fn netns_available(test: &str) -> bool {
-    let probe = format!("podid-probe-{}", std::process::id());
+    // One name per call: tests of one binary probe concurrently.
+    static PROBES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let probe = format!("podid-probe-{}-{n}", std::process::id());
     let ok = std::process::Command::new("ip")
         .args(["netns", "add", &probe])
         .stderr(std::process::Stdio::null())
