@@ -12,7 +12,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
