@@ -18,7 +18,10 @@ pub fn skip(test: &str, reason: &str) {
     }
     eprintln!("skipping {test}: {reason}");
     if let Some(path) = std::env::var_os("PODID_SKIP_LOG")
-        && let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path)
+        && let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
     {
         let _ = writeln!(f, "{test}: {reason}");
     }
@@ -38,7 +41,10 @@ pub fn netns_available(test: &str) -> bool {
             .args(["netns", "delete", &probe])
             .status();
     } else {
-        skip(test, "`ip netns add` is not permitted here (needs root and iproute2)");
+        skip(
+            test,
+            "`ip netns add` is not permitted here (needs root and iproute2)",
+        );
     }
     ok
 }
