@@ -754,3 +754,45 @@ fn conntrack_deletion_targets_tcp_to_the_metadata_endpoint_and_reads_the_count()
         "anything else is a failure"
     );
 }
+
+// ---------- flags ----------
+
+#[test]
+fn listener_and_cache_limits_come_from_flags_and_zero_is_refused_by_name() {
+    use clap::Parser;
+    use podid_nmi::config::Flags;
+    let flags = Flags::try_parse_from([
+        "nmi",
+        "--node=n",
+        "--max-connections=10",
+        "--max-connections-per-ip=2",
+        "--read-timeout-sec=3",
+    ])
+    .unwrap();
+    let limits = flags.listener_limits();
+    assert_eq!(
+        (
+            limits.max_connections,
+            limits.max_connections_per_ip,
+            limits.header_read_timeout
+        ),
+        (10, 2, Duration::from_secs(3))
+    );
+    assert_eq!(
+        flags.server_config().body_read_timeout,
+        Duration::from_secs(3)
+    );
+    for flag in [
+        "--max-connections",
+        "--max-connections-per-ip",
+        "--read-timeout-sec",
+        "--token-cache-max-entries",
+    ] {
+        let flags = Flags::try_parse_from(["nmi", "--node=n", &format!("{flag}=0")]).unwrap();
+        assert_eq!(
+            flags.validate(),
+            Err(format!("{flag} must be at least 1")),
+            "{flag}"
+        );
+    }
+}
