@@ -638,6 +638,7 @@ pub async fn serve_with(
         .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
     let slots = Arc::new(tokio::sync::Semaphore::new(max));
     let per_ip = Arc::default();
+    let per_ip_max = limits.max_connections_per_ip.max(1);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
@@ -662,7 +663,7 @@ pub async fn serve_with(
             () = shutdown.cancelled() => break,
         };
         let ip = caller_ip(addr);
-        let Some(ip_slot) = IpSlot::take(&per_ip, ip, limits.max_connections_per_ip) else {
+        let Some(ip_slot) = IpSlot::take(&per_ip, ip, per_ip_max) else {
             tracing::debug!(remote = %ip, "too many connections from this address: closed");
             continue;
         };
