@@ -84,6 +84,20 @@ pub struct Flags {
     /// podid: reuse a token until this many seconds before it expires (0 disables the cache).
     #[arg(long = "token-refresh-margin-sec", default_value_t = 300)]
     pub token_refresh_margin_sec: u64,
+    /// podid: the most tokens kept in the cache (also bounded to 16 MiB); when full, expired
+    /// tokens are dropped first, then the least recently used.
+    #[arg(long = "token-cache-max-entries", default_value_t = crate::cache::DEFAULT_MAX_ENTRIES)]
+    pub token_cache_max_entries: usize,
+    /// podid: connections served at once on each port; further ones wait to be accepted.
+    #[arg(long = "max-connections", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// podid: connections one source address (pod) may hold at once; further ones are closed.
+    #[arg(long = "max-connections-per-ip", default_value_t = 128)]
+    pub max_connections_per_ip: usize,
+    /// podid: seconds a caller has to send a request's headers, and a proxied request's body;
+    /// also the most a kept-alive connection stays idle.
+    #[arg(long = "read-timeout-sec", default_value_t = 10)]
+    pub read_timeout_sec: u64,
     /// podid: watch each referenced Secret by name (needs list/watch on Secrets) so a token
     /// fetch reads memory; false reads it with one GET per fetch, as the original does (needs
     /// only get).
@@ -153,6 +167,22 @@ impl Flags {
         if self.node.is_empty() {
             return Err("--node (or NODE_NAME) must be set".into());
         }
+        for (flag, v) in [
+            ("--max-connections", self.max_connections as u64),
+            (
+                "--max-connections-per-ip",
+                self.max_connections_per_ip as u64,
+            ),
+            ("--read-timeout-sec", self.read_timeout_sec),
+            (
+                "--token-cache-max-entries",
+                self.token_cache_max_entries as u64,
+            ),
+        ] {
+            if v == 0 {
+                return Err(format!("{flag} must be at least 1"));
+            }
+        }
         if self.operation_mode == Mode::Managed && !self.force_namespaced() {
             return Err("managed mode not intialized in force namespaced mode".into());
         }
@@ -192,7 +222,6 @@ impl Flags {
         };
         Ok(crate::token::AzureCredentials {
             http: crate::token::http_client(),
-            entra_http: crate::token::entra_http_client(),
             imds_endpoint: self.imds_endpoint(),
             policy: self.entra_policy()?,
             secrets: Arc::new(secrets),
@@ -215,7 +244,17 @@ impl Flags {
             wait_for_unbound_pods: self.wait_for_unbound_pods,
             mic_namespace: self.mic_namespace.clone(),
             imds_endpoint: self.imds_endpoint(),
+            body_read_timeout: Duration::from_secs(self.read_timeout_sec),
             ..ServerConfig::default()
+        }
+    }
+
+    /// The bounds of every listener (token, probe and metrics ports).
+    pub fn listener_limits(&self) -> crate::server::ListenerLimits {
+        crate::server::ListenerLimits {
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            header_read_timeout: Duration::from_secs(self.read_timeout_sec),
         }
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use podid_nmi::cache::{Clock, SystemClock, TokenCache};
+use podid_nmi::cache::{Clock, DEFAULT_MAX_BYTES, SystemClock, TokenCache};
 use podid_nmi::config::Flags;
 use podid_nmi::iptables::{self, Iptables};
 use podid_nmi::kube::{KubeView, SECRET_SWEEP_INTERVAL};
@@ -172,6 +172,7 @@ async fn start(
             clock.clone(),
             Duration::from_secs(flags.token_refresh_margin_sec),
         )
+        .with_bounds(flags.token_cache_max_entries, DEFAULT_MAX_BYTES)
     };
     let agent = Arc::new(Agent {
         config: flags.server_config(),
@@ -194,19 +195,22 @@ async fn start(
     let main_listener = bind(flags.port, flags.listen_address.into()).await?;
     let probe_listener = bind(flags.http_probe_port, any).await?;
     let metrics_listener = bind(flags.prometheus_port, any).await?;
-    tasks.spawn(server::serve(
+    tasks.spawn(server::serve_with(
         main_listener,
         server::router(agent.clone()),
+        flags.listener_limits(),
         shutdown.clone(),
     ));
-    tasks.spawn(server::serve(
+    tasks.spawn(server::serve_with(
         probe_listener,
         server::probe_router(agent.clone()),
+        flags.listener_limits(),
         shutdown.clone(),
     ));
-    tasks.spawn(server::serve(
+    tasks.spawn(server::serve_with(
         metrics_listener,
         server::metrics_router(agent.clone()),
+        flags.listener_limits(),
         shutdown.clone(),
     ));
     tracing::info!(node = %flags.node, mode = ?flags.operation_mode, port = flags.port, "podid-nmi started");

@@ -42,6 +42,10 @@ pub struct ServerConfig {
     /// Scans of the pod index for a caller's IP before giving up (the original: 5, 300 ms apart).
     pub pod_lookup_attempts: u32,
     pub pod_lookup_interval: Duration,
+    /// Largest request body passed through to IMDS (413 beyond).
+    pub max_body_bytes: usize,
+    /// Time a caller has to send a proxied request's body (408 after).
+    pub body_read_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +62,8 @@ impl Default for ServerConfig {
             imds_endpoint: url::Url::parse("http://169.254.169.254:80/").expect("static URL"),
             pod_lookup_attempts: 5,
             pod_lookup_interval: Duration::from_millis(300),
+            max_body_bytes: MAX_BODY_BYTES,
+            body_read_timeout: READ_TIMEOUT,
         }
     }
 }
@@ -497,9 +503,9 @@ async fn proxy(agent: &Agent, req: Request) -> Outcome {
         return Outcome::new(request::PathError::Malformed.reply(), "bad_request");
     };
     let (parts, body) = req.into_parts();
-    let body = match axum::body::to_bytes(body, 1 << 20).await {
+    let body = match read_body(body, &agent.config).await {
         Ok(b) => b,
-        Err(e) => return Outcome::new(Reply::text(500, e.to_string()), "proxy_error"),
+        Err(reply) => return Outcome::new(reply, "bad_request"),
     };
     let mut headers = HeaderMap::new();
     copy_headers(&parts.headers, &mut headers);
@@ -528,16 +534,193 @@ async fn proxy(agent: &Agent, req: Request) -> Outcome {
     Outcome::raw(resp, "proxied")
 }
 
-/// Serves `router` on `listener` until `shutdown` fires, finishing requests in flight.
+/// A proxied request's body, read within `max_body_bytes` and `body_read_timeout`: a caller
+/// cannot make the agent hold more, or for longer.
+async fn read_body(body: Body, config: &ServerConfig) -> Result<Vec<u8>, Reply> {
+    use axum::body::HttpBody;
+    use futures::StreamExt;
+    let limit = config.max_body_bytes;
+    let too_large = || Reply::text(413, format!("request body larger than {limit} bytes"));
+    if body.size_hint().lower() > limit as u64 {
+        return Err(too_large());
+    }
+    let read = async {
+        let mut stream = body.into_data_stream();
+        let mut buf = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk =
+                chunk.map_err(|e| Reply::text(400, format!("reading request body: {e}")))?;
+            if buf.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf)
+    };
+    tokio::time::timeout(config.body_read_timeout, read)
+        .await
+        .unwrap_or_else(|_| {
+            let secs = config.body_read_timeout.as_secs();
+            Err(Reply::text(
+                408,
+                format!("request body not received within {secs} s"),
+            ))
+        })
+}
+
+/// Default time a caller has to send a request's head or a proxied body, and the most a
+/// kept-alive connection stays idle.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head (request line and headers) read; 431 beyond.
+pub const MAX_HEADER_BYTES: usize = 16 << 10;
+/// Default largest request body proxied to IMDS.
+pub const MAX_BODY_BYTES: usize = 64 << 10;
+/// Headers in a request head at most (431 beyond).
+const MAX_HEADERS: usize = 100;
+/// A connection's read buffer at most: a full head, or body chunks on their way to the handler.
+const READ_BUFFER_BYTES: usize = MAX_HEADER_BYTES + 4096;
+/// How long shutdown waits for connections still open.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What callers can make a listener hold: every connection costs at most a read buffer of
+/// 20 KiB plus, while it is proxied, its body (64 KiB), so memory is bounded by
+/// `max_connections` (≈ 90 MiB at the default 1024).
+#[derive(Clone, Debug)]
+pub struct ListenerLimits {
+    /// Connections served at once; further ones wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// Connections one source address may hold; further ones are closed at once, so one pod
+    /// cannot take every slot.
+    pub max_connections_per_ip: usize,
+    /// Time to send a request's head; also the most a kept-alive connection stays idle.
+    pub header_read_timeout: Duration,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            max_connections_per_ip: 128,
+            header_read_timeout: READ_TIMEOUT,
+        }
+    }
+}
+
+/// One connection of a source address, counted until dropped.
+struct IpSlot {
+    counts: Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl IpSlot {
+    fn take(
+        counts: &Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
+        ip: IpAddr,
+        max: usize,
+    ) -> Option<Self> {
+        let mut c = counts.lock().expect("connection counts lock");
+        let n = c.entry(ip).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            counts: counts.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut c = self.counts.lock().expect("connection counts lock");
+        if let Some(n) = c.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                c.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Serves `router` on `listener` with the default [`ListenerLimits`] until `shutdown` fires,
+/// finishing requests in flight.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await
+    serve_with(listener, router, ListenerLimits::default(), shutdown).await
+}
+
+/// Serves `router` on `listener` (HTTP/1.1, as the original) within `limits` until `shutdown`
+/// fires, then finishes requests in flight (for at most 30 s). Handlers see the caller's
+/// address as `ConnectInfo<SocketAddr>`.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: ListenerLimits,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+
+    let max = limits
+        .max_connections
+        .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+    let slots = Arc::new(tokio::sync::Semaphore::new(max));
+    let per_ip = Arc::default();
+    let per_ip_max = limits.max_connections_per_ip.max(1);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_header_size(MAX_HEADER_BYTES)
+        .max_headers(MAX_HEADERS)
+        .max_buf_size(READ_BUFFER_BYTES);
+    loop {
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => s.expect("the semaphore is never closed"),
+            () = shutdown.cancelled() => break,
+        };
+        let (stream, addr) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors, typically: wait instead of spinning.
+                    tracing::warn!(error = %e, "accepting a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let ip = caller_ip(addr);
+        let Some(ip_slot) = IpSlot::take(&per_ip, ip, per_ip_max) else {
+            tracing::debug!(remote = %ip, "too many connections from this address: closed");
+            continue;
+        };
+        let router = router.clone();
+        let service =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(addr));
+                router.clone().oneshot(req.map(Body::new))
+            });
+        let conn = http.serve_connection(TokioIo::new(stream), service);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            drop((slot, ip_slot));
+        });
+    }
+    drop(listener);
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, slots.acquire_many(all)).await;
+    Ok(())
 }

@@ -141,10 +141,14 @@ pub trait TokenSource: Send + Sync {
     fn operation(&self) -> &'static str;
 }
 
-/// An HTTP client that never goes through a proxy (IMDS must be reached directly).
+/// The agent's HTTP client for IMDS and Entra: never through a proxy (IMDS must be reached
+/// directly), and never following a redirect, so a request goes to exactly the URL the agent
+/// checked — a proxied path to the path it routed, a client secret or assertion to the checked
+/// authority — and a redirect is the caller's to follow, through the agent's checks again.
 pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(std::time::Duration::from_secs(5))
         .timeout(std::time::Duration::from_secs(60))
         .build()
@@ -362,24 +366,10 @@ pub trait Credentials: Send + Sync {
     ) -> BoxFuture<'a, Result<IdentitySources, TokenError>>;
 }
 
-/// An HTTP client for Entra: [`http_client`] that never follows a redirect, so a client secret
-/// or assertion is only ever sent to the checked authority.
-pub fn entra_http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .timeout(std::time::Duration::from_secs(60))
-        .build()
-        .expect("building HTTP client")
-}
-
 /// Production [`Credentials`]: IMDS for managed identities, Entra for service principals.
 pub struct AzureCredentials {
-    /// For IMDS.
+    /// For IMDS and Entra: [`http_client`].
     pub http: reqwest::Client,
-    /// For Entra: [`entra_http_client`].
-    pub entra_http: reqwest::Client,
     pub imds_endpoint: url::Url,
     /// Which service principals the agent signs in, where, and with which Secrets.
     pub policy: crate::entra::EntraPolicy,
@@ -543,7 +533,7 @@ impl Credentials for AzureCredentials {
                         .into_iter()
                         .map(|tenant_id| {
                             Arc::new(ClientCredentialsSource {
-                                http: self.entra_http.clone(),
+                                http: self.http.clone(),
                                 authority: authority.clone(),
                                 tenant_id,
                                 client_id: spec.client_id.clone(),

@@ -498,6 +498,84 @@ fn cache_serves_until_shortly_before_expiry() {
     );
 }
 
+fn key(resource: &str) -> CacheKey {
+    CacheKey {
+        identity: "msi:a".into(),
+        resource: resource.into(),
+    }
+}
+
+#[test]
+fn full_cache_drops_stale_entries_first_then_the_least_recently_used() {
+    let clock = Arc::new(FakeClock(AtomicU64::new(1_000)));
+    let cache = TokenCache::new(clock.clone(), Duration::from_secs(300)).with_bounds(3, 1 << 20);
+    cache.put(key("short"), vec![tok(2_000)]);
+    cache.put(key("a"), vec![tok(9_000)]);
+    cache.put(key("b"), vec![tok(9_000)]);
+    clock.0.store(1_800, Ordering::SeqCst); // "short" is now inside the refresh margin
+    cache.put(key("c"), vec![tok(9_000)]);
+    assert_eq!(cache.len(), 3);
+    for k in ["a", "b", "c"] {
+        assert!(
+            cache.get(&key(k)).is_some(),
+            "{k} kept: the stale entry went"
+        );
+    }
+    // Used order now a, b, c; serving a makes b the least recently used.
+    assert!(cache.get(&key("a")).is_some());
+    cache.put(key("d"), vec![tok(9_000)]);
+    assert_eq!(cache.len(), 3);
+    assert!(
+        cache.get(&key("b")).is_none(),
+        "least recently used evicted"
+    );
+    for k in ["a", "c", "d"] {
+        assert!(cache.get(&key(k)).is_some(), "{k} kept");
+    }
+    // Replacing an entry does not evict another.
+    cache.put(key("d"), vec![tok(9_500)]);
+    assert_eq!(cache.len(), 3);
+    assert!(cache.get(&key("a")).is_some() && cache.get(&key("c")).is_some());
+}
+
+#[test]
+fn cache_bytes_stay_within_the_bound_whatever_the_resources() {
+    let clock = Arc::new(FakeClock(AtomicU64::new(1_000)));
+    let max_bytes = 64 << 10;
+    let cache =
+        TokenCache::new(clock.clone(), Duration::from_secs(300)).with_bounds(10_000, max_bytes);
+    for i in 0..2_000 {
+        let resource = format!("https://{i}.example/{}", "x".repeat(i % 3_000));
+        let mut t = tok(9_000);
+        t.resource = resource.clone();
+        cache.put(key(&resource), vec![t]);
+        assert!(cache.bytes() <= max_bytes, "{} bytes", cache.bytes());
+    }
+    assert!(cache.len() < 2_000 && !cache.is_empty());
+    // An entry larger than the whole cache is not stored (and evicts nothing).
+    let before = cache.len();
+    let huge = "y".repeat(max_bytes);
+    cache.put(key(&huge), vec![tok(9_000)]);
+    assert!(cache.get(&key(&huge)).is_none());
+    assert_eq!(cache.len(), before);
+}
+
+#[test]
+fn cache_keys_the_resource_exactly_as_sent_upstream() {
+    // `…vault.azure.net` and `…vault.azure.net/` are different audiences to Entra.
+    let clock = Arc::new(FakeClock(AtomicU64::new(1_000)));
+    let cache = TokenCache::new(clock, Duration::from_secs(300));
+    cache.put(key("https://vault.azure.net"), vec![tok(9_000)]);
+    for other in [
+        "https://vault.azure.net/",
+        "https://vault.azure.net/.default",
+        "https://VAULT.azure.net",
+    ] {
+        assert!(cache.get(&key(other)).is_none(), "{other}");
+    }
+    assert!(cache.get(&key("https://vault.azure.net")).is_some());
+}
+
 #[test]
 fn msi_response_counts_down_and_redacts_debug() {
     let t = tok(5_000);
@@ -676,4 +754,46 @@ fn conntrack_deletion_targets_tcp_to_the_metadata_endpoint_and_reads_the_count()
         None,
         "anything else is a failure"
     );
+}
+
+// ---------- flags ----------
+
+#[test]
+fn listener_and_cache_limits_come_from_flags_and_zero_is_refused_by_name() {
+    use clap::Parser;
+    use podid_nmi::config::Flags;
+    let flags = Flags::try_parse_from([
+        "nmi",
+        "--node=n",
+        "--max-connections=10",
+        "--max-connections-per-ip=2",
+        "--read-timeout-sec=3",
+    ])
+    .unwrap();
+    let limits = flags.listener_limits();
+    assert_eq!(
+        (
+            limits.max_connections,
+            limits.max_connections_per_ip,
+            limits.header_read_timeout
+        ),
+        (10, 2, Duration::from_secs(3))
+    );
+    assert_eq!(
+        flags.server_config().body_read_timeout,
+        Duration::from_secs(3)
+    );
+    for flag in [
+        "--max-connections",
+        "--max-connections-per-ip",
+        "--read-timeout-sec",
+        "--token-cache-max-entries",
+    ] {
+        let flags = Flags::try_parse_from(["nmi", "--node=n", &format!("{flag}=0")]).unwrap();
+        assert_eq!(
+            flags.validate(),
+            Err(format!("{flag} must be at least 1")),
+            "{flag}"
+        );
+    }
 }

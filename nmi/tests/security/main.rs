@@ -10,6 +10,7 @@ mod live;
 mod fail_closed;
 mod grants;
 mod lenient;
+mod memory;
 mod operator_exemption;
 mod path;
 mod pod_ip;

@@ -235,3 +235,64 @@ fn redirect_keeps_the_query_and_the_trailing_slash() {
     );
     assert_eq!(check_path("/metadata/instance", Some("a=%2e%2e")), Ok(()));
 }
+
+#[tokio::test]
+async fn upstream_redirect_to_the_token_path_is_not_followed_by_the_agent() {
+    // A server behind the agent that redirects a harmless path to the token path, and would
+    // answer that with a token.
+    let token_asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let asked = token_asked.clone();
+    let upstream = axum::Router::new()
+        .route(
+            "/metadata/versions",
+            axum::routing::get(|| async {
+                (
+                    axum::http::StatusCode::FOUND,
+                    [(
+                        "location",
+                        "/metadata/identity/oauth2/token?resource=https://vault.azure.net",
+                    )],
+                )
+            }),
+        )
+        .route(
+            "/metadata/identity/oauth2/token",
+            axum::routing::get(move || {
+                asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async { axum::Json(serde_json::json!({"access_token": "leaked"})) }
+            }),
+        );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, upstream).await.unwrap() });
+    let config = ServerConfig {
+        mode: Mode::Managed,
+        ..Default::default()
+    };
+    let s = Scene::start_proxying_to(
+        config,
+        &["mine"],
+        Some(url::Url::parse(&format!("http://{addr}/")).unwrap()),
+    )
+    .await;
+    s.view.update(|st| {
+        st.pods = vec![pod("team", "attacker", None, ATTACKER_IP)];
+    });
+    let a = raw_get(
+        s.agent,
+        ATTACKER_IP,
+        "/metadata/versions?api-version=2021-02-01",
+    )
+    .await;
+    assert_eq!(a.status, 302, "{}", a.body);
+    assert!(!a.body.contains("leaked"), "{}", a.body);
+    assert_eq!(
+        token_asked.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the agent followed the redirect to the token path"
+    );
+    // The pod following it itself goes through the agent's checks: it has no identity.
+    let followed = raw_get(s.agent, ATTACKER_IP, &a.location.unwrap()).await;
+    assert_eq!(followed.status, 404, "{}", followed.body);
+    assert_eq!(token_asked.load(std::sync::atomic::Ordering::SeqCst), 0);
+}

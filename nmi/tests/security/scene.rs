@@ -14,7 +14,7 @@ use podid_nmi::cache::{Clock, SystemClock, TokenCache};
 use podid_nmi::entra::EntraPolicy;
 use podid_nmi::metrics::Metrics;
 use podid_nmi::server::{self, Agent, ServerConfig};
-use podid_nmi::token::{AzureCredentials, entra_http_client, http_client};
+use podid_nmi::token::{AzureCredentials, http_client};
 use podid_nmi::view::MemoryView;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -38,6 +38,16 @@ impl Scene {
     /// Identities `names` on the instance's scale set; the agent with `config` (its IMDS
     /// endpoint set to the emulator's) and an empty pod index.
     pub async fn start(config: ServerConfig, names: &[&str]) -> Self {
+        Self::start_proxying_to(config, names, None).await
+    }
+
+    /// [`Scene::start`], with what the agent proxies (not its token requests) sent to `upstream`
+    /// instead of the emulator's IMDS.
+    pub async fn start_proxying_to(
+        config: ServerConfig,
+        names: &[&str],
+        upstream: Option<url::Url>,
+    ) -> Self {
         let emu = Emulator::start(Settings::default()).await.unwrap();
         let vmss = emu.add_scale_set("rg", "aks-pool-1-vmss", 1);
         let mut client_ids = BTreeMap::new();
@@ -52,14 +62,13 @@ impl Scene {
         let shutdown = CancellationToken::new();
         let agent = Arc::new(Agent {
             config: ServerConfig {
-                imds_endpoint: imds.clone(),
+                imds_endpoint: upstream.unwrap_or_else(|| imds.clone()),
                 pod_lookup_attempts: 1,
                 ..config
             },
             view: Arc::new(view.clone()),
             credentials: Arc::new(AzureCredentials {
                 http: http_client(),
-                entra_http: entra_http_client(),
                 imds_endpoint: imds,
                 policy: EntraPolicy::new(
                     url::Url::parse(&emu.authority_host()).unwrap(),

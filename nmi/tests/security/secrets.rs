@@ -22,7 +22,7 @@ use podid_nmi::config::Flags;
 use podid_nmi::metrics::Metrics;
 use podid_nmi::resolve::Mode;
 use podid_nmi::server::{self, Agent, ServerConfig};
-use podid_nmi::token::{AzureCredentials, entra_http_client, http_client};
+use podid_nmi::token::{AzureCredentials, http_client};
 use podid_nmi::view::{MemoryState, MemoryView, SecretData, SecretSource};
 use podid_testkit::{Cluster, NodePool};
 use serde_json::{Value, json};
@@ -145,7 +145,6 @@ async fn memory_agent(state: MemoryState, authority: &str, flags: &[&str]) -> Me
         view: Arc::new(view),
         credentials: Arc::new(AzureCredentials {
             http: http_client(),
-            entra_http: entra_http_client(),
             imds_endpoint: flags.imds_endpoint(),
             policy: flags.entra_policy().unwrap(),
             secrets: Arc::new(secrets),
