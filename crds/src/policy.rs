@@ -9,8 +9,8 @@ use kube::ResourceExt;
 
 use crate::Error;
 use crate::types::{
-    AzureIdentity, AzureIdentityBinding, AzurePodIdentityException, BEHAVIOR_ANNOTATION,
-    BEHAVIOR_NAMESPACED, IdentityType, POD_LABEL,
+    AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding, AzurePodIdentityException,
+    BEHAVIOR_ANNOTATION, BEHAVIOR_NAMESPACED, IdentityType, POD_LABEL,
 };
 
 /// The facts about a pod that identity matching needs.
@@ -284,9 +284,253 @@ pub fn is_pod_excepted<'a>(
         })
 }
 
-/// Name of the AzureAssignedIdentity for a pod and identity, as the original MIC names it.
+/// Name of the AzureAssignedIdentity for a pod and identity, as the original MIC names it. Two
+/// owners can share it (`api` in `team-a-prod` with `kv`, `api` in `team-a` with `prod-kv`) and it
+/// can be too long for an object name: [`assigned_identity_names`] picks the names podid uses.
 pub fn assigned_identity_name(pod_name: &str, pod_namespace: &str, identity_name: &str) -> String {
     format!("{pod_name}-{pod_namespace}-{identity_name}")
+}
+
+/// Longest Kubernetes object name (a DNS subdomain).
+pub const MAX_OBJECT_NAME_LEN: usize = 253;
+/// Hex digits of the hash in a fallback record name (64 bits of SHA-256).
+const NAME_HASH_HEX: usize = 16;
+/// Fallback names tried per record after the original's, before giving up.
+const NAME_HASH_RUNGS: u32 = 4;
+
+/// True when `s` is a valid Kubernetes object name: a lowercase RFC 1123 DNS subdomain of at
+/// most 253 characters.
+pub fn is_dns_subdomain(s: &str) -> bool {
+    let label_ok = |l: &str| {
+        let b = l.as_bytes();
+        let alnum = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+        b.first().is_some_and(alnum)
+            && b.last().is_some_and(alnum)
+            && b.iter().all(|c| alnum(c) || *c == b'-')
+    };
+    !s.is_empty() && s.len() <= MAX_OBJECT_NAME_LEN && s.split('.').all(label_ok)
+}
+
+/// Whom an AzureAssignedIdentity serves: a pod and the name of its identity, the parts of the
+/// original's record name. A pod is granted at most one identity of a name
+/// ([`GrantSkip::DuplicateIdentityName`]), so no two wanted records share an owner.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RecordOwner {
+    pub pod_namespace: String,
+    pub pod: String,
+    pub identity: String,
+}
+
+impl RecordOwner {
+    pub fn new(pod_namespace: &str, pod: &str, identity: &str) -> Self {
+        Self {
+            pod_namespace: pod_namespace.into(),
+            pod: pod.into(),
+            identity: identity.into(),
+        }
+    }
+
+    /// The owner a record states in its spec: `podNamespace`, `pod` and the embedded
+    /// identity's name (empty without one). The name of the record plays no part.
+    pub fn of_record(a: &AzureAssignedIdentity) -> Self {
+        Self {
+            pod_namespace: a.spec.pod_namespace.clone(),
+            pod: a.spec.pod.clone(),
+            identity: a
+                .spec
+                .azure_identity_ref
+                .as_ref()
+                .and_then(|i| i.metadata.name.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The original MIC's name, `<pod>-<podns>-<identity>` (possibly not a valid object name).
+    pub fn original_name(&self) -> String {
+        assigned_identity_name(&self.pod, &self.pod_namespace, &self.identity)
+    }
+
+    /// The `rung`-th fallback name: the original name (lowercase letters, digits and `-` only,
+    /// cut so the whole fits 253 characters), `-`, and 16 hex digits of SHA-256 over the pod
+    /// namespace, pod, identity name and rung. A function of the owner alone.
+    pub fn hashed_name(&self, rung: u32) -> String {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for part in [
+            "podid/azureassignedidentity-name/v1",
+            &self.pod_namespace,
+            &self.pod,
+            &self.identity,
+            &rung.to_string(),
+        ] {
+            // Object names never hold NUL, so the parts cannot run into each other.
+            h.update(part.as_bytes());
+            h.update([0u8]);
+        }
+        let digest = h.finalize();
+        let hash: String = digest
+            .iter()
+            .take(NAME_HASH_HEX / 2)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let readable: String = self
+            .original_name()
+            .chars()
+            .map(|c| match c.to_ascii_lowercase() {
+                c @ ('a'..='z' | '0'..='9') => c,
+                _ => '-',
+            })
+            .collect();
+        let room = MAX_OBJECT_NAME_LEN - NAME_HASH_HEX - 1;
+        let prefix = readable.trim_matches('-');
+        let prefix = prefix[..prefix.len().min(room)].trim_end_matches('-');
+        if prefix.is_empty() {
+            hash
+        } else {
+            format!("{prefix}-{hash}")
+        }
+    }
+
+    /// The names this owner's record may have, best first: the original name when it is a
+    /// valid object name, then the fallback names.
+    pub fn candidate_names(&self) -> Vec<String> {
+        let original = self.original_name();
+        let mut out = Vec::with_capacity(1 + NAME_HASH_RUNGS as usize);
+        if is_dns_subdomain(&original) {
+            out.push(original);
+        }
+        for rung in 0..NAME_HASH_RUNGS {
+            let n = self.hashed_name(rung);
+            if !out.contains(&n) {
+                out.push(n);
+            }
+        }
+        out
+    }
+}
+
+/// A record the controller wants: its namespace and owner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WantedRecord {
+    pub namespace: String,
+    pub owner: RecordOwner,
+}
+
+/// An AzureAssignedIdentity that exists (also one being deleted: it holds its name until gone).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExistingRecord {
+    pub namespace: String,
+    pub name: String,
+    pub owner: RecordOwner,
+}
+
+impl From<&AzureAssignedIdentity> for ExistingRecord {
+    fn from(a: &AzureAssignedIdentity) -> Self {
+        Self {
+            namespace: a.namespace().unwrap_or_default(),
+            name: a.name_any(),
+            owner: RecordOwner::of_record(a),
+        }
+    }
+}
+
+/// The name of each wanted record (same order as `wanted`; `None` when no name is free, which
+/// needs a SHA-256 collision on 64 bits, or for a repeated owner).
+///
+/// Names are unique over all namespaces, never the name of an existing record of another owner,
+/// and do not depend on the order of `wanted` or `existing`:
+/// 1. A record that exists, at one of its owner's [candidate names](RecordOwner::candidate_names)
+///    in the wanted namespace and with the owner in its spec, keeps its name.
+/// 2. Otherwise the original's `<pod>-<podns>-<identity>` when it is a valid object name, no
+///    other wanted record could take it, and no existing record of another owner has it.
+/// 3. Otherwise the first fallback name (original name cut, `-`, hash of the owner) that is
+///    free, owners taken in sorted order.
+///
+/// So the original's names are kept wherever they do not collide, a record is never taken over
+/// by another pod, and once created a record keeps its name from pass to pass.
+pub fn assigned_identity_names(
+    wanted: &[WantedRecord],
+    existing: &[ExistingRecord],
+) -> Vec<Option<String>> {
+    use std::collections::BTreeSet;
+    let mut out = vec![None; wanted.len()];
+    let mut order: Vec<usize> = (0..wanted.len()).collect();
+    order.sort_by(|&a, &b| {
+        (&wanted[a].owner, &wanted[a].namespace).cmp(&(&wanted[b].owner, &wanted[b].namespace))
+    });
+    let mut owners = BTreeSet::new();
+    order.retain(|&i| owners.insert(&wanted[i].owner));
+    let candidates: BTreeMap<usize, Vec<String>> = order
+        .iter()
+        .map(|&i| (i, wanted[i].owner.candidate_names()))
+        .collect();
+
+    let mut holders: BTreeMap<&str, BTreeSet<&RecordOwner>> = BTreeMap::new();
+    let mut at: BTreeSet<(&str, &str, &RecordOwner)> = BTreeSet::new();
+    for e in existing {
+        holders.entry(&e.name).or_default().insert(&e.owner);
+        at.insert((&e.namespace, &e.name, &e.owner));
+    }
+    let held_by_other = |name: &str, owner: &RecordOwner| {
+        holders
+            .get(name)
+            .is_some_and(|hs| hs.iter().any(|h| *h != owner))
+    };
+    let mut taken: BTreeSet<String> = BTreeSet::new();
+
+    // 1. Existing records keep their names.
+    for &i in &order {
+        let w = &wanted[i];
+        let kept = candidates[&i].iter().find(|c| {
+            !taken.contains(*c) && at.contains(&(w.namespace.as_str(), c.as_str(), &w.owner))
+        });
+        if let Some(c) = kept {
+            taken.insert(c.clone());
+            out[i] = Some(c.clone());
+        }
+    }
+
+    // 2. The original's name where it is unambiguous.
+    let open: Vec<usize> = order
+        .iter()
+        .copied()
+        .filter(|&i| out[i].is_none())
+        .collect();
+    let mut claims: BTreeMap<&str, usize> = BTreeMap::new();
+    for &i in &open {
+        for c in &candidates[&i] {
+            *claims.entry(c).or_default() += 1;
+        }
+    }
+    for &i in &open {
+        let w = &wanted[i];
+        let original = w.owner.original_name();
+        if candidates[&i].first() == Some(&original)
+            && claims.get(original.as_str()) == Some(&1)
+            && !taken.contains(&original)
+            && !held_by_other(&original, &w.owner)
+        {
+            taken.insert(original.clone());
+            out[i] = Some(original);
+        }
+    }
+
+    // 3. Fallback names, first free one, in owner order.
+    for &i in &open {
+        if out[i].is_some() {
+            continue;
+        }
+        let w = &wanted[i];
+        let free = candidates[&i]
+            .iter()
+            .filter(|c| **c != w.owner.original_name())
+            .find(|c| !taken.contains(*c) && !held_by_other(c, &w.owner));
+        if let Some(c) = free {
+            taken.insert(c.clone());
+            out[i] = Some(c.clone());
+        }
+    }
+    out
 }
 
 /// Namespace of the AzureAssignedIdentity: the identity's when namespaced, else `default`.
