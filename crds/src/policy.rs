@@ -390,23 +390,6 @@ impl RecordOwner {
             format!("{prefix}-{hash}")
         }
     }
-
-    /// The names this owner's record may have, best first: the original name when it is a
-    /// valid object name, then the fallback names.
-    pub fn candidate_names(&self) -> Vec<String> {
-        let original = self.original_name();
-        let mut out = Vec::with_capacity(1 + NAME_HASH_RUNGS as usize);
-        if is_dns_subdomain(&original) {
-            out.push(original);
-        }
-        for rung in 0..NAME_HASH_RUNGS {
-            let n = self.hashed_name(rung);
-            if !out.contains(&n) {
-                out.push(n);
-            }
-        }
-        out
-    }
 }
 
 /// A record the controller wants: its namespace and owner.
@@ -439,8 +422,9 @@ impl From<&AzureAssignedIdentity> for ExistingRecord {
 ///
 /// Names are unique over all namespaces, never the name of an existing record of another owner,
 /// and do not depend on the order of `wanted` or `existing`:
-/// 1. A record that exists, at one of its owner's [candidate names](RecordOwner::candidate_names)
-///    in the wanted namespace and with the owner in its spec, keeps its name.
+/// 1. A record that exists, in the wanted namespace, with the owner in its spec and at one of the
+///    owner's names (the original, when valid, or a [fallback](RecordOwner::hashed_name)),
+///    keeps its name.
 /// 2. Otherwise the original's `<pod>-<podns>-<identity>` when it is a valid object name, no
 ///    other wanted record could take it, and no existing record of another owner has it.
 /// 3. Otherwise the first fallback name (original name cut, `-`, hash of the owner) that is
@@ -460,16 +444,19 @@ pub fn assigned_identity_names(
     });
     let mut owners = BTreeSet::new();
     order.retain(|&i| owners.insert(&wanted[i].owner));
-    let candidates: BTreeMap<usize, Vec<String>> = order
-        .iter()
-        .map(|&i| (i, wanted[i].owner.candidate_names()))
-        .collect();
+    // Hashing is the cost of a pass with thousands of records: the original names are made for
+    // every record, fallback names only where they can matter.
+    let originals: Vec<String> = wanted.iter().map(|w| w.owner.original_name()).collect();
+    let valid = |i: usize| is_dns_subdomain(&originals[i]);
+    let fallbacks = |i: usize| (0..NAME_HASH_RUNGS).map(move |r| wanted[i].owner.hashed_name(r));
 
     let mut holders: BTreeMap<&str, BTreeSet<&RecordOwner>> = BTreeMap::new();
-    let mut at: BTreeSet<(&str, &str, &RecordOwner)> = BTreeSet::new();
+    let mut held: BTreeMap<(&str, &RecordOwner), BTreeSet<&str>> = BTreeMap::new();
     for e in existing {
         holders.entry(&e.name).or_default().insert(&e.owner);
-        at.insert((&e.namespace, &e.name, &e.owner));
+        held.entry((&e.namespace, &e.owner))
+            .or_default()
+            .insert(&e.name);
     }
     let held_by_other = |name: &str, owner: &RecordOwner| {
         holders
@@ -478,59 +465,88 @@ pub fn assigned_identity_names(
     };
     let mut taken: BTreeSet<String> = BTreeSet::new();
 
-    // 1. Existing records keep their names.
+    // 1. An existing record keeps its name: the first candidate name at which the owner has one.
     for &i in &order {
         let w = &wanted[i];
-        let kept = candidates[&i].iter().find(|c| {
-            !taken.contains(*c) && at.contains(&(w.namespace.as_str(), c.as_str(), &w.owner))
-        });
+        let Some(names) = held.get(&(w.namespace.as_str(), &w.owner)) else {
+            continue;
+        };
+        let mine = |c: &String| names.contains(c.as_str()) && !taken.contains(c);
+        let kept = if valid(i) && mine(&originals[i]) {
+            Some(originals[i].clone())
+        } else {
+            fallbacks(i).find(|c| mine(c))
+        };
         if let Some(c) = kept {
             taken.insert(c.clone());
-            out[i] = Some(c.clone());
+            out[i] = Some(c);
         }
     }
 
-    // 2. The original's name where it is unambiguous.
+    // 2. The original's name where it is unambiguous: no other open record has it among its
+    //    candidates. A fallback name can equal an original name only when that name ends in
+    //    `-` and 16 hex digits, so fallback names are counted only if some original does.
     let open: Vec<usize> = order
         .iter()
         .copied()
         .filter(|&i| out[i].is_none())
         .collect();
-    let mut claims: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut claims: BTreeMap<String, usize> = BTreeMap::new();
     for &i in &open {
-        for c in &candidates[&i] {
-            *claims.entry(c).or_default() += 1;
+        if valid(i) {
+            *claims.entry(originals[i].clone()).or_default() += 1;
+        }
+    }
+    if open
+        .iter()
+        .any(|&i| valid(i) && looks_hashed(&originals[i]))
+    {
+        for &i in &open {
+            let own: BTreeSet<String> = fallbacks(i)
+                .filter(|c| !valid(i) || *c != originals[i])
+                .collect();
+            for c in own {
+                *claims.entry(c).or_default() += 1;
+            }
         }
     }
     for &i in &open {
-        let w = &wanted[i];
-        let original = w.owner.original_name();
-        if candidates[&i].first() == Some(&original)
-            && claims.get(original.as_str()) == Some(&1)
-            && !taken.contains(&original)
-            && !held_by_other(&original, &w.owner)
+        let original = &originals[i];
+        if valid(i)
+            && claims.get(original) == Some(&1)
+            && !taken.contains(original)
+            && !held_by_other(original, &wanted[i].owner)
         {
             taken.insert(original.clone());
-            out[i] = Some(original);
+            out[i] = Some(original.clone());
         }
     }
 
-    // 3. Fallback names, first free one, in owner order.
+    // 3. Otherwise the first free fallback name, owners in sorted order.
     for &i in &open {
         if out[i].is_some() {
             continue;
         }
-        let w = &wanted[i];
-        let free = candidates[&i]
-            .iter()
-            .filter(|c| **c != w.owner.original_name())
-            .find(|c| !taken.contains(*c) && !held_by_other(c, &w.owner));
+        let free = fallbacks(i)
+            .filter(|c| *c != originals[i])
+            .find(|c| !taken.contains(c) && !held_by_other(c, &wanted[i].owner));
         if let Some(c) = free {
             taken.insert(c.clone());
-            out[i] = Some(c.clone());
+            out[i] = Some(c);
         }
     }
     out
+}
+
+/// True when `name` could be a fallback name: it ends in 16 lowercase hex digits, alone or
+/// after a `-`.
+fn looks_hashed(name: &str) -> bool {
+    let b = name.as_bytes();
+    b.len() >= NAME_HASH_HEX
+        && b[b.len() - NAME_HASH_HEX..]
+            .iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+        && (b.len() == NAME_HASH_HEX || b[b.len() - NAME_HASH_HEX - 1] == b'-')
 }
 
 /// Namespace of the AzureAssignedIdentity: the identity's when namespaced, else `default`.

@@ -206,3 +206,28 @@ fn object_name_validity() {
         assert!(!is_dns_subdomain(bad), "{bad:?}");
     }
 }
+
+#[test]
+fn a_fallback_name_is_kept_after_the_collision_is_gone() {
+    let wanted = colliding();
+    let first = names(&wanted[..2], &[]);
+    let existing: Vec<ExistingRecord> = wanted[..2]
+        .iter()
+        .zip(&first)
+        .map(|(w, n)| record(n, &w.owner.pod_namespace, &w.owner.pod, &w.owner.identity))
+        .collect();
+    // The other pod goes: the remaining record does not move to the original name.
+    assert_eq!(names(&wanted[1..2], &existing[1..]), first[1..]);
+}
+
+#[test]
+fn an_original_name_that_looks_like_a_fallback_is_kept_when_unique() {
+    let wanted = [
+        want("jobs", "run", "0123456789abcdef"),
+        want("jobs", "other", "kv"),
+    ];
+    assert_eq!(
+        names(&wanted, &[]),
+        ["run-jobs-0123456789abcdef", "other-jobs-kv"]
+    );
+}
