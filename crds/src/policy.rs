@@ -9,8 +9,8 @@ use kube::ResourceExt;
 
 use crate::Error;
 use crate::types::{
-    AzureIdentity, AzureIdentityBinding, AzurePodIdentityException, BEHAVIOR_ANNOTATION,
-    BEHAVIOR_NAMESPACED, IdentityType, POD_LABEL,
+    AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding, AzurePodIdentityException,
+    BEHAVIOR_ANNOTATION, BEHAVIOR_NAMESPACED, IdentityType, POD_LABEL,
 };
 
 /// The facts about a pod that identity matching needs.
@@ -284,9 +284,269 @@ pub fn is_pod_excepted<'a>(
         })
 }
 
-/// Name of the AzureAssignedIdentity for a pod and identity, as the original MIC names it.
+/// Name of the AzureAssignedIdentity for a pod and identity, as the original MIC names it. Two
+/// owners can share it (`api` in `team-a-prod` with `kv`, `api` in `team-a` with `prod-kv`) and it
+/// can be too long for an object name: [`assigned_identity_names`] picks the names podid uses.
 pub fn assigned_identity_name(pod_name: &str, pod_namespace: &str, identity_name: &str) -> String {
     format!("{pod_name}-{pod_namespace}-{identity_name}")
+}
+
+/// Longest Kubernetes object name (a DNS subdomain).
+pub const MAX_OBJECT_NAME_LEN: usize = 253;
+/// Hex digits of the hash in a fallback record name (64 bits of SHA-256).
+const NAME_HASH_HEX: usize = 16;
+/// Fallback names tried per record after the original's, before giving up.
+const NAME_HASH_RUNGS: u32 = 4;
+
+/// True when `s` is a valid Kubernetes object name: a lowercase RFC 1123 DNS subdomain of at
+/// most 253 characters.
+pub fn is_dns_subdomain(s: &str) -> bool {
+    let label_ok = |l: &str| {
+        let b = l.as_bytes();
+        let alnum = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+        b.first().is_some_and(alnum)
+            && b.last().is_some_and(alnum)
+            && b.iter().all(|c| alnum(c) || *c == b'-')
+    };
+    !s.is_empty() && s.len() <= MAX_OBJECT_NAME_LEN && s.split('.').all(label_ok)
+}
+
+/// Whom an AzureAssignedIdentity serves: a pod and the name of its identity, the parts of the
+/// original's record name. A pod is granted at most one identity of a name
+/// ([`GrantSkip::DuplicateIdentityName`]), so no two wanted records share an owner.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RecordOwner {
+    pub pod_namespace: String,
+    pub pod: String,
+    pub identity: String,
+}
+
+impl RecordOwner {
+    pub fn new(pod_namespace: &str, pod: &str, identity: &str) -> Self {
+        Self {
+            pod_namespace: pod_namespace.into(),
+            pod: pod.into(),
+            identity: identity.into(),
+        }
+    }
+
+    /// The owner a record states in its spec: `podNamespace`, `pod` and the embedded
+    /// identity's name (empty without one). The name of the record plays no part.
+    pub fn of_record(a: &AzureAssignedIdentity) -> Self {
+        Self {
+            pod_namespace: a.spec.pod_namespace.clone(),
+            pod: a.spec.pod.clone(),
+            identity: a
+                .spec
+                .azure_identity_ref
+                .as_ref()
+                .and_then(|i| i.metadata.name.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The original MIC's name, `<pod>-<podns>-<identity>` (possibly not a valid object name).
+    pub fn original_name(&self) -> String {
+        assigned_identity_name(&self.pod, &self.pod_namespace, &self.identity)
+    }
+
+    /// The `rung`-th fallback name: the original name (lowercase letters, digits and `-` only,
+    /// cut so the whole fits 253 characters), `-`, and 16 hex digits of SHA-256 over the pod
+    /// namespace, pod, identity name and rung. A function of the owner alone.
+    pub fn hashed_name(&self, rung: u32) -> String {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for part in [
+            "podid/azureassignedidentity-name/v1",
+            &self.pod_namespace,
+            &self.pod,
+            &self.identity,
+            &rung.to_string(),
+        ] {
+            // Object names never hold NUL, so the parts cannot run into each other.
+            h.update(part.as_bytes());
+            h.update([0u8]);
+        }
+        let digest = h.finalize();
+        let hash: String = digest
+            .iter()
+            .take(NAME_HASH_HEX / 2)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let readable: String = self
+            .original_name()
+            .chars()
+            .map(|c| match c.to_ascii_lowercase() {
+                c @ ('a'..='z' | '0'..='9') => c,
+                _ => '-',
+            })
+            .collect();
+        let room = MAX_OBJECT_NAME_LEN - NAME_HASH_HEX - 1;
+        let prefix = readable.trim_matches('-');
+        let prefix = prefix[..prefix.len().min(room)].trim_end_matches('-');
+        if prefix.is_empty() {
+            hash
+        } else {
+            format!("{prefix}-{hash}")
+        }
+    }
+}
+
+/// A record the controller wants: its namespace and owner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WantedRecord {
+    pub namespace: String,
+    pub owner: RecordOwner,
+}
+
+/// An AzureAssignedIdentity that exists (also one being deleted: it holds its name until gone).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExistingRecord {
+    pub namespace: String,
+    pub name: String,
+    pub owner: RecordOwner,
+}
+
+impl From<&AzureAssignedIdentity> for ExistingRecord {
+    fn from(a: &AzureAssignedIdentity) -> Self {
+        Self {
+            namespace: a.namespace().unwrap_or_default(),
+            name: a.name_any(),
+            owner: RecordOwner::of_record(a),
+        }
+    }
+}
+
+/// The name of each wanted record (same order as `wanted`; `None` when no name is free, which
+/// needs a SHA-256 collision on 64 bits, or for a repeated owner).
+///
+/// Names are unique over all namespaces, never the name of an existing record of another owner,
+/// and do not depend on the order of `wanted` or `existing`:
+/// 1. A record that exists, in the wanted namespace, with the owner in its spec and at one of the
+///    owner's names (the original, when valid, or a [fallback](RecordOwner::hashed_name)),
+///    keeps its name.
+/// 2. Otherwise the original's `<pod>-<podns>-<identity>` when it is a valid object name, no
+///    other wanted record could take it, and no existing record of another owner has it.
+/// 3. Otherwise the first fallback name (original name cut, `-`, hash of the owner) that is
+///    free, owners taken in sorted order.
+///
+/// So the original's names are kept wherever they do not collide, a record is never taken over
+/// by another pod, and once created a record keeps its name from pass to pass.
+pub fn assigned_identity_names(
+    wanted: &[WantedRecord],
+    existing: &[ExistingRecord],
+) -> Vec<Option<String>> {
+    use std::collections::BTreeSet;
+    let mut out = vec![None; wanted.len()];
+    let mut order: Vec<usize> = (0..wanted.len()).collect();
+    order.sort_by(|&a, &b| {
+        (&wanted[a].owner, &wanted[a].namespace).cmp(&(&wanted[b].owner, &wanted[b].namespace))
+    });
+    let mut owners = BTreeSet::new();
+    order.retain(|&i| owners.insert(&wanted[i].owner));
+    // Hashing is the cost of a pass with thousands of records: the original names are made for
+    // every record, fallback names only where they can matter.
+    let originals: Vec<String> = wanted.iter().map(|w| w.owner.original_name()).collect();
+    let valid = |i: usize| is_dns_subdomain(&originals[i]);
+    let fallbacks = |i: usize| (0..NAME_HASH_RUNGS).map(move |r| wanted[i].owner.hashed_name(r));
+
+    let mut holders: BTreeMap<&str, BTreeSet<&RecordOwner>> = BTreeMap::new();
+    let mut held: BTreeMap<(&str, &RecordOwner), BTreeSet<&str>> = BTreeMap::new();
+    for e in existing {
+        holders.entry(&e.name).or_default().insert(&e.owner);
+        held.entry((&e.namespace, &e.owner))
+            .or_default()
+            .insert(&e.name);
+    }
+    let held_by_other = |name: &str, owner: &RecordOwner| {
+        holders
+            .get(name)
+            .is_some_and(|hs| hs.iter().any(|h| *h != owner))
+    };
+    let mut taken: BTreeSet<String> = BTreeSet::new();
+
+    // 1. An existing record keeps its name: the first candidate name at which the owner has one.
+    for &i in &order {
+        let w = &wanted[i];
+        let Some(names) = held.get(&(w.namespace.as_str(), &w.owner)) else {
+            continue;
+        };
+        let mine = |c: &String| names.contains(c.as_str()) && !taken.contains(c);
+        let kept = if valid(i) && mine(&originals[i]) {
+            Some(originals[i].clone())
+        } else {
+            fallbacks(i).find(|c| mine(c))
+        };
+        if let Some(c) = kept {
+            taken.insert(c.clone());
+            out[i] = Some(c);
+        }
+    }
+
+    // 2. The original's name where it is unambiguous: no other open record has it among its
+    //    candidates. A fallback name can equal an original name only when that name ends in
+    //    `-` and 16 hex digits, so fallback names are counted only if some original does.
+    let open: Vec<usize> = order
+        .iter()
+        .copied()
+        .filter(|&i| out[i].is_none())
+        .collect();
+    let mut claims: BTreeMap<String, usize> = BTreeMap::new();
+    for &i in &open {
+        if valid(i) {
+            *claims.entry(originals[i].clone()).or_default() += 1;
+        }
+    }
+    if open
+        .iter()
+        .any(|&i| valid(i) && looks_hashed(&originals[i]))
+    {
+        for &i in &open {
+            let own: BTreeSet<String> = fallbacks(i)
+                .filter(|c| !valid(i) || *c != originals[i])
+                .collect();
+            for c in own {
+                *claims.entry(c).or_default() += 1;
+            }
+        }
+    }
+    for &i in &open {
+        let original = &originals[i];
+        if valid(i)
+            && claims.get(original) == Some(&1)
+            && !taken.contains(original)
+            && !held_by_other(original, &wanted[i].owner)
+        {
+            taken.insert(original.clone());
+            out[i] = Some(original.clone());
+        }
+    }
+
+    // 3. Otherwise the first free fallback name, owners in sorted order.
+    for &i in &open {
+        if out[i].is_some() {
+            continue;
+        }
+        let free = fallbacks(i)
+            .filter(|c| *c != originals[i])
+            .find(|c| !taken.contains(c) && !held_by_other(c, &wanted[i].owner));
+        if let Some(c) = free {
+            taken.insert(c.clone());
+            out[i] = Some(c);
+        }
+    }
+    out
+}
+
+/// True when `name` could be a fallback name: it ends in 16 lowercase hex digits, alone or
+/// after a `-`.
+fn looks_hashed(name: &str) -> bool {
+    let b = name.as_bytes();
+    b.len() >= NAME_HASH_HEX
+        && b[b.len() - NAME_HASH_HEX..]
+            .iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+        && (b.len() == NAME_HASH_HEX || b[b.len() - NAME_HASH_HEX - 1] == b'-')
 }
 
 /// Namespace of the AzureAssignedIdentity: the identity's when namespaced, else `default`.

@@ -25,7 +25,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::planner::{AssignmentPlanner, NodeInfo, ObjectKey, Plan, PodInfo, World, state};
+use crate::planner::{AssignmentPlanner, NodeInfo, ObjectKey, Plan, PodInfo, Skip, World, state};
 
 /// The watched objects.
 #[derive(Clone)]
@@ -288,7 +288,12 @@ impl<A: NodePoolIdentities> Controller<A> {
         }
         let plan = self.planner.plan(world, &current);
         for s in &plan.skipped {
-            tracing::debug!(skip = ?s, "not planned this pass");
+            if let Skip::NameCollision { key } = s {
+                // A pod goes without this identity: every name it could have is taken.
+                tracing::warn!(record = %key, "no free AzureAssignedIdentity name, not assigned");
+            } else {
+                tracing::debug!(skip = ?s, "not planned this pass");
+            }
         }
         report.did_work = !plan.is_empty();
         if report.did_work {

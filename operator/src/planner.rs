@@ -13,7 +13,8 @@ use kube::ResourceExt;
 use kube::api::ObjectMeta;
 use podid_azure::IdentityState;
 use podid_crds::policy::{
-    IdentityIndex, MatchOptions, PodFacts, assigned_identity_name, assigned_identity_namespace,
+    ExistingRecord, IdentityIndex, MatchOptions, PodFacts, RecordOwner, WantedRecord,
+    assigned_identity_names, assigned_identity_namespace,
 };
 use podid_crds::provider::{AssignmentTarget, NodeResource};
 use podid_crds::{
@@ -136,7 +137,9 @@ pub enum Skip {
     NoTarget { node: String },
     /// The target's identities could not be read this pass; its work waits for the next.
     TargetUnread { target: AssignmentTarget },
-    /// Two desired assignments share a name (the original's naming can collide).
+    /// No free record name for this pod and identity: the original's name and every fallback
+    /// name are taken (needs a 64-bit SHA-256 collision; see
+    /// [`podid_crds::policy::assigned_identity_names`]).
     NameCollision { key: ObjectKey },
     /// The object of this name is being deleted; it is recreated once it is gone.
     Terminating { key: ObjectKey },
@@ -426,7 +429,7 @@ impl AssignmentPlanner {
         plan
     }
 
-    /// Desired and existing assignments, keyed by object name.
+    /// Desired and existing assignments, keyed by object namespace and name.
     fn analyse<'a>(&self, world: World<'a>) -> Analysis<'a> {
         let nodes: BTreeMap<&str, &NodeInfo> =
             world.nodes.iter().map(|n| (n.name.as_str(), n)).collect();
@@ -437,6 +440,8 @@ impl AssignmentPlanner {
             existing: BTreeMap::new(),
             skipped: Vec::new(),
         };
+        // Every (pod, identity) first; their record names are chosen together, below.
+        let mut wanted: Vec<(WantedRecord, Desired<'a>)> = Vec::new();
         for pod in world.pods {
             let facts = &pod.facts;
             if pod.terminated || facts.node_name.is_empty() {
@@ -465,30 +470,48 @@ impl AssignmentPlanner {
                 } else {
                     None
                 };
-                let key = ObjectKey {
-                    namespace: assigned_identity_namespace(
-                        g.identity,
-                        self.options.force_namespaced,
-                    ),
-                    name: assigned_identity_name(
-                        &facts.name,
-                        &facts.namespace,
-                        &g.identity.name_any(),
-                    ),
-                };
-                if a.desired.contains_key(&key) {
-                    a.skipped.push(Skip::NameCollision { key });
-                    continue;
-                }
-                a.desired.insert(
-                    key,
+                wanted.push((
+                    WantedRecord {
+                        namespace: assigned_identity_namespace(
+                            g.identity,
+                            self.options.force_namespaced,
+                        ),
+                        owner: RecordOwner::new(
+                            &facts.namespace,
+                            &facts.name,
+                            &g.identity.name_any(),
+                        ),
+                    },
                     Desired {
                         pod: facts,
                         identity: g.identity,
                         binding: g.binding,
                         arm,
                     },
-                );
+                ));
+            }
+        }
+        // Names are unique, never another owner's record, and kept from pass to pass: an
+        // existing record is this assignment's only when its spec names the same pod and
+        // identity, so no pod's record is ever rewritten for another pod.
+        let records: Vec<WantedRecord> = wanted.iter().map(|(w, _)| w.clone()).collect();
+        let existing: Vec<ExistingRecord> = world.assigned.iter().map(Into::into).collect();
+        let names = assigned_identity_names(&records, &existing);
+        for ((w, d), name) in wanted.into_iter().zip(names) {
+            match name {
+                Some(name) => {
+                    let key = ObjectKey {
+                        namespace: w.namespace,
+                        name,
+                    };
+                    a.desired.insert(key, d);
+                }
+                None => a.skipped.push(Skip::NameCollision {
+                    key: ObjectKey {
+                        namespace: w.namespace,
+                        name: w.owner.original_name(),
+                    },
+                }),
             }
         }
         for obj in world.assigned {
