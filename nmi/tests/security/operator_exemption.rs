@@ -101,18 +101,30 @@ async fn shipped_operator_is_not_intercepted() {
     let cluster_identity = emu.add_identity("MC_opx", "opx-agentpool");
     emu.preassign(&vmss, &cluster_identity.id);
 
-    // Pods on the node: the operator's (its template, named and owned as its ReplicaSet's pods
-    // are), an ordinary pod in its namespace, and one with the operator's labels elsewhere.
+    // Pods on the node: the operator's (its template, named as its ReplicaSet's pods are), an
+    // ordinary pod in its namespace, and one with the operator's labels elsewhere. No owner
+    // reference: another test of this binary may start a controller manager, whose garbage
+    // collector would delete a pod whose ReplicaSet does not exist; the node object keeps its
+    // pod collector from deleting them as orphans.
     let rs = "podid-operator-5d8f7c9b6";
     let mut operator_pod = json!({
         "metadata": {
             "name": format!("{rs}-x2x9q"),
             "labels": template_labels,
-            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs,
-                                 "uid": "00000000-0000-0000-0000-0000000005e7", "controller": true}],
         },
         "spec": serde_json::to_value(&template_spec).unwrap(),
     });
+    match Api::<k8s_openapi::api::core::v1::Node>::all(admin.clone())
+        .create(
+            &PostParams::default(),
+            &live::obj(json!({"metadata": {"name": node}})),
+        )
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => panic!("creating node {node}: {e}"),
+    }
     operator_pod["metadata"]["labels"]["pod-template-hash"] = json!("5d8f7c9b6");
     operator_pod["spec"]["nodeName"] = json!(node);
     let plain = |name: &str, labels: Value| {
