@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 
-use kube::api::ObjectMeta;
 use podid_crds::policy::{
     GrantSkip, IdentityRequest, MatchOptions, PodFacts, assigned_identity_name,
     assigned_identity_namespace, is_pod_excepted, is_valid_resource_id, matching_bindings,
@@ -10,33 +9,7 @@ use podid_crds::policy::{
 };
 use podid_crds::provider::NodeResource;
 use podid_crds::*;
-
-fn meta(ns: &str, name: &str) -> ObjectMeta {
-    ObjectMeta {
-        namespace: Some(ns.into()),
-        name: Some(name.into()),
-        ..Default::default()
-    }
-}
-
-fn rid(name: &str) -> String {
-    format!(
-        "/subscriptions/sub/resourcegroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}"
-    )
-}
-
-fn msi(ns: &str, name: &str, client_id: &str) -> AzureIdentity {
-    AzureIdentity {
-        metadata: meta(ns, name),
-        spec: AzureIdentitySpec {
-            type_: IdentityType::UserAssignedMsi,
-            resource_id: rid(name),
-            client_id: client_id.into(),
-            ..Default::default()
-        },
-        status: None,
-    }
-}
+use podid_testkit::builders::{self, binding, msi, pod_facts, rid};
 
 fn namespaced(mut id: AzureIdentity) -> AzureIdentity {
     id.metadata.annotations = Some(BTreeMap::from([(
@@ -46,27 +19,8 @@ fn namespaced(mut id: AzureIdentity) -> AzureIdentity {
     id
 }
 
-fn binding(ns: &str, name: &str, identity: &str, selector: &str) -> AzureIdentityBinding {
-    AzureIdentityBinding {
-        metadata: meta(ns, name),
-        spec: AzureIdentityBindingSpec {
-            azure_identity: identity.into(),
-            selector: selector.into(),
-            ..Default::default()
-        },
-        status: None,
-    }
-}
-
 fn pod(ns: &str, name: &str, label: Option<&str>) -> PodFacts {
-    PodFacts {
-        namespace: ns.into(),
-        name: name.into(),
-        labels: label
-            .map(|l| BTreeMap::from([(POD_LABEL.to_string(), l.to_string())]))
-            .unwrap_or_default(),
-        node_name: "node-0".into(),
-    }
+    pod_facts(ns, name, label, "node-0")
 }
 
 fn granted(
@@ -337,17 +291,7 @@ fn resource_id_shape_is_checked_case_insensitively() {
 }
 
 fn exception(ns: &str, labels: &[(&str, &str)]) -> AzurePodIdentityException {
-    AzurePodIdentityException {
-        metadata: meta(ns, "ex"),
-        spec: AzurePodIdentityExceptionSpec {
-            pod_labels: labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            metadata: None,
-        },
-        status: None,
-    }
+    builders::exception(ns, "ex", labels)
 }
 
 #[test]

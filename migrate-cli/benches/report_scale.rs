@@ -3,6 +3,9 @@
 
 use std::time::Instant;
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use podid_cli::inventory::Inventory;
 use podid_cli::render::{Format, render};
 use podid_cli::report::Report;
@@ -18,7 +21,7 @@ fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(500);
-    let objects = podid_cli::synth::scale_objects(namespaces, pods);
+    let objects = support::synth::scale_objects(namespaces, pods);
     let mut text = String::new();
     for o in &objects {
         text.push_str("---\n");

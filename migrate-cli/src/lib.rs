@@ -6,7 +6,6 @@ pub mod live;
 pub mod render;
 pub mod report;
 pub mod selector;
-pub mod synth;
 pub mod verdict;
 pub mod workload;
 

@@ -4,6 +4,8 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+mod support;
+
 fn podid(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_podid"))
         .args(args)
@@ -286,4 +288,23 @@ fn oidc_issuer_flag_overrides_the_snapshot() {
         v["summary"]["reasons"].get("no-oidc-issuer").is_none(),
         "{v}"
     );
+}
+
+/// The bundled snapshots are what `cargo run -p podid-cli --example write-example-snapshots`
+/// writes from `tests/support/synth.rs`: an edit of one without the other fails here.
+#[test]
+fn the_bundled_examples_are_what_the_generator_writes() {
+    for (file, inventory) in [
+        ("cluster-snapshot.yaml", support::synth::example()),
+        (
+            "legacy-cluster-snapshot.yaml",
+            support::synth::legacy_example(),
+        ),
+    ] {
+        let bundled = std::fs::read_to_string(example(file)).unwrap();
+        assert!(
+            bundled == inventory.to_snapshot_yaml().unwrap(),
+            "examples/{file} differs from what the generator writes: run `cargo run -p podid-cli --example write-example-snapshots`"
+        );
+    }
 }

@@ -6,17 +6,13 @@ use podid_cli::verdict::{Assessment, ClusterContext, Severity, Verdict};
 use podid_crds::policy::MatchOptions;
 use serde_json::{Value, json};
 
+mod support;
+use support::{binding, sa, uami_in};
+
 const ISSUER: &str = "https://eastus.oic.prod-aks.azure.com/tenant/cluster/";
 
 fn uami(ns: &str, name: &str, client_id: &str) -> Value {
-    json!({"apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzureIdentity",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {"type": 0, "clientID": client_id,
-          "resourceID": format!("/subscriptions/s/resourcegroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}")}})
-}
-fn binding(ns: &str, name: &str, identity: &str, selector: &str) -> Value {
-    json!({"apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzureIdentityBinding",
-        "metadata": {"name": name, "namespace": ns}, "spec": {"azureIdentity": identity, "selector": selector}})
+    uami_in("s", "rg", ns, name, client_id)
 }
 fn deploy(ns: &str, name: &str, labels: Value, sa: Option<&str>) -> Value {
     let mut spec = json!({"containers": [{"name": "app", "image": "app:1"}]});
@@ -27,9 +23,6 @@ fn deploy(ns: &str, name: &str, labels: Value, sa: Option<&str>) -> Value {
         "spec": {"replicas": 0, "selector": {"matchLabels": {"app": name}},
                  "template": {"metadata": {"labels": labels}, "spec": spec}}})
 }
-fn sa(ns: &str, name: &str, annotations: Value) -> Value {
-    json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": ns, "annotations": annotations}})
-}
 fn webhook() -> Value {
     json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
         "metadata": {"name": "azure-wi-webhook-mutating-webhook-configuration"},
@@ -38,17 +31,13 @@ fn webhook() -> Value {
 }
 
 fn inventory(objects: Vec<Value>, issuer: Option<&str>) -> Inventory {
-    let mut inv = Inventory::default();
-    inv.add_text(
-        &json!({"apiVersion": "v1", "kind": "List", "items": objects}).to_string(),
-        "test",
+    support::inventory(
+        objects,
+        ClusterFacts {
+            oidc_issuer: issuer.map(str::to_string),
+            ..Default::default()
+        },
     )
-    .unwrap();
-    inv.cluster = ClusterFacts {
-        oidc_issuer: issuer.map(str::to_string),
-        ..Default::default()
-    };
-    inv
 }
 
 fn assess(objects: Vec<Value>) -> Vec<Assessment> {

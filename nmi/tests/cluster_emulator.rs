@@ -25,7 +25,7 @@ use live::{call, claims, obj, run_pods, start_agent};
 /// Python azure-identity's ManagedIdentityCredential, run as the pod at `from` (its requests
 /// leave from that address) against the agent at `agent`: `TOKEN <jwt>` or `ERROR <type>`.
 async fn python_sdk(agent: SocketAddr, from: IpAddr, client_id: Option<&str>) -> String {
-    let py = live::python_venv().join("bin/python");
+    let py = podid_testkit::sdk::python();
     const SCRIPT: &str = r#"
 import sys, requests
 from requests_toolbelt.adapters.source import SourceAddressAdapter
@@ -45,20 +45,7 @@ except Exception as e:
     if let Some(c) = client_id {
         cmd.arg(c);
     }
-    for (k, _) in std::env::vars() {
-        if k.starts_with("AZURE_")
-            || [
-                "IDENTITY_ENDPOINT",
-                "IDENTITY_HEADER",
-                "MSI_ENDPOINT",
-                "IMDS_ENDPOINT",
-                "MSI_SECRET",
-            ]
-            .contains(&k.as_str())
-        {
-            cmd.env_remove(k);
-        }
-    }
+    podid_testkit::sdk::clear_azure_env(&mut cmd);
     cmd.env(
         "AZURE_POD_IDENTITY_AUTHORITY_HOST",
         format!("http://{agent}"),

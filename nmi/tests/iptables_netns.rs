@@ -183,15 +183,7 @@ async fn pod_behind_agent(tag: &str) -> Option<PodBehindAgent> {
 fn in_pod(pod: &PodBehindAgent, program: &std::path::Path) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new("ip");
     cmd.args(["netns", "exec", &pod.net.pods[0]]).arg(program);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("MSI_")
-            || k.starts_with("IDENTITY_")
-            || k.starts_with("AZURE_")
-            || k == "IMDS_ENDPOINT"
-        {
-            cmd.env_remove(k);
-        }
-    }
+    podid_testkit::sdk::clear_azure_env(&mut cmd);
     cmd.kill_on_drop(true);
     cmd
 }
@@ -254,7 +246,7 @@ async fn the_original_demo_in_a_pod_namespace_gets_a_token_through_the_metadata_
 /// namespace: it calls 169.254.169.254 like on any Azure VM, with and without a client ID.
 #[tokio::test]
 async fn python_azure_identity_unchanged_in_a_pod_namespace_gets_the_pods_token() {
-    let venv = live::python_venv();
+    let venv = podid_testkit::sdk::python_venv();
     let Some(pod) = pod_behind_agent("p").await else {
         return;
     };

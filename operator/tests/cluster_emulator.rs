@@ -17,14 +17,11 @@ use podid_operator::controller::{Controller, LoopSettings, Stores};
 use podid_operator::leader::{self, Election};
 use podid_operator::metrics::Metrics;
 use podid_operator::planner::{AssignmentPlanner, PlannerOptions};
+use podid_testkit::builders::obj;
 use podid_testkit::{Cluster, NodePool, wait_for};
 use serde_json::json;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
-
-fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
-    serde_json::from_value(v).expect("valid object")
-}
 
 #[tokio::test]
 async fn a_bound_pod_gets_its_identity_on_the_scale_set_with_one_patch() {

@@ -103,25 +103,16 @@ async fn the_manifest_applies_and_its_account_is_all_the_controller_needs() {
         .kubectl_apply(std::path::Path::new(MANIFEST), Some("default"))
         .expect("kubectl apply deploy/podid-operator.yaml");
     assert!(out.contains("deployment.apps/podid-operator"), "{out}");
-    for (verb, resource) in [
-        ("get", "secrets"),
-        ("create", "pods"),
-        ("update", "nodes"),
-        ("update", "azureidentities.aadpodidentity.k8s.io"),
-        ("update", "endpoints"),
-    ] {
-        let out = cluster
-            .kubectl()
-            .unwrap()
-            .args(["auth", "can-i", verb, resource, "-A", "--as", ACCOUNT])
-            .output()
-            .unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
-            "no",
-            "podid-operator may not {verb} {resource}"
-        );
-    }
+    cluster.assert_cannot(
+        ACCOUNT,
+        &[
+            ("get", "secrets"),
+            ("create", "pods"),
+            ("update", "nodes"),
+            ("update", "azureidentities.aadpodidentity.k8s.io"),
+            ("update", "endpoints"),
+        ],
+    );
 
     // The controller as that account (Lease and the original's lock in `default`, as deployed).
     let ns = cluster.namespace("op-deploy").await;

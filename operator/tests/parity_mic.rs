@@ -22,6 +22,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, PostParams};
 use podid_azure_emulator::{Emulator, IdentitySeed, Seed, Settings};
 use podid_crds::{AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding};
+use podid_testkit::builders::obj;
 use podid_testkit::{Cluster, NodePool};
 use pretty_assertions::assert_eq;
 use serde_json::{Value, json};
@@ -117,10 +118,6 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn obj<T: serde::de::DeserializeOwned>(v: Value) -> T {
-    serde_json::from_value(v).expect("valid object")
 }
 
 fn free_port() -> u16 {

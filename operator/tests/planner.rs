@@ -9,6 +9,7 @@ use podid_crds::policy::PodFacts;
 use podid_crds::provider::{AssignmentTarget, NodeResource};
 use podid_crds::*;
 use podid_operator::planner::*;
+use podid_testkit::builders;
 use pretty_assertions::assert_eq;
 
 const SUB: &str = "sub";
@@ -26,10 +27,8 @@ fn lrid(name: &str) -> String {
 
 fn meta(ns: &str, name: &str) -> ObjectMeta {
     ObjectMeta {
-        name: Some(name.into()),
-        namespace: Some(ns.into()),
         resource_version: Some("1".into()),
-        ..Default::default()
+        ..builders::meta(ns, name)
     }
 }
 
@@ -61,12 +60,7 @@ fn sp(ns: &str, name: &str) -> AzureIdentity {
 fn binding(ns: &str, name: &str, identity: &str, selector: &str) -> AzureIdentityBinding {
     AzureIdentityBinding {
         metadata: meta(ns, name),
-        spec: AzureIdentityBindingSpec {
-            azure_identity: identity.into(),
-            selector: selector.into(),
-            ..Default::default()
-        },
-        status: None,
+        ..builders::binding(ns, name, identity, selector)
     }
 }
 

@@ -1,70 +1,18 @@
 //! Builders for test objects.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use kube::api::ObjectMeta;
-use podid_crds::policy::PodFacts;
 use podid_crds::{
     AssignedIdentityState, AzureAssignedIdentity, AzureAssignedIdentitySpec,
-    AzureAssignedIdentityStatus, AzureIdentity, AzureIdentityBinding, AzureIdentityBindingSpec,
-    AzureIdentitySpec, AzurePodIdentityException, AzurePodIdentityExceptionSpec, EmbeddedIdentity,
-    IdentityType,
+    AzureAssignedIdentityStatus, AzureIdentity, AzurePodIdentityException, EmbeddedIdentity,
 };
 use podid_nmi::view::PodInfo;
-
-pub fn meta(ns: &str, name: &str) -> ObjectMeta {
-    ObjectMeta {
-        namespace: Some(ns.into()),
-        name: Some(name.into()),
-        ..Default::default()
-    }
-}
-
-pub fn rid(name: &str) -> String {
-    format!(
-        "/subscriptions/sub/resourcegroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}"
-    )
-}
-
-pub fn msi(ns: &str, name: &str, client_id: &str) -> AzureIdentity {
-    AzureIdentity {
-        metadata: meta(ns, name),
-        spec: AzureIdentitySpec {
-            type_: IdentityType::UserAssignedMsi,
-            client_id: client_id.into(),
-            resource_id: rid(name),
-            ..Default::default()
-        },
-        status: None,
-    }
-}
-
-pub fn binding(ns: &str, name: &str, identity: &str, selector: &str) -> AzureIdentityBinding {
-    AzureIdentityBinding {
-        metadata: meta(ns, name),
-        spec: AzureIdentityBindingSpec {
-            azure_identity: identity.into(),
-            selector: selector.into(),
-            ..Default::default()
-        },
-        status: None,
-    }
-}
+pub use podid_testkit::builders::{binding, meta, msi, rid};
 
 pub fn pod(ns: &str, name: &str, label: Option<&str>, ip: &str) -> PodInfo {
-    let mut labels = BTreeMap::new();
-    if let Some(l) = label {
-        labels.insert("aadpodidbinding".to_owned(), l.to_owned());
-    }
     PodInfo {
-        facts: PodFacts {
-            namespace: ns.into(),
-            name: name.into(),
-            labels,
-            node_name: "node-1".into(),
-        },
+        facts: podid_testkit::builders::pod_facts(ns, name, label, "node-1"),
         replica_set: None,
         ip: Some(ip.parse::<IpAddr>().unwrap()),
         active: true,
@@ -102,12 +50,5 @@ pub fn assigned(
 }
 
 pub fn exception(ns: &str, name: &str, key: &str, value: &str) -> AzurePodIdentityException {
-    AzurePodIdentityException {
-        metadata: meta(ns, name),
-        spec: AzurePodIdentityExceptionSpec {
-            pod_labels: [(key.to_owned(), value.to_owned())].into(),
-            ..Default::default()
-        },
-        status: None,
-    }
+    podid_testkit::builders::exception(ns, name, &[(key, value)])
 }

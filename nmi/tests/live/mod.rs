@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use base64::Engine;
 use clap::Parser;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
@@ -23,20 +22,8 @@ use podid_nmi::token::http_client;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-pub fn obj<T: serde::de::DeserializeOwned>(v: Value) -> T {
-    serde_json::from_value(v).expect("valid object")
-}
-
-/// The claims of a JWT, unverified.
-pub fn claims(token: &str) -> Value {
-    let payload = token.split('.').nth(1).expect("a JWT");
-    serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(payload)
-            .unwrap(),
-    )
-    .unwrap()
-}
+pub use podid_testkit::builders::obj;
+pub use podid_testkit::sdk::claims;
 
 /// Starts the agent for `node` in-process on `listener`; it stops when the returned guard drops.
 pub async fn start_agent_on(
@@ -212,27 +199,6 @@ pub async fn run_pods(
             (p.metadata.name.unwrap_or_default(), ip.parse().unwrap())
         })
         .collect()
-}
-
-/// The Python venv with azure-identity that tests/azure-emulator/setup-python.sh builds
-/// (`$PODID_PY_VENV`, else its cache directory); panics with the fix when it is missing.
-pub fn python_venv() -> std::path::PathBuf {
-    let venv = std::env::var_os("PODID_PY_VENV")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::var_os("PODID_CACHE_DIR")
-                .map(std::path::PathBuf::from)
-                .unwrap_or_else(|| {
-                    std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/podid")
-                })
-                .join("venv-azure-identity-1.27.0")
-        });
-    assert!(
-        venv.join("bin/python").is_file(),
-        "{} missing: run tests/azure-emulator/setup-python.sh (tests/run.sh does)",
-        venv.display()
-    );
-    venv
 }
 
 /// Creates AzureIdentity `name` with `spec` and the binding `bind-<name>` selecting `selector`.

@@ -13,12 +13,9 @@ use podid_operator::controller::{Controller, LoopSettings, Stores};
 use podid_operator::leader::{self, Election};
 use podid_operator::metrics::Metrics;
 use podid_operator::planner::{AssignmentPlanner, PlannerOptions};
+pub use podid_testkit::builders::obj;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
-
-pub fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
-    serde_json::from_value(v).expect("valid object")
-}
 
 /// A controller watches the whole cluster, as in production: two tests' controllers in one
 /// test binary (one cluster) would act on each other's pods. Each test holds this while its

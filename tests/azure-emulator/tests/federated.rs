@@ -59,17 +59,6 @@ async fn exchange(emu: &Emulator, client_id: &str, assertion: &str) -> (u16, ser
     (r.status().as_u16(), r.json().await.unwrap())
 }
 
-fn claims(token: &str) -> serde_json::Value {
-    use base64::Engine;
-    let payload = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(payload)
-            .unwrap(),
-    )
-    .unwrap()
-}
-
 #[tokio::test]
 async fn federated_exchange_with_real_projected_tokens() {
     let cluster = tokio::task::spawn_blocking(Cluster::shared).await.unwrap();
@@ -99,7 +88,7 @@ async fn federated_exchange_with_real_projected_tokens() {
     .await;
     let (status, body) = exchange(&emu, &identity.client_id, &good).await;
     assert_eq!(status, 200, "{body}");
-    let c = claims(body["access_token"].as_str().unwrap());
+    let c = podid_testkit::sdk::claims(body["access_token"].as_str().unwrap());
     assert_eq!(c["azp"], identity.client_id);
     assert_eq!(c["oid"], identity.principal_id);
     assert_eq!(c["xms_mirid"], identity.id);
@@ -123,7 +112,10 @@ async fn federated_exchange_with_real_projected_tokens() {
         .get_token(&["https://storage.azure.com/.default"])
         .await
         .expect("WorkloadIdentityCredential");
-    assert_eq!(claims(t.token.secret())["xms_mirid"], identity.id);
+    assert_eq!(
+        podid_testkit::sdk::claims(t.token.secret())["xms_mirid"],
+        identity.id
+    );
 
     // Wrong subject: another ServiceAccount's token.
     let other = projected_token(

@@ -2,52 +2,18 @@
 //! ManagedIdentityCredential on IMDS, ClientSecretCredential and WorkloadIdentityCredential on
 //! the https Entra endpoint.
 
-use std::path::PathBuf;
 use std::process::Stdio;
 
 use podid_azure_emulator::{Emulator, FederatedCredential, Settings};
 
-fn python() -> PathBuf {
-    let venv = std::env::var_os("PODID_PY_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let cache = std::env::var_os("PODID_CACHE_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/podid")
-                });
-            cache.join("venv-azure-identity-1.27.0")
-        });
-    let py = venv.join("bin/python");
-    assert!(
-        py.is_file(),
-        "{} missing: run tests/azure-emulator/setup-python.sh (tests/run.sh does)",
-        py.display()
-    );
-    py
-}
-
 /// Runs a Python snippet with a clean Azure environment plus `env`; returns stdout.
 async fn run(script: &str, env: &[(&str, String)]) -> Result<String, String> {
-    let mut cmd = tokio::process::Command::new(python());
+    let mut cmd = tokio::process::Command::new(podid_testkit::sdk::python());
     cmd.arg("-c")
         .arg(script)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("AZURE_")
-            || [
-                "IDENTITY_ENDPOINT",
-                "IDENTITY_HEADER",
-                "MSI_ENDPOINT",
-                "IMDS_ENDPOINT",
-                "MSI_SECRET",
-            ]
-            .contains(&k.as_str())
-        {
-            cmd.env_remove(k);
-        }
-    }
+    podid_testkit::sdk::clear_azure_env(&mut cmd);
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -27,17 +27,6 @@ fn credential(emu: &Emulator, client_id: &str, secret: &str) -> Arc<ClientSecret
     ))
 }
 
-fn claims(token: &str) -> serde_json::Value {
-    use base64::Engine;
-    let payload = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(payload)
-            .unwrap(),
-    )
-    .unwrap()
-}
-
 #[tokio::test]
 async fn client_secret_credential_gets_an_arm_token_and_a_wrong_secret_fails() {
     let emu = Emulator::start(Settings::default()).await.unwrap();
@@ -46,7 +35,7 @@ async fn client_secret_credential_gets_an_arm_token_and_a_wrong_secret_fails() {
         .get_token(&[ARM_SCOPE])
         .await
         .expect("token");
-    let c = claims(token.token.secret());
+    let c = podid_testkit::sdk::claims(token.token.secret());
     assert_eq!(c["aud"], "https://management.azure.com");
     assert_eq!(c["azp"], "11111111-1111-1111-1111-111111111111");
     assert_eq!(c["tid"], emu.tenant_id());

@@ -11,9 +11,11 @@
 //! # }
 //! ```
 
+pub mod builders;
 mod pki;
 pub mod prereq;
 mod process;
+pub mod sdk;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
@@ -403,6 +405,24 @@ impl Cluster {
         let mut cmd = std::process::Command::new(binary("kubectl")?);
         cmd.env("KUBECONFIG", &self.kubeconfig);
         Ok(cmd)
+    }
+
+    /// Asserts that `account` (a user name, e.g. `system:serviceaccount:default:podid-nmi`) may
+    /// do none of the (verb, resource) pairs in any namespace, as `kubectl auth can-i` answers.
+    pub fn assert_cannot(&self, account: &str, denied: &[(&str, &str)]) {
+        for (verb, resource) in denied {
+            let out = self
+                .kubectl()
+                .expect("kubectl")
+                .args(["auth", "can-i", verb, resource, "-A", "--as", account])
+                .output()
+                .expect("kubectl auth can-i runs");
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                "no",
+                "{account} may not {verb} {resource}"
+            );
+        }
     }
 
     /// `kubectl apply -f <path>` (a file or directory), into `namespace` when given. Fails with

@@ -8,11 +8,8 @@ use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::api::{Api, ListParams, PostParams};
 use podid_crds::{AzureIdentity, AzureIdentitySpec};
+use podid_testkit::builders::obj;
 use podid_testkit::{Cluster, NodePool};
-
-fn json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
-    serde_json::from_value(v).expect("valid object")
-}
 
 #[tokio::test]
 async fn deployment_runs_on_fake_nodes_and_tokens_verify_against_anonymous_jwks() {
@@ -41,7 +38,7 @@ async fn deployment_runs_on_fake_nodes_and_tokens_verify_against_anonymous_jwks(
     deployments
         .create(
             &PostParams::default(),
-            &json(serde_json::json!({
+            &obj(serde_json::json!({
                 "apiVersion": "apps/v1", "kind": "Deployment",
                 "metadata": {"name": "web"},
                 "spec": {
@@ -85,11 +82,11 @@ async fn deployment_runs_on_fake_nodes_and_tokens_verify_against_anonymous_jwks(
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns.name);
     sas.create(
         &PostParams::default(),
-        &json(serde_json::json!({"metadata": {"name": "workload"}})),
+        &obj(serde_json::json!({"metadata": {"name": "workload"}})),
     )
     .await
     .expect("create ServiceAccount");
-    let tr: TokenRequest = json(serde_json::json!({
+    let tr: TokenRequest = obj(serde_json::json!({
         "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
         "spec": {"audiences": ["api://AzureADTokenExchange"], "expirationSeconds": 3600}
     }));

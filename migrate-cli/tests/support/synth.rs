@@ -1,30 +1,16 @@
 //! Synthetic clusters: the bundled example snapshot (every verdict and reason code on a
 //! realistic layout) and large generated clusters for the benchmark.
 
+use podid_cli::inventory::{ClusterFacts, Inventory};
 use serde_json::{Value, json};
 
-use crate::Error;
-use crate::inventory::{ClusterFacts, Inventory};
+use super::{binding, inventory, sa, uami_in};
 
 const SUB: &str = "7f1c2a9e-5d3b-4c8a-9e61-2b4d8f0a6c13";
 const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 
 fn uami(ns: &str, name: &str, client_id: &str) -> Value {
-    json!({"apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzureIdentity",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {"type": 0, "clientID": client_id,
-                 "resourceID": format!("/subscriptions/{SUB}/resourcegroups/rg-identities/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}")}})
-}
-
-fn binding(ns: &str, name: &str, identity: &str, selector: &str) -> Value {
-    json!({"apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzureIdentityBinding",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {"azureIdentity": identity, "selector": selector}})
-}
-
-fn sa(ns: &str, name: &str, annotations: Value) -> Value {
-    json!({"apiVersion": "v1", "kind": "ServiceAccount",
-        "metadata": {"name": name, "namespace": ns, "annotations": annotations}})
+    uami_in(SUB, "rg-identities", ns, name, client_id)
 }
 
 fn pod_spec(sa: Option<&str>, image: &str, drop_all: bool, host_network: bool) -> Value {
@@ -514,18 +500,9 @@ pub fn legacy_example_objects() -> Vec<Value> {
     o
 }
 
-fn inventory_of(objects: Vec<Value>, cluster: ClusterFacts) -> Result<Inventory, Error> {
-    let mut inv = Inventory::default();
-    let text =
-        serde_json::to_string(&json!({"apiVersion": "v1", "kind": "List", "items": objects}))?;
-    inv.add_text(&text, "<generated>")?;
-    inv.cluster = cluster;
-    Ok(inv)
-}
-
 /// The bundled example as an inventory.
-pub fn example() -> Result<Inventory, Error> {
-    inventory_of(
+pub fn example() -> Inventory {
+    inventory(
         example_objects(),
         ClusterFacts {
             name: Some("aks-prod-eastus".into()),
@@ -539,8 +516,8 @@ pub fn example() -> Result<Inventory, Error> {
 }
 
 /// The legacy example as an inventory.
-pub fn legacy_example() -> Result<Inventory, Error> {
-    inventory_of(
+pub fn legacy_example() -> Inventory {
+    inventory(
         legacy_example_objects(),
         ClusterFacts {
             name: Some("aks-legacy-westeurope".into()),
