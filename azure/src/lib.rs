@@ -8,14 +8,18 @@
 //! (the generated map type is an empty struct), so identity changes are sent as the JSON ARM
 //! documents, built by the pure [`identity_patches`].
 
+pub mod cloud;
 pub mod credential;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use azure_core::auth::TokenCredential;
-pub use credential::CredentialConfig;
+/// The SDK's credential trait, which [`Arm`] takes; re-exported so callers need not depend on
+/// the SDK themselves.
+pub use azure_core::auth::TokenCredential;
+pub use cloud::{AzureJson, CloudConfig, CloudEndpoints, Overrides};
+pub use credential::{CredentialConfig, ReloadingCredential};
 use podid_crds::provider::AssignmentTarget;
 use serde_json::{Value, json};
 
@@ -26,9 +30,29 @@ pub const COMPUTE_API_VERSION: &str = "2024-07-01";
 /// ARM api-version for managed identities and federated credentials.
 pub const MSI_API_VERSION: &str = "2023-01-31";
 
-/// Errors talking to Azure.
+/// Errors talking to Azure or reading how to.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("reading cloud config {path}: {source}")]
+    ConfigRead {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parsing cloud config {path}: {source}")]
+    ConfigParse {
+        path: std::path::PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("cloud config is missing {0}")]
+    ConfigMissing(&'static str),
+    #[error(
+        "cloud config: unknown cloud {0:?}; use AzurePublicCloud, AzureChinaCloud, AzureUSGovernmentCloud, AzureGermanCloud or AzureStackCloud (with AZURE_ENVIRONMENT_FILEPATH), or set --arm-endpoint, --arm-audience and --authority-host"
+    )]
+    UnknownCloud(String),
+    #[error(
+        "cloud AzureStackCloud: reading the environment file {path} (AZURE_ENVIRONMENT_FILEPATH): {reason}"
+    )]
+    EnvironmentFile { path: String, reason: String },
     /// ARM answered with an error (`{"error":{"code","message"}}`).
     #[error("ARM {status} {code}: {message}")]
     Arm {
@@ -68,6 +92,11 @@ impl Error {
             Self::Credential(_) => "credential",
             Self::Transport { .. } => "transport",
             Self::Operation { .. } => "operation_failed",
+            Self::ConfigRead { .. }
+            | Self::ConfigParse { .. }
+            | Self::ConfigMissing(_)
+            | Self::UnknownCloud(_)
+            | Self::EnvironmentFile { .. } => "config",
         }
     }
 }
