@@ -1,15 +1,13 @@
 //! The controller's own Azure credential, from configuration: a service principal secret
 //! (`azure_identity::ClientSecretCredential`, against a configurable authority host) or a managed
 //! identity from IMDS. azure_identity 0.21 cannot ask IMDS for a user-assigned identity by client
-//! ID nor use another IMDS address, so [`ImdsCredential`] does that small request itself.
+//! ID nor use another IMDS address, so [`ImdsCredential`] asks IMDS through the node agent's
+//! [`crate::token::ImdsTokenSource`]. [`ReloadingCredential`] rebuilds the credential when
+//! azure.json changes. The credentials need feature `arm`; [`CredentialConfig`] does not.
 
+#[cfg(feature = "arm")]
+pub use sdk::{ImdsCredential, ReloadingCredential};
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-use azure_core::auth::{AccessToken, Secret, TokenCredential};
 
 /// Where the controller's token for ARM comes from.
 #[derive(Clone)]
@@ -55,143 +53,228 @@ impl fmt::Debug for CredentialConfig {
     }
 }
 
-impl CredentialConfig {
-    /// The credential, using `http` for its requests.
-    pub fn build(&self, http: reqwest::Client) -> Result<Arc<dyn TokenCredential>, crate::Error> {
-        Ok(match self {
-            Self::ClientSecret {
-                authority_host,
-                tenant_id,
-                client_id,
-                secret,
-            } => Arc::new(azure_identity::ClientSecretCredential::new(
-                Arc::new(http),
-                azure_core::Url::parse(authority_host).map_err(|e| {
-                    crate::Error::Credential(format!("authority host {authority_host}: {e}"))
-                })?,
-                tenant_id.clone(),
-                client_id.clone(),
-                secret.clone(),
-            )),
-            Self::ManagedIdentity {
-                imds_endpoint,
-                client_id,
-            } => Arc::new(ImdsCredential {
-                http,
-                endpoint: imds_endpoint.trim_end_matches('/').to_string(),
-                client_id: client_id.clone(),
-                cache: Mutex::new(None),
-            }),
-        })
-    }
-}
+#[cfg(feature = "arm")]
+mod sdk {
+    use std::fmt;
+    use std::future::Future;
+    use std::path::PathBuf;
+    use std::pin::Pin;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, SystemTime};
 
-/// A managed-identity token from IMDS (`GET /metadata/identity/oauth2/token`), cached until
-/// five minutes before it expires.
-pub struct ImdsCredential {
-    http: reqwest::Client,
-    endpoint: String,
-    client_id: Option<String>,
-    cache: Mutex<Option<(String, AccessToken)>>,
-}
+    use azure_core::auth::{AccessToken, Secret, TokenCredential};
 
-impl fmt::Debug for ImdsCredential {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ImdsCredential")
-            .field("endpoint", &self.endpoint)
-            .field("client_id", &self.client_id)
-            .finish_non_exhaustive()
-    }
-}
+    use super::CredentialConfig;
+    use crate::token::{ImdsTokenSource, SystemClock, TokenSource};
 
-const REFRESH_MARGIN: Duration = Duration::from_secs(300);
-
-impl ImdsCredential {
-    async fn fetch(&self, scopes: &[&str]) -> azure_core::Result<AccessToken> {
-        let err =
-            |m: String| azure_core::Error::message(azure_core::error::ErrorKind::Credential, m);
-        let resource = scopes
-            .first()
-            .map(|s| s.trim_end_matches("/.default").to_string())
-            .ok_or_else(|| err("no scope".into()))?;
-        if let Some((r, t)) = self.cache.lock().expect("lock").as_ref()
-            && *r == resource
-            && t.expires_on - time::OffsetDateTime::now_utc() > REFRESH_MARGIN
-        {
-            return Ok(t.clone());
-        }
-        let mut query = vec![
-            ("api-version", "2018-02-01".to_string()),
-            ("resource", resource.clone()),
-        ];
-        if let Some(c) = &self.client_id {
-            query.push(("client_id", c.clone()));
-        }
-        let resp = self
-            .http
-            .get(format!("{}/metadata/identity/oauth2/token", self.endpoint))
-            .header("Metadata", "true")
-            .query(&query)
-            .send()
-            .await
-            .map_err(|e| err(format!("IMDS: {e}")))?;
-        let status = resp.status();
-        let body: serde_json::Value = resp
-            .json()
-            .await
-            .map_err(|e| err(format!("IMDS answer: {e}")))?;
-        if !status.is_success() {
-            return Err(err(format!(
-                "IMDS {status}: {}",
-                body["error_description"]
-                    .as_str()
-                    .unwrap_or("no description")
-            )));
-        }
-        let token = body["access_token"]
-            .as_str()
-            .ok_or_else(|| err("IMDS answer without access_token".into()))?;
-        let secs = |v: &serde_json::Value| {
-            v.as_i64()
-                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-        };
-        let expires_on = secs(&body["expires_on"])
-            .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
-            .or_else(|| {
-                secs(&body["expires_in"])
-                    .map(|s| time::OffsetDateTime::now_utc() + time::Duration::seconds(s))
+    impl CredentialConfig {
+        /// The credential, using `http` for its requests.
+        pub fn build(
+            &self,
+            http: reqwest::Client,
+        ) -> Result<Arc<dyn TokenCredential>, crate::Error> {
+            Ok(match self {
+                Self::ClientSecret {
+                    authority_host,
+                    tenant_id,
+                    client_id,
+                    secret,
+                } => Arc::new(azure_identity::ClientSecretCredential::new(
+                    Arc::new(http),
+                    azure_core::Url::parse(authority_host).map_err(|e| {
+                        crate::Error::Credential(format!("authority host {authority_host}: {e}"))
+                    })?,
+                    tenant_id.clone(),
+                    client_id.clone(),
+                    secret.clone(),
+                )),
+                Self::ManagedIdentity {
+                    imds_endpoint,
+                    client_id,
+                } => Arc::new(ImdsCredential {
+                    source: ImdsTokenSource {
+                        http,
+                        endpoint: url::Url::parse(imds_endpoint).map_err(|e| {
+                            crate::Error::Credential(format!("IMDS endpoint {imds_endpoint}: {e}"))
+                        })?,
+                        client_id: client_id.clone(),
+                        clock: Arc::new(SystemClock),
+                    },
+                    cache: Mutex::new(None),
+                }),
             })
-            .unwrap_or_else(|| time::OffsetDateTime::now_utc() + time::Duration::minutes(5));
-        let t = AccessToken::new(Secret::new(token.to_string()), expires_on);
-        *self.cache.lock().expect("lock") = Some((resource, t.clone()));
-        Ok(t)
-    }
-}
-
-// `TokenCredential` is declared with `async_trait`; this is its expansion, written out so the
-// crate needs no macro dependency.
-impl TokenCredential for ImdsCredential {
-    fn get_token<'a, 'b, 'c, 'f>(
-        &'a self,
-        scopes: &'b [&'c str],
-    ) -> Pin<Box<dyn Future<Output = azure_core::Result<AccessToken>> + Send + 'f>>
-    where
-        'a: 'f,
-        'b: 'f,
-        'c: 'f,
-        Self: 'f,
-    {
-        Box::pin(self.fetch(scopes))
+        }
     }
 
-    fn clear_cache<'a, 'f>(
-        &'a self,
-    ) -> Pin<Box<dyn Future<Output = azure_core::Result<()>> + Send + 'f>>
-    where
-        'a: 'f,
-        Self: 'f,
-    {
-        *self.cache.lock().expect("lock") = None;
-        Box::pin(async { Ok(()) })
+    /// A managed-identity token from IMDS (`GET /metadata/identity/oauth2/token`), asked by the
+    /// same [`ImdsTokenSource`] the node agent uses, cached until five minutes before it expires.
+    pub struct ImdsCredential {
+        source: ImdsTokenSource,
+        cache: Mutex<Option<(String, AccessToken)>>,
+    }
+
+    impl fmt::Debug for ImdsCredential {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("ImdsCredential")
+                .field("endpoint", &self.source.endpoint.as_str())
+                .field("client_id", &self.source.client_id)
+                .finish_non_exhaustive()
+        }
+    }
+
+    const REFRESH_MARGIN: Duration = Duration::from_secs(300);
+
+    impl ImdsCredential {
+        async fn fetch(&self, scopes: &[&str]) -> azure_core::Result<AccessToken> {
+            let err =
+                |m: String| azure_core::Error::message(azure_core::error::ErrorKind::Credential, m);
+            let resource = scopes
+                .first()
+                .map(|s| s.trim_end_matches("/.default").to_string())
+                .ok_or_else(|| err("no scope".into()))?;
+            if let Some((r, t)) = self.cache.lock().expect("lock").as_ref()
+                && *r == resource
+                && t.expires_on - time::OffsetDateTime::now_utc() > REFRESH_MARGIN
+            {
+                return Ok(t.clone());
+            }
+            let token = self
+                .source
+                .fetch(&resource)
+                .await
+                .map_err(|e| err(format!("IMDS: {e}")))?;
+            let expires_on = i64::try_from(token.expires_on)
+                .ok()
+                .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+                .ok_or_else(|| {
+                    err(format!(
+                        "IMDS: expires_on {} out of range",
+                        token.expires_on
+                    ))
+                })?;
+            let t = AccessToken::new(Secret::new(token.access_token), expires_on);
+            *self.cache.lock().expect("lock") = Some((resource, t.clone()));
+            Ok(t)
+        }
+    }
+
+    // `TokenCredential` is declared with `async_trait`; this is its expansion, written out so the
+    // crate needs no macro dependency.
+    impl TokenCredential for ImdsCredential {
+        fn get_token<'a, 'b, 'c, 'f>(
+            &'a self,
+            scopes: &'b [&'c str],
+        ) -> Pin<Box<dyn Future<Output = azure_core::Result<AccessToken>> + Send + 'f>>
+        where
+            'a: 'f,
+            'b: 'f,
+            'c: 'f,
+            Self: 'f,
+        {
+            Box::pin(self.fetch(scopes))
+        }
+
+        fn clear_cache<'a, 'f>(
+            &'a self,
+        ) -> Pin<Box<dyn Future<Output = azure_core::Result<()>> + Send + 'f>>
+        where
+            'a: 'f,
+            Self: 'f,
+        {
+            *self.cache.lock().expect("lock") = None;
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    /// The controller's Azure credential, rebuilt when azure.json changes. The original MIC re-reads
+    /// azure.json before its writes, so a service principal secret rotated on the nodes (for
+    /// example `az aks update-credentials`) is used without a restart; this does the same: each
+    /// token request checks the file's modification time and, when it changed, builds the
+    /// credential again from the file (flags and environment still win). A file that no longer
+    /// reads or parses keeps the previous credential and says why in the log.
+    pub struct ReloadingCredential {
+        path: PathBuf,
+        load: Loader,
+        http: reqwest::Client,
+        current: Mutex<(Option<SystemTime>, Arc<dyn TokenCredential>)>,
+    }
+
+    type Loader = Box<dyn Fn() -> Result<CredentialConfig, crate::Error> + Send + Sync>;
+
+    impl fmt::Debug for ReloadingCredential {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("ReloadingCredential")
+                .field("path", &self.path)
+                .finish_non_exhaustive()
+        }
+    }
+
+    fn modified(path: &PathBuf) -> Option<SystemTime> {
+        std::fs::metadata(path).and_then(|m| m.modified()).ok()
+    }
+
+    impl ReloadingCredential {
+        /// `load` resolves the credential configuration from `path` (and flags/environment).
+        pub fn new(
+            path: PathBuf,
+            load: impl Fn() -> Result<CredentialConfig, crate::Error> + Send + Sync + 'static,
+            http: reqwest::Client,
+        ) -> Result<Self, crate::Error> {
+            let stamp = modified(&path);
+            let credential = load()?.build(http.clone())?;
+            Ok(Self {
+                path,
+                load: Box::new(load),
+                http,
+                current: Mutex::new((stamp, credential)),
+            })
+        }
+
+        /// The credential to use now, rebuilt first if the file changed since it was built.
+        fn credential(&self) -> Arc<dyn TokenCredential> {
+            let stamp = modified(&self.path);
+            let mut current = self.current.lock().expect("credential lock");
+            if stamp.is_some() && stamp != current.0 {
+                match (self.load)().and_then(|c| c.build(self.http.clone())) {
+                    Ok(fresh) => {
+                        tracing::info!(path = %self.path.display(), "cloud config changed; Azure credential rebuilt");
+                        *current = (stamp, fresh);
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %self.path.display(), error = %e, "cloud config changed but cannot be used; keeping the previous credential");
+                        current.0 = stamp;
+                    }
+                }
+            }
+            current.1.clone()
+        }
+    }
+
+    // `TokenCredential` is declared with `async_trait`; its expansion, as for [`ImdsCredential`].
+    impl TokenCredential for ReloadingCredential {
+        fn get_token<'a, 'b, 'c, 'f>(
+            &'a self,
+            scopes: &'b [&'c str],
+        ) -> Pin<Box<dyn Future<Output = azure_core::Result<AccessToken>> + Send + 'f>>
+        where
+            'a: 'f,
+            'b: 'f,
+            'c: 'f,
+            Self: 'f,
+        {
+            let credential = self.credential();
+            Box::pin(async move { credential.get_token(scopes).await })
+        }
+
+        fn clear_cache<'a, 'f>(
+            &'a self,
+        ) -> Pin<Box<dyn Future<Output = azure_core::Result<()>> + Send + 'f>>
+        where
+            'a: 'f,
+            Self: 'f,
+        {
+            let credential = self.credential();
+            Box::pin(async move { credential.clear_cache().await })
+        }
     }
 }

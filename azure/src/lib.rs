@@ -1,21 +1,39 @@
-//! Azure access for podid, behind small project-owned traits so the rest of the code never
-//! touches an SDK type: which identities a scale set or VM carries and how to change them
-//! ([`NodePoolIdentities`]), and a managed identity's federated credentials
-//! ([`FederatedCredentials`]). [`Arm`] implements both over ARM's REST API, authenticated with an
-//! `azure_identity` credential; moving to another SDK line touches this crate only.
+//! Azure access for podid; the only crate that talks to Azure. Behind small project-owned traits
+//! so the rest of the code never touches an SDK type: which identities a scale set or VM carries
+//! and how to change them ([`NodePoolIdentities`]), and a managed identity's federated
+//! credentials ([`FederatedCredentials`]). [`Arm`] implements both over ARM's REST API,
+//! authenticated with an `azure_identity` credential ([`credential`]); moving to another SDK
+//! line touches this crate only. Also here: the clouds' endpoints and azure.json ([`cloud`]),
+//! the IMDS and Entra token sources of the node agent ([`token`]) and Entra's rules ([`entra`]).
+//!
+//! Feature `arm` (default) holds everything that links the SDK: [`Arm`] and the controller's
+//! credentials. Without it (the node agent) the crate is plain HTTP.
 //!
 //! The typed models of `azure_mgmt_compute` 0.21 cannot carry `userAssignedIdentities` entries
 //! (the generated map type is an empty struct), so identity changes are sent as the JSON ARM
 //! documents, built by the pure [`identity_patches`].
 
+#[cfg(feature = "arm")]
+mod arm;
+pub mod cloud;
 pub mod credential;
+pub mod entra;
+pub mod token;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use azure_core::auth::TokenCredential;
+#[cfg(feature = "arm")]
+pub use arm::Arm;
+/// The SDK's credential trait, which [`Arm`] takes; re-exported so callers need not depend on
+/// the SDK themselves.
+#[cfg(feature = "arm")]
+pub use azure_core::auth::TokenCredential;
+pub use cloud::{AzureJson, CloudConfig, CloudEndpoints, Overrides};
 pub use credential::CredentialConfig;
+#[cfg(feature = "arm")]
+pub use credential::ReloadingCredential;
 use podid_crds::provider::AssignmentTarget;
 use serde_json::{Value, json};
 
@@ -26,9 +44,29 @@ pub const COMPUTE_API_VERSION: &str = "2024-07-01";
 /// ARM api-version for managed identities and federated credentials.
 pub const MSI_API_VERSION: &str = "2023-01-31";
 
-/// Errors talking to Azure.
+/// Errors talking to Azure or reading how to.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("reading cloud config {path}: {source}")]
+    ConfigRead {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parsing cloud config {path}: {source}")]
+    ConfigParse {
+        path: std::path::PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("cloud config is missing {0}")]
+    ConfigMissing(&'static str),
+    #[error(
+        "cloud config: unknown cloud {0:?}; use AzurePublicCloud, AzureChinaCloud, AzureUSGovernmentCloud, AzureGermanCloud or AzureStackCloud (with AZURE_ENVIRONMENT_FILEPATH), or set --arm-endpoint, --arm-audience and --authority-host"
+    )]
+    UnknownCloud(String),
+    #[error(
+        "cloud AzureStackCloud: reading the environment file {path} (AZURE_ENVIRONMENT_FILEPATH): {reason}"
+    )]
+    EnvironmentFile { path: String, reason: String },
     /// ARM answered with an error (`{"error":{"code","message"}}`).
     #[error("ARM {status} {code}: {message}")]
     Arm {
@@ -68,6 +106,11 @@ impl Error {
             Self::Credential(_) => "credential",
             Self::Transport { .. } => "transport",
             Self::Operation { .. } => "operation_failed",
+            Self::ConfigRead { .. }
+            | Self::ConfigParse { .. }
+            | Self::ConfigMissing(_)
+            | Self::UnknownCloud(_)
+            | Self::EnvironmentFile { .. } => "config",
         }
     }
 }
@@ -243,244 +286,6 @@ impl RetryPolicy {
 /// `operation_get`, `fic_list`, `fic_put`, `fic_delete`), result (`ok` or an
 /// [`Error::metric_label`]) and duration.
 pub type ArmObserver = Arc<dyn Fn(&'static str, &'static str, Duration) + Send + Sync>;
-
-/// ARM over REST with an `azure_identity` credential.
-#[derive(Clone)]
-pub struct Arm {
-    endpoint: String,
-    credential: Arc<dyn TokenCredential>,
-    http: reqwest::Client,
-    /// Delay between async-operation polls when ARM sends no `Retry-After`.
-    pub poll_interval: Duration,
-    /// The token audience (`https://management.azure.com` in the public cloud).
-    pub audience: String,
-    pub retry: RetryPolicy,
-    pub observer: Option<ArmObserver>,
-}
-
-impl Arm {
-    /// `endpoint` is ARM's base URL (`https://management.azure.com`, or the emulator's).
-    pub fn new(
-        endpoint: &str,
-        credential: Arc<dyn TokenCredential>,
-        http: reqwest::Client,
-    ) -> Self {
-        Self {
-            endpoint: endpoint.trim_end_matches('/').to_string(),
-            credential,
-            http,
-            poll_interval: Duration::from_secs(5),
-            audience: "https://management.azure.com".into(),
-            retry: RetryPolicy::default(),
-            observer: None,
-        }
-    }
-
-    async fn token(&self) -> Result<String, Error> {
-        let scope = format!("{}/.default", self.audience.trim_end_matches('/'));
-        self.credential
-            .get_token(&[&scope])
-            .await
-            .map(|t| t.token.secret().to_string())
-            .map_err(|e| Error::Credential(e.to_string()))
-    }
-
-    /// One ARM call with retries (see [`RetryPolicy`]), reported to the observer per attempt.
-    async fn call(
-        &self,
-        operation: &'static str,
-        method: reqwest::Method,
-        url: &str,
-        body: Option<&Value>,
-    ) -> Result<(u16, Option<String>, Value), Error> {
-        let mut attempt = 0;
-        loop {
-            let started = std::time::Instant::now();
-            let result = self.call_once(method.clone(), url, body).await;
-            if let Some(observe) = &self.observer {
-                let label = match &result {
-                    Ok(_) => "ok",
-                    Err(e) => e.metric_label(),
-                };
-                observe(operation, label, started.elapsed());
-            }
-            match result {
-                Ok(r) => return Ok(r),
-                Err(e) => match self.retry.delay(attempt, &e) {
-                    Some(wait) => {
-                        tracing::debug!(operation, attempt, error = %e, ?wait, "retrying ARM call");
-                        tokio::time::sleep(wait).await;
-                        attempt += 1;
-                    }
-                    None => return Err(e),
-                },
-            }
-        }
-    }
-
-    /// One ARM request; returns the status, the `Azure-AsyncOperation` URL and the JSON body.
-    async fn call_once(
-        &self,
-        method: reqwest::Method,
-        url: &str,
-        body: Option<&Value>,
-    ) -> Result<(u16, Option<String>, Value), Error> {
-        let token = self.token().await?;
-        let mut req = self.http.request(method, url).bearer_auth(token);
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let transport = |e: reqwest::Error| Error::Transport {
-            url: url.to_string(),
-            message: e.to_string(),
-        };
-        let resp = req.send().await.map_err(transport)?;
-        let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
-        let op = resp
-            .headers()
-            .get("azure-asyncoperation")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let text = resp.text().await.map_err(transport)?;
-        let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        if status >= 400 {
-            return Err(Error::Arm {
-                status,
-                code: json["error"]["code"]
-                    .as_str()
-                    .unwrap_or("Unknown")
-                    .to_string(),
-                message: json["error"]["message"]
-                    .as_str()
-                    .unwrap_or(&text)
-                    .to_string(),
-                retry_after,
-            });
-        }
-        Ok((status, op, json))
-    }
-
-    async fn wait(&self, op: &str) -> Result<(), Error> {
-        loop {
-            let (_, _, body) = self
-                .call("operation_get", reqwest::Method::GET, op, None)
-                .await?;
-            match body["status"].as_str().unwrap_or("") {
-                "Succeeded" => return Ok(()),
-                "InProgress" | "" => tokio::time::sleep(self.poll_interval).await,
-                other => {
-                    return Err(Error::Operation {
-                        url: op.to_string(),
-                        status: other.to_string(),
-                    });
-                }
-            }
-        }
-    }
-
-    fn machine_url(&self, t: &AssignmentTarget) -> String {
-        format!(
-            "{}{}?api-version={COMPUTE_API_VERSION}",
-            self.endpoint,
-            t.arm_id()
-        )
-    }
-}
-
-impl NodePoolIdentities for Arm {
-    async fn identities(&self, target: &AssignmentTarget) -> Result<IdentityState, Error> {
-        let op = if target.is_scale_set {
-            "vmss_get"
-        } else {
-            "vm_get"
-        };
-        let (_, _, body) = self
-            .call(op, reqwest::Method::GET, &self.machine_url(target), None)
-            .await?;
-        Ok(IdentityState::from_arm(body.get("identity")))
-    }
-
-    async fn update_from(
-        &self,
-        target: &AssignmentTarget,
-        current: &IdentityState,
-        add: &[String],
-        remove: &[String],
-    ) -> Result<usize, Error> {
-        let patches = identity_patches(current, add, remove);
-        for p in &patches {
-            let name = if target.is_scale_set {
-                "vmss_update"
-            } else {
-                "vm_update"
-            };
-            let (_, op, _) = self
-                .call(
-                    name,
-                    reqwest::Method::PATCH,
-                    &self.machine_url(target),
-                    Some(p),
-                )
-                .await?;
-            if let Some(op) = op {
-                self.wait(&op).await?;
-            }
-        }
-        Ok(patches.len())
-    }
-}
-
-impl FederatedCredentials for Arm {
-    async fn list(&self, identity_id: &str) -> Result<Vec<FederatedCredential>, Error> {
-        let mut url = Some(format!(
-            "{}{identity_id}/federatedIdentityCredentials?api-version={MSI_API_VERSION}",
-            self.endpoint
-        ));
-        let mut out = Vec::new();
-        while let Some(u) = url.take() {
-            let (_, _, body) = self
-                .call("fic_list", reqwest::Method::GET, &u, None)
-                .await?;
-            for f in body["value"].as_array().into_iter().flatten() {
-                let p = &f["properties"];
-                out.push(FederatedCredential {
-                    name: f["name"].as_str().unwrap_or_default().to_string(),
-                    issuer: p["issuer"].as_str().unwrap_or_default().to_string(),
-                    subject: p["subject"].as_str().unwrap_or_default().to_string(),
-                    audience: p["audiences"][0].as_str().unwrap_or_default().to_string(),
-                });
-            }
-            url = body["nextLink"].as_str().map(str::to_string);
-        }
-        Ok(out)
-    }
-
-    async fn put(&self, identity_id: &str, c: &FederatedCredential) -> Result<(), Error> {
-        let url = format!(
-            "{}{identity_id}/federatedIdentityCredentials/{}?api-version={MSI_API_VERSION}",
-            self.endpoint, c.name
-        );
-        let body = json!({"properties": {"issuer": c.issuer, "subject": c.subject, "audiences": [c.audience]}});
-        self.call("fic_put", reqwest::Method::PUT, &url, Some(&body))
-            .await
-            .map(|_| ())
-    }
-
-    async fn delete(&self, identity_id: &str, name: &str) -> Result<(), Error> {
-        let url = format!(
-            "{}{identity_id}/federatedIdentityCredentials/{name}?api-version={MSI_API_VERSION}",
-            self.endpoint
-        );
-        self.call("fic_delete", reqwest::Method::DELETE, &url, None)
-            .await
-            .map(|_| ())
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -14,27 +14,11 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+pub use podid_azure::token::{Clock, SystemClock};
 
 use crate::token::AccessToken;
-
-/// Seconds since the Unix epoch; injected so expiry can be tested without waiting.
-pub trait Clock: Send + Sync {
-    fn now_unix(&self) -> u64;
-}
-
-/// The system clock.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_unix(&self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-    }
-}
 
 /// Which credential a cached token belongs to: the identity's type, tenant and client ID
 /// (lowercased) and, for service principals, the Secret's resourceVersion so a rotated secret

@@ -1,118 +1,13 @@
-//! Flags (the original MIC's where they make sense, plus podid's) and the cloud configuration
-//! from azure.json, with flags and environment variables taking precedence over the file.
+//! Flags (the original MIC's where they make sense, plus podid's). The cloud configuration is
+//! azure.json read by [`podid_azure::CloudConfig`], with these flags and environment variables
+//! taking precedence over the file.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use podid_azure::CredentialConfig;
-use serde::Deserialize;
-
-/// Errors in the configuration.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("reading cloud config {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("parsing cloud config {path}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
-    #[error("cloud config is missing {0}")]
-    Missing(&'static str),
-    #[error("Azure credential: {0}")]
-    Credential(String),
-    #[error(
-        "cloud config: unknown cloud {0:?}; use AzurePublicCloud, AzureChinaCloud, AzureUSGovernmentCloud, AzureGermanCloud or AzureStackCloud (with AZURE_ENVIRONMENT_FILEPATH), or set --arm-endpoint, --arm-audience and --authority-host"
-    )]
-    UnknownCloud(String),
-    #[error(
-        "cloud AzureStackCloud: reading the environment file {path} (AZURE_ENVIRONMENT_FILEPATH): {reason}"
-    )]
-    EnvironmentFile { path: String, reason: String },
-}
-
-/// ARM and Entra endpoints of one Azure cloud (no trailing slashes).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CloudEndpoints {
-    pub arm: String,
-    pub arm_audience: String,
-    pub authority_host: String,
-}
-
-impl CloudEndpoints {
-    fn new(arm: &str, audience: &str, authority: &str) -> Self {
-        let t = |s: &str| s.trim_end_matches('/').to_owned();
-        Self {
-            arm: t(arm),
-            arm_audience: t(audience),
-            authority_host: t(authority),
-        }
-    }
-
-    /// The endpoints of azure.json's `cloud`, as the original resolves it (go-autorest's
-    /// `EnvironmentFromName`): a known name, case-insensitively, or `AzureStackCloud` read from
-    /// the JSON file named by `AZURE_ENVIRONMENT_FILEPATH`. Empty means the public cloud.
-    pub fn for_cloud(name: &str, environment_file: Option<&str>) -> Result<Self, ConfigError> {
-        Ok(match name.to_ascii_uppercase().as_str() {
-            "" | "AZUREPUBLICCLOUD" => Self::new(
-                "https://management.azure.com/",
-                "https://management.azure.com/",
-                "https://login.microsoftonline.com/",
-            ),
-            "AZURECHINACLOUD" => Self::new(
-                "https://management.chinacloudapi.cn/",
-                "https://management.chinacloudapi.cn/",
-                "https://login.chinacloudapi.cn/",
-            ),
-            "AZUREUSGOVERNMENTCLOUD" => Self::new(
-                "https://management.usgovcloudapi.net/",
-                "https://management.usgovcloudapi.net/",
-                "https://login.microsoftonline.us/",
-            ),
-            "AZUREGERMANCLOUD" => Self::new(
-                "https://management.microsoftazure.de/",
-                "https://management.microsoftazure.de/",
-                "https://login.microsoftonline.de/",
-            ),
-            "AZURESTACKCLOUD" => {
-                let path = environment_file.unwrap_or_default().to_owned();
-                let fail = |reason: String| ConfigError::EnvironmentFile {
-                    path: path.clone(),
-                    reason,
-                };
-                if path.is_empty() {
-                    return Err(fail("the variable is not set".into()));
-                }
-                #[derive(Deserialize)]
-                #[serde(rename_all = "camelCase")]
-                struct Env {
-                    resource_manager_endpoint: String,
-                    active_directory_endpoint: String,
-                    #[serde(default)]
-                    token_audience: String,
-                }
-                let text = std::fs::read_to_string(&path).map_err(|e| fail(e.to_string()))?;
-                let env: Env = serde_json::from_str(&text).map_err(|e| fail(e.to_string()))?;
-                let audience = if env.token_audience.is_empty() {
-                    &env.resource_manager_endpoint
-                } else {
-                    &env.token_audience
-                };
-                Self::new(
-                    &env.resource_manager_endpoint,
-                    audience,
-                    &env.active_directory_endpoint,
-                )
-            }
-            _ => return Err(ConfigError::UnknownCloud(name.to_owned())),
-        })
-    }
-}
+use podid_azure::{CloudConfig, Overrides};
 
 /// `standard`: this controller assigns identities (the original MIC). `managed`: identities are
 /// assigned by hand, so the controller assigns nothing.
@@ -270,44 +165,6 @@ pub struct Flags {
     pub custom_user_agent: String,
 }
 
-/// azure.json, as the AKS cloud provider writes it (keys are case-sensitive).
-#[derive(Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AzureJson {
-    #[serde(default)]
-    pub cloud: String,
-    #[serde(default)]
-    pub tenant_id: String,
-    #[serde(default)]
-    pub subscription_id: String,
-    #[serde(default)]
-    pub resource_group: String,
-    #[serde(default)]
-    pub vm_type: String,
-    #[serde(default)]
-    pub aad_client_id: String,
-    #[serde(default)]
-    pub aad_client_secret: String,
-    #[serde(default)]
-    pub use_managed_identity_extension: bool,
-    #[serde(rename = "userAssignedIdentityID", default)]
-    pub user_assigned_identity_id: String,
-}
-
-/// The resolved cloud configuration.
-#[derive(Clone, Debug)]
-pub struct CloudConfig {
-    pub tenant_id: String,
-    pub subscription_id: String,
-    pub resource_group: String,
-    pub vm_type: String,
-    pub credential: CredentialConfig,
-    /// The cluster identity's client ID (never removed), when configured.
-    pub cluster_identity: Option<String>,
-    /// ARM and Entra of the cloud, flags over azure.json's `cloud`.
-    pub endpoints: CloudEndpoints,
-}
-
 impl Flags {
     /// ARM retries within a pass, from `--update-user-msi-max-retry` and `-retry-interval`.
     pub fn arm_retry(&self) -> podid_azure::RetryPolicy {
@@ -319,85 +176,27 @@ impl Flags {
     }
 
     /// azure.json (if any) overridden by flags and environment variables.
-    pub fn cloud_config(&self) -> Result<CloudConfig, ConfigError> {
-        let mut j = match &self.cloud_config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                serde_json::from_str::<AzureJson>(&text).map_err(|source| ConfigError::Parse {
-                    path: path.clone(),
-                    source,
-                })?
-            }
-            None => AzureJson::default(),
-        };
-        let set = |field: &mut String, v: &Option<String>| {
-            if let Some(v) = v.as_ref().filter(|v| !v.is_empty()) {
-                *field = v.clone();
-            }
-        };
-        set(&mut j.tenant_id, &self.tenant_id);
-        set(&mut j.subscription_id, &self.subscription_id);
-        set(&mut j.resource_group, &self.resource_group);
-        set(&mut j.vm_type, &self.vm_type);
-        set(&mut j.aad_client_id, &self.client_id);
-        set(&mut j.aad_client_secret, &self.client_secret);
-        set(
-            &mut j.user_assigned_identity_id,
-            &self.user_assigned_msi_client_id,
-        );
-        if let Some(m) = &self.use_msi {
-            j.use_managed_identity_extension = m.eq_ignore_ascii_case("true");
+    pub fn cloud_config(&self) -> Result<CloudConfig, podid_azure::Error> {
+        CloudConfig::load(self.cloud_config.as_deref(), &self.cloud_overrides())
+    }
+
+    /// The values of flags and environment variables that win over azure.json.
+    pub fn cloud_overrides(&self) -> Overrides {
+        Overrides {
+            tenant_id: self.tenant_id.clone(),
+            subscription_id: self.subscription_id.clone(),
+            resource_group: self.resource_group.clone(),
+            vm_type: self.vm_type.clone(),
+            client_id: self.client_id.clone(),
+            client_secret: self.client_secret.clone(),
+            use_msi: self.use_msi.clone(),
+            user_assigned_msi_client_id: self.user_assigned_msi_client_id.clone(),
+            arm_endpoint: self.arm_endpoint.clone(),
+            arm_audience: self.arm_audience.clone(),
+            authority_host: self.authority_host.clone(),
+            imds_endpoint: self.imds_endpoint.clone(),
+            environment_file: std::env::var("AZURE_ENVIRONMENT_FILEPATH").ok(),
         }
-        let mut endpoints = CloudEndpoints::for_cloud(
-            &j.cloud,
-            std::env::var("AZURE_ENVIRONMENT_FILEPATH").ok().as_deref(),
-        )?;
-        for (field, flag) in [
-            (&mut endpoints.arm, &self.arm_endpoint),
-            (&mut endpoints.arm_audience, &self.arm_audience),
-            (&mut endpoints.authority_host, &self.authority_host),
-        ] {
-            if let Some(v) = flag.as_ref().filter(|v| !v.is_empty()) {
-                *field = v.trim_end_matches('/').to_owned();
-            }
-        }
-        let cluster_identity = Some(j.user_assigned_identity_id.clone()).filter(|c| !c.is_empty());
-        let credential = if j.use_managed_identity_extension {
-            CredentialConfig::ManagedIdentity {
-                imds_endpoint: self.imds_endpoint.clone(),
-                client_id: cluster_identity.clone(),
-            }
-        } else {
-            if j.tenant_id.is_empty() {
-                return Err(ConfigError::Missing("tenantId"));
-            }
-            if j.aad_client_id.is_empty() || j.aad_client_secret.is_empty() {
-                return Err(ConfigError::Missing(
-                    "aadClientId/aadClientSecret (or useManagedIdentityExtension)",
-                ));
-            }
-            CredentialConfig::ClientSecret {
-                authority_host: endpoints.authority_host.clone(),
-                tenant_id: j.tenant_id.clone(),
-                client_id: j.aad_client_id.clone(),
-                secret: j.aad_client_secret.clone(),
-            }
-        };
-        if j.subscription_id.is_empty() {
-            return Err(ConfigError::Missing("subscriptionId"));
-        }
-        Ok(CloudConfig {
-            tenant_id: j.tenant_id,
-            subscription_id: j.subscription_id,
-            resource_group: j.resource_group,
-            vm_type: j.vm_type,
-            credential,
-            cluster_identity,
-            endpoints,
-        })
     }
 
     /// Client IDs and ARM ids never removed: `--immutable-user-msis` plus the cluster identity.
@@ -421,6 +220,7 @@ impl Flags {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use podid_azure::CredentialConfig;
 
     fn flags(args: &[&str]) -> Flags {
         Flags::try_parse_from(std::iter::once("podid-operator").chain(args.iter().copied()))
@@ -515,52 +315,6 @@ mod tests {
             e.to_string().contains("--arm-endpoint"),
             "names the fix: {e}"
         );
-    }
-
-    #[test]
-    fn azure_stack_reads_the_environment_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let env = dir.path().join("env.json");
-        std::fs::write(
-            &env,
-            r#"{"name":"AzureStackCloud","resourceManagerEndpoint":"https://127.0.0.1:8443/",
-                "activeDirectoryEndpoint":"https://127.0.0.1:8443/","tokenAudience":""}"#,
-        )
-        .unwrap();
-        let e = CloudEndpoints::for_cloud("AzureStackCloud", Some(env.to_str().unwrap())).unwrap();
-        assert_eq!(e.arm, "https://127.0.0.1:8443");
-        assert_eq!(
-            e.arm_audience, "https://127.0.0.1:8443",
-            "audience defaults to ARM"
-        );
-        let err = CloudEndpoints::for_cloud("AzureStackCloud", None).unwrap_err();
-        assert!(
-            err.to_string().contains("AZURE_ENVIRONMENT_FILEPATH"),
-            "{err}"
-        );
-        let err = CloudEndpoints::for_cloud("AzureStackCloud", Some("/nonexistent/env.json"))
-            .unwrap_err();
-        assert!(err.to_string().contains("/nonexistent/env.json"), "{err}");
-    }
-
-    #[test]
-    fn managed_identity_credential() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("azure.json");
-        std::fs::write(
-            &path,
-            r#"{"subscriptionId":"s","useManagedIdentityExtension":true,"userAssignedIdentityID":"k"}"#,
-        )
-        .unwrap();
-        let c = flags(&["--cloudconfig", path.to_str().unwrap()])
-            .cloud_config()
-            .unwrap();
-        assert!(matches!(
-            c.credential,
-            CredentialConfig::ManagedIdentity { client_id: Some(ref k), .. } if k == "k"
-        ));
-        let err = flags(&[]).cloud_config().unwrap_err();
-        assert!(err.to_string().contains("tenantId"), "{err}");
     }
 
     #[test]

@@ -6,7 +6,6 @@
 
 pub mod config;
 pub mod controller;
-pub mod credential;
 pub mod leader;
 pub mod metrics;
 pub mod planner;

@@ -109,12 +109,12 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let http_client = http_client.build().context("HTTP client")?;
-    let credential: Arc<dyn azure_core::auth::TokenCredential> = match &flags.cloud_config {
+    let credential: Arc<dyn podid_azure::TokenCredential> = match &flags.cloud_config {
         // Rebuilt when azure.json changes (a rotated secret), as the original re-reads it.
         Some(path) => {
             let f = flags.clone();
             Arc::new(
-                podid_operator::credential::ReloadingCredential::new(
+                podid_azure::ReloadingCredential::new(
                     path.clone(),
                     move || f.cloud_config().map(|c| c.credential),
                     http_client.clone(),

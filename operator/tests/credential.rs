@@ -4,11 +4,10 @@
 
 use std::time::{Duration, SystemTime};
 
-use azure_core::auth::TokenCredential;
 use clap::Parser;
+use podid_azure::{ReloadingCredential, TokenCredential};
 use podid_azure_emulator::{Emulator, Settings};
 use podid_operator::config::Flags;
-use podid_operator::credential::ReloadingCredential;
 
 const SCOPE: &str = "https://management.azure.com/.default";
 

@@ -1,0 +1,252 @@
+//! [`Arm`]: [`NodePoolIdentities`] and [`FederatedCredentials`] over ARM's REST API, with an SDK
+//! credential (feature `arm`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use azure_core::auth::TokenCredential;
+use podid_crds::provider::AssignmentTarget;
+use serde_json::{Value, json};
+
+use crate::{
+    ArmObserver, COMPUTE_API_VERSION, Error, FederatedCredential, FederatedCredentials,
+    IdentityState, MSI_API_VERSION, NodePoolIdentities, RetryPolicy, identity_patches,
+};
+
+/// ARM over REST with an `azure_identity` credential.
+#[derive(Clone)]
+pub struct Arm {
+    endpoint: String,
+    credential: Arc<dyn TokenCredential>,
+    http: reqwest::Client,
+    /// Delay between async-operation polls when ARM sends no `Retry-After`.
+    pub poll_interval: Duration,
+    /// The token audience (`https://management.azure.com` in the public cloud).
+    pub audience: String,
+    pub retry: RetryPolicy,
+    pub observer: Option<ArmObserver>,
+}
+
+impl Arm {
+    /// `endpoint` is ARM's base URL (`https://management.azure.com`, or the emulator's).
+    pub fn new(
+        endpoint: &str,
+        credential: Arc<dyn TokenCredential>,
+        http: reqwest::Client,
+    ) -> Self {
+        Self {
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+            credential,
+            http,
+            poll_interval: Duration::from_secs(5),
+            audience: "https://management.azure.com".into(),
+            retry: RetryPolicy::default(),
+            observer: None,
+        }
+    }
+
+    async fn token(&self) -> Result<String, Error> {
+        let scope = format!("{}/.default", self.audience.trim_end_matches('/'));
+        self.credential
+            .get_token(&[&scope])
+            .await
+            .map(|t| t.token.secret().to_string())
+            .map_err(|e| Error::Credential(e.to_string()))
+    }
+
+    /// One ARM call with retries (see [`RetryPolicy`]), reported to the observer per attempt.
+    async fn call(
+        &self,
+        operation: &'static str,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Option<String>, Value), Error> {
+        let mut attempt = 0;
+        loop {
+            let started = std::time::Instant::now();
+            let result = self.call_once(method.clone(), url, body).await;
+            if let Some(observe) = &self.observer {
+                let label = match &result {
+                    Ok(_) => "ok",
+                    Err(e) => e.metric_label(),
+                };
+                observe(operation, label, started.elapsed());
+            }
+            match result {
+                Ok(r) => return Ok(r),
+                Err(e) => match self.retry.delay(attempt, &e) {
+                    Some(wait) => {
+                        tracing::debug!(operation, attempt, error = %e, ?wait, "retrying ARM call");
+                        tokio::time::sleep(wait).await;
+                        attempt += 1;
+                    }
+                    None => return Err(e),
+                },
+            }
+        }
+    }
+
+    /// One ARM request; returns the status, the `Azure-AsyncOperation` URL and the JSON body.
+    async fn call_once(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Option<String>, Value), Error> {
+        let token = self.token().await?;
+        let mut req = self.http.request(method, url).bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let transport = |e: reqwest::Error| Error::Transport {
+            url: url.to_string(),
+            message: e.to_string(),
+        };
+        let resp = req.send().await.map_err(transport)?;
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let op = resp
+            .headers()
+            .get("azure-asyncoperation")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let text = resp.text().await.map_err(transport)?;
+        let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if status >= 400 {
+            return Err(Error::Arm {
+                status,
+                code: json["error"]["code"]
+                    .as_str()
+                    .unwrap_or("Unknown")
+                    .to_string(),
+                message: json["error"]["message"]
+                    .as_str()
+                    .unwrap_or(&text)
+                    .to_string(),
+                retry_after,
+            });
+        }
+        Ok((status, op, json))
+    }
+
+    async fn wait(&self, op: &str) -> Result<(), Error> {
+        loop {
+            let (_, _, body) = self
+                .call("operation_get", reqwest::Method::GET, op, None)
+                .await?;
+            match body["status"].as_str().unwrap_or("") {
+                "Succeeded" => return Ok(()),
+                "InProgress" | "" => tokio::time::sleep(self.poll_interval).await,
+                other => {
+                    return Err(Error::Operation {
+                        url: op.to_string(),
+                        status: other.to_string(),
+                    });
+                }
+            }
+        }
+    }
+
+    fn machine_url(&self, t: &AssignmentTarget) -> String {
+        format!(
+            "{}{}?api-version={COMPUTE_API_VERSION}",
+            self.endpoint,
+            t.arm_id()
+        )
+    }
+}
+
+impl NodePoolIdentities for Arm {
+    async fn identities(&self, target: &AssignmentTarget) -> Result<IdentityState, Error> {
+        let op = if target.is_scale_set {
+            "vmss_get"
+        } else {
+            "vm_get"
+        };
+        let (_, _, body) = self
+            .call(op, reqwest::Method::GET, &self.machine_url(target), None)
+            .await?;
+        Ok(IdentityState::from_arm(body.get("identity")))
+    }
+
+    async fn update_from(
+        &self,
+        target: &AssignmentTarget,
+        current: &IdentityState,
+        add: &[String],
+        remove: &[String],
+    ) -> Result<usize, Error> {
+        let patches = identity_patches(current, add, remove);
+        for p in &patches {
+            let name = if target.is_scale_set {
+                "vmss_update"
+            } else {
+                "vm_update"
+            };
+            let (_, op, _) = self
+                .call(
+                    name,
+                    reqwest::Method::PATCH,
+                    &self.machine_url(target),
+                    Some(p),
+                )
+                .await?;
+            if let Some(op) = op {
+                self.wait(&op).await?;
+            }
+        }
+        Ok(patches.len())
+    }
+}
+
+impl FederatedCredentials for Arm {
+    async fn list(&self, identity_id: &str) -> Result<Vec<FederatedCredential>, Error> {
+        let mut url = Some(format!(
+            "{}{identity_id}/federatedIdentityCredentials?api-version={MSI_API_VERSION}",
+            self.endpoint
+        ));
+        let mut out = Vec::new();
+        while let Some(u) = url.take() {
+            let (_, _, body) = self
+                .call("fic_list", reqwest::Method::GET, &u, None)
+                .await?;
+            for f in body["value"].as_array().into_iter().flatten() {
+                let p = &f["properties"];
+                out.push(FederatedCredential {
+                    name: f["name"].as_str().unwrap_or_default().to_string(),
+                    issuer: p["issuer"].as_str().unwrap_or_default().to_string(),
+                    subject: p["subject"].as_str().unwrap_or_default().to_string(),
+                    audience: p["audiences"][0].as_str().unwrap_or_default().to_string(),
+                });
+            }
+            url = body["nextLink"].as_str().map(str::to_string);
+        }
+        Ok(out)
+    }
+
+    async fn put(&self, identity_id: &str, c: &FederatedCredential) -> Result<(), Error> {
+        let url = format!(
+            "{}{identity_id}/federatedIdentityCredentials/{}?api-version={MSI_API_VERSION}",
+            self.endpoint, c.name
+        );
+        let body = json!({"properties": {"issuer": c.issuer, "subject": c.subject, "audiences": [c.audience]}});
+        self.call("fic_put", reqwest::Method::PUT, &url, Some(&body))
+            .await
+            .map(|_| ())
+    }
+
+    async fn delete(&self, identity_id: &str, name: &str) -> Result<(), Error> {
+        let url = format!(
+            "{}{identity_id}/federatedIdentityCredentials/{name}?api-version={MSI_API_VERSION}",
+            self.endpoint
+        );
+        self.call("fic_delete", reqwest::Method::DELETE, &url, None)
+            .await
+            .map(|_| ())
+    }
+}
