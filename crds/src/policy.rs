@@ -8,10 +8,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
 use crate::Error;
-use crate::types::{
-    AzureIdentity, AzureIdentityBinding, AzurePodIdentityException, BEHAVIOR_ANNOTATION,
-    BEHAVIOR_NAMESPACED, IdentityType, POD_LABEL,
-};
+use crate::names::{BEHAVIOR_ANNOTATION, BEHAVIOR_NAMESPACED, POD_LABEL};
+use crate::types::{AzureIdentity, AzureIdentityBinding, AzurePodIdentityException, IdentityType};
 
 /// The facts about a pod that identity matching needs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -15,22 +15,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// The API group of every pod-identity resource.
-pub const GROUP: &str = "aadpodidentity.k8s.io";
-/// The only served and stored version.
-pub const VERSION: &str = "v1";
-/// Pod label whose value is matched against `AzureIdentityBinding.spec.selector`.
-pub const POD_LABEL: &str = "aadpodidbinding";
-/// Annotation on an AzureIdentity that makes it namespaced (identity, binding and pod must share
-/// a namespace). The value must be `namespaced`.
-pub const BEHAVIOR_ANNOTATION: &str = "aadpodidentity.k8s.io/Behavior";
-/// Value of [`BEHAVIOR_ANNOTATION`] that marks an identity namespaced.
-pub const BEHAVIOR_NAMESPACED: &str = "namespaced";
-/// Finalizer the MIC puts on every AzureAssignedIdentity it creates.
-pub const ASSIGNED_IDENTITY_FINALIZER: &str =
-    "azureassignedidentity.finalizers.aadpodidentity.k8s.io";
-/// Label carrying the node name on AzureAssignedIdentities (the node agent watches by it).
-pub const NODENAME_LABEL: &str = "nodename";
+use crate::names::{GROUP, VERSION};
 
 /// Case-insensitive shape of a user-assigned managed identity's ARM resource ID, the same check
 /// the original MIC applies to type-0 identities.

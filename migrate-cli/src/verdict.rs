@@ -5,21 +5,15 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use kube::ResourceExt;
 use podid_crds::policy::{GrantSkip, IdentityIndex, MatchOptions, PodFacts, is_pod_excepted};
-use podid_crds::{AzureIdentity, IdentityType, POD_LABEL};
+use podid_crds::{
+    AKS_NETWORK_PLUGIN_LABEL, AzureIdentity, BRIDGE_CREDENTIALS_ANNOTATION, IdentityType,
+    POD_LABEL, WI_CLIENT_ID_ANNOTATION, WI_USE_LABEL, WI_WEBHOOK_NAME,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::inventory::Inventory;
 use crate::workload::{Workload, workloads};
 
-/// Workload ID's ServiceAccount annotation naming the identity's client ID.
-pub const WI_CLIENT_ID_ANNOTATION: &str = "azure.workload.identity/client-id";
-/// Workload ID's pod label that makes the webhook inject token and environment.
-pub const WI_USE_LABEL: &str = "azure.workload.identity/use";
-/// Annotation the podid bridge writes on a ServiceAccount: comma-separated client IDs whose
-/// federated credential for this ServiceAccount exists.
-pub const BRIDGE_CREDENTIALS_ANNOTATION: &str = "podid.dev/federated-credentials";
-/// Name of the Workload ID mutating webhook.
-pub const WI_WEBHOOK_NAME: &str = "mutation.azure-workload-identity.io";
 /// Entra's limit of federated identity credentials per identity.
 pub const MAX_FEDERATED_CREDENTIALS: usize = 20;
 
@@ -171,7 +165,7 @@ impl ClusterContext {
             .unwrap_or_else(|| {
                 inv.nodes.iter().any(|n| {
                     n.labels()
-                        .get("kubernetes.azure.com/network-plugin")
+                        .get(AKS_NETWORK_PLUGIN_LABEL)
                         .is_some_and(|p| p == "kubenet")
                 })
             });

@@ -19,15 +19,9 @@ use podid_crds::provider::{AssignmentTarget, NodeResource};
 use podid_crds::{
     ASSIGNED_IDENTITY_FINALIZER, AssignedIdentityState, AzureAssignedIdentity,
     AzureAssignedIdentitySpec, AzureAssignedIdentityStatus, AzureIdentity, AzureIdentityBinding,
-    EmbeddedBinding, EmbeddedIdentity, IdentityType, NODENAME_LABEL,
+    EmbeddedBinding, EmbeddedIdentity, IdentityType, NODENAME_LABEL, PREEXISTING_ANNOTATION,
+    TARGET_ANNOTATION,
 };
-
-/// Annotation (value `"true"`) on an AzureAssignedIdentity whose identity was already on the
-/// scale set or VM before podid assigned it: podid never removes such an identity.
-pub const PREEXISTING_ANNOTATION: &str = "podid.dev/preexisting-assignment";
-/// Annotation holding the ARM id of the scale set or VM the identity was assigned to, so the
-/// assignment can be undone after the node is gone.
-pub const TARGET_ANNOTATION: &str = "podid.dev/assignment-target";
 
 /// A pod as the planner sees it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
