@@ -72,6 +72,28 @@ impl MatchOptions {
     }
 }
 
+/// How identities reach nodes (the operator's `--mode`, the node agent's `--operation-mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum Mode {
+    /// A controller assigns identities to nodes and records AzureAssignedIdentities.
+    #[default]
+    Standard,
+    /// Identities are assigned by hand; bindings in the pod's namespace decide.
+    Managed,
+}
+
+impl Mode {
+    /// The matching rules this mode implies, with `--forceNamespaced` (managed mode is always
+    /// namespaced).
+    pub fn match_options(self, force_namespaced: bool) -> MatchOptions {
+        match self {
+            Self::Standard => MatchOptions::standard(force_namespaced),
+            Self::Managed => MatchOptions::managed(),
+        }
+    }
+}
+
 /// True when the identity is namespaced: by the global option or its own annotation.
 pub fn is_namespaced(identity: &AzureIdentity, force_namespaced: bool) -> bool {
     force_namespaced

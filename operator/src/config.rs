@@ -5,8 +5,9 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use podid_azure::CredentialConfig;
+use podid_crds::policy::Mode;
 use serde::Deserialize;
 
 /// Errors in the configuration.
@@ -112,14 +113,6 @@ impl CloudEndpoints {
             _ => return Err(ConfigError::UnknownCloud(name.to_owned())),
         })
     }
-}
-
-/// `standard`: this controller assigns identities (the original MIC). `managed`: identities are
-/// assigned by hand, so the controller assigns nothing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Mode {
-    Standard,
-    Managed,
 }
 
 /// A duration written as `500ms`, `15s`, `3m` or `1h` (a bare number is seconds).
