@@ -327,6 +327,26 @@ impl From<&AzureIdentityBinding> for EmbeddedBinding {
     }
 }
 
+impl From<&EmbeddedIdentity> for AzureIdentity {
+    fn from(e: &EmbeddedIdentity) -> Self {
+        Self {
+            metadata: e.metadata.clone(),
+            spec: e.spec.clone(),
+            status: e.status.clone(),
+        }
+    }
+}
+
+impl From<&EmbeddedBinding> for AzureIdentityBinding {
+    fn from(e: &EmbeddedBinding) -> Self {
+        Self {
+            metadata: e.metadata.clone(),
+            spec: e.spec.clone(),
+            status: e.status.clone(),
+        }
+    }
+}
+
 /// Spec of an `AzureAssignedIdentity`: written by the MIC, one per (pod, identity) on a node.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
@@ -403,6 +423,42 @@ pub enum AssignedIdentityState {
     #[default]
     #[serde(rename = "", other)]
     Legacy,
+}
+
+impl AssignedIdentityState {
+    /// The string written on the wire (empty for [`Self::Legacy`]).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Created => "Created",
+            Self::Assigned => "Assigned",
+            Self::Unassigned => "Unassigned",
+            Self::Legacy => "",
+        }
+    }
+}
+
+impl std::fmt::Display for AssignedIdentityState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl AzureAssignedIdentity {
+    /// The assignment state; an object without a status counts as legacy.
+    pub fn state(&self) -> AssignedIdentityState {
+        self.status
+            .as_ref()
+            .map(|s| s.status.clone())
+            .unwrap_or_default()
+    }
+
+    /// The copy of the AzureIdentity this assignment holds.
+    pub fn identity(&self) -> Option<AzureIdentity> {
+        self.spec
+            .azure_identity_ref
+            .as_ref()
+            .map(AzureIdentity::from)
+    }
 }
 
 /// Status of an AzureAssignedIdentity.

@@ -25,7 +25,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::planner::{AssignmentPlanner, NodeInfo, ObjectKey, Plan, PodInfo, World, state};
+use crate::planner::{AssignmentPlanner, NodeInfo, ObjectKey, Plan, PodInfo, World};
 
 /// The watched objects.
 #[derive(Clone)]
@@ -509,7 +509,7 @@ impl<A: NodePoolIdentities> Controller<A> {
             .await
         {
             Ok(o) => {
-                tracing::debug!(object = %k, status = ?state(&o), "status written");
+                tracing::debug!(object = %k, status = ?o.state(), "status written");
                 true
             }
             Err(e) => {

@@ -220,7 +220,7 @@ impl AssignmentPlanner {
         for (key, d) in &a.desired {
             let Some((t, _)) = &d.arm else { continue };
             let settled = a.existing.get(key).is_some_and(|e| {
-                self.matches(e, d) && state(e.object) == AssignedIdentityState::Assigned
+                self.matches(e, d) && e.object.state() == AssignedIdentityState::Assigned
             });
             if full || !settled {
                 out.insert(t.clone());
@@ -337,7 +337,7 @@ impl AssignmentPlanner {
             };
             match existing {
                 Some(e) if self.matches(e, d) => {
-                    if state(e.object) != AssignedIdentityState::Assigned {
+                    if e.object.state() != AssignedIdentityState::Assigned {
                         plan.mark_assigned.push(Gated {
                             item: key.clone(),
                             after,
@@ -614,14 +614,6 @@ impl AssignmentPlanner {
             }),
         }
     }
-}
-
-/// The status of an AzureAssignedIdentity (objects without one count as legacy).
-pub fn state(a: &AzureAssignedIdentity) -> AssignedIdentityState {
-    a.status
-        .as_ref()
-        .map(|s| s.status.clone())
-        .unwrap_or_default()
 }
 
 fn embedded_client_id(a: &AzureAssignedIdentity) -> Option<String> {
