@@ -4,6 +4,7 @@
 pub mod names;
 pub mod policy;
 pub mod provider;
+pub mod reason;
 mod types;
 
 pub use names::*;
