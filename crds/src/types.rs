@@ -17,10 +17,6 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::names::{GROUP, VERSION};
 
-/// Case-insensitive shape of a user-assigned managed identity's ARM resource ID, the same check
-/// the original MIC applies to type-0 identities.
-pub const RESOURCE_ID_PATTERN: &str = "(?i)^/subscriptions/[^/]+/resourcegroups/[^/]+/providers/microsoft\\.managedidentity/userassignedidentities/[^/]+$";
-
 /// `AzureIdentity.spec.type`: which kind of Azure identity this is.
 ///
 /// Serialized as the original's integer. Unknown integers survive a read so that a single bad
@@ -155,7 +151,10 @@ fn embedded_resource(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 )]
 #[schemars(extend("x-kubernetes-validations" = [
     {
-        "rule": "(has(self.type) && self.type != 0) || (has(self.resourceID) && self.resourceID.matches('(?i)^/subscriptions/[^/]+/resourcegroups/[^/]+/providers/microsoft[.]managedidentity/userassignedidentities/[^/]+$'))",
+        "rule": format!(
+            "(has(self.type) && self.type != 0) || (has(self.resourceID) && self.resourceID.matches('{}'))",
+            crate::policy::resource_id_regex()
+        ),
         "message": "resourceID must be the ARM ID of a user-assigned identity, /subscriptions/<sub>/resourcegroups/<rg>/providers/Microsoft.ManagedIdentity/userAssignedIdentities/<name>, when type is 0 (or omitted)",
         "fieldPath": ".resourceID",
         "reason": "FieldValueInvalid"
