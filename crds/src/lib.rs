@@ -1,10 +1,13 @@
 //! The `aadpodidentity.k8s.io/v1` custom resources and the pure pod-identity rules shared by
 //! podid-operator, podid-nmi and the podid CLI. No I/O lives here.
 
+pub mod names;
 pub mod policy;
 pub mod provider;
+pub mod reason;
 mod types;
 
+pub use names::*;
 pub use types::*;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -8,9 +8,10 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
 use crate::Error;
+use crate::names::{BEHAVIOR_ANNOTATION, BEHAVIOR_NAMESPACED, POD_LABEL};
 use crate::types::{
     AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding, AzurePodIdentityException,
-    BEHAVIOR_ANNOTATION, BEHAVIOR_NAMESPACED, IdentityType, POD_LABEL,
+    IdentityType,
 };
 
 /// The facts about a pod that identity matching needs.
@@ -70,6 +71,28 @@ impl MatchOptions {
         Self {
             force_namespaced: true,
             pod_namespace_only: true,
+        }
+    }
+}
+
+/// How identities reach nodes (the operator's `--mode`, the node agent's `--operation-mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum Mode {
+    /// A controller assigns identities to nodes and records AzureAssignedIdentities.
+    #[default]
+    Standard,
+    /// Identities are assigned by hand; bindings in the pod's namespace decide.
+    Managed,
+}
+
+impl Mode {
+    /// The matching rules this mode implies, with `--forceNamespaced` (managed mode is always
+    /// namespaced).
+    pub fn match_options(self, force_namespaced: bool) -> MatchOptions {
+        match self {
+            Self::Standard => MatchOptions::standard(force_namespaced),
+            Self::Managed => MatchOptions::managed(),
         }
     }
 }
@@ -558,19 +581,51 @@ pub fn assigned_identity_namespace(identity: &AzureIdentity, force_namespaced: b
     }
 }
 
+/// The path of a user-assigned identity's ARM resource ID after its leading `/`, segment by
+/// segment: a fixed word (compared case-insensitively) or `None` for a name (any non-empty
+/// segment). The one definition behind [`is_valid_resource_id`] and the CRD's CEL rule
+/// ([`resource_id_regex`]), the same check the original MIC applies to type-0 identities.
+const RESOURCE_ID_SEGMENTS: [Option<&str>; 8] = [
+    Some("subscriptions"),
+    None,
+    Some("resourcegroups"),
+    None,
+    Some("providers"),
+    Some("microsoft.managedidentity"),
+    Some("userassignedidentities"),
+    None,
+];
+
 /// True when `id` has the shape `/subscriptions/<s>/resourcegroups/<rg>/providers/
-/// Microsoft.ManagedIdentity/userAssignedIdentities/<name>` (case-insensitive), the
-/// check behind [`crate::RESOURCE_ID_PATTERN`].
+/// Microsoft.ManagedIdentity/userAssignedIdentities/<name>` (case-insensitive).
 pub fn is_valid_resource_id(id: &str) -> bool {
-    let parts: Vec<&str> = id.split('/').collect();
-    parts.len() == 9
-        && parts[0].is_empty()
-        && parts[1].eq_ignore_ascii_case("subscriptions")
-        && parts[3].eq_ignore_ascii_case("resourcegroups")
-        && parts[5].eq_ignore_ascii_case("providers")
-        && parts[6].eq_ignore_ascii_case("microsoft.managedidentity")
-        && parts[7].eq_ignore_ascii_case("userassignedidentities")
-        && [2, 4, 8].iter().all(|&i| !parts[i].is_empty())
+    let Some(path) = id.strip_prefix('/') else {
+        return false;
+    };
+    let parts: Vec<&str> = path.split('/').collect();
+    parts.len() == RESOURCE_ID_SEGMENTS.len()
+        && parts
+            .iter()
+            .zip(RESOURCE_ID_SEGMENTS)
+            .all(|(part, segment)| match segment {
+                Some(word) => part.eq_ignore_ascii_case(word),
+                None => !part.is_empty(),
+            })
+}
+
+/// [`is_valid_resource_id`] as a case-insensitive regular expression (RE2 syntax, as the API
+/// server's CEL `matches` takes it), for the AzureIdentity CRD's validation rule.
+pub fn resource_id_regex() -> String {
+    let mut re = String::from("(?i)^");
+    for segment in RESOURCE_ID_SEGMENTS {
+        re.push('/');
+        match segment {
+            Some(word) => re.push_str(&word.replace('.', "[.]")),
+            None => re.push_str("[^/]+"),
+        }
+    }
+    re.push('$');
+    re
 }
 
 /// What a token request names, if anything (IMDS `client_id`, `object_id`, `msi_res_id`/`mi_res_id`).

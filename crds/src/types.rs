@@ -15,26 +15,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// The API group of every pod-identity resource.
-pub const GROUP: &str = "aadpodidentity.k8s.io";
-/// The only served and stored version.
-pub const VERSION: &str = "v1";
-/// Pod label whose value is matched against `AzureIdentityBinding.spec.selector`.
-pub const POD_LABEL: &str = "aadpodidbinding";
-/// Annotation on an AzureIdentity that makes it namespaced (identity, binding and pod must share
-/// a namespace). The value must be `namespaced`.
-pub const BEHAVIOR_ANNOTATION: &str = "aadpodidentity.k8s.io/Behavior";
-/// Value of [`BEHAVIOR_ANNOTATION`] that marks an identity namespaced.
-pub const BEHAVIOR_NAMESPACED: &str = "namespaced";
-/// Finalizer the MIC puts on every AzureAssignedIdentity it creates.
-pub const ASSIGNED_IDENTITY_FINALIZER: &str =
-    "azureassignedidentity.finalizers.aadpodidentity.k8s.io";
-/// Label carrying the node name on AzureAssignedIdentities (the node agent watches by it).
-pub const NODENAME_LABEL: &str = "nodename";
-
-/// Case-insensitive shape of a user-assigned managed identity's ARM resource ID, the same check
-/// the original MIC applies to type-0 identities.
-pub const RESOURCE_ID_PATTERN: &str = "(?i)^/subscriptions/[^/]+/resourcegroups/[^/]+/providers/microsoft\\.managedidentity/userassignedidentities/[^/]+$";
+use crate::names::{GROUP, VERSION};
 
 /// `AzureIdentity.spec.type`: which kind of Azure identity this is.
 ///
@@ -170,7 +151,10 @@ fn embedded_resource(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 )]
 #[schemars(extend("x-kubernetes-validations" = [
     {
-        "rule": "(has(self.type) && self.type != 0) || (has(self.resourceID) && self.resourceID.matches('(?i)^/subscriptions/[^/]+/resourcegroups/[^/]+/providers/microsoft[.]managedidentity/userassignedidentities/[^/]+$'))",
+        "rule": format!(
+            "(has(self.type) && self.type != 0) || (has(self.resourceID) && self.resourceID.matches('{}'))",
+            crate::policy::resource_id_regex()
+        ),
         "message": "resourceID must be the ARM ID of a user-assigned identity, /subscriptions/<sub>/resourcegroups/<rg>/providers/Microsoft.ManagedIdentity/userAssignedIdentities/<name>, when type is 0 (or omitted)",
         "fieldPath": ".resourceID",
         "reason": "FieldValueInvalid"
@@ -342,6 +326,26 @@ impl From<&AzureIdentityBinding> for EmbeddedBinding {
     }
 }
 
+impl From<&EmbeddedIdentity> for AzureIdentity {
+    fn from(e: &EmbeddedIdentity) -> Self {
+        Self {
+            metadata: e.metadata.clone(),
+            spec: e.spec.clone(),
+            status: e.status.clone(),
+        }
+    }
+}
+
+impl From<&EmbeddedBinding> for AzureIdentityBinding {
+    fn from(e: &EmbeddedBinding) -> Self {
+        Self {
+            metadata: e.metadata.clone(),
+            spec: e.spec.clone(),
+            status: e.status.clone(),
+        }
+    }
+}
+
 /// Spec of an `AzureAssignedIdentity`: written by the MIC, one per (pod, identity) on a node.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
@@ -418,6 +422,42 @@ pub enum AssignedIdentityState {
     #[default]
     #[serde(rename = "", other)]
     Legacy,
+}
+
+impl AssignedIdentityState {
+    /// The string written on the wire (empty for [`Self::Legacy`]).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Created => "Created",
+            Self::Assigned => "Assigned",
+            Self::Unassigned => "Unassigned",
+            Self::Legacy => "",
+        }
+    }
+}
+
+impl std::fmt::Display for AssignedIdentityState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl AzureAssignedIdentity {
+    /// The assignment state; an object without a status counts as legacy.
+    pub fn state(&self) -> AssignedIdentityState {
+        self.status
+            .as_ref()
+            .map(|s| s.status.clone())
+            .unwrap_or_default()
+    }
+
+    /// The copy of the AzureIdentity this assignment holds.
+    pub fn identity(&self) -> Option<AzureIdentity> {
+        self.spec
+            .azure_identity_ref
+            .as_ref()
+            .map(AzureIdentity::from)
+    }
 }
 
 /// Status of an AzureAssignedIdentity.

@@ -246,7 +246,13 @@ fn html(r: &Report) -> String {
         let findings: String = a
             .findings
             .iter()
-            .map(|f| format!("<li><code>{}</code> {}</li>", esc(&f.code), esc(&f.message)))
+            .map(|f| {
+                format!(
+                    "<li><code>{}</code> {}</li>",
+                    esc(f.code.as_str()),
+                    esc(&f.message)
+                )
+            })
             .collect();
         let _ = write!(
             rows,

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use podid_crds::reason::ReasonCode;
 use serde::{Deserialize, Serialize};
 
 use crate::inventory::{ClusterFacts, Inventory};
@@ -62,7 +63,7 @@ pub struct Summary {
     /// Identities ranked by how many workloads depend on them (most first).
     pub identities: Vec<IdentityUsage>,
     /// Reason code → workloads it applies to.
-    pub reasons: BTreeMap<String, usize>,
+    pub reasons: BTreeMap<ReasonCode, usize>,
 }
 
 /// The whole report.
@@ -114,10 +115,10 @@ impl Report {
                 .entry(a.workload.namespace.clone())
                 .or_default()
                 .add(a.verdict);
-            let mut codes: Vec<&str> = a.findings.iter().map(|f| f.code.as_str()).collect();
+            let mut codes: Vec<ReasonCode> = a.findings.iter().map(|f| f.code).collect();
             codes.dedup();
             for c in codes {
-                *summary.reasons.entry(c.to_string()).or_default() += 1;
+                *summary.reasons.entry(c).or_default() += 1;
             }
             for i in &a.identities {
                 let u = ids

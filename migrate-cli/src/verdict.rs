@@ -5,21 +5,16 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use kube::ResourceExt;
 use podid_crds::policy::{GrantSkip, IdentityIndex, MatchOptions, PodFacts, is_pod_excepted};
-use podid_crds::{AzureIdentity, IdentityType, POD_LABEL};
+use podid_crds::reason::ReasonCode;
+use podid_crds::{
+    AKS_NETWORK_PLUGIN_LABEL, AzureIdentity, BRIDGE_CREDENTIALS_ANNOTATION, IdentityType,
+    POD_LABEL, WI_CLIENT_ID_ANNOTATION, WI_USE_LABEL, WI_WEBHOOK_NAME,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::inventory::Inventory;
 use crate::workload::{Workload, workloads};
 
-/// Workload ID's ServiceAccount annotation naming the identity's client ID.
-pub const WI_CLIENT_ID_ANNOTATION: &str = "azure.workload.identity/client-id";
-/// Workload ID's pod label that makes the webhook inject token and environment.
-pub const WI_USE_LABEL: &str = "azure.workload.identity/use";
-/// Annotation the podid bridge writes on a ServiceAccount: comma-separated client IDs whose
-/// federated credential for this ServiceAccount exists.
-pub const BRIDGE_CREDENTIALS_ANNOTATION: &str = "podid.dev/federated-credentials";
-/// Name of the Workload ID mutating webhook.
-pub const WI_WEBHOOK_NAME: &str = "mutation.azure-workload-identity.io";
 /// Entra's limit of federated identity credentials per identity.
 pub const MAX_FEDERATED_CREDENTIALS: usize = 20;
 
@@ -63,14 +58,14 @@ pub enum Severity {
 /// One reason or step, with a stable code.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Finding {
-    pub code: String,
+    pub code: ReasonCode,
     pub severity: Severity,
     pub message: String,
 }
 
-fn finding(code: &str, severity: Severity, message: impl Into<String>) -> Finding {
+fn finding(code: ReasonCode, severity: Severity, message: impl Into<String>) -> Finding {
     Finding {
-        code: code.into(),
+        code,
         severity,
         message: message.into(),
     }
@@ -171,7 +166,7 @@ impl ClusterContext {
             .unwrap_or_else(|| {
                 inv.nodes.iter().any(|n| {
                     n.labels()
-                        .get("kubernetes.azure.com/network-plugin")
+                        .get(AKS_NETWORK_PLUGIN_LABEL)
                         .is_some_and(|p| p == "kubenet")
                 })
             });
@@ -234,7 +229,7 @@ pub fn assess_one(
         };
         if matched.grants.is_empty() && matched.skipped.is_empty() {
             findings.push(finding(
-                "no-matching-binding",
+                ReasonCode::NoMatchingBinding,
                 Severity::Blocker,
                 format!("label {POD_LABEL}={label} matches no AzureIdentityBinding, so the workload gets no identity today; fix or remove the label"),
             ));
@@ -243,12 +238,12 @@ pub fn assess_one(
             let bname = format!("{}/{}", b.namespace().unwrap_or_default(), b.name_any());
             let f = match skip {
                 GrantSkip::NoIdentityNamed => finding(
-                    "binding-without-identity",
+                    ReasonCode::BindingWithoutIdentity,
                     sev,
                     format!("binding {bname} names no AzureIdentity (spec.azureIdentity is empty)"),
                 ),
                 GrantSkip::IdentityMissing { identity } => finding(
-                    "identity-missing",
+                    ReasonCode::IdentityMissing,
                     sev,
                     format!(
                         "binding {bname} names AzureIdentity {identity}, which does not exist in {}",
@@ -256,7 +251,7 @@ pub fn assess_one(
                     ),
                 ),
                 GrantSkip::NamespaceMismatch { identity } => finding(
-                    "namespace-mismatch",
+                    ReasonCode::NamespaceMismatch,
                     sev,
                     format!(
                         "identity {identity} of binding {bname} is namespaced and cannot serve namespace {}",
@@ -264,14 +259,14 @@ pub fn assess_one(
                     ),
                 ),
                 GrantSkip::DuplicateIdentityName { identity } => finding(
-                    "duplicate-identity-name",
+                    ReasonCode::DuplicateIdentityName,
                     sev,
                     format!(
                         "binding {bname} grants a second identity named {identity}; pod identity keeps only the first"
                     ),
                 ),
                 GrantSkip::InvalidResourceId { identity } => finding(
-                    "invalid-resource-id",
+                    ReasonCode::InvalidResourceId,
                     sev,
                     format!(
                         "identity {identity} of binding {bname} has no valid user-assigned identity resourceID"
@@ -285,7 +280,7 @@ pub fn assess_one(
                 || matches!(id.spec.type_, IdentityType::Unknown(_))
             {
                 findings.push(finding(
-                    "service-principal-identity",
+                    ReasonCode::ServicePrincipalIdentity,
                     Severity::Blocker,
                     format!("identity {} is a {} (type {}); podid creates federated credentials on user-assigned managed identities only — add a federated credential to the app registration by hand, or move the workload to a managed identity", id.name_any(), id.spec.type_.name(), id.spec.type_.as_i64()),
                 ));
@@ -293,21 +288,21 @@ pub fn assess_one(
         }
         if ids.len() > 1 {
             findings.push(finding(
-                "multiple-identities",
+                ReasonCode::MultipleIdentities,
                 Severity::Blocker,
                 format!("bound to {} identities ({}); a ServiceAccount names one default identity — confirm the application passes client_id for the others, then move each with its own federated credential", ids.len(), ids.iter().map(|i| i.name_any()).collect::<Vec<_>>().join(", ")),
             ));
         }
         if excepted {
             findings.push(finding(
-                "exception-pod",
+                ReasonCode::ExceptionPod,
                 Severity::Blocker,
                 "an AzurePodIdentityException matches this workload, so its token requests bypass pod identity and use the node's identities; decide which identity it really needs",
             ));
         }
         if ctx.oidc_issuer.is_none() {
             findings.push(finding(
-                "no-oidc-issuer",
+                ReasonCode::NoOidcIssuer,
                 Severity::Blocker,
                 format!(
                     "the cluster has no public OIDC issuer{}; enable it (az aks update --enable-oidc-issuer; self-managed: --service-account-issuer with public discovery) so Entra can verify ServiceAccount tokens",
@@ -320,28 +315,28 @@ pub fn assess_one(
         }
         if w.host_network {
             findings.push(finding(
-                "host-network",
+                ReasonCode::HostNetwork,
                 Severity::Note,
                 "host-network pod: pod identity never intercepted its token requests (they went straight to the node's instance metadata service), and the Workload ID migration sidecar cannot be injected, so the application itself must use a Workload ID-capable Azure SDK",
             ));
         }
         if ctx.kubenet && !w.drops_net_raw {
             findings.push(finding(
-                "kubenet-net-raw",
+                ReasonCode::KubenetNetRaw,
                 Severity::Note,
                 "kubenet cluster and containers keep NET_RAW: under pod identity such pods can spoof other pods' traffic to the identity endpoint; Workload ID removes that exposure",
             ));
         }
         if w.unsupported_owner {
             findings.push(finding(
-                "unsupported-owner",
+                ReasonCode::UnsupportedOwner,
                 Severity::Note,
                 format!("owned by a {} that podid does not resolve; its pod template must be changed where that controller keeps it", w.kind),
             ));
         }
     } else if excepted {
         findings.push(finding(
-            "exception-pod",
+            ReasonCode::ExceptionPod,
             Severity::Note,
             "an AzurePodIdentityException matches this workload: it calls the instance metadata service directly and is not affected by pod identity",
         ));
@@ -427,7 +422,7 @@ pub fn assess(inv: &Inventory, ctx: &ClusterContext) -> Vec<Assessment> {
             && users.len() > 1
         {
             a.findings.push(finding(
-                "shared-service-account",
+                ReasonCode::SharedServiceAccount,
                 Severity::Blocker,
                 format!("ServiceAccount {ns}/{sa_name} is shared by workloads bound to different identities; give each workload its own ServiceAccount"),
             ));
@@ -438,7 +433,7 @@ pub fn assess(inv: &Inventory, ctx: &ClusterContext) -> Vec<Assessment> {
                 .map_or(0, |s| s.len());
             if n > MAX_FEDERATED_CREDENTIALS {
                 a.findings.push(finding(
-                    "federated-credential-limit",
+                    ReasonCode::FederatedCredentialLimit,
                     Severity::Blocker,
                     format!("identity {}/{} would need {n} federated credentials (one per namespace and ServiceAccount); Entra allows {MAX_FEDERATED_CREDENTIALS} — share ServiceAccounts or split the identity", i.namespace, i.name),
                 ));
@@ -476,7 +471,7 @@ pub fn assess(inv: &Inventory, ctx: &ClusterContext) -> Vec<Assessment> {
 
         if a.workload.service_account == "default" {
             a.findings.push(finding(
-                "default-service-account",
+                ReasonCode::DefaultServiceAccount,
                 Severity::Step,
                 format!("runs as the namespace's default ServiceAccount; create ServiceAccount {ns}/{target} for it and set spec.serviceAccountName"),
             ));
@@ -484,7 +479,7 @@ pub fn assess(inv: &Inventory, ctx: &ClusterContext) -> Vec<Assessment> {
         if !a.bridge.credential_ready {
             for i in &a.identities {
                 a.findings.push(finding(
-                    "federated-credential",
+                    ReasonCode::FederatedCredential,
                     Severity::Step,
                     format!("create a federated credential on identity {} for subject system:serviceaccount:{ns}:{target}, audience api://AzureADTokenExchange", i.name),
                 ));
@@ -498,7 +493,7 @@ pub fn assess(inv: &Inventory, ctx: &ClusterContext) -> Vec<Assessment> {
                 None => String::new(),
             };
             a.findings.push(finding(
-                "service-account-annotation",
+                ReasonCode::ServiceAccountAnnotation,
                 Severity::Step,
                 format!(
                     "annotate ServiceAccount {ns}/{target} with {WI_CLIENT_ID_ANNOTATION}: {}{now}",
@@ -508,7 +503,7 @@ pub fn assess(inv: &Inventory, ctx: &ClusterContext) -> Vec<Assessment> {
         }
         if !a.bridge.label_present {
             a.findings.push(finding(
-                "pod-label",
+                ReasonCode::PodLabel,
                 Severity::Step,
                 format!(
                     "label the pod template {WI_USE_LABEL}: \"true\" and roll the {} out",
@@ -518,7 +513,7 @@ pub fn assess(inv: &Inventory, ctx: &ClusterContext) -> Vec<Assessment> {
         }
         if !ctx.webhook_installed {
             a.findings.push(finding(
-                "webhook-not-installed",
+                ReasonCode::WebhookNotInstalled,
                 Severity::Step,
                 "install the Workload ID mutating webhook (az aks update --enable-workload-identity, or the azure-workload-identity Helm chart)",
             ));

@@ -57,7 +57,7 @@ fn codes(a: &Assessment, sev: Severity) -> Vec<String> {
     a.findings
         .iter()
         .filter(|f| f.severity == sev)
-        .map(|f| f.code.clone())
+        .map(|f| f.code.to_string())
         .collect()
 }
 

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{ArgAction, Parser};
+use podid_crds::policy::Mode;
 
 use crate::entra::EntraPolicy;
 use crate::kube::DEFAULT_MAX_SECRET_WATCHES;
-use crate::resolve::Mode;
 use crate::server::ServerConfig;
 use crate::wait::RetryPolicy;
 

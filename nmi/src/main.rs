@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use podid_crds::policy::Mode;
 use podid_nmi::cache::{Clock, DEFAULT_MAX_BYTES, SystemClock, TokenCache};
 use podid_nmi::config::Flags;
 use podid_nmi::iptables::{self, Iptables};
 use podid_nmi::kube::{KubeView, SECRET_SWEEP_INTERVAL};
 use podid_nmi::metrics::Metrics;
-use podid_nmi::resolve::Mode;
 use podid_nmi::server::{self, Agent};
 use podid_nmi::token::http_client;
 use tokio::task::JoinSet;

@@ -3,23 +3,13 @@
 
 use kube::ResourceExt;
 use podid_crds::policy::{
-    IdentityRequest, MatchOptions, is_namespaced, is_pod_excepted, pod_identities, select_identity,
+    IdentityRequest, Mode, is_namespaced, is_pod_excepted, pod_identities, select_identity,
 };
 use podid_crds::{AzureIdentity, AzureIdentityBinding, AzurePodIdentityException};
 
 use crate::reply::Reply;
 use crate::view::PodInfo;
 use crate::wait::WaitError;
-
-/// `--operation-mode`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Mode {
-    /// A controller assigns identities to nodes and records AzureAssignedIdentities.
-    #[default]
-    Standard,
-    /// Identities are assigned by hand; bindings in the pod's namespace decide.
-    Managed,
-}
 
 /// Why a request gets no token.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -111,7 +101,7 @@ pub fn standard_grants(
         &pod.facts,
         bindings,
         identities,
-        MatchOptions::standard(force_namespaced),
+        Mode::Standard.match_options(force_namespaced),
     )
     .grants
     .iter()
@@ -191,7 +181,13 @@ pub fn select_managed(
     bindings: &[AzureIdentityBinding],
     identities: &[AzureIdentity],
 ) -> Result<AzureIdentity, ResolveError> {
-    let grants = pod_identities(&pod.facts, bindings, identities, MatchOptions::managed()).grants;
+    let grants = pod_identities(
+        &pod.facts,
+        bindings,
+        identities,
+        Mode::Managed.match_options(true),
+    )
+    .grants;
     let allowed: Vec<&AzureIdentity> = grants.iter().map(|g| g.identity).collect();
     map_select(pod, select_identity(request, &allowed))
 }

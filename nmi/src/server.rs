@@ -13,6 +13,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode, header};
 use podid_crds::AzureIdentity;
+use podid_crds::policy::Mode;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span};
 
@@ -20,7 +21,7 @@ use crate::cache::{CacheKey, Clock, TokenCache};
 use crate::metrics::Metrics;
 use crate::reply::Reply;
 use crate::request::{self, Route, TokenRequest};
-use crate::resolve::{self, Mode, ResolveError};
+use crate::resolve::{self, ResolveError};
 use crate::token::{AccessToken, Credentials, TokenError};
 use crate::view::{ClusterView, PodInfo, PodLookupError, pod_for_ip};
 use crate::wait::{RetryPolicy, wait_for_assignment};

@@ -68,23 +68,6 @@ pub enum WaitError {
     Cancelled,
 }
 
-/// The AzureIdentity copy an assignment holds.
-pub fn assigned_identity(a: &AzureAssignedIdentity) -> Option<AzureIdentity> {
-    let e = a.spec.azure_identity_ref.as_ref()?;
-    Some(AzureIdentity {
-        metadata: e.metadata.clone(),
-        spec: e.spec.clone(),
-        status: e.status.clone(),
-    })
-}
-
-fn state(a: &AzureAssignedIdentity) -> AssignedIdentityState {
-    a.status
-        .as_ref()
-        .map(|s| s.status.clone())
-        .unwrap_or_default()
-}
-
 /// One step of the original's `listPodIDsWithRetry`. `attempt` counts from 0; `pod` is
 /// `<namespace>/<name>` for messages; `assigned` are this pod's assignments.
 pub fn wait_step(
@@ -97,8 +80,8 @@ pub fn wait_step(
     let group = |s: AssignedIdentityState| -> Vec<(&AzureAssignedIdentity, AzureIdentity)> {
         assigned
             .iter()
-            .filter(|a| state(a) == s)
-            .filter_map(|a| assigned_identity(a).map(|i| (a, i)))
+            .filter(|a| a.state() == s)
+            .filter_map(|a| a.identity().map(|i| (a, i)))
             .collect()
     };
     let legacy = group(AssignedIdentityState::Legacy);

@@ -8,12 +8,12 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use podid_azure_emulator::{Emulator, Settings};
+use podid_crds::policy::Mode;
 use podid_crds::{
     AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding, AzureIdentityBindingSpec,
     AzureIdentitySpec, AzurePodIdentityException, AzurePodIdentityExceptionSpec, EmbeddedIdentity,
     IdentityType,
 };
-use podid_nmi::resolve::Mode;
 use podid_nmi::server::ServerConfig;
 use podid_nmi::wait::RetryPolicy;
 use podid_testkit::{Cluster, NodePool};

@@ -108,7 +108,7 @@ async fn pod_behind_agent(tag: &str) -> Option<PodBehindAgent> {
     use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
     use kube::api::{Api, Patch, PatchParams, PostParams};
 
-    use podid_nmi::resolve::Mode;
+    use podid_crds::policy::Mode;
     use podid_nmi::server::ServerConfig;
     use serde_json::json;
 

@@ -6,16 +6,9 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use podid_azure::{CloudConfig, Overrides};
-
-/// `standard`: this controller assigns identities (the original MIC). `managed`: identities are
-/// assigned by hand, so the controller assigns nothing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Mode {
-    Standard,
-    Managed,
-}
+use podid_crds::policy::Mode;
 
 /// A duration written as `500ms`, `15s`, `3m` or `1h` (a bare number is seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -18,14 +18,14 @@ use kube::{Api, Client, Resource, ResourceExt};
 use podid_azure::{IdentityState, NodePoolIdentities};
 use podid_crds::provider::AssignmentTarget;
 use podid_crds::{
-    ASSIGNED_IDENTITY_FINALIZER, AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding,
-    POD_LABEL,
+    ASSIGNED_IDENTITY_FINALIZER, AssignedIdentityState, AzureAssignedIdentity, AzureIdentity,
+    AzureIdentityBinding, POD_LABEL,
 };
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::planner::{AssignmentPlanner, NodeInfo, ObjectKey, Plan, PodInfo, Skip, World, state};
+use crate::planner::{AssignmentPlanner, NodeInfo, ObjectKey, Plan, PodInfo, Skip, World};
 
 /// The watched objects.
 #[derive(Clone)]
@@ -420,7 +420,9 @@ impl<A: NodePoolIdentities> Controller<A> {
                             }
                             return true;
                         }
-                        let ok = self.set_status(&m.item, "Assigned").await;
+                        let ok = self
+                            .set_status(&m.item, AssignedIdentityState::Assigned)
+                            .await;
                         if ok {
                             self.applied_event(obj).await;
                         }
@@ -481,7 +483,11 @@ impl<A: NodePoolIdentities> Controller<A> {
                         let Some(obj) = by_key.get(&d.item) else {
                             return true;
                         };
-                        if !d.after.is_empty() && !self.set_status(&d.item, "Unassigned").await {
+                        if !d.after.is_empty()
+                            && !self
+                                .set_status(&d.item, AssignedIdentityState::Unassigned)
+                                .await
+                        {
                             return false;
                         }
                         if self.remove(obj).await {
@@ -506,7 +512,7 @@ impl<A: NodePoolIdentities> Controller<A> {
     }
 
     /// Writes `status.status` through the main resource (the CRD has no status subresource).
-    async fn set_status(&self, k: &ObjectKey, value: &str) -> bool {
+    async fn set_status(&self, k: &ObjectKey, value: AssignedIdentityState) -> bool {
         let api: Api<AzureAssignedIdentity> = Api::namespaced(self.client.clone(), &k.namespace);
         let patch = serde_json::json!({"status": {"status": value}});
         match api
@@ -514,7 +520,7 @@ impl<A: NodePoolIdentities> Controller<A> {
             .await
         {
             Ok(o) => {
-                tracing::debug!(object = %k, status = ?state(&o), "status written");
+                tracing::debug!(object = %k, status = ?o.state(), "status written");
                 true
             }
             Err(e) => {

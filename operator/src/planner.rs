@@ -20,15 +20,9 @@ use podid_crds::provider::{AssignmentTarget, NodeResource};
 use podid_crds::{
     ASSIGNED_IDENTITY_FINALIZER, AssignedIdentityState, AzureAssignedIdentity,
     AzureAssignedIdentitySpec, AzureAssignedIdentityStatus, AzureIdentity, AzureIdentityBinding,
-    EmbeddedBinding, EmbeddedIdentity, IdentityType, NODENAME_LABEL,
+    EmbeddedBinding, EmbeddedIdentity, IdentityType, NODENAME_LABEL, PREEXISTING_ANNOTATION,
+    TARGET_ANNOTATION,
 };
-
-/// Annotation (value `"true"`) on an AzureAssignedIdentity whose identity was already on the
-/// scale set or VM before podid assigned it: podid never removes such an identity.
-pub const PREEXISTING_ANNOTATION: &str = "podid.dev/preexisting-assignment";
-/// Annotation holding the ARM id of the scale set or VM the identity was assigned to, so the
-/// assignment can be undone after the node is gone.
-pub const TARGET_ANNOTATION: &str = "podid.dev/assignment-target";
 
 /// A pod as the planner sees it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -229,7 +223,7 @@ impl AssignmentPlanner {
         for (key, d) in &a.desired {
             let Some((t, _)) = &d.arm else { continue };
             let settled = a.existing.get(key).is_some_and(|e| {
-                self.matches(e, d) && state(e.object) == AssignedIdentityState::Assigned
+                self.matches(e, d) && e.object.state() == AssignedIdentityState::Assigned
             });
             if full || !settled {
                 out.insert(t.clone());
@@ -346,7 +340,7 @@ impl AssignmentPlanner {
             };
             match existing {
                 Some(e) if self.matches(e, d) => {
-                    if state(e.object) != AssignedIdentityState::Assigned {
+                    if e.object.state() != AssignedIdentityState::Assigned {
                         plan.mark_assigned.push(Gated {
                             item: key.clone(),
                             after,
@@ -643,14 +637,6 @@ impl AssignmentPlanner {
             }),
         }
     }
-}
-
-/// The status of an AzureAssignedIdentity (objects without one count as legacy).
-pub fn state(a: &AzureAssignedIdentity) -> AssignedIdentityState {
-    a.status
-        .as_ref()
-        .map(|s| s.status.clone())
-        .unwrap_or_default()
 }
 
 fn embedded_client_id(a: &AzureAssignedIdentity) -> Option<String> {

@@ -208,7 +208,7 @@ impl Sim {
     fn states(&self) -> Vec<(String, AssignedIdentityState)> {
         self.aais
             .iter()
-            .map(|((ns, n), a)| (format!("{ns}/{n}"), state(a)))
+            .map(|((ns, n), a)| (format!("{ns}/{n}"), a.state()))
             .collect()
     }
 
@@ -247,7 +247,7 @@ fn single_pod_single_identity_is_created_then_assigned_after_one_write() {
     assert_eq!(created.name_any(), "web-app-id1");
     assert_eq!(created.namespace().as_deref(), Some("default"));
     assert_eq!(
-        state(created),
+        created.state(),
         AssignedIdentityState::Created,
         "posted before the write"
     );
@@ -435,7 +435,7 @@ fn pod_moved_to_another_scale_set_is_updated_and_the_old_one_cleaned() {
         after.metadata.resource_version,
         before.metadata.resource_version
     );
-    assert_eq!(state(after), AssignedIdentityState::Assigned);
+    assert_eq!(after.state(), AssignedIdentityState::Assigned);
     assert!(sim.on(&a).is_empty());
     assert_eq!(sim.on(&b), [lrid("id1")]);
 }
@@ -518,7 +518,7 @@ fn preassigned_identity_is_used_but_never_removed() {
     sim.pods.push(pod("app", "a", "sel", "aks-np-vmss000000"));
     let plan = sim.pass();
     assert!(plan.writes.is_empty(), "already there");
-    assert_eq!(state(&plan.create[0].item), AssignedIdentityState::Assigned);
+    assert_eq!(plan.create[0].item.state(), AssignedIdentityState::Assigned);
     assert_eq!(
         plan.create[0].item.annotations()[PREEXISTING_ANNOTATION],
         "true"
@@ -801,7 +801,7 @@ fn editing_the_identity_updates_records_and_swaps_the_arm_assignment() {
         a.spec.azure_identity_ref.as_ref().unwrap().spec.client_id,
         "client-new"
     );
-    assert_eq!(state(a), AssignedIdentityState::Assigned);
+    assert_eq!(a.state(), AssignedIdentityState::Assigned);
     assert_eq!(sim.on(&t), [lrid("id1-new")]);
 }
 

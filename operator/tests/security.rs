@@ -257,7 +257,7 @@ impl Sim {
             t.identity.name_any(),
             self.records.keys()
         );
-        assert_eq!(state(found[0]), AssignedIdentityState::Assigned);
+        assert_eq!(found[0].state(), AssignedIdentityState::Assigned);
         found[0].name_any()
     }
 }
@@ -506,7 +506,7 @@ async fn colliding_record_names_on_the_api_server_serve_each_pod_its_own_identit
                         .as_ref()
                         .map(|i| i.spec.resource_id.to_ascii_lowercase())
                         .unwrap_or_default(),
-                    state(r) == AssignedIdentityState::Assigned,
+                    r.state() == AssignedIdentityState::Assigned,
                 )
             })
             .collect()

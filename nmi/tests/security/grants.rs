@@ -4,7 +4,7 @@
 //! still never pick the revoked one.
 
 use podid_crds::AssignedIdentityState::Assigned;
-use podid_nmi::resolve::Mode;
+use podid_crds::policy::Mode;
 use podid_nmi::server::ServerConfig;
 
 use crate::common::{assigned, binding, msi, pod, rid};

@@ -7,8 +7,8 @@
 //! victim's. Requests are written on raw TCP from the attacker pod's address, since HTTP
 //! clients clean such paths before sending.
 
+use podid_crds::policy::Mode;
 use podid_nmi::request::{PathError, Route, check_path, route};
-use podid_nmi::resolve::Mode;
 use podid_nmi::server::ServerConfig;
 use podid_nmi::token::imds_url;
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use podid_azure_emulator::{Emulator, Settings};
-use podid_nmi::resolve::Mode;
+use podid_crds::policy::Mode;
 use podid_nmi::server::ServerConfig;
 use podid_testkit::Cluster;
 use serde_json::json;

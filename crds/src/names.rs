@@ -1,0 +1,51 @@
+//! Every annotation, label, finalizer and well-known name podid reads or writes, whoever defined
+//! it: pod identity's (shared with the original MIC and NMI), podid's own, Workload ID's and the
+//! podid bridge's. One home, so the operator, the node agent and the CLI spell each the same way.
+
+// Pod identity (aad-pod-identity v1.8.17).
+
+/// The API group of every pod-identity resource.
+pub const GROUP: &str = "aadpodidentity.k8s.io";
+/// The only served and stored version.
+pub const VERSION: &str = "v1";
+/// Pod label whose value is matched against `AzureIdentityBinding.spec.selector`.
+pub const POD_LABEL: &str = "aadpodidbinding";
+/// Annotation on an AzureIdentity that makes it namespaced (identity, binding and pod must share
+/// a namespace). The value must be `namespaced`.
+pub const BEHAVIOR_ANNOTATION: &str = "aadpodidentity.k8s.io/Behavior";
+/// Value of [`BEHAVIOR_ANNOTATION`] that marks an identity namespaced.
+pub const BEHAVIOR_NAMESPACED: &str = "namespaced";
+/// Finalizer the MIC puts on every AzureAssignedIdentity it creates.
+pub const ASSIGNED_IDENTITY_FINALIZER: &str =
+    "azureassignedidentity.finalizers.aadpodidentity.k8s.io";
+/// Label carrying the node name on AzureAssignedIdentities (the node agent watches by it).
+pub const NODENAME_LABEL: &str = "nodename";
+
+// podid's own, on AzureAssignedIdentities.
+
+/// Annotation (value `"true"`) on an AzureAssignedIdentity whose identity was already on the
+/// scale set or VM before podid assigned it: podid never removes such an identity.
+pub const PREEXISTING_ANNOTATION: &str = "podid.dev/preexisting-assignment";
+/// Annotation holding the ARM id of the scale set or VM the identity was assigned to, so the
+/// assignment can be undone after the node is gone.
+pub const TARGET_ANNOTATION: &str = "podid.dev/assignment-target";
+
+// The podid bridge's, on ServiceAccounts.
+
+/// Annotation the podid bridge writes on a ServiceAccount: comma-separated client IDs whose
+/// federated credential for this ServiceAccount exists.
+pub const BRIDGE_CREDENTIALS_ANNOTATION: &str = "podid.dev/federated-credentials";
+
+// Workload ID's.
+
+/// Workload ID's ServiceAccount annotation naming the identity's client ID.
+pub const WI_CLIENT_ID_ANNOTATION: &str = "azure.workload.identity/client-id";
+/// Workload ID's pod label that makes the webhook inject token and environment.
+pub const WI_USE_LABEL: &str = "azure.workload.identity/use";
+/// Name of the Workload ID mutating webhook.
+pub const WI_WEBHOOK_NAME: &str = "mutation.azure-workload-identity.io";
+
+// AKS's.
+
+/// Node label AKS sets to the cluster's network plugin (`kubenet`, `azure`, ...).
+pub const AKS_NETWORK_PLUGIN_LABEL: &str = "kubernetes.azure.com/network-plugin";
