@@ -2,7 +2,7 @@
 //! functions over plain data. The operator (desired assignments), the node agent (which identity
 //! a pod may ask for) and the CLI (migration report) all call these, so the rules exist once.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
@@ -184,70 +184,8 @@ pub fn pod_identities<'a>(
     )
 }
 
-/// Bindings by selector and identities by namespace and name, for matching many pods against
-/// the same objects (the operator's pass, the CLI's report) without rescanning them per pod.
-pub struct IdentityIndex<'a> {
-    by_selector: HashMap<&'a str, Vec<&'a AzureIdentityBinding>>,
-    identities: HashMap<(String, &'a str), &'a AzureIdentity>,
-}
-
-impl<'a> IdentityIndex<'a> {
-    pub fn new(bindings: &'a [AzureIdentityBinding], identities: &'a [AzureIdentity]) -> Self {
-        let mut by_selector: HashMap<&'a str, Vec<&'a AzureIdentityBinding>> = HashMap::new();
-        for b in bindings {
-            by_selector
-                .entry(b.spec.selector.as_str())
-                .or_default()
-                .push(b);
-        }
-        for list in by_selector.values_mut() {
-            list.sort_by_key(|b| (b.namespace(), b.name_any()));
-        }
-        let identities = identities
-            .iter()
-            .filter_map(|i| {
-                let name = i.metadata.name.as_deref()?;
-                Some(((i.namespace().unwrap_or_default(), name), i))
-            })
-            .collect();
-        Self {
-            by_selector,
-            identities,
-        }
-    }
-
-    /// [`pod_identities`] over the index: the same result, without scanning every object.
-    pub fn pod_identities(&self, pod: &PodFacts, opts: MatchOptions) -> PodIdentities<'a> {
-        let matching: Vec<&'a AzureIdentityBinding> = pod
-            .binding_label()
-            .filter(|v| !v.is_empty())
-            .and_then(|l| self.by_selector.get(l))
-            .map(|list| {
-                list.iter()
-                    .copied()
-                    .filter(|b| {
-                        !opts.pod_namespace_only || b.namespace().as_deref() == Some(&pod.namespace)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        grants_from(
-            pod,
-            matching,
-            |b| {
-                self.identities
-                    .get(&(
-                        b.namespace().unwrap_or_default(),
-                        b.spec.azure_identity.as_str(),
-                    ))
-                    .copied()
-            },
-            opts,
-        )
-    }
-}
-
-fn grants_from<'a>(
+/// Grants from the bindings that matched a pod (in order), looking each one's identity up.
+pub(crate) fn grants_from<'a>(
     pod: &PodFacts,
     matching: Vec<&'a AzureIdentityBinding>,
     lookup: impl Fn(&AzureIdentityBinding) -> Option<&'a AzureIdentity>,
@@ -288,6 +226,45 @@ fn grants_from<'a>(
         out.grants.push(IdentityGrant { binding, identity });
     }
     out
+}
+
+/// True when an assignment's copy of an identity is the identity as granted now: same object,
+/// same client and resource IDs (a copy made before an edit is stale).
+fn is_live_copy(copy: &AzureIdentity, live: &AzureIdentity) -> bool {
+    copy.namespace() == live.namespace()
+        && copy.name_any() == live.name_any()
+        && copy
+            .spec
+            .client_id
+            .eq_ignore_ascii_case(&live.spec.client_id)
+        && copy
+            .spec
+            .resource_id
+            .eq_ignore_ascii_case(&live.spec.resource_id)
+}
+
+/// Standard mode: of the identity copies held by a pod's AzureAssignedIdentities (`assigned`),
+/// those it may be served now: still granted by its bindings (`granted`, read now) with the same
+/// IDs, and, when namespaced (by `force_namespaced` or annotation), in the pod's namespace. Each
+/// identity once (a pod can be assigned one identity through several bindings), by namespace and
+/// name. A record whose grant was revoked, or whose copy predates an edit of the identity, is
+/// never served while its removal is pending.
+pub fn servable_assigned<'a>(
+    pod: &PodFacts,
+    assigned: &'a [AzureIdentity],
+    granted: &[AzureIdentity],
+    force_namespaced: bool,
+) -> Vec<&'a AzureIdentity> {
+    let mut allowed: Vec<&AzureIdentity> = assigned
+        .iter()
+        .filter(|i| {
+            !is_namespaced(i, force_namespaced) || i.namespace().as_deref() == Some(&pod.namespace)
+        })
+        .filter(|i| granted.iter().any(|g| is_live_copy(i, g)))
+        .collect();
+    allowed.sort_by_key(|i| (i.namespace(), i.name_any()));
+    allowed.dedup_by_key(|i| (i.namespace(), i.name_any()));
+    allowed
 }
 
 /// True when the pod is excepted by an AzurePodIdentityException in its own namespace: any one

@@ -546,7 +546,7 @@ fn the_index_gives_the_same_answers_as_the_scan() {
         binding("a", "b4", "missing", "s"),
         binding("a", "b5", "", "t"),
     ];
-    let index = podid_crds::policy::IdentityIndex::new(&bs, &ids);
+    let index = podid_crds::index::IdentityIndex::from_objects(&bs, &ids, []);
     for p in [
         pod("a", "p", Some("s")),
         pod("b", "p", Some("s")),

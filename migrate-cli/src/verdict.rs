@@ -4,7 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use kube::ResourceExt;
-use podid_crds::policy::{GrantSkip, IdentityIndex, MatchOptions, PodFacts, is_pod_excepted};
+use podid_crds::index::IdentityIndex;
+use podid_crds::policy::{GrantSkip, MatchOptions, PodFacts, is_pod_excepted};
 use podid_crds::reason::ReasonCode;
 use podid_crds::{
     AKS_NETWORK_PLUGIN_LABEL, AzureIdentity, BRIDGE_CREDENTIALS_ANNOTATION, IdentityType,
@@ -198,7 +199,7 @@ fn identity_ref(id: &AzureIdentity, binding: &str) -> IdentityRef {
 pub fn assess_one(
     w: &Workload,
     inv: &Inventory,
-    index: &IdentityIndex<'_>,
+    index: &IdentityIndex,
     ctx: &ClusterContext,
 ) -> Assessment {
     let pod = PodFacts {
@@ -356,7 +357,7 @@ pub fn assess_one(
 /// Assesses every workload, applying the cross-workload rules (shared ServiceAccounts, the
 /// 20-credential limit) and the per-workload steps.
 pub fn assess(inv: &Inventory, ctx: &ClusterContext) -> Vec<Assessment> {
-    let index = IdentityIndex::new(&inv.bindings, &inv.identities);
+    let index = IdentityIndex::from_objects(&inv.bindings, &inv.identities, []);
     let mut all: Vec<Assessment> = workloads(inv)
         .iter()
         .map(|w| assess_one(w, inv, &index, ctx))

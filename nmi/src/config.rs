@@ -8,8 +8,8 @@ use std::time::Duration;
 use clap::{ArgAction, Parser};
 use podid_crds::policy::Mode;
 
+use crate::cluster::DEFAULT_MAX_SECRET_WATCHES;
 use crate::entra::EntraPolicy;
-use crate::kube::DEFAULT_MAX_SECRET_WATCHES;
 use crate::server::ServerConfig;
 use crate::wait::RetryPolicy;
 
@@ -211,7 +211,7 @@ impl Flags {
         shutdown: tokio_util::sync::CancellationToken,
         sweep_every: Duration,
     ) -> Result<crate::token::AzureCredentials, String> {
-        let secrets = crate::kube::SecretCache::new(client, shutdown)
+        let secrets = crate::cluster::SecretCache::new(client, shutdown)
             .with_metrics(metrics)
             .with_max_watches(self.max_secret_watches);
         let secrets = if self.watch_secrets {

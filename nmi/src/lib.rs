@@ -1,13 +1,13 @@
 //! podid-nmi, the node agent: answers pods' IMDS token requests with the identities bound to
 //! them, in place of aad-pod-identity's NMI. Pure rules live in small modules (request parsing,
-//! the wait for assignment, selection, the token cache, iptables rendering); `server` and `kube`
+//! the wait for assignment, selection, the token cache, iptables rendering); `server` and `cluster`
 //! wire them to HTTP and the API server.
 
 pub mod cache;
+pub mod cluster;
 pub mod config;
 pub mod entra;
 pub mod iptables;
-pub mod kube;
 pub mod metrics;
 pub mod reply;
 pub mod request;

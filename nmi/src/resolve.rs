@@ -1,11 +1,11 @@
 //! Which identity a pod's token request gets, in both modes, as pure functions over a snapshot
 //! (the waiting itself is `crate::wait`). The matching rules are `podid_crds::policy`'s.
 
-use kube::ResourceExt;
+use podid_crds::index::IdentityIndex;
 use podid_crds::policy::{
-    IdentityRequest, Mode, is_namespaced, is_pod_excepted, pod_identities, select_identity,
+    IdentityRequest, Mode, is_pod_excepted, select_identity, servable_assigned,
 };
-use podid_crds::{AzureIdentity, AzureIdentityBinding, AzurePodIdentityException};
+use podid_crds::{AzureIdentity, AzurePodIdentityException};
 
 use crate::reply::Reply;
 use crate::view::PodInfo;
@@ -62,9 +62,9 @@ impl ResolveError {
 /// True when the pod bypasses the agent: an AzurePodIdentityException in its namespace matches
 /// it, or it is the original's built-in MIC exception (namespace `mic_namespace`, any case, and
 /// an owning ReplicaSet whose name starts with `mic`).
-pub fn is_exempt(
+pub fn is_exempt<'a>(
     pod: &PodInfo,
-    exceptions: &[AzurePodIdentityException],
+    exceptions: impl IntoIterator<Item = &'a AzurePodIdentityException>,
     mic_namespace: &str,
 ) -> bool {
     let is_mic = pod.facts.namespace.eq_ignore_ascii_case(mic_namespace)
@@ -90,23 +90,18 @@ fn map_select(
     }
 }
 
-/// The identities the pod's bindings grant it now, in standard mode.
+/// The identities the pod's bindings grant it now, in standard mode (copies of those only).
 pub fn standard_grants(
     pod: &PodInfo,
-    bindings: &[AzureIdentityBinding],
-    identities: &[AzureIdentity],
+    index: &IdentityIndex,
     force_namespaced: bool,
 ) -> Vec<AzureIdentity> {
-    pod_identities(
-        &pod.facts,
-        bindings,
-        identities,
-        Mode::Standard.match_options(force_namespaced),
-    )
-    .grants
-    .iter()
-    .map(|g| g.identity.clone())
-    .collect()
+    index
+        .pod_identities(&pod.facts, Mode::Standard.match_options(force_namespaced))
+        .grants
+        .iter()
+        .map(|g| g.identity.clone())
+        .collect()
 }
 
 /// Standard mode, before waiting: a request naming an identity the pod's bindings do not grant
@@ -133,21 +128,6 @@ pub fn standard_preflight(
     Ok(())
 }
 
-/// True when an assignment's copy of an identity is the identity as granted now: same object,
-/// same client and resource IDs (a copy made before an edit is stale).
-fn is_live_copy(copy: &AzureIdentity, live: &AzureIdentity) -> bool {
-    copy.namespace() == live.namespace()
-        && copy.name_any() == live.name_any()
-        && copy
-            .spec
-            .client_id
-            .eq_ignore_ascii_case(&live.spec.client_id)
-        && copy
-            .spec
-            .resource_id
-            .eq_ignore_ascii_case(&live.spec.resource_id)
-}
-
 /// Standard mode, after the wait: choose among the identities assigned to the pod that its
 /// bindings still grant (`granted`, read after the wait): a record whose grant was revoked, or
 /// whose copy predates an edit of the identity, is never served while its removal is pending.
@@ -160,17 +140,7 @@ pub fn select_assigned(
     granted: &[AzureIdentity],
     force_namespaced: bool,
 ) -> Result<AzureIdentity, ResolveError> {
-    let mut allowed: Vec<&AzureIdentity> = assigned
-        .iter()
-        .filter(|i| {
-            !is_namespaced(i, force_namespaced)
-                || i.namespace().as_deref() == Some(&pod.facts.namespace)
-        })
-        .filter(|i| granted.iter().any(|g| is_live_copy(i, g)))
-        .collect();
-    // The same identity can be assigned to a pod through several bindings.
-    allowed.sort_by_key(|i| (i.namespace(), i.name_any()));
-    allowed.dedup_by_key(|i| (i.namespace(), i.name_any()));
+    let allowed = servable_assigned(&pod.facts, assigned, granted, force_namespaced);
     map_select(pod, select_identity(request, &allowed))
 }
 
@@ -178,16 +148,11 @@ pub fn select_assigned(
 pub fn select_managed(
     pod: &PodInfo,
     request: &IdentityRequest,
-    bindings: &[AzureIdentityBinding],
-    identities: &[AzureIdentity],
+    index: &IdentityIndex,
 ) -> Result<AzureIdentity, ResolveError> {
-    let grants = pod_identities(
-        &pod.facts,
-        bindings,
-        identities,
-        Mode::Managed.match_options(true),
-    )
-    .grants;
+    let grants = index
+        .pod_identities(&pod.facts, Mode::Managed.match_options(true))
+        .grants;
     let allowed: Vec<&AzureIdentity> = grants.iter().map(|g| g.identity).collect();
     map_select(pod, select_identity(request, &allowed))
 }

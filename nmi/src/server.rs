@@ -299,8 +299,12 @@ async fn token(agent: &Agent, ip: IpAddr, req: Request) -> Outcome {
         }
     };
     record_pod(&pod);
-    let exceptions = agent.view.exceptions(&pod.facts.namespace);
-    if resolve::is_exempt(&pod, &exceptions, &agent.config.mic_namespace) {
+    let exempt = resolve::is_exempt(
+        &pod,
+        agent.view.index().exceptions_in(&pod.facts.namespace),
+        &agent.config.mic_namespace,
+    );
+    if exempt {
         tracing::info!("pod is excepted: passing the request through to IMDS");
         return proxy(agent, req).await.pod(&pod).resource(&parsed);
     }
@@ -396,12 +400,10 @@ async fn resolve_identity(
     req: &TokenRequest,
 ) -> Result<AzureIdentity, ResolveError> {
     let cfg = &agent.config;
-    let (bindings, identities) = (agent.view.bindings(), agent.view.identities());
     match cfg.mode {
-        Mode::Managed => resolve::select_managed(pod, &req.identity, &bindings, &identities),
+        Mode::Managed => resolve::select_managed(pod, &req.identity, &agent.view.index()),
         Mode::Standard => {
-            let granted =
-                resolve::standard_grants(pod, &bindings, &identities, cfg.force_namespaced);
+            let granted = resolve::standard_grants(pod, &agent.view.index(), cfg.force_namespaced);
             resolve::standard_preflight(pod, &req.identity, &granted, cfg.wait_for_unbound_pods)?;
             let assigned = wait_for_assignment(
                 &req.identity,
@@ -417,12 +419,7 @@ async fn resolve_identity(
             .await?;
             // Grants are read again: the wait can last minutes, and a binding removed meanwhile
             // must not be served from a record whose deletion is still pending.
-            let granted = resolve::standard_grants(
-                pod,
-                &agent.view.bindings(),
-                &agent.view.identities(),
-                cfg.force_namespaced,
-            );
+            let granted = resolve::standard_grants(pod, &agent.view.index(), cfg.force_namespaced);
             resolve::select_assigned(
                 pod,
                 &req.identity,

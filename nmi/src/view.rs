@@ -1,12 +1,13 @@
-//! What the agent knows about its node: pods (by IP and by name), identities, bindings,
-//! assignments and exceptions, read from memory. `crate::kube` fills it from watches;
-//! [`MemoryView`] is the same thing filled by hand, for tests.
+//! What the agent knows about its node: pods (by IP and by name), the index of identities,
+//! bindings and exceptions, and assignments, read from memory. `crate::cluster` fills it from
+//! watches; [`MemoryView`] is the same thing filled by hand, for tests.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use futures::future::BoxFuture;
+use podid_crds::index::IdentityIndex;
 use podid_crds::policy::PodFacts;
 use podid_crds::{
     AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding, AzurePodIdentityException,
@@ -42,10 +43,9 @@ pub trait ClusterView: Send + Sync {
     fn pods_with_ip(&self, ip: IpAddr) -> Vec<PodInfo>;
     /// A pod of this node by namespace and name.
     fn pod(&self, namespace: &str, name: &str) -> Option<PodInfo>;
-    /// AzurePodIdentityExceptions in `namespace`.
-    fn exceptions(&self, namespace: &str) -> Vec<AzurePodIdentityException>;
-    fn bindings(&self) -> Vec<AzureIdentityBinding>;
-    fn identities(&self) -> Vec<AzureIdentity>;
+    /// Bindings, identities and exceptions, indexed. Read it and let go: the guard must not be
+    /// held across a wait (the watches update the index in place).
+    fn index(&self) -> RwLockReadGuard<'_, IdentityIndex>;
     /// AzureAssignedIdentities (of this node) for a pod.
     fn assigned_identities(&self, namespace: &str, pod: &str) -> Vec<AzureAssignedIdentity>;
 }
@@ -74,21 +74,30 @@ pub struct MemoryState {
     pub secrets: BTreeMap<(String, String), SecretData>,
 }
 
-/// A [`ClusterView`] over a [`MemoryState`] that tests can change while a server runs.
+/// A [`ClusterView`] over a [`MemoryState`] that tests can change while a server runs; the
+/// index is rebuilt from the state after each change.
 #[derive(Clone, Debug, Default)]
-pub struct MemoryView(pub Arc<RwLock<MemoryState>>);
+pub struct MemoryView {
+    state: Arc<RwLock<MemoryState>>,
+    index: Arc<RwLock<IdentityIndex>>,
+}
 
 impl MemoryView {
     pub fn new(state: MemoryState) -> Self {
-        Self(Arc::new(RwLock::new(state)))
+        let view = Self::default();
+        view.update(|s| *s = state);
+        view
     }
 
     pub fn update(&self, f: impl FnOnce(&mut MemoryState)) {
-        f(&mut self.0.write().expect("memory view lock"));
+        let mut state = self.state.write().expect("memory view lock");
+        f(&mut state);
+        *self.index.write().expect("memory view lock") =
+            IdentityIndex::from_objects(&state.bindings, &state.identities, &state.exceptions);
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, MemoryState> {
-        self.0.read().expect("memory view lock")
+    fn read(&self) -> RwLockReadGuard<'_, MemoryState> {
+        self.state.read().expect("memory view lock")
     }
 }
 
@@ -110,22 +119,8 @@ impl ClusterView for MemoryView {
             .cloned()
     }
 
-    fn exceptions(&self, namespace: &str) -> Vec<AzurePodIdentityException> {
-        use kube::ResourceExt;
-        self.read()
-            .exceptions
-            .iter()
-            .filter(|e| e.namespace().as_deref() == Some(namespace))
-            .cloned()
-            .collect()
-    }
-
-    fn bindings(&self) -> Vec<AzureIdentityBinding> {
-        self.read().bindings.clone()
-    }
-
-    fn identities(&self) -> Vec<AzureIdentity> {
-        self.read().identities.clone()
+    fn index(&self) -> RwLockReadGuard<'_, IdentityIndex> {
+        self.index.read().expect("memory view lock")
     }
 
     fn assigned_identities(&self, namespace: &str, pod: &str) -> Vec<AzureAssignedIdentity> {

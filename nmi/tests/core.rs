@@ -10,6 +10,7 @@ use std::time::Duration;
 use common::*;
 use http::HeaderMap;
 use podid_crds::AssignedIdentityState::{Assigned, Created, Legacy};
+use podid_crds::index::IdentityIndex;
 use podid_crds::policy::IdentityRequest;
 use podid_nmi::cache::{CacheKey, Clock, TokenCache};
 use podid_nmi::iptables::{
@@ -325,7 +326,8 @@ fn standard_preflight_refuses_unbound_and_answers_unlabelled_pods_at_once() {
     let ids = [a, b];
     let bound = pod("ns", "p", Some("sel-a"), "10.0.0.5");
     let unbound = pod("ns", "q", None, "10.0.0.6");
-    let granted = |p| standard_grants(p, &bindings, &ids, false);
+    let index = IdentityIndex::from_objects(&bindings, &ids, []);
+    let granted = |p| standard_grants(p, &index, false);
 
     assert!(standard_preflight(&bound, &unspecified(), &granted(&bound), false).is_ok());
     assert!(standard_preflight(&bound, &by_client("CLIENT-A"), &granted(&bound), false).is_ok());
@@ -400,18 +402,19 @@ fn managed_mode_uses_only_the_pods_namespace() {
         binding("ns", "ba", "a", "sel"),
         binding("other", "bx", "x", "sel"),
     ];
+    let index = IdentityIndex::from_objects(&bindings, &ids, []);
     assert_eq!(
-        select_managed(&p, &unspecified(), &bindings, &ids)
+        select_managed(&p, &unspecified(), &index)
             .unwrap()
             .spec
             .client_id,
         "client-a"
     );
-    let e = select_managed(&p, &by_client("client-x"), &bindings, &ids).unwrap_err();
+    let e = select_managed(&p, &by_client("client-x"), &index).unwrap_err();
     assert_eq!(e.reply(false).status, 403);
     let lonely = pod("ns", "l", None, "10.0.0.7");
     assert_eq!(
-        select_managed(&lonely, &unspecified(), &bindings, &ids)
+        select_managed(&lonely, &unspecified(), &index)
             .unwrap_err()
             .reply(false)
             .status,
@@ -713,7 +716,7 @@ fn pod_info_from_a_pod_object() {
         "status": {"phase": "Running", "podIP": "10.244.0.7"}
     }))
     .unwrap();
-    let info = podid_nmi::kube::pod_info(&pod);
+    let info = podid_nmi::cluster::pod_info(&pod);
     assert_eq!(info.key(), "default/mic-7d9f-abcde");
     assert_eq!(info.replica_set.as_deref(), Some("mic-7d9f"));
     assert_eq!(info.ip, Some("10.244.0.7".parse().unwrap()));
@@ -727,7 +730,7 @@ fn pod_info_from_a_pod_object() {
         "status": {"phase": "Succeeded", "podIP": "10.0.0.4"}
     }))
     .unwrap();
-    let info = podid_nmi::kube::pod_info(&done);
+    let info = podid_nmi::cluster::pod_info(&done);
     assert!(!info.active && info.host_network);
 }
 

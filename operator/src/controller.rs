@@ -4,74 +4,89 @@
 //! write per scale set or VM.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use podid_azure::{IdentityState, NodePoolIdentities};
+use podid_crds::index::IdentityIndex;
 use podid_crds::provider::AssignmentTarget;
 use podid_crds::{
     ASSIGNED_IDENTITY_FINALIZER, AssignedIdentityState, AzureAssignedIdentity, AzureIdentity,
     AzureIdentityBinding, POD_LABEL,
 };
+use podid_telemetry::watch as watches;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::planner::{AssignmentPlanner, NodeInfo, ObjectKey, Plan, PodInfo, Skip, World};
 
-/// The watched objects.
+/// The watched objects: pods, nodes and assignments in reflector stores, bindings and
+/// identities in an index updated in place.
 #[derive(Clone)]
 pub struct Stores {
     pub pods: Store<Pod>,
     pub nodes: Store<Node>,
-    pub identities: Store<AzureIdentity>,
-    pub bindings: Store<AzureIdentityBinding>,
+    pub index: Arc<RwLock<IdentityIndex>>,
     pub assigned: Store<AzureAssignedIdentity>,
+    indexed: [watches::Synced; 2],
 }
 
 impl Stores {
     /// Starts the watches; every event wakes `notify`.
     pub fn start(client: &Client, notify: Arc<Notify>, shutdown: &CancellationToken) -> Self {
+        let index = Arc::new(RwLock::new(IdentityIndex::default()));
+        let indexed = [
+            watches::index::<AzureIdentity, _>(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                "azureidentities",
+                index.clone(),
+                Some(notify.clone()),
+                shutdown.clone(),
+            ),
+            watches::index::<AzureIdentityBinding, _>(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                "azureidentitybindings",
+                index.clone(),
+                Some(notify.clone()),
+                shutdown.clone(),
+            ),
+        ];
         Self {
             // Only pods carrying the label can be bound (the original lists the same set).
-            pods: reflect(
+            pods: watches::store(
                 Api::all(client.clone()),
                 watcher::Config::default().labels(POD_LABEL),
-                &notify,
-                shutdown,
+                "pods",
+                Some(notify.clone()),
+                shutdown.clone(),
             ),
-            nodes: reflect(
+            nodes: watches::store(
                 Api::all(client.clone()),
                 watcher::Config::default(),
-                &notify,
-                shutdown,
+                "nodes",
+                Some(notify.clone()),
+                shutdown.clone(),
             ),
-            identities: reflect(
+            index,
+            assigned: watches::store(
                 Api::all(client.clone()),
                 watcher::Config::default(),
-                &notify,
-                shutdown,
+                "azureassignedidentities",
+                Some(notify),
+                shutdown.clone(),
             ),
-            bindings: reflect(
-                Api::all(client.clone()),
-                watcher::Config::default(),
-                &notify,
-                shutdown,
-            ),
-            assigned: reflect(
-                Api::all(client.clone()),
-                watcher::Config::default(),
-                &notify,
-                shutdown,
-            ),
+            indexed,
         }
     }
 
@@ -80,41 +95,15 @@ impl Stores {
         let _ = tokio::join!(
             self.pods.wait_until_ready(),
             self.nodes.wait_until_ready(),
-            self.identities.wait_until_ready(),
-            self.bindings.wait_until_ready(),
+            self.indexed[0].wait(),
+            self.indexed[1].wait(),
             self.assigned.wait_until_ready(),
         );
     }
-}
 
-fn reflect<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    notify: &Arc<Notify>,
-    shutdown: &CancellationToken,
-) -> Store<K>
-where
-    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-{
-    let (store, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
-    let notify = notify.clone();
-    let shutdown = shutdown.clone();
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        loop {
-            tokio::select! {
-                ev = stream.next() => match ev {
-                    Some(Ok(_)) => notify.notify_one(),
-                    Some(Err(e)) => tracing::warn!(kind = %K::kind(&Default::default()), error = %e, "watch error"),
-                    None => break,
-                },
-                _ = shutdown.cancelled() => break,
-            }
-        }
-    });
-    store
+    fn index(&self) -> RwLockReadGuard<'_, IdentityIndex> {
+        self.index.read().expect("index lock")
+    }
 }
 
 /// Loop settings.
@@ -258,19 +247,22 @@ impl<A: NodePoolIdentities> Controller<A> {
             .iter()
             .map(|n| NodeInfo::from(n.as_ref()))
             .collect();
-        let identities: Vec<AzureIdentity> = cloned(&self.stores.identities);
-        let bindings: Vec<AzureIdentityBinding> = cloned(&self.stores.bindings);
         let assigned: Vec<AzureAssignedIdentity> = cloned(&self.stores.assigned);
-        let world = World {
-            pods: &pods,
-            nodes: &nodes,
-            identities: &identities,
-            bindings: &bindings,
-            assigned: &assigned,
-        };
+        // The index is read in place, never across a wait: targets under one read, the ARM
+        // reads without it, the plan under another (an object changed meanwhile whose target
+        // was not read is left for the next pass, which its event triggers).
+        let targets = self.planner.targets(
+            World {
+                pods: &pods,
+                nodes: &nodes,
+                index: &self.stores.index(),
+                assigned: &assigned,
+            },
+            full,
+        );
         let mut report = PassReport::default();
         let mut current = BTreeMap::new();
-        for t in self.planner.targets(world, full) {
+        for t in targets {
             report.reads += 1;
             match self.arm.identities(&t).await {
                 Ok(s) => {
@@ -286,7 +278,15 @@ impl<A: NodePoolIdentities> Controller<A> {
                 }
             }
         }
-        let plan = self.planner.plan(world, &current);
+        let plan = self.planner.plan(
+            World {
+                pods: &pods,
+                nodes: &nodes,
+                index: &self.stores.index(),
+                assigned: &assigned,
+            },
+            &current,
+        );
         for s in &plan.skipped {
             if let Skip::NameCollision { key } = s {
                 // A pod goes without this identity: every name it could have is taken.

@@ -12,9 +12,10 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
 use kube::api::ObjectMeta;
 use podid_azure::IdentityState;
+use podid_crds::index::IdentityIndex;
 use podid_crds::policy::{
-    ExistingRecord, IdentityIndex, MatchOptions, PodFacts, RecordOwner, WantedRecord,
-    assigned_identity_names, assigned_identity_namespace,
+    ExistingRecord, MatchOptions, PodFacts, RecordOwner, WantedRecord, assigned_identity_names,
+    assigned_identity_namespace,
 };
 use podid_crds::provider::{AssignmentTarget, NodeResource};
 use podid_crds::{
@@ -64,12 +65,12 @@ impl From<&Node> for NodeInfo {
 }
 
 /// Everything the planner reads from the cluster.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct World<'a> {
     pub pods: &'a [PodInfo],
     pub nodes: &'a [NodeInfo],
-    pub identities: &'a [AzureIdentity],
-    pub bindings: &'a [AzureIdentityBinding],
+    /// Bindings and identities.
+    pub index: &'a IdentityIndex,
     pub assigned: &'a [AzureAssignedIdentity],
 }
 
@@ -427,7 +428,6 @@ impl AssignmentPlanner {
     fn analyse<'a>(&self, world: World<'a>) -> Analysis<'a> {
         let nodes: BTreeMap<&str, &NodeInfo> =
             world.nodes.iter().map(|n| (n.name.as_str(), n)).collect();
-        let index = IdentityIndex::new(world.bindings, world.identities);
         let opts = MatchOptions::standard(self.options.force_namespaced);
         let mut a = Analysis {
             desired: BTreeMap::new(),
@@ -441,7 +441,7 @@ impl AssignmentPlanner {
             if pod.terminated || facts.node_name.is_empty() {
                 continue;
             }
-            let grants = index.pod_identities(facts, opts).grants;
+            let grants = world.index.pod_identities(facts, opts).grants;
             if grants.is_empty() {
                 continue;
             }

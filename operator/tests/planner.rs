@@ -130,11 +130,12 @@ impl Sim {
 
     fn pass_with(&mut self, full: bool) -> Plan {
         let assigned: Vec<_> = self.aais.values().cloned().collect();
+        let index =
+            podid_crds::index::IdentityIndex::from_objects(&self.bindings, &self.identities, []);
         let world = World {
             pods: &self.pods,
             nodes: &self.nodes,
-            identities: &self.identities,
-            bindings: &self.bindings,
+            index: &index,
             assigned: &assigned,
         };
         let planner = AssignmentPlanner::new(self.options.clone());
@@ -749,11 +750,11 @@ fn unreadable_targets_wait_for_the_next_pass() {
     sim.bindings.push(binding("app", "b1", "id1", "sel"));
     sim.pods.push(pod("app", "a", "sel", "aks-np-vmss000000"));
     let assigned: Vec<AzureAssignedIdentity> = Vec::new();
+    let index = podid_crds::index::IdentityIndex::from_objects(&sim.bindings, &sim.identities, []);
     let world = World {
         pods: &sim.pods,
         nodes: &sim.nodes,
-        identities: &sim.identities,
-        bindings: &sim.bindings,
+        index: &index,
         assigned: &assigned,
     };
     let plan = AssignmentPlanner::default().plan(world, &BTreeMap::new());

@@ -147,11 +147,11 @@ impl Sim {
             .map(|i| all[i].clone())
             .collect();
         let nodes = [node()];
+        let index = podid_crds::index::IdentityIndex::from_objects(&bindings, &identities, []);
         let world = World {
             pods: &pods,
             nodes: &nodes,
-            identities: &identities,
-            bindings: &bindings,
+            index: &index,
             assigned: &assigned,
         };
         let planner = AssignmentPlanner::new(PlannerOptions::default());
@@ -491,7 +491,7 @@ async fn colliding_record_names_on_the_api_server_serve_each_pod_its_own_identit
 
     // The node agent's view of the node, as podid-nmi builds it.
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let agent = podid_nmi::kube::KubeView::start(c.clone(), &node, true, shutdown.clone())
+    let agent = podid_nmi::cluster::KubeView::start(c.clone(), &node, true, shutdown.clone())
         .await
         .expect("agent view");
     let served = |ns: &str, pod_name: &str| -> Vec<(String, String, bool)> {

@@ -2,6 +2,8 @@
 //! (with klog's `-v` and `--logtostderr`, which the original components' manifests pass) and
 //! their set-up, small Prometheus helpers, and the shutdown signal.
 
+pub mod watch;
+
 use clap::{ArgAction, Args, ValueEnum};
 use prometheus_client::metrics::family::MetricConstructor;
 use prometheus_client::metrics::histogram::Histogram;

@@ -66,7 +66,11 @@ fuzz_target!(|data: &[u8]| {
         client_id: (head[2] & 1 == 1).then(|| format!("CLIENT-{}", pick(&NAMES, head[3]))),
         ..Default::default()
     };
-    if let Ok(chosen) = select_managed(&pod, &request, &bindings, &identities) {
+    if let Ok(chosen) = select_managed(
+        &pod,
+        &request,
+        &podid_crds::index::IdentityIndex::from_objects(&bindings, &identities, []),
+    ) {
         assert_eq!(
             chosen.metadata.namespace.as_deref(),
             Some(pod.facts.namespace.as_str())

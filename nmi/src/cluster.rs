@@ -5,57 +5,27 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
-use futures::StreamExt;
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use podid_crds::index::IdentityIndex;
 use podid_crds::policy::PodFacts;
 use podid_crds::{
     AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding, AzurePodIdentityException,
     NODENAME_LABEL,
 };
+use podid_telemetry::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::view::{ClusterView, PodInfo, SecretData, SecretSource};
 
 /// How long start-up waits for the first list of every watch.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(120);
-
-fn spawn_reflector<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    shutdown: CancellationToken,
-    what: &'static str,
-) -> Store<K>
-where
-    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-{
-    let (reader, writer) = reflector::store();
-    let stream = watcher(api, config)
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects();
-    tokio::spawn(async move {
-        futures::pin_mut!(stream);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                ev = stream.next() => match ev {
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => tracing::warn!(watch = what, error = %e, "watch error; retrying"),
-                    None => break,
-                }
-            }
-        }
-    });
-    reader
-}
 
 /// Pod facts plus what the agent needs beyond them.
 pub fn pod_info(pod: &Pod) -> PodInfo {
@@ -81,19 +51,18 @@ pub fn pod_info(pod: &Pod) -> PodInfo {
     }
 }
 
-/// A [`ClusterView`] backed by watch caches.
+/// A [`ClusterView`] backed by watches: pods and assignments in reflector stores, bindings,
+/// identities and exceptions in an index updated in place.
 #[derive(Clone)]
 pub struct KubeView {
     pods: Store<Pod>,
     assigned: Option<Store<AzureAssignedIdentity>>,
-    bindings: Store<AzureIdentityBinding>,
-    identities: Store<AzureIdentity>,
-    exceptions: Store<AzurePodIdentityException>,
+    index: Arc<RwLock<IdentityIndex>>,
 }
 
 impl KubeView {
-    /// Starts the watches and waits until each has listed once. `assigned_for_node` is the
-    /// node name whose AzureAssignedIdentities are watched (standard mode), or `None`.
+    /// Starts the watches and waits until each has listed once. With `watch_assigned`
+    /// (standard mode) this node's AzureAssignedIdentities are watched too.
     pub async fn start(
         client: Client,
         node: &str,
@@ -102,55 +71,64 @@ impl KubeView {
     ) -> anyhow::Result<Self> {
         // The first list is a consistent read (served from the API server's cache once it has
         // caught up): a pod started just before the agent must be known when it first calls.
-        let pods = spawn_reflector(
+        let pods = watch::store(
             Api::<Pod>::all(client.clone()),
             watcher::Config::default()
                 .fields(&format!("spec.nodeName={node}"))
                 .list_semantic(watcher::ListSemantic::MostRecent),
-            shutdown.clone(),
             "pods",
+            None,
+            shutdown.clone(),
         );
         let assigned = watch_assigned.then(|| {
-            spawn_reflector(
+            watch::store(
                 Api::<AzureAssignedIdentity>::all(client.clone()),
                 watcher::Config::default().labels(&format!("{NODENAME_LABEL}={node}")),
-                shutdown.clone(),
                 "azureassignedidentities",
+                None,
+                shutdown.clone(),
             )
         });
-        let bindings = spawn_reflector(
-            Api::all(client.clone()),
-            watcher::Config::default(),
-            shutdown.clone(),
-            "azureidentitybindings",
-        );
-        let identities = spawn_reflector(
-            Api::all(client.clone()),
-            watcher::Config::default(),
-            shutdown.clone(),
-            "azureidentities",
-        );
-        let exceptions = spawn_reflector(
-            Api::all(client),
-            watcher::Config::default(),
-            shutdown.clone(),
-            "azurepodidentityexceptions",
-        );
+        let index = Arc::new(RwLock::new(IdentityIndex::default()));
+        let synced = [
+            watch::index::<AzureIdentityBinding, _>(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                "azureidentitybindings",
+                index.clone(),
+                None,
+                shutdown.clone(),
+            ),
+            watch::index::<AzureIdentity, _>(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                "azureidentities",
+                index.clone(),
+                None,
+                shutdown.clone(),
+            ),
+            watch::index::<AzurePodIdentityException, _>(
+                Api::all(client),
+                watcher::Config::default(),
+                "azurepodidentityexceptions",
+                index.clone(),
+                None,
+                shutdown.clone(),
+            ),
+        ];
         let view = Self {
             pods,
             assigned,
-            bindings,
-            identities,
-            exceptions,
+            index,
         };
         tokio::time::timeout(SYNC_TIMEOUT, async {
             view.pods.wait_until_ready().await?;
             if let Some(a) = &view.assigned {
                 a.wait_until_ready().await?;
             }
-            view.bindings.wait_until_ready().await?;
-            view.identities.wait_until_ready().await?;
-            view.exceptions.wait_until_ready().await?;
+            for s in &synced {
+                s.wait().await;
+            }
             Ok::<_, reflector::store::WriterDropped>(())
         })
         .await
@@ -175,29 +153,8 @@ impl ClusterView for KubeView {
             .map(|p| pod_info(&p))
     }
 
-    fn exceptions(&self, namespace: &str) -> Vec<AzurePodIdentityException> {
-        self.exceptions
-            .state()
-            .iter()
-            .filter(|e| e.namespace().as_deref() == Some(namespace))
-            .map(|e| (**e).clone())
-            .collect()
-    }
-
-    fn bindings(&self) -> Vec<AzureIdentityBinding> {
-        self.bindings
-            .state()
-            .iter()
-            .map(|b| (**b).clone())
-            .collect()
-    }
-
-    fn identities(&self) -> Vec<AzureIdentity> {
-        self.identities
-            .state()
-            .iter()
-            .map(|i| (**i).clone())
-            .collect()
+    fn index(&self) -> RwLockReadGuard<'_, IdentityIndex> {
+        self.index.read().expect("index lock")
     }
 
     fn assigned_identities(&self, namespace: &str, pod: &str) -> Vec<AzureAssignedIdentity> {
@@ -313,7 +270,7 @@ impl SecretCache {
                 tokio::select! {
                     _ = cache.shutdown.cancelled() => break,
                     _ = tick.tick() => {
-                        let referenced = crate::entra::referenced_secrets(&view.identities());
+                        let referenced = crate::entra::referenced_secrets(view.index().identities());
                         let closed = cache.close_unreferenced(&referenced);
                         if closed > 0 {
                             tracing::info!(closed, open = cache.lock().len(), "closed the watches of Secrets no AzureIdentity references");
@@ -381,11 +338,12 @@ impl SecretSource for SecretCache {
                 } else {
                     let w = watches.entry(key).or_insert_with(|| {
                         let stop = self.shutdown.child_token();
-                        let store = spawn_reflector(
+                        let store = watch::store(
                             Api::<Secret>::namespaced(self.client.clone(), namespace),
                             watcher::Config::default().fields(&format!("metadata.name={name}")),
-                            stop.clone(),
                             "secret",
+                            None,
+                            stop.clone(),
                         );
                         SecretWatch {
                             store,
