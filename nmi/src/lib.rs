@@ -3,6 +3,7 @@
 //! the wait for assignment, selection, the token cache, iptables rendering); `server` and `kube`
 //! wire them to HTTP and the API server.
 
+pub mod agent;
 pub mod cache;
 pub mod config;
 pub mod entra;
