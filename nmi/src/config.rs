@@ -2,7 +2,6 @@
 //! `--flag=true|false` as Go's did) plus podid's own.
 
 use std::net::Ipv4Addr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{ArgAction, Parser};
@@ -197,36 +196,6 @@ impl Flags {
             &self.allowed_authority_hosts,
             self.allow_cross_namespace_secrets,
         )
-    }
-
-    /// The production token sources: IMDS, and Entra with Secrets read through `client`
-    /// (watched unless `--watch-secrets=false`; a watch closes within `sweep_every` of its
-    /// Secret no longer being referenced by any identity in `view`).
-    pub fn credentials(
-        &self,
-        client: ::kube::Client,
-        view: Arc<dyn crate::view::ClusterView>,
-        metrics: crate::metrics::Metrics,
-        clock: Arc<dyn crate::cache::Clock>,
-        shutdown: tokio_util::sync::CancellationToken,
-        sweep_every: Duration,
-    ) -> Result<crate::token::AzureCredentials, String> {
-        let secrets = crate::cluster::SecretCache::new(client, shutdown)
-            .with_metrics(metrics)
-            .with_max_watches(self.max_secret_watches);
-        let secrets = if self.watch_secrets {
-            secrets.close_unreferenced_every(view, sweep_every);
-            secrets
-        } else {
-            secrets.without_watches()
-        };
-        Ok(crate::token::AzureCredentials {
-            http: crate::token::http_client(),
-            imds_endpoint: self.imds_endpoint(),
-            policy: self.entra_policy()?,
-            secrets: Arc::new(secrets),
-            clock,
-        })
     }
 
     pub fn server_config(&self) -> ServerConfig {

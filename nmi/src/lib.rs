@@ -3,6 +3,7 @@
 //! the wait for assignment, selection, the token cache, iptables rendering); `server` and `cluster`
 //! wire them to HTTP and the API server.
 
+pub mod agent;
 pub mod cache;
 pub mod cluster;
 pub mod config;

@@ -5,19 +5,17 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use podid_crds::policy::Mode;
-use podid_nmi::cache::{Clock, DEFAULT_MAX_BYTES, SystemClock, TokenCache};
-use podid_nmi::cluster::{KubeView, SECRET_SWEEP_INTERVAL};
+use podid_nmi::agent::AgentBuilder;
+use podid_nmi::cluster::KubeView;
 use podid_nmi::config::Flags;
 use podid_nmi::iptables::{self, Iptables};
-use podid_nmi::metrics::Metrics;
 use podid_nmi::server::{self, Agent};
-use podid_nmi::token::http_client;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -152,39 +150,11 @@ async fn start(
         shutdown.clone(),
     )
     .await?;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let http = http_client();
-    let metrics = Metrics::new();
-    let credentials = flags
-        .credentials(
-            client,
-            Arc::new(view.clone()),
-            metrics.clone(),
-            clock.clone(),
-            shutdown.clone(),
-            SECRET_SWEEP_INTERVAL,
-        )
+    let builder = AgentBuilder::new(flags, shutdown.clone());
+    let credentials = builder
+        .kube_credentials(client, Arc::new(view.clone()))
         .map_err(anyhow::Error::msg)?;
-    let cache = if flags.token_refresh_margin_sec == 0 {
-        TokenCache::disabled()
-    } else {
-        TokenCache::new(
-            clock.clone(),
-            Duration::from_secs(flags.token_refresh_margin_sec),
-        )
-        .with_bounds(flags.token_cache_max_entries, DEFAULT_MAX_BYTES)
-    };
-    let agent = Arc::new(Agent {
-        config: flags.server_config(),
-        view: Arc::new(view),
-        credentials: Arc::new(credentials),
-        cache,
-        metrics,
-        clock,
-        http,
-        initialized: AtomicBool::new(false),
-        shutdown: shutdown.clone(),
-    });
+    let agent = Arc::new(builder.build(Arc::new(view), Arc::new(credentials)));
 
     let bind = |port: u16, addr: std::net::IpAddr| async move {
         tokio::net::TcpListener::bind(SocketAddr::new(addr, port))

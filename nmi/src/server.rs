@@ -11,9 +11,10 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, StatusCode, header};
+use http::{HeaderMap, StatusCode};
 use podid_crds::AzureIdentity;
 use podid_crds::policy::Mode;
+use podid_telemetry::AdminRoutes;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span};
 
@@ -132,36 +133,16 @@ pub fn router(agent: Arc<Agent>) -> Router {
 
 /// `/healthz` (always 200: `Active` once iptables is in place, else `Not Active`).
 pub fn probe_router(agent: Arc<Agent>) -> Router {
-    Router::new()
-        .route(
-            "/healthz",
-            axum::routing::get(|State(a): State<Arc<Agent>>| async move {
-                if a.initialized.load(Ordering::SeqCst) {
-                    "Active"
-                } else {
-                    "Not Active"
-                }
-            }),
-        )
-        .with_state(agent)
+    AdminRoutes::new()
+        .health(move || agent.initialized.load(Ordering::SeqCst))
+        .into_router()
 }
 
-/// `/metrics` in the Prometheus text format.
+/// `/metrics` in the OpenMetrics text format.
 pub fn metrics_router(agent: Arc<Agent>) -> Router {
-    Router::new()
-        .route(
-            "/metrics",
-            axum::routing::get(|State(a): State<Arc<Agent>>| async move {
-                (
-                    [(
-                        header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    a.metrics.render(),
-                )
-            }),
-        )
-        .with_state(agent)
+    AdminRoutes::new()
+        .metrics(move || agent.metrics.render())
+        .into_router()
 }
 
 fn caller_ip(addr: SocketAddr) -> IpAddr {

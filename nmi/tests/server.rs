@@ -4,18 +4,20 @@
 mod common;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use clap::Parser;
 use common::*;
 use futures::future::BoxFuture;
 use podid_crds::AssignedIdentityState::{Assigned, Created};
 use podid_crds::AzureIdentity;
 use podid_crds::policy::Mode;
-use podid_nmi::cache::{Clock, SystemClock, TokenCache};
-use podid_nmi::metrics::Metrics;
-use podid_nmi::server::{self, Agent, ServerConfig};
+use podid_nmi::agent::AgentBuilder;
+use podid_nmi::cache::{Clock, SystemClock};
+use podid_nmi::config::Flags;
+use podid_nmi::server::{self, ServerConfig};
 use podid_nmi::token::{AccessToken, Credentials, IdentitySources, TokenError, TokenSource};
 use podid_nmi::view::{MemoryState, MemoryView};
 use podid_nmi::wait::RetryPolicy;
@@ -156,22 +158,14 @@ async fn start(config: ServerConfig, state: MemoryState) -> Harness {
     let creds = FakeCredentials::default();
     let fetches = creds.fetches.clone();
     let shutdown = CancellationToken::new();
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let agent = Arc::new(Agent {
-        config: ServerConfig {
-            imds_endpoint: imds,
-            pod_lookup_attempts: 1,
-            ..config
-        },
-        view: Arc::new(view.clone()),
-        credentials: Arc::new(creds),
-        cache: TokenCache::new(clock.clone(), Duration::from_secs(300)),
-        metrics: Metrics::new(),
-        clock,
-        http: reqwest::Client::new(),
-        initialized: AtomicBool::new(true),
-        shutdown: shutdown.clone(),
-    });
+    let flags = Flags::try_parse_from(["podid-nmi", "--node=node-1"]).unwrap();
+    let mut builder = AgentBuilder::new(&flags, shutdown.clone());
+    builder.config = ServerConfig {
+        imds_endpoint: imds,
+        pod_lookup_attempts: 1,
+        ..config
+    };
+    let agent = Arc::new(builder.build(Arc::new(view.clone()), Arc::new(creds)));
     let l = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
     let router = server::router(agent.clone()).merge(server::metrics_router(agent));

@@ -1,16 +1,12 @@
 //! podid-operator: the Managed Identity Controller binary. The logic is in the library; this wires
 //! flags, cloud config, watches, leader election, the HTTP endpoints and shutdown together.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
 use clap::Parser;
 use podid_azure::Arm;
 use podid_crds::policy::Mode;
@@ -19,54 +15,22 @@ use podid_operator::controller::{Controller, LoopSettings, Stores};
 use podid_operator::leader::{self, Election};
 use podid_operator::metrics::Metrics;
 use podid_operator::planner::{AssignmentPlanner, PlannerOptions};
+use podid_telemetry::AdminRoutes;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-#[derive(Clone)]
-struct Http {
-    metrics: Metrics,
-    ready: Arc<AtomicBool>,
-    writing: watch::Receiver<bool>,
-}
-
-fn router(state: Http) -> Router {
-    Router::new()
-        // The original answers 200 always; the body says whether this replica is the active one.
-        .route(
-            "/healthz",
-            get(|State(s): State<Http>| async move {
-                if *s.writing.borrow() {
-                    "Active"
-                } else {
-                    "Not Active"
-                }
-            }),
-        )
-        .route(
-            "/readyz",
-            get(|State(s): State<Http>| async move {
-                if s.ready.load(Ordering::SeqCst) {
-                    (StatusCode::OK, "ok")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "caches not synced")
-                }
-            }),
-        )
-        .route(
-            "/metrics",
-            get(|State(s): State<Http>| async move { s.metrics.render() }),
-        )
-        .with_state(state)
+/// The admin routes, on both the probe and the Prometheus port. The original answers `/healthz`
+/// with 200 always; the body says whether this replica is the active one.
+fn router(metrics: Metrics, ready: Arc<AtomicBool>, writing: watch::Receiver<bool>) -> Router {
+    AdminRoutes::new()
+        .health(move || *writing.borrow())
+        .readiness(move || ready.load(Ordering::SeqCst), "caches not synced")
+        .metrics(move || metrics.render())
+        .into_router()
 }
 
 async fn serve(port: u16, app: Router, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port)))
-        .await
-        .with_context(|| format!("binding port {port}"))?;
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-        .context("HTTP server")
+    Ok(podid_telemetry::serve(port, app, shutdown).await?)
 }
 
 #[tokio::main]
@@ -78,11 +42,7 @@ async fn main() -> anyhow::Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
     let (may_write_tx, may_write) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
-    let http = router(Http {
-        metrics: metrics.clone(),
-        ready: ready.clone(),
-        writing: may_write.clone(),
-    });
+    let http = router(metrics.clone(), ready.clone(), may_write.clone());
     tasks.spawn(serve(flags.http_probe_port, http.clone(), shutdown.clone()));
     if flags.prometheus_port != flags.http_probe_port {
         tasks.spawn(serve(flags.prometheus_port, http, shutdown.clone()));

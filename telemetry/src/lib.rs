@@ -1,12 +1,30 @@
 //! What podid's long-running binaries share about running as a service: the logging flags
 //! (with klog's `-v` and `--logtostderr`, which the original components' manifests pass) and
-//! their set-up, small Prometheus helpers, and the shutdown signal.
+//! their set-up, small Prometheus helpers, the shutdown signal, the admin HTTP surface
+//! (`/healthz`, `/readyz`, `/metrics`) with the listener that serves it ([`admin`]), and the
+//! watches that keep a service's stores and index current ([`watch`]).
 
+pub mod admin;
 pub mod watch;
+
+pub use admin::{AdminRoutes, OPENMETRICS_CONTENT_TYPE, serve, serve_on};
 
 use clap::{ArgAction, Args, ValueEnum};
 use prometheus_client::metrics::family::MetricConstructor;
 use prometheus_client::metrics::histogram::Histogram;
+
+/// What can go wrong in this crate: serving an admin listener.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("binding port {port}")]
+    Bind {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP server")]
+    Serve(#[source] std::io::Error),
+}
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {

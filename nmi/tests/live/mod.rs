@@ -6,19 +6,17 @@ pub mod netns;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use clap::Parser;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use podid_crds::policy::Mode;
-use podid_nmi::cache::{Clock, SystemClock, TokenCache};
+use podid_nmi::agent::AgentBuilder;
 use podid_nmi::cluster::KubeView;
 use podid_nmi::config::Flags;
 use podid_nmi::metrics::Metrics;
-use podid_nmi::server::{self, Agent, ServerConfig};
-use podid_nmi::token::http_client;
+use podid_nmi::server::{self, ServerConfig};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -63,6 +61,7 @@ pub async fn start_agent_with_flags(
     let args: Vec<String> = ["podid-nmi".to_owned(), format!("--node={node}")]
         .into_iter()
         .chain([format!("--entra-authority={authority}")])
+        .chain([format!("--imds-endpoint={}", config.imds_endpoint)])
         .chain(flags.iter().map(|f| f.to_string()))
         .collect();
     let flags = Flags::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
@@ -75,30 +74,14 @@ pub async fn start_agent_with_flags(
     )
     .await
     .unwrap();
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let metrics = Metrics::new();
-    let mut credentials = flags
-        .credentials(
-            client,
-            Arc::new(view.clone()),
-            metrics.clone(),
-            clock.clone(),
-            shutdown.clone(),
-            Duration::from_secs(1),
-        )
+    let mut builder = AgentBuilder::new(&flags, shutdown.clone());
+    builder.config = config;
+    builder.secret_sweep = Duration::from_secs(1);
+    let metrics = builder.metrics.clone();
+    let credentials = builder
+        .kube_credentials(client, Arc::new(view.clone()))
         .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    credentials.imds_endpoint = config.imds_endpoint.clone();
-    let agent = Arc::new(Agent {
-        credentials: Arc::new(credentials),
-        config,
-        view: Arc::new(view),
-        cache: TokenCache::new(clock.clone(), Duration::from_secs(300)),
-        metrics: metrics.clone(),
-        clock,
-        http: http_client(),
-        initialized: AtomicBool::new(true),
-        shutdown: shutdown.clone(),
-    });
+    let agent = Arc::new(builder.build(Arc::new(view), Arc::new(credentials)));
     tokio::spawn(server::serve(
         listener,
         server::router(agent),

@@ -6,15 +6,13 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use clap::Parser;
 use podid_azure_emulator::{Emulator, Settings};
-use podid_nmi::cache::{Clock, SystemClock, TokenCache};
-use podid_nmi::entra::EntraPolicy;
-use podid_nmi::metrics::Metrics;
-use podid_nmi::server::{self, Agent, ServerConfig};
-use podid_nmi::token::{AzureCredentials, http_client};
+use podid_nmi::agent::AgentBuilder;
+use podid_nmi::config::Flags;
+use podid_nmi::server::{self, ServerConfig};
 use podid_nmi::view::MemoryView;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -58,34 +56,22 @@ impl Scene {
         }
         let imds = url::Url::parse(&emu.imds_endpoint("aks-pool-1-vmss_0")).unwrap();
         let view = MemoryView::default();
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let shutdown = CancellationToken::new();
-        let agent = Arc::new(Agent {
-            config: ServerConfig {
-                imds_endpoint: upstream.unwrap_or_else(|| imds.clone()),
-                pod_lookup_attempts: 1,
-                ..config
-            },
-            view: Arc::new(view.clone()),
-            credentials: Arc::new(AzureCredentials {
-                http: http_client(),
-                imds_endpoint: imds,
-                policy: EntraPolicy::new(
-                    url::Url::parse(&emu.authority_host()).unwrap(),
-                    &[],
-                    false,
-                )
-                .unwrap(),
-                secrets: Arc::new(view.clone()),
-                clock: clock.clone(),
-            }),
-            cache: TokenCache::new(clock.clone(), Duration::from_secs(300)),
-            metrics: Metrics::new(),
-            clock,
-            http: http_client(),
-            initialized: AtomicBool::new(true),
-            shutdown: shutdown.clone(),
-        });
+        let flags = Flags::try_parse_from([
+            "podid-nmi".to_owned(),
+            "--node=node-1".to_owned(),
+            format!("--imds-endpoint={imds}"),
+            format!("--entra-authority={}", emu.authority_host()),
+        ])
+        .unwrap();
+        let mut builder = AgentBuilder::new(&flags, shutdown.clone());
+        builder.config = ServerConfig {
+            imds_endpoint: upstream.unwrap_or_else(|| imds.clone()),
+            pod_lookup_attempts: 1,
+            ..config
+        };
+        let credentials = builder.credentials_with(Arc::new(view.clone())).unwrap();
+        let agent = Arc::new(builder.build(Arc::new(view.clone()), Arc::new(credentials)));
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         tokio::spawn(server::serve(l, server::router(agent), shutdown.clone()));

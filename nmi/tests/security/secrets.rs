@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,11 +18,9 @@ use kube::api::{Api, DeleteParams};
 use podid_azure_emulator::{Emulator, Settings};
 use podid_crds::policy::Mode;
 use podid_crds::{AzureIdentity, AzureIdentityBinding};
-use podid_nmi::cache::{Clock, SystemClock, TokenCache};
+use podid_nmi::agent::AgentBuilder;
 use podid_nmi::config::Flags;
-use podid_nmi::metrics::Metrics;
-use podid_nmi::server::{self, Agent, ServerConfig};
-use podid_nmi::token::{AzureCredentials, http_client};
+use podid_nmi::server::{self, ServerConfig};
 use podid_nmi::view::{MemoryState, MemoryView, SecretData, SecretSource};
 use podid_testkit::{Cluster, NodePool};
 use serde_json::{Value, json};
@@ -134,29 +132,15 @@ async fn memory_agent(state: MemoryState, authority: &str, flags: &[&str]) -> Me
     };
     let reads = secrets.reads.clone();
     let shutdown = CancellationToken::new();
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let agent = Arc::new(Agent {
-        config: ServerConfig {
-            mode: Mode::Managed,
-            force_namespaced: true,
-            pod_lookup_attempts: 1,
-            ..Default::default()
-        },
-        view: Arc::new(view),
-        credentials: Arc::new(AzureCredentials {
-            http: http_client(),
-            imds_endpoint: flags.imds_endpoint(),
-            policy: flags.entra_policy().unwrap(),
-            secrets: Arc::new(secrets),
-            clock: clock.clone(),
-        }),
-        cache: TokenCache::new(clock.clone(), Duration::from_secs(300)),
-        metrics: Metrics::new(),
-        clock,
-        http: http_client(),
-        initialized: AtomicBool::new(true),
-        shutdown: shutdown.clone(),
-    });
+    let mut builder = AgentBuilder::new(&flags, shutdown.clone());
+    builder.config = ServerConfig {
+        mode: Mode::Managed,
+        force_namespaced: true,
+        pod_lookup_attempts: 1,
+        ..Default::default()
+    };
+    let credentials = builder.credentials_with(Arc::new(secrets)).unwrap();
+    let agent = Arc::new(builder.build(Arc::new(view), Arc::new(credentials)));
     let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
     let addr = SocketAddr::from(([127, 0, 0, 1], listener.local_addr().unwrap().port()));
     tokio::spawn(server::serve(
