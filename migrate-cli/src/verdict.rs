@@ -3,13 +3,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::ResourceExt;
 use podid_crds::index::IdentityIndex;
-use podid_crds::policy::{GrantSkip, MatchOptions, PodFacts, is_pod_excepted};
+use podid_crds::policy::{GrantSkip, MatchOptions, PodFacts, PodIdentities, is_pod_excepted};
 use podid_crds::reason::ReasonCode;
 use podid_crds::{
-    AKS_NETWORK_PLUGIN_LABEL, AzureIdentity, BRIDGE_CREDENTIALS_ANNOTATION, IdentityType,
-    POD_LABEL, WI_CLIENT_ID_ANNOTATION, WI_USE_LABEL, WI_WEBHOOK_NAME,
+    AKS_NETWORK_PLUGIN_LABEL, AzureIdentity, AzureIdentityBinding, BRIDGE_CREDENTIALS_ANNOTATION,
+    IdentityType, POD_LABEL, WI_CLIENT_ID_ANNOTATION, WI_USE_LABEL, WI_WEBHOOK_NAME,
 };
 use serde::{Deserialize, Serialize};
 
@@ -215,126 +216,17 @@ pub fn assess_one(
     let excepted = is_pod_excepted(&pod, &inv.exceptions);
     let mut findings = Vec::new();
     let mut identities = Vec::new();
-    let mut ids: Vec<&AzureIdentity> = Vec::new();
 
     if let Some(label) = &label {
         let matched = index.pod_identities(&pod, ctx.match_options);
+        let mut ids: Vec<&AzureIdentity> = Vec::new();
         for g in &matched.grants {
             identities.push(identity_ref(g.identity, &g.binding.name_any()));
             ids.push(g.identity);
         }
-        let sev = if matched.grants.is_empty() {
-            Severity::Blocker
-        } else {
-            Severity::Note
-        };
-        if matched.grants.is_empty() && matched.skipped.is_empty() {
-            findings.push(finding(
-                ReasonCode::NoMatchingBinding,
-                Severity::Blocker,
-                format!("label {POD_LABEL}={label} matches no AzureIdentityBinding, so the workload gets no identity today; fix or remove the label"),
-            ));
-        }
-        for (b, skip) in &matched.skipped {
-            let bname = format!("{}/{}", b.namespace().unwrap_or_default(), b.name_any());
-            let f = match skip {
-                GrantSkip::NoIdentityNamed => finding(
-                    ReasonCode::BindingWithoutIdentity,
-                    sev,
-                    format!("binding {bname} names no AzureIdentity (spec.azureIdentity is empty)"),
-                ),
-                GrantSkip::IdentityMissing { identity } => finding(
-                    ReasonCode::IdentityMissing,
-                    sev,
-                    format!(
-                        "binding {bname} names AzureIdentity {identity}, which does not exist in {}",
-                        b.namespace().unwrap_or_default()
-                    ),
-                ),
-                GrantSkip::NamespaceMismatch { identity } => finding(
-                    ReasonCode::NamespaceMismatch,
-                    sev,
-                    format!(
-                        "identity {identity} of binding {bname} is namespaced and cannot serve namespace {}",
-                        w.namespace
-                    ),
-                ),
-                GrantSkip::DuplicateIdentityName { identity } => finding(
-                    ReasonCode::DuplicateIdentityName,
-                    sev,
-                    format!(
-                        "binding {bname} grants a second identity named {identity}; pod identity keeps only the first"
-                    ),
-                ),
-                GrantSkip::InvalidResourceId { identity } => finding(
-                    ReasonCode::InvalidResourceId,
-                    sev,
-                    format!(
-                        "identity {identity} of binding {bname} has no valid user-assigned identity resourceID"
-                    ),
-                ),
-            };
-            findings.push(f);
-        }
-        for id in &ids {
-            if id.spec.type_.is_service_principal()
-                || matches!(id.spec.type_, IdentityType::Unknown(_))
-            {
-                findings.push(finding(
-                    ReasonCode::ServicePrincipalIdentity,
-                    Severity::Blocker,
-                    format!("identity {} is a {} (type {}); podid creates federated credentials on user-assigned managed identities only — add a federated credential to the app registration by hand, or move the workload to a managed identity", id.name_any(), id.spec.type_.name(), id.spec.type_.as_i64()),
-                ));
-            }
-        }
-        if ids.len() > 1 {
-            findings.push(finding(
-                ReasonCode::MultipleIdentities,
-                Severity::Blocker,
-                format!("bound to {} identities ({}); a ServiceAccount names one default identity — confirm the application passes client_id for the others, then move each with its own federated credential", ids.len(), ids.iter().map(|i| i.name_any()).collect::<Vec<_>>().join(", ")),
-            ));
-        }
-        if excepted {
-            findings.push(finding(
-                ReasonCode::ExceptionPod,
-                Severity::Blocker,
-                "an AzurePodIdentityException matches this workload, so its token requests bypass pod identity and use the node's identities; decide which identity it really needs",
-            ));
-        }
-        if ctx.oidc_issuer.is_none() {
-            findings.push(finding(
-                ReasonCode::NoOidcIssuer,
-                Severity::Blocker,
-                format!(
-                    "the cluster has no public OIDC issuer{}; enable it (az aks update --enable-oidc-issuer; self-managed: --service-account-issuer with public discovery) so Entra can verify ServiceAccount tokens",
-                    ctx.issuer_problem
-                        .as_deref()
-                        .map(|p| format!(" ({p})"))
-                        .unwrap_or_default()
-                ),
-            ));
-        }
-        if w.host_network {
-            findings.push(finding(
-                ReasonCode::HostNetwork,
-                Severity::Note,
-                "host-network pod: pod identity never intercepted its token requests (they went straight to the node's instance metadata service), and the Workload ID migration sidecar cannot be injected, so the application itself must use a Workload ID-capable Azure SDK",
-            ));
-        }
-        if ctx.kubenet && !w.drops_net_raw {
-            findings.push(finding(
-                ReasonCode::KubenetNetRaw,
-                Severity::Note,
-                "kubenet cluster and containers keep NET_RAW: under pod identity such pods can spoof other pods' traffic to the identity endpoint; Workload ID removes that exposure",
-            ));
-        }
-        if w.unsupported_owner {
-            findings.push(finding(
-                ReasonCode::UnsupportedOwner,
-                Severity::Note,
-                format!("owned by a {} that podid does not resolve; its pod template must be changed where that controller keeps it", w.kind),
-            ));
-        }
+        findings.extend(binding_findings(w, label, &matched));
+        findings.extend(identity_findings(&ids));
+        findings.extend(pod_identity_findings(w, excepted, ctx));
     } else if excepted {
         findings.push(finding(
             ReasonCode::ExceptionPod,
@@ -354,6 +246,151 @@ pub fn assess_one(
     }
 }
 
+/// What the pod-identity label resolved to: a blocker when it grants nothing, and one finding per
+/// binding it matched but could not use (a blocker when no binding granted an identity, a note
+/// otherwise).
+fn binding_findings(w: &Workload, label: &str, matched: &PodIdentities<'_>) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let sev = if matched.grants.is_empty() {
+        Severity::Blocker
+    } else {
+        Severity::Note
+    };
+    if matched.grants.is_empty() && matched.skipped.is_empty() {
+        findings.push(finding(
+            ReasonCode::NoMatchingBinding,
+            Severity::Blocker,
+            format!("label {POD_LABEL}={label} matches no AzureIdentityBinding, so the workload gets no identity today; fix or remove the label"),
+        ));
+    }
+    for (b, skip) in &matched.skipped {
+        findings.push(grant_skip_finding(w, b, skip, sev));
+    }
+    findings
+}
+
+/// Why binding `b` granted the workload no identity.
+fn grant_skip_finding(
+    w: &Workload,
+    b: &AzureIdentityBinding,
+    skip: &GrantSkip,
+    sev: Severity,
+) -> Finding {
+    let bname = format!("{}/{}", b.namespace().unwrap_or_default(), b.name_any());
+    match skip {
+        GrantSkip::NoIdentityNamed => finding(
+            ReasonCode::BindingWithoutIdentity,
+            sev,
+            format!("binding {bname} names no AzureIdentity (spec.azureIdentity is empty)"),
+        ),
+        GrantSkip::IdentityMissing { identity } => finding(
+            ReasonCode::IdentityMissing,
+            sev,
+            format!(
+                "binding {bname} names AzureIdentity {identity}, which does not exist in {}",
+                b.namespace().unwrap_or_default()
+            ),
+        ),
+        GrantSkip::NamespaceMismatch { identity } => finding(
+            ReasonCode::NamespaceMismatch,
+            sev,
+            format!(
+                "identity {identity} of binding {bname} is namespaced and cannot serve namespace {}",
+                w.namespace
+            ),
+        ),
+        GrantSkip::DuplicateIdentityName { identity } => finding(
+            ReasonCode::DuplicateIdentityName,
+            sev,
+            format!(
+                "binding {bname} grants a second identity named {identity}; pod identity keeps only the first"
+            ),
+        ),
+        GrantSkip::InvalidResourceId { identity } => finding(
+            ReasonCode::InvalidResourceId,
+            sev,
+            format!(
+                "identity {identity} of binding {bname} has no valid user-assigned identity resourceID"
+            ),
+        ),
+    }
+}
+
+/// Blockers from the identities granted: ones that are not managed identities, and more than one.
+fn identity_findings(ids: &[&AzureIdentity]) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for id in ids {
+        if id.spec.type_.is_service_principal() || matches!(id.spec.type_, IdentityType::Unknown(_))
+        {
+            findings.push(finding(
+                ReasonCode::ServicePrincipalIdentity,
+                Severity::Blocker,
+                format!("identity {} is a {} (type {}); podid creates federated credentials on user-assigned managed identities only — add a federated credential to the app registration by hand, or move the workload to a managed identity", id.name_any(), id.spec.type_.name(), id.spec.type_.as_i64()),
+            ));
+        }
+    }
+    if ids.len() > 1 {
+        findings.push(finding(
+            ReasonCode::MultipleIdentities,
+            Severity::Blocker,
+            format!("bound to {} identities ({}); a ServiceAccount names one default identity — confirm the application passes client_id for the others, then move each with its own federated credential", ids.len(), ids.iter().map(|i| i.name_any()).collect::<Vec<_>>().join(", ")),
+        ));
+    }
+    findings
+}
+
+/// What the workload's pod spec and the cluster decide for a workload that uses pod identity: an
+/// exception, no usable OIDC issuer, host network, NET_RAW on kubenet, an owner podid cannot
+/// resolve.
+fn pod_identity_findings(w: &Workload, excepted: bool, ctx: &ClusterContext) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    if excepted {
+        findings.push(finding(
+            ReasonCode::ExceptionPod,
+            Severity::Blocker,
+            "an AzurePodIdentityException matches this workload, so its token requests bypass pod identity and use the node's identities; decide which identity it really needs",
+        ));
+    }
+    if ctx.oidc_issuer.is_none() {
+        findings.push(finding(
+            ReasonCode::NoOidcIssuer,
+            Severity::Blocker,
+            format!(
+                "the cluster has no public OIDC issuer{}; enable it (az aks update --enable-oidc-issuer; self-managed: --service-account-issuer with public discovery) so Entra can verify ServiceAccount tokens",
+                ctx.issuer_problem
+                    .as_deref()
+                    .map(|p| format!(" ({p})"))
+                    .unwrap_or_default()
+            ),
+        ));
+    }
+    if w.host_network {
+        findings.push(finding(
+            ReasonCode::HostNetwork,
+            Severity::Note,
+            "host-network pod: pod identity never intercepted its token requests (they went straight to the node's instance metadata service), and the Workload ID migration sidecar cannot be injected, so the application itself must use a Workload ID-capable Azure SDK",
+        ));
+    }
+    if ctx.kubenet && !w.drops_net_raw {
+        findings.push(finding(
+            ReasonCode::KubenetNetRaw,
+            Severity::Note,
+            "kubenet cluster and containers keep NET_RAW: under pod identity such pods can spoof other pods' traffic to the identity endpoint; Workload ID removes that exposure",
+        ));
+    }
+    if w.unsupported_owner {
+        findings.push(finding(
+            ReasonCode::UnsupportedOwner,
+            Severity::Note,
+            format!("owned by a {} that podid does not resolve; its pod template must be changed where that controller keeps it", w.kind),
+        ));
+    }
+    findings
+}
+
+/// (namespace, ServiceAccount).
+type SaKey = (String, String);
+
 /// Assesses every workload, applying the cross-workload rules (shared ServiceAccounts, the
 /// 20-credential limit) and the per-workload steps.
 pub fn assess(inv: &Inventory, ctx: &ClusterContext) -> Vec<Assessment> {
@@ -363,7 +400,39 @@ pub fn assess(inv: &Inventory, ctx: &ClusterContext) -> Vec<Assessment> {
         .map(|w| assess_one(w, inv, &index, ctx))
         .collect();
 
-    // Target ServiceAccount: the workload's own, or a dedicated one instead of `default`.
+    choose_service_accounts(&mut all);
+    let sa_users = service_account_users(&all);
+    let subjects = credential_subjects(&all);
+    let service_accounts: BTreeMap<SaKey, &ServiceAccount> = inv
+        .service_accounts
+        .iter()
+        .map(|s| ((s.namespace().unwrap_or_default(), s.name_any()), s))
+        .collect();
+
+    for a in all.iter_mut() {
+        if !a.uses_pod_identity {
+            a.verdict = Verdict::NotUsing;
+            continue;
+        }
+        let blockers = cross_workload_findings(a, &sa_users, &subjects);
+        a.findings.extend(blockers);
+        // Steps, unless already in place.
+        let target = a.target_service_account.clone().unwrap_or_default();
+        let annotations = service_accounts
+            .get(&(a.workload.namespace.clone(), target))
+            .map(|s| s.annotations().clone())
+            .unwrap_or_default();
+        a.bridge = bridge_state(a, &annotations);
+        let steps = step_findings(a, &annotations, ctx);
+        a.findings.extend(steps);
+        settle_verdict(a);
+    }
+    all
+}
+
+/// Target ServiceAccount of each workload that uses pod identity: its own, or a dedicated one
+/// named after the workload instead of `default`.
+fn choose_service_accounts(all: &mut [Assessment]) {
     for a in all.iter_mut().filter(|a| a.uses_pod_identity) {
         let sa = if a.workload.service_account == "default" {
             a.workload.name.clone()
@@ -372,9 +441,12 @@ pub fn assess(inv: &Inventory, ctx: &ClusterContext) -> Vec<Assessment> {
         };
         a.target_service_account = Some(sa);
     }
+}
 
-    // A non-default ServiceAccount shared by workloads on different identities.
-    let mut sa_users: BTreeMap<(String, String), BTreeSet<Vec<String>>> = BTreeMap::new();
+/// The identity sets (lower-cased client IDs) of the workloads on each non-default
+/// ServiceAccount: more than one means workloads on different identities share it.
+fn service_account_users(all: &[Assessment]) -> BTreeMap<SaKey, BTreeSet<Vec<String>>> {
+    let mut sa_users: BTreeMap<SaKey, BTreeSet<Vec<String>>> = BTreeMap::new();
     for a in all
         .iter()
         .filter(|a| a.uses_pod_identity && a.workload.service_account != "default")
@@ -392,8 +464,13 @@ pub fn assess(inv: &Inventory, ctx: &ClusterContext) -> Vec<Assessment> {
             .or_default()
             .insert(ids);
     }
-    // Federated credentials each identity needs: one per (namespace, ServiceAccount).
-    let mut subjects: BTreeMap<String, BTreeSet<(String, String)>> = BTreeMap::new();
+    sa_users
+}
+
+/// Federated credentials each identity (lower-cased client ID) needs: one per (namespace, target
+/// ServiceAccount).
+fn credential_subjects(all: &[Assessment]) -> BTreeMap<String, BTreeSet<SaKey>> {
+    let mut subjects: BTreeMap<String, BTreeSet<SaKey>> = BTreeMap::new();
     for a in all.iter().filter(|a| a.uses_pod_identity) {
         for i in &a.identities {
             subjects
@@ -405,132 +482,150 @@ pub fn assess(inv: &Inventory, ctx: &ClusterContext) -> Vec<Assessment> {
                 ));
         }
     }
+    subjects
+}
 
-    let service_accounts: BTreeMap<(String, String), &k8s_openapi::api::core::v1::ServiceAccount> =
-        inv.service_accounts
-            .iter()
-            .map(|s| ((s.namespace().unwrap_or_default(), s.name_any()), s))
-            .collect();
-
-    for a in all.iter_mut() {
-        if !a.uses_pod_identity {
-            a.verdict = Verdict::NotUsing;
-            continue;
-        }
-        let ns = a.workload.namespace.clone();
-        let sa_name = a.workload.service_account.clone();
-        if let Some(users) = sa_users.get(&(ns.clone(), sa_name.clone()))
-            && users.len() > 1
-        {
-            a.findings.push(finding(
-                ReasonCode::SharedServiceAccount,
-                Severity::Blocker,
-                format!("ServiceAccount {ns}/{sa_name} is shared by workloads bound to different identities; give each workload its own ServiceAccount"),
-            ));
-        }
-        for i in &a.identities {
-            let n = subjects
-                .get(&i.client_id.to_lowercase())
-                .map_or(0, |s| s.len());
-            if n > MAX_FEDERATED_CREDENTIALS {
-                a.findings.push(finding(
-                    ReasonCode::FederatedCredentialLimit,
-                    Severity::Blocker,
-                    format!("identity {}/{} would need {n} federated credentials (one per namespace and ServiceAccount); Entra allows {MAX_FEDERATED_CREDENTIALS} — share ServiceAccounts or split the identity", i.namespace, i.name),
-                ));
-            }
-        }
-
-        // Steps, unless already in place.
-        let target = a.target_service_account.clone().unwrap_or_default();
-        let sa = service_accounts.get(&(ns.clone(), target.clone()));
-        let annotations = sa.map(|s| s.annotations().clone()).unwrap_or_default();
-        let default_id = a.identities.first();
-        a.bridge.annotation_present = default_id.is_some_and(|i| {
-            annotations
-                .get(WI_CLIENT_ID_ANNOTATION)
-                .is_some_and(|v| v.eq_ignore_ascii_case(&i.client_id))
-        });
-        let recorded: BTreeSet<String> = annotations
-            .get(BRIDGE_CREDENTIALS_ANNOTATION)
-            .map(|v| {
-                v.split(',')
-                    .map(|s| s.trim().to_lowercase())
-                    .filter(|s| !s.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
-        a.bridge.credential_ready = !a.identities.is_empty()
-            && a.identities
-                .iter()
-                .all(|i| recorded.contains(&i.client_id.to_lowercase()));
-        a.bridge.label_present = a
-            .workload
-            .labels
-            .get(WI_USE_LABEL)
-            .is_some_and(|v| v == "true");
-
-        if a.workload.service_account == "default" {
-            a.findings.push(finding(
-                ReasonCode::DefaultServiceAccount,
-                Severity::Step,
-                format!("runs as the namespace's default ServiceAccount; create ServiceAccount {ns}/{target} for it and set spec.serviceAccountName"),
-            ));
-        }
-        if !a.bridge.credential_ready {
-            for i in &a.identities {
-                a.findings.push(finding(
-                    ReasonCode::FederatedCredential,
-                    Severity::Step,
-                    format!("create a federated credential on identity {} for subject system:serviceaccount:{ns}:{target}, audience api://AzureADTokenExchange", i.name),
-                ));
-            }
-        }
-        if !a.bridge.annotation_present
-            && let Some(i) = default_id
-        {
-            let now = match annotations.get(WI_CLIENT_ID_ANNOTATION) {
-                Some(v) => format!(" (it now names {v}, a different identity)"),
-                None => String::new(),
-            };
-            a.findings.push(finding(
-                ReasonCode::ServiceAccountAnnotation,
-                Severity::Step,
-                format!(
-                    "annotate ServiceAccount {ns}/{target} with {WI_CLIENT_ID_ANNOTATION}: {}{now}",
-                    i.client_id
-                ),
-            ));
-        }
-        if !a.bridge.label_present {
-            a.findings.push(finding(
-                ReasonCode::PodLabel,
-                Severity::Step,
-                format!(
-                    "label the pod template {WI_USE_LABEL}: \"true\" and roll the {} out",
-                    a.workload.kind
-                ),
-            ));
-        }
-        if !ctx.webhook_installed {
-            a.findings.push(finding(
-                ReasonCode::WebhookNotInstalled,
-                Severity::Step,
-                "install the Workload ID mutating webhook (az aks update --enable-workload-identity, or the azure-workload-identity Helm chart)",
-            ));
-        }
-        a.findings
-            .sort_by(|x, y| x.severity.cmp(&y.severity).then(x.code.cmp(&y.code)));
-        a.findings.dedup();
-        a.verdict = if a.findings.iter().any(|f| f.severity == Severity::Blocker) {
-            Verdict::Blocked
-        } else if a.findings.iter().any(|f| f.severity == Severity::Step) {
-            Verdict::NeedsChanges
-        } else {
-            Verdict::Ready
-        };
+/// Blockers that come from other workloads: a ServiceAccount shared across identities, an
+/// identity over the federated-credential limit.
+fn cross_workload_findings(
+    a: &Assessment,
+    sa_users: &BTreeMap<SaKey, BTreeSet<Vec<String>>>,
+    subjects: &BTreeMap<String, BTreeSet<SaKey>>,
+) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let ns = &a.workload.namespace;
+    let sa_name = &a.workload.service_account;
+    if let Some(users) = sa_users.get(&(ns.clone(), sa_name.clone()))
+        && users.len() > 1
+    {
+        findings.push(finding(
+            ReasonCode::SharedServiceAccount,
+            Severity::Blocker,
+            format!("ServiceAccount {ns}/{sa_name} is shared by workloads bound to different identities; give each workload its own ServiceAccount"),
+        ));
     }
-    all
+    for i in &a.identities {
+        let n = subjects
+            .get(&i.client_id.to_lowercase())
+            .map_or(0, |s| s.len());
+        if n > MAX_FEDERATED_CREDENTIALS {
+            findings.push(finding(
+                ReasonCode::FederatedCredentialLimit,
+                Severity::Blocker,
+                format!("identity {}/{} would need {n} federated credentials (one per namespace and ServiceAccount); Entra allows {MAX_FEDERATED_CREDENTIALS} — share ServiceAccounts or split the identity", i.namespace, i.name),
+            ));
+        }
+    }
+    findings
+}
+
+/// What is already in place, from the target ServiceAccount's `annotations` and the workload's
+/// labels.
+fn bridge_state(a: &Assessment, annotations: &BTreeMap<String, String>) -> BridgeState {
+    let annotation_present = a.identities.first().is_some_and(|i| {
+        annotations
+            .get(WI_CLIENT_ID_ANNOTATION)
+            .is_some_and(|v| v.eq_ignore_ascii_case(&i.client_id))
+    });
+    let recorded: BTreeSet<String> = annotations
+        .get(BRIDGE_CREDENTIALS_ANNOTATION)
+        .map(|v| {
+            v.split(',')
+                .map(|s| s.trim().to_lowercase())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    let credential_ready = !a.identities.is_empty()
+        && a.identities
+            .iter()
+            .all(|i| recorded.contains(&i.client_id.to_lowercase()));
+    let label_present = a
+        .workload
+        .labels
+        .get(WI_USE_LABEL)
+        .is_some_and(|v| v == "true");
+    BridgeState {
+        annotation_present,
+        credential_ready,
+        label_present,
+    }
+}
+
+/// The steps still to take (per `a.bridge`): a dedicated ServiceAccount, the federated
+/// credentials, the ServiceAccount annotation, the pod label, the webhook.
+fn step_findings(
+    a: &Assessment,
+    annotations: &BTreeMap<String, String>,
+    ctx: &ClusterContext,
+) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let ns = &a.workload.namespace;
+    let target = a.target_service_account.clone().unwrap_or_default();
+    if a.workload.service_account == "default" {
+        findings.push(finding(
+            ReasonCode::DefaultServiceAccount,
+            Severity::Step,
+            format!("runs as the namespace's default ServiceAccount; create ServiceAccount {ns}/{target} for it and set spec.serviceAccountName"),
+        ));
+    }
+    if !a.bridge.credential_ready {
+        for i in &a.identities {
+            findings.push(finding(
+                ReasonCode::FederatedCredential,
+                Severity::Step,
+                format!("create a federated credential on identity {} for subject system:serviceaccount:{ns}:{target}, audience api://AzureADTokenExchange", i.name),
+            ));
+        }
+    }
+    if !a.bridge.annotation_present
+        && let Some(i) = a.identities.first()
+    {
+        let now = match annotations.get(WI_CLIENT_ID_ANNOTATION) {
+            Some(v) => format!(" (it now names {v}, a different identity)"),
+            None => String::new(),
+        };
+        findings.push(finding(
+            ReasonCode::ServiceAccountAnnotation,
+            Severity::Step,
+            format!(
+                "annotate ServiceAccount {ns}/{target} with {WI_CLIENT_ID_ANNOTATION}: {}{now}",
+                i.client_id
+            ),
+        ));
+    }
+    if !a.bridge.label_present {
+        findings.push(finding(
+            ReasonCode::PodLabel,
+            Severity::Step,
+            format!(
+                "label the pod template {WI_USE_LABEL}: \"true\" and roll the {} out",
+                a.workload.kind
+            ),
+        ));
+    }
+    if !ctx.webhook_installed {
+        findings.push(finding(
+            ReasonCode::WebhookNotInstalled,
+            Severity::Step,
+            "install the Workload ID mutating webhook (az aks update --enable-workload-identity, or the azure-workload-identity Helm chart)",
+        ));
+    }
+    findings
+}
+
+/// Orders the findings (blockers first), drops repeats, and sets the verdict from the worst.
+fn settle_verdict(a: &mut Assessment) {
+    a.findings
+        .sort_by(|x, y| x.severity.cmp(&y.severity).then(x.code.cmp(&y.code)));
+    a.findings.dedup();
+    a.verdict = if a.findings.iter().any(|f| f.severity == Severity::Blocker) {
+        Verdict::Blocked
+    } else if a.findings.iter().any(|f| f.severity == Severity::Step) {
+        Verdict::NeedsChanges
+    } else {
+        Verdict::Ready
+    };
 }
 
 #[cfg(test)]

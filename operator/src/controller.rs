@@ -261,23 +261,7 @@ impl<A: NodePoolIdentities> Controller<A> {
             full,
         );
         let mut report = PassReport::default();
-        let mut current = BTreeMap::new();
-        for t in targets {
-            report.reads += 1;
-            match self.arm.identities(&t).await {
-                Ok(s) => {
-                    current.insert(t, s);
-                }
-                // The scale set or VM is gone: it carries nothing.
-                Err(podid_azure::Error::Arm { status: 404, .. }) => {
-                    current.insert(t, Default::default());
-                }
-                Err(e) => {
-                    report.errors += 1;
-                    tracing::warn!(target = %t, error = %e, "reading identities");
-                }
-            }
-        }
+        let current = self.read_targets(targets, &mut report).await;
         let plan = self.planner.plan(
             World {
                 pods: &pods,
@@ -287,26 +271,8 @@ impl<A: NodePoolIdentities> Controller<A> {
             },
             &current,
         );
-        for s in &plan.skipped {
-            if let Skip::NameCollision { key } = s {
-                // A pod goes without this identity: every name it could have is taken.
-                tracing::warn!(record = %key, "no free AzureAssignedIdentity name, not assigned");
-            } else {
-                tracing::debug!(skip = ?s, "not planned this pass");
-            }
-        }
+        log_plan(&plan, full);
         report.did_work = !plan.is_empty();
-        if report.did_work {
-            tracing::info!(
-                create = plan.create.len(),
-                update = plan.update.len(),
-                assign = plan.mark_assigned.len(),
-                delete = plan.delete.len(),
-                writes = plan.writes.len(),
-                full,
-                "applying plan"
-            );
-        }
         self.apply(&plan, &assigned, &current, &mut report).await;
         let result = if report.errors == 0 { "ok" } else { "error" };
         self.metrics
@@ -314,6 +280,36 @@ impl<A: NodePoolIdentities> Controller<A> {
         report
     }
 
+    /// Reads the identities of each target, one GET each; a target that is gone carries
+    /// nothing, one that cannot be read is left out (and counted as an error).
+    async fn read_targets(
+        &self,
+        targets: BTreeSet<AssignmentTarget>,
+        r: &mut PassReport,
+    ) -> BTreeMap<AssignmentTarget, IdentityState> {
+        let mut current = BTreeMap::new();
+        for t in targets {
+            r.reads += 1;
+            match self.arm.identities(&t).await {
+                Ok(s) => {
+                    current.insert(t, s);
+                }
+                // The scale set or VM is gone: it carries nothing.
+                Err(podid_azure::Error::Arm { status: 404, .. }) => {
+                    current.insert(t, Default::default());
+                }
+                Err(e) => {
+                    r.errors += 1;
+                    tracing::warn!(target = %t, error = %e, "reading identities");
+                }
+            }
+        }
+        current
+    }
+
+    /// Applies the plan in its order: create the records, write each target once, then the
+    /// actions gated on those writes (mark records assigned, replace changed ones, remove
+    /// released ones). Failures are counted in `r`.
     async fn apply(
         &self,
         plan: &Plan,
@@ -321,19 +317,23 @@ impl<A: NodePoolIdentities> Controller<A> {
         current: &BTreeMap<AssignmentTarget, IdentityState>,
         r: &mut PassReport,
     ) {
-        let by_key: BTreeMap<ObjectKey, &AzureAssignedIdentity> = existing
-            .iter()
-            .map(|a| {
-                (
-                    ObjectKey {
-                        namespace: a.namespace().unwrap_or_default(),
-                        name: a.name_any(),
-                    },
-                    a,
-                )
-            })
-            .collect();
-        // Record writes go `batch` at a time; the report is summed afterwards.
+        let by_key: BTreeMap<ObjectKey, &AzureAssignedIdentity> =
+            existing.iter().map(|a| (key(a), a)).collect();
+        let created = self.create_records(plan, r).await;
+        let writes = self.write_targets(plan, current, r).await;
+        self.mark_assigned(plan, &created, &by_key, &writes, r)
+            .await;
+        self.update_records(plan, &writes, r).await;
+        self.remove_released(plan, &by_key, &writes, r).await;
+    }
+
+    /// Posts the new records, `batch` at a time; returns those created, by key.
+    async fn create_records(
+        &self,
+        plan: &Plan,
+        r: &mut PassReport,
+    ) -> BTreeMap<ObjectKey, AzureAssignedIdentity> {
+        // The report is summed afterwards.
         let created: BTreeMap<ObjectKey, AzureAssignedIdentity> = futures::stream::iter(
             plan.create
                 .iter()
@@ -370,9 +370,17 @@ impl<A: NodePoolIdentities> Controller<A> {
         .flatten()
         .collect();
         r.errors += plan.create.len() - created.len();
+        created
+    }
 
-        let mut ok: BTreeSet<&AssignmentTarget> = BTreeSet::new();
-        let mut failed: BTreeMap<&AssignmentTarget, String> = BTreeMap::new();
+    /// Sends the one identity delta per scale set or VM, one after the other.
+    async fn write_targets<'p>(
+        &self,
+        plan: &'p Plan,
+        current: &BTreeMap<AssignmentTarget, IdentityState>,
+        r: &mut PassReport,
+    ) -> Writes<'p> {
+        let mut writes = Writes::default();
         for (t, w) in &plan.writes {
             r.writes += 1;
             tracing::info!(target = %t, add = ?w.add, remove = ?w.remove, "updating identities");
@@ -383,51 +391,53 @@ impl<A: NodePoolIdentities> Controller<A> {
             };
             match written {
                 Ok(_) => {
-                    ok.insert(t);
+                    writes.ok.insert(t);
                 }
                 Err(e) => {
                     r.errors += 1;
                     tracing::warn!(target = %t, error = %e, "updating identities");
-                    failed.insert(t, e.to_string());
+                    writes.failed.insert(t, e.to_string());
                 }
             }
         }
-        let passed = |after: &[AssignmentTarget]| after.iter().all(|t| ok.contains(t));
-        let failure = |after: &[AssignmentTarget]| {
-            after
-                .iter()
-                .find_map(|t| failed.get(t).map(|e| format!("{t}: {e}")))
-        };
+        writes
+    }
 
+    /// Sets status `Assigned` on each record whose writes succeeded (`batch` at a time); one
+    /// whose write failed gets the failure told instead.
+    async fn mark_assigned(
+        &self,
+        plan: &Plan,
+        created: &BTreeMap<ObjectKey, AzureAssignedIdentity>,
+        by_key: &BTreeMap<ObjectKey, &AzureAssignedIdentity>,
+        writes: &Writes<'_>,
+        r: &mut PassReport,
+    ) {
         let marks: Vec<bool> = futures::stream::iter(
             plan.mark_assigned
                 .iter()
-                .map(|m| {
-                    let created = &created;
-                    let by_key = &by_key;
-                    async move {
-                        let obj = created
-                            .get(&m.item)
-                            .or_else(|| by_key.get(&m.item).copied());
-                        let Some(obj) = obj else { return true };
-                        if !passed(&m.after) {
-                            if let Some(e) = failure(&m.after) {
-                                self.assignment_failed(
-                                    obj,
-                                    &format!("identity not assigned for {}: {e}", m.item),
-                                )
-                                .await;
-                            }
-                            return true;
-                        }
-                        let ok = self
-                            .set_status(&m.item, AssignedIdentityState::Assigned)
+                .map(|m| async move {
+                    let obj = created
+                        .get(&m.item)
+                        .or_else(|| by_key.get(&m.item).copied());
+                    let Some(obj) = obj else { return true };
+                    if !writes.passed(&m.after) {
+                        if let Some(e) = writes.failure(&m.after) {
+                            self.assignment_failed(
+                                obj,
+                                &format!("identity not assigned for {}: {e}", m.item),
+                            )
                             .await;
-                        if ok {
-                            self.applied_event(obj).await;
                         }
-                        ok
+                        return true;
                     }
+                    let ok = self
+                        .set_status(&m.item, AssignedIdentityState::Assigned)
+                        .await;
+                    if ok {
+                        self.applied_event(obj).await;
+                    }
+                    ok
                 })
                 .collect::<Vec<_>>(),
         )
@@ -435,9 +445,14 @@ impl<A: NodePoolIdentities> Controller<A> {
         .collect()
         .await;
         r.errors += marks.iter().filter(|ok| !**ok).count();
+    }
+
+    /// Replaces each changed record whose writes succeeded, one after the other; one whose write
+    /// failed gets the failure told instead.
+    async fn update_records(&self, plan: &Plan, writes: &Writes<'_>, r: &mut PassReport) {
         for u in &plan.update {
-            if !passed(&u.after) {
-                if let Some(e) = failure(&u.after) {
+            if !writes.passed(&u.after) {
+                if let Some(e) = writes.failure(&u.after) {
                     self.assignment_failed(
                         &u.item,
                         &format!("identity not assigned for {}: {e}", key(&u.item)),
@@ -471,32 +486,40 @@ impl<A: NodePoolIdentities> Controller<A> {
                 }
             }
         }
+    }
+
+    /// Deletes the released records whose writes succeeded (`batch` at a time); one whose
+    /// identity a write removed is first marked `Unassigned`.
+    async fn remove_released(
+        &self,
+        plan: &Plan,
+        by_key: &BTreeMap<ObjectKey, &AzureAssignedIdentity>,
+        writes: &Writes<'_>,
+        r: &mut PassReport,
+    ) {
         let deletions: Vec<bool> = futures::stream::iter(
             plan.delete
                 .iter()
-                .map(|d| {
-                    let by_key = &by_key;
-                    async move {
-                        if !passed(&d.after) {
-                            return true;
-                        }
-                        let Some(obj) = by_key.get(&d.item) else {
-                            return true;
-                        };
-                        if !d.after.is_empty()
-                            && !self
-                                .set_status(&d.item, AssignedIdentityState::Unassigned)
-                                .await
-                        {
-                            return false;
-                        }
-                        if self.remove(obj).await {
-                            self.metrics.assigned_identity_deletion_count.inc();
-                            true
-                        } else {
-                            self.metrics.kubernetes_error("assigned_identity_deletion");
-                            false
-                        }
+                .map(|d| async move {
+                    if !writes.passed(&d.after) {
+                        return true;
+                    }
+                    let Some(obj) = by_key.get(&d.item) else {
+                        return true;
+                    };
+                    if !d.after.is_empty()
+                        && !self
+                            .set_status(&d.item, AssignedIdentityState::Unassigned)
+                            .await
+                    {
+                        return false;
+                    }
+                    if self.remove(obj).await {
+                        self.metrics.assigned_identity_deletion_count.inc();
+                        true
+                    } else {
+                        self.metrics.kubernetes_error("assigned_identity_deletion");
+                        false
                     }
                 })
                 .collect::<Vec<_>>(),
@@ -682,4 +705,48 @@ where
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
     store.state().iter().map(|o| o.as_ref().clone()).collect()
+}
+
+/// Logs what the plan skipped and, when it has work, what it will do.
+fn log_plan(plan: &Plan, full: bool) {
+    for s in &plan.skipped {
+        if let Skip::NameCollision { key } = s {
+            // A pod goes without this identity: every name it could have is taken.
+            tracing::warn!(record = %key, "no free AzureAssignedIdentity name, not assigned");
+        } else {
+            tracing::debug!(skip = ?s, "not planned this pass");
+        }
+    }
+    if !plan.is_empty() {
+        tracing::info!(
+            create = plan.create.len(),
+            update = plan.update.len(),
+            assign = plan.mark_assigned.len(),
+            delete = plan.delete.len(),
+            writes = plan.writes.len(),
+            full,
+            "applying plan"
+        );
+    }
+}
+
+/// Which target writes of a pass succeeded, and why the others failed.
+#[derive(Default)]
+struct Writes<'p> {
+    ok: BTreeSet<&'p AssignmentTarget>,
+    failed: BTreeMap<&'p AssignmentTarget, String>,
+}
+
+impl Writes<'_> {
+    /// True when every write in `after` succeeded.
+    fn passed(&self, after: &[AssignmentTarget]) -> bool {
+        after.iter().all(|t| self.ok.contains(t))
+    }
+
+    /// The first failed write in `after`, as `target: error`.
+    fn failure(&self, after: &[AssignmentTarget]) -> Option<String> {
+        after
+            .iter()
+            .find_map(|t| self.failed.get(t).map(|e| format!("{t}: {e}")))
+    }
 }

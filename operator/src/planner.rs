@@ -257,39 +257,26 @@ impl AssignmentPlanner {
             skipped: a.skipped.clone(),
             ..Plan::default()
         };
-        let mut unread = BTreeSet::new();
-        let mut readable = |t: &AssignmentTarget, plan: &mut Plan| {
-            if current.contains_key(t) {
-                true
-            } else {
-                if unread.insert(t.clone()) {
-                    plan.skipped.push(Skip::TargetUnread { target: t.clone() });
-                }
-                false
-            }
+        let mut reads = Reads {
+            current,
+            unread: BTreeSet::new(),
         };
+        let recorded = Recorded::collect(&a);
+        plan.writes = self.target_writes(current, &needed_per_target(&a), &recorded);
+        self.plan_desired(&a, &recorded, &mut reads, &mut plan);
+        plan_released(&a, &mut reads, &mut plan);
+        plan
+    }
 
-        // Which identity each target must carry, over all of its nodes.
-        let mut needed: BTreeMap<&AssignmentTarget, BTreeSet<&str>> = BTreeMap::new();
-        for d in a.desired.values() {
-            if let Some((t, id)) = &d.arm {
-                needed.entry(t).or_default().insert(id);
-            }
-        }
-        // Which identities podid holds records for, per target, and whether any record says
-        // the identity was there before podid.
-        let mut recorded: BTreeMap<(&AssignmentTarget, &str), bool> = BTreeMap::new();
-        let mut client_ids: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
-        for e in a.existing.values() {
-            if let Some((t, id)) = &e.arm {
-                *recorded.entry((t, id)).or_default() |= e.preexisting;
-                if let Some(c) = embedded_client_id(e.object) {
-                    client_ids.entry(id).or_default().insert(c);
-                }
-            }
-        }
-
-        // The one delta per target.
+    /// The one delta per target read: add what its nodes need and it lacks; remove what no node
+    /// needs, podid's records say podid added, and is not immutable.
+    fn target_writes(
+        &self,
+        current: &BTreeMap<AssignmentTarget, IdentityState>,
+        needed: &BTreeMap<&AssignmentTarget, BTreeSet<&str>>,
+        recorded: &Recorded<'_>,
+    ) -> BTreeMap<AssignmentTarget, TargetWrite> {
+        let mut writes = BTreeMap::new();
         for (t, state) in current {
             let want = needed.get(t).cloned().unwrap_or_default();
             let add: Vec<String> = want
@@ -301,21 +288,27 @@ impl AssignmentPlanner {
                 .user_assigned
                 .iter()
                 .filter(|id| !want.contains(id.as_str()))
-                .filter(|id| recorded.get(&(t, id.as_str())) == Some(&false))
-                .filter(|id| !self.is_immutable(id, state, client_ids.get(id.as_str())))
+                .filter(|id| recorded.on_target.get(&(t, id.as_str())) == Some(&false))
+                .filter(|id| !self.is_immutable(id, state, recorded.client_ids.get(id.as_str())))
                 .cloned()
                 .collect();
             if !add.is_empty() || !remove.is_empty() {
-                plan.writes.insert(t.clone(), TargetWrite { add, remove });
+                writes.insert(t.clone(), TargetWrite { add, remove });
             }
         }
-        let gate = |t: &AssignmentTarget, id: &str| -> Vec<AssignmentTarget> {
-            let present = current.get(t).is_some_and(|s| s.user_assigned.contains(id));
-            if present { Vec::new() } else { vec![t.clone()] }
-        };
-        // An identity on a target is podid's own when some live record of podid's says so.
-        let ours = |t: &AssignmentTarget, id: &str| recorded.get(&(t, id)) == Some(&false);
+        writes
+    }
 
+    /// For each desired assignment: mark its record `Assigned`, replace a record that says
+    /// something else, or create one; each gated on the writes it waits for. Needs
+    /// `plan.writes` decided.
+    fn plan_desired(
+        &self,
+        a: &Analysis<'_>,
+        recorded: &Recorded<'_>,
+        reads: &mut Reads<'_>,
+        plan: &mut Plan,
+    ) {
         for (key, d) in &a.desired {
             let existing = a.existing.get(key);
             if existing.is_some_and(|e| e.terminating) {
@@ -323,22 +316,11 @@ impl AssignmentPlanner {
                 continue;
             }
             if let Some((t, _)) = &d.arm
-                && !readable(t, &mut plan)
+                && !reads.readable(t, plan)
             {
                 continue;
             }
-            let (after, preexisting) = match &d.arm {
-                None => (Vec::new(), false),
-                Some((t, id)) => {
-                    let after = gate(t, id);
-                    let preexisting = match existing {
-                        // The object already records this assignment: keep what it says.
-                        Some(e) if e.arm.as_ref() == d.arm.as_ref() => e.preexisting,
-                        _ => after.is_empty() && !ours(t, id),
-                    };
-                    (after, preexisting)
-                }
-            };
+            let (after, preexisting) = gate_of(d, existing, reads.current, recorded);
             match existing {
                 Some(e) if self.matches(e, d) => {
                     if e.object.state() != AssignedIdentityState::Assigned {
@@ -359,19 +341,11 @@ impl AssignmentPlanner {
                         after.push(old.clone());
                     }
                     if let Some((old, _)) = &e.arm
-                        && !readable(old, &mut plan)
+                        && !reads.readable(old, plan)
                     {
                         continue;
                     }
-                    let mut obj = self.build(key, d, preexisting, AssignedIdentityState::Assigned);
-                    obj.metadata.resource_version = e.object.metadata.resource_version.clone();
-                    obj.metadata.uid = e.object.metadata.uid.clone();
-                    obj.metadata.creation_timestamp = e.object.metadata.creation_timestamp.clone();
-                    let mut finalizers = e.object.finalizers().to_vec();
-                    if !finalizers.iter().any(|f| f == ASSIGNED_IDENTITY_FINALIZER) {
-                        finalizers.push(ASSIGNED_IDENTITY_FINALIZER.into());
-                    }
-                    obj.metadata.finalizers = Some(finalizers);
+                    let obj = self.replacement(key, d, e, preexisting);
                     plan.update.push(Gated { item: obj, after });
                 }
                 None => {
@@ -391,62 +365,68 @@ impl AssignmentPlanner {
                 }
             }
         }
+    }
 
-        let still_needed = a.needed();
-        for (key, e) in &a.existing {
-            if a.desired.contains_key(key) && !e.terminating {
-                continue;
-            }
-            let after = match &e.arm {
-                // Its identity stays on the target for another record: nothing to wait for.
-                Some((t, id))
-                    if !a.desired.contains_key(key) && still_needed.contains(&(t, id.as_str())) =>
-                {
-                    Vec::new()
-                }
-                Some((t, id)) => {
-                    if !readable(t, &mut plan) {
-                        continue;
-                    }
-                    let removed = plan
-                        .writes
-                        .get(t)
-                        .is_some_and(|w| w.remove.iter().any(|r| r == id));
-                    if removed { vec![t.clone()] } else { Vec::new() }
-                }
-                None => Vec::new(),
-            };
-            plan.delete.push(Gated {
-                item: key.clone(),
-                after,
-            });
+    /// The record replacing `e` for `d`: same name, with `e`'s resource version, uid, creation
+    /// time and finalizers (podid's added if missing).
+    fn replacement(
+        &self,
+        key: &ObjectKey,
+        d: &Desired<'_>,
+        e: &Existing<'_>,
+        preexisting: bool,
+    ) -> AzureAssignedIdentity {
+        let mut obj = self.build(key, d, preexisting, AssignedIdentityState::Assigned);
+        obj.metadata.resource_version = e.object.metadata.resource_version.clone();
+        obj.metadata.uid = e.object.metadata.uid.clone();
+        obj.metadata.creation_timestamp = e.object.metadata.creation_timestamp.clone();
+        let mut finalizers = e.object.finalizers().to_vec();
+        if !finalizers.iter().any(|f| f == ASSIGNED_IDENTITY_FINALIZER) {
+            finalizers.push(ASSIGNED_IDENTITY_FINALIZER.into());
         }
-        plan
+        obj.metadata.finalizers = Some(finalizers);
+        obj
     }
 
     /// Desired and existing assignments, keyed by object namespace and name.
     fn analyse<'a>(&self, world: World<'a>) -> Analysis<'a> {
         let nodes: BTreeMap<&str, &NodeInfo> =
             world.nodes.iter().map(|n| (n.name.as_str(), n)).collect();
-        let opts = MatchOptions::standard(self.options.force_namespaced);
         let mut a = Analysis {
             desired: BTreeMap::new(),
             existing: BTreeMap::new(),
             skipped: Vec::new(),
         };
         // Every (pod, identity) first; their record names are chosen together, below.
+        let wanted = self.wanted_assignments(world.pods, &nodes, world.index, &mut a.skipped);
+        name_records(wanted, world.assigned, &mut a);
+        a.existing = self.existing_records(world.assigned, &nodes);
+        a
+    }
+
+    /// Every (pod, identity) the bindings grant to a running pod on a known node, with the
+    /// record it wants and, for a user-assigned identity, its node's target. Pods on missing
+    /// nodes and identities for nodes without a target go to `skipped`.
+    fn wanted_assignments<'a>(
+        &self,
+        pods: &'a [PodInfo],
+        nodes: &BTreeMap<&str, &NodeInfo>,
+        index: &'a IdentityIndex,
+        skipped: &mut Vec<Skip>,
+    ) -> Vec<(WantedRecord, Desired<'a>)> {
+        let opts = MatchOptions::standard(self.options.force_namespaced);
         let mut wanted: Vec<(WantedRecord, Desired<'a>)> = Vec::new();
-        for pod in world.pods {
+        for pod in pods {
             let facts = &pod.facts;
             if pod.terminated || facts.node_name.is_empty() {
                 continue;
             }
-            let grants = world.index.pod_identities(facts, opts).grants;
+            let grants = index.pod_identities(facts, opts).grants;
             if grants.is_empty() {
                 continue;
             }
             let Some(node) = nodes.get(facts.node_name.as_str()) else {
-                a.skipped.push(Skip::NodeMissing {
+                skipped.push(Skip::NodeMissing {
                     pod: format!("{}/{}", facts.namespace, facts.name),
                     node: facts.node_name.clone(),
                 });
@@ -455,7 +435,7 @@ impl AssignmentPlanner {
             for g in grants {
                 let arm = if g.identity.spec.type_ == IdentityType::UserAssignedMsi {
                     let Some(t) = self.node_target(node) else {
-                        a.skipped.push(Skip::NoTarget {
+                        skipped.push(Skip::NoTarget {
                             node: node.name.clone(),
                         });
                         continue;
@@ -485,30 +465,18 @@ impl AssignmentPlanner {
                 ));
             }
         }
-        // Names are unique, never another owner's record, and kept from pass to pass: an
-        // existing record is this assignment's only when its spec names the same pod and
-        // identity, so no pod's record is ever rewritten for another pod.
-        let records: Vec<WantedRecord> = wanted.iter().map(|(w, _)| w.clone()).collect();
-        let existing: Vec<ExistingRecord> = world.assigned.iter().map(Into::into).collect();
-        let names = assigned_identity_names(&records, &existing);
-        for ((w, d), name) in wanted.into_iter().zip(names) {
-            match name {
-                Some(name) => {
-                    let key = ObjectKey {
-                        namespace: w.namespace,
-                        name,
-                    };
-                    a.desired.insert(key, d);
-                }
-                None => a.skipped.push(Skip::NameCollision {
-                    key: ObjectKey {
-                        namespace: w.namespace,
-                        name: w.owner.original_name(),
-                    },
-                }),
-            }
-        }
-        for obj in world.assigned {
+        wanted
+    }
+
+    /// Every AzureAssignedIdentity with where its identity was assigned: the target it records,
+    /// else its node's.
+    fn existing_records<'a>(
+        &self,
+        assigned: &'a [AzureAssignedIdentity],
+        nodes: &BTreeMap<&str, &NodeInfo>,
+    ) -> BTreeMap<ObjectKey, Existing<'a>> {
+        let mut existing = BTreeMap::new();
+        for obj in assigned {
             let arm = obj
                 .spec
                 .azure_identity_ref
@@ -527,7 +495,7 @@ impl AssignmentPlanner {
                     })?;
                     Some((target, i.spec.resource_id.to_ascii_lowercase()))
                 });
-            a.existing.insert(
+            existing.insert(
                 key_of(obj),
                 Existing {
                     object: obj,
@@ -540,7 +508,7 @@ impl AssignmentPlanner {
                 },
             );
         }
-        a
+        existing
     }
 
     fn node_target(&self, node: &NodeInfo) -> Option<AssignmentTarget> {
@@ -645,4 +613,156 @@ fn embedded_client_id(a: &AzureAssignedIdentity) -> Option<String> {
         .as_ref()
         .map(|i| i.spec.client_id.to_ascii_lowercase())
         .filter(|c| !c.is_empty())
+}
+
+/// Which targets could be read this pass; reports each one that could not, once.
+struct Reads<'c> {
+    current: &'c BTreeMap<AssignmentTarget, IdentityState>,
+    unread: BTreeSet<AssignmentTarget>,
+}
+
+impl Reads<'_> {
+    /// True when `t` was read; otherwise its work waits and `plan.skipped` says so (once).
+    fn readable(&mut self, t: &AssignmentTarget, plan: &mut Plan) -> bool {
+        if self.current.contains_key(t) {
+            true
+        } else {
+            if self.unread.insert(t.clone()) {
+                plan.skipped.push(Skip::TargetUnread { target: t.clone() });
+            }
+            false
+        }
+    }
+}
+
+/// Which identities podid holds records for, per target, and whether any record says the
+/// identity was there before podid; and the client IDs those records embed, per identity.
+struct Recorded<'a> {
+    on_target: BTreeMap<(&'a AssignmentTarget, &'a str), bool>,
+    client_ids: BTreeMap<&'a str, BTreeSet<String>>,
+}
+
+impl<'a> Recorded<'a> {
+    fn collect(a: &'a Analysis<'_>) -> Self {
+        let mut on_target: BTreeMap<(&AssignmentTarget, &str), bool> = BTreeMap::new();
+        let mut client_ids: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+        for e in a.existing.values() {
+            if let Some((t, id)) = &e.arm {
+                *on_target.entry((t, id)).or_default() |= e.preexisting;
+                if let Some(c) = embedded_client_id(e.object) {
+                    client_ids.entry(id).or_default().insert(c);
+                }
+            }
+        }
+        Self {
+            on_target,
+            client_ids,
+        }
+    }
+
+    /// An identity on a target is podid's own when some live record of podid's says so.
+    fn ours(&self, t: &AssignmentTarget, id: &str) -> bool {
+        self.on_target.get(&(t, id)) == Some(&false)
+    }
+}
+
+/// Which identity each target must carry, over all of its nodes.
+fn needed_per_target<'a>(a: &'a Analysis<'_>) -> BTreeMap<&'a AssignmentTarget, BTreeSet<&'a str>> {
+    let mut needed: BTreeMap<&AssignmentTarget, BTreeSet<&str>> = BTreeMap::new();
+    for d in a.desired.values() {
+        if let Some((t, id)) = &d.arm {
+            needed.entry(t).or_default().insert(id);
+        }
+    }
+    needed
+}
+
+/// The targets desired assignment `d` waits for (its own, unless the identity is there already)
+/// and whether its identity counts as preexisting (there before podid).
+fn gate_of(
+    d: &Desired<'_>,
+    existing: Option<&Existing<'_>>,
+    current: &BTreeMap<AssignmentTarget, IdentityState>,
+    recorded: &Recorded<'_>,
+) -> (Vec<AssignmentTarget>, bool) {
+    match &d.arm {
+        None => (Vec::new(), false),
+        Some((t, id)) => {
+            let present = current.get(t).is_some_and(|s| s.user_assigned.contains(id));
+            let after = if present { Vec::new() } else { vec![t.clone()] };
+            let preexisting = match existing {
+                // The object already records this assignment: keep what it says.
+                Some(e) if e.arm.as_ref() == d.arm.as_ref() => e.preexisting,
+                _ => after.is_empty() && !recorded.ours(t, id),
+            };
+            (after, preexisting)
+        }
+    }
+}
+
+/// Deletes every record no longer desired or being deleted; one whose identity the write
+/// removes waits for that write (its target must have been read).
+fn plan_released(a: &Analysis<'_>, reads: &mut Reads<'_>, plan: &mut Plan) {
+    let still_needed = a.needed();
+    for (key, e) in &a.existing {
+        if a.desired.contains_key(key) && !e.terminating {
+            continue;
+        }
+        let after = match &e.arm {
+            // Its identity stays on the target for another record: nothing to wait for.
+            Some((t, id))
+                if !a.desired.contains_key(key) && still_needed.contains(&(t, id.as_str())) =>
+            {
+                Vec::new()
+            }
+            Some((t, id)) => {
+                if !reads.readable(t, plan) {
+                    continue;
+                }
+                let removed = plan
+                    .writes
+                    .get(t)
+                    .is_some_and(|w| w.remove.iter().any(|r| r == id));
+                if removed { vec![t.clone()] } else { Vec::new() }
+            }
+            None => Vec::new(),
+        };
+        plan.delete.push(Gated {
+            item: key.clone(),
+            after,
+        });
+    }
+}
+
+/// Gives each wanted assignment its record name (chosen together, against the existing
+/// records) into `a.desired`; one without a free name goes to `a.skipped`.
+///
+/// Names are unique, never another owner's record, and kept from pass to pass: an existing
+/// record is this assignment's only when its spec names the same pod and identity, so no pod's
+/// record is ever rewritten for another pod.
+fn name_records<'a>(
+    wanted: Vec<(WantedRecord, Desired<'a>)>,
+    assigned: &[AzureAssignedIdentity],
+    a: &mut Analysis<'a>,
+) {
+    let records: Vec<WantedRecord> = wanted.iter().map(|(w, _)| w.clone()).collect();
+    let existing: Vec<ExistingRecord> = assigned.iter().map(Into::into).collect();
+    let names = assigned_identity_names(&records, &existing);
+    for ((w, d), name) in wanted.into_iter().zip(names) {
+        match name {
+            Some(name) => {
+                let key = ObjectKey {
+                    namespace: w.namespace,
+                    name,
+                };
+                a.desired.insert(key, d);
+            }
+            None => a.skipped.push(Skip::NameCollision {
+                key: ObjectKey {
+                    namespace: w.namespace,
+                    name: w.owner.original_name(),
+                },
+            }),
+        }
+    }
 }
