@@ -2,6 +2,7 @@
 //! podid-operator, podid-nmi and the podid CLI. No I/O lives here.
 
 pub mod index;
+pub mod migration;
 pub mod names;
 pub mod policy;
 pub mod provider;
@@ -34,7 +35,8 @@ pub enum Error {
     Yaml(#[from] serde_yaml::Error),
 }
 
-/// The four CustomResourceDefinitions, exactly as podid installs them.
+/// The CustomResourceDefinitions, exactly as podid installs them: the four of pod identity and
+/// podid's own `WorkloadMigration` ([`migration`]).
 ///
 /// AzureAssignedIdentity has no status subresource, like the original: the original MIC writes
 /// `status` through the main resource, and would silently lose it otherwise (see docs/parity.md).
@@ -50,6 +52,7 @@ pub fn all_crds() -> Vec<CustomResourceDefinition> {
         binding,
         assigned,
         AzurePodIdentityException::crd(),
+        migration::WorkloadMigration::crd(),
     ];
     for crd in &mut crds {
         for v in &mut crd.spec.versions {

@@ -525,7 +525,8 @@ fn crds_keep_the_original_names_and_no_assigned_identity_status_subresource() {
             "azureidentities.aadpodidentity.k8s.io",
             "azureidentitybindings.aadpodidentity.k8s.io",
             "azureassignedidentities.aadpodidentity.k8s.io",
-            "azurepodidentityexceptions.aadpodidentity.k8s.io"
+            "azurepodidentityexceptions.aadpodidentity.k8s.io",
+            "workloadmigrations.podid.dev"
         ]
     );
     assert!(crds[2].spec.versions[0].subresources.is_none());

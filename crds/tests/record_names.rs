@@ -7,6 +7,7 @@ use podid_crds::policy::{
     ExistingRecord, MAX_OBJECT_NAME_LEN, RecordOwner, WantedRecord, assigned_identity_names,
     is_dns_subdomain,
 };
+use podid_testkit::builders::permutations;
 use pretty_assertions::assert_eq;
 
 fn want(pod_ns: &str, pod: &str, identity: &str) -> WantedRecord {
@@ -29,24 +30,6 @@ fn names(wanted: &[WantedRecord], existing: &[ExistingRecord]) -> Vec<String> {
         .into_iter()
         .map(|n| n.expect("every record is named"))
         .collect()
-}
-
-/// Every order of `items` (Heap's algorithm); `items.len()` stays small in these tests.
-fn permutations<T: Clone>(items: &[T]) -> Vec<Vec<T>> {
-    fn go<T: Clone>(k: usize, a: &mut Vec<T>, out: &mut Vec<Vec<T>>) {
-        if k <= 1 {
-            out.push(a.clone());
-            return;
-        }
-        for i in 0..k {
-            go(k - 1, a, out);
-            let j = if k.is_multiple_of(2) { i } else { 0 };
-            a.swap(j, k - 1);
-        }
-    }
-    let mut out = Vec::new();
-    go(items.len(), &mut items.to_vec(), &mut out);
-    out
 }
 
 /// Four owners whose original names are all `api-team-a-prod-kv`.

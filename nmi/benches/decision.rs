@@ -74,7 +74,12 @@ fn scene(n: usize) -> Scene {
 fn copy_and_scan(s: &Scene, mode: Mode) -> Option<String> {
     let bindings = s.bindings.clone();
     let identities = s.identities.clone();
-    let grants = pod_identities(&s.pod.facts, &bindings, &identities, mode.match_options(false));
+    let grants = pod_identities(
+        &s.pod.facts,
+        &bindings,
+        &identities,
+        mode.match_options(false),
+    );
     let allowed: Vec<&AzureIdentity> = grants.grants.iter().map(|g| g.identity).collect();
     select_identity(&s.request, &allowed)
         .ok()

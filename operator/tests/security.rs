@@ -267,24 +267,6 @@ fn json(v: &impl serde::Serialize) -> serde_json::Value {
     serde_json::to_value(v).unwrap()
 }
 
-/// Every order of `0..n` (Heap's algorithm); `n` stays small here.
-fn permutations(n: usize) -> Vec<Vec<usize>> {
-    fn go(k: usize, a: &mut Vec<usize>, out: &mut Vec<Vec<usize>>) {
-        if k <= 1 {
-            out.push(a.clone());
-            return;
-        }
-        for i in 0..k {
-            go(k - 1, a, out);
-            let j = if k.is_multiple_of(2) { i } else { 0 };
-            a.swap(j, k - 1);
-        }
-    }
-    let mut out = Vec::new();
-    go(n, &mut (0..n).collect(), &mut out);
-    out
-}
-
 /// A deterministic shuffle per call (xorshift), standing in for the watch caches' hash-map order.
 fn shuffler(seed: u64) -> impl FnMut(usize) -> Vec<usize> {
     let mut x = seed | 1;
@@ -303,7 +285,7 @@ fn shuffler(seed: u64) -> impl FnMut(usize) -> Vec<usize> {
 #[test]
 fn colliding_record_names_do_not_take_another_pods_identity() {
     let mut first: Option<Vec<String>> = None;
-    for perm in permutations(4) {
+    for perm in podid_testkit::builders::permutations(&[0usize, 1, 2, 3]) {
         // The pods come in this order; the other lists as they are.
         let mut order = |n: usize| {
             if n == perm.len() {

@@ -84,3 +84,22 @@ pub fn pod_facts(ns: &str, name: &str, label: Option<&str>, node: &str) -> PodFa
         node_name: node.into(),
     }
 }
+
+/// Every order of `items` (Heap's algorithm), for tests that check an outcome does not depend on
+/// the order things arrive in; keep `items` small (n! orders).
+pub fn permutations<T: Clone>(items: &[T]) -> Vec<Vec<T>> {
+    fn go<T: Clone>(k: usize, a: &mut Vec<T>, out: &mut Vec<Vec<T>>) {
+        if k <= 1 {
+            out.push(a.clone());
+            return;
+        }
+        for i in 0..k {
+            go(k - 1, a, out);
+            let j = if k.is_multiple_of(2) { i } else { 0 };
+            a.swap(j, k - 1);
+        }
+    }
+    let mut out = Vec::new();
+    go(items.len(), &mut items.to_vec(), &mut out);
+    out
+}
