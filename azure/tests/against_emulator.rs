@@ -91,13 +91,7 @@ async fn errors_say_whether_to_retry() {
     let target = NodeResource::parse(&format!("azure://{vmss}/virtualMachines/0"))
         .unwrap()
         .target();
-    emu.inject(Fault {
-        route: "GET vmss".into(),
-        status: Some(429),
-        retry_after: Some(12),
-        count: Some(1),
-        ..Default::default()
-    });
+    emu.inject(Fault::throttle("GET vmss", 12, 1));
     let err = arm.identities(&target).await.unwrap_err();
     assert!(err.is_retryable());
     assert!(
@@ -153,13 +147,7 @@ async fn throttled_and_failing_calls_are_retried_honouring_retry_after() {
     let target = NodeResource::parse(&format!("azure://{vmss}/virtualMachines/0"))
         .unwrap()
         .target();
-    emu.inject(Fault {
-        route: "GET vmss".into(),
-        status: Some(429),
-        retry_after: Some(1),
-        count: Some(1),
-        ..Default::default()
-    });
+    emu.inject(Fault::throttle("GET vmss", 1, 1));
     emu.inject(Fault {
         route: "PATCH vmss".into(),
         status: Some(503),

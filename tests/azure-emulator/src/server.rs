@@ -51,6 +51,19 @@ pub struct Fault {
     pub rate: Option<f64>,
 }
 
+impl Fault {
+    /// The next `count` calls to `route` are refused with 429 and `Retry-After: retry_after`.
+    pub fn throttle(route: &str, retry_after: u64, count: u32) -> Self {
+        Self {
+            route: route.into(),
+            status: Some(429),
+            retry_after: Some(retry_after),
+            count: Some(count),
+            ..Default::default()
+        }
+    }
+}
+
 /// Everything mutable.
 #[derive(Default)]
 pub struct World {

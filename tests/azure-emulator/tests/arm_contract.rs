@@ -298,13 +298,7 @@ async fn overlapping_federated_credential_writes_conflict() {
 async fn throttling_latency_and_dropped_connections_are_injectable() {
     let emu = Emulator::start(Settings::default()).await.unwrap();
     let vmss = emu.add_scale_set("MC_rg", "vmss", 1);
-    emu.inject(Fault {
-        route: "GET vmss".into(),
-        status: Some(429),
-        retry_after: Some(7),
-        count: Some(1),
-        ..Default::default()
-    });
+    emu.inject(Fault::throttle("GET vmss", 7, 1));
     let (s, h, b) = send(
         &emu,
         reqwest::Method::GET,

@@ -207,13 +207,7 @@ async fn injected_faults_surface_as_the_sdks_retryable_errors() {
     let sets = client.virtual_machine_scale_sets_client();
 
     // One 429 with Retry-After: the SDK's retry policy waits and the call succeeds.
-    emu.inject(Fault {
-        route: "GET vmss".into(),
-        status: Some(429),
-        retry_after: Some(1),
-        count: Some(1),
-        ..Default::default()
-    });
+    emu.inject(Fault::throttle("GET vmss", 1, 1));
     sets.get("MC_rg", "vmss", emu.subscription_id())
         .await
         .expect("succeeds after one retry");
