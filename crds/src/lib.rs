@@ -3,6 +3,7 @@
 
 pub mod index;
 pub mod names;
+pub mod plan;
 pub mod policy;
 pub mod provider;
 pub mod reason;
