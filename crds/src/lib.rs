@@ -4,6 +4,7 @@
 pub mod index;
 pub mod migration;
 pub mod names;
+pub mod plan;
 pub mod policy;
 pub mod provider;
 pub mod reason;

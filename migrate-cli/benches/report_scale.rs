@@ -6,10 +6,10 @@ use std::time::Instant;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use podid_cli::inventory::Inventory;
+use podid_cli::inventory::{ContextFromInventory, Inventory};
 use podid_cli::render::{Format, render};
 use podid_cli::report::Report;
-use podid_cli::verdict::ClusterContext;
+use podid_crds::plan::ClusterContext;
 use podid_crds::policy::MatchOptions;
 
 fn main() -> anyhow::Result<()> {

@@ -7,6 +7,8 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
+use podid_crds::plan::{ClusterContext, WorkloadObjects};
+use podid_crds::policy::MatchOptions;
 use podid_crds::{
     AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding, AzurePodIdentityException,
 };
@@ -74,7 +76,38 @@ fn typed<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// `ClusterContext::from_inventory`: the cluster context of an inventory (its recorded facts,
+/// webhooks and nodes).
+pub trait ContextFromInventory {
+    fn from_inventory(inv: &Inventory, match_options: MatchOptions) -> Self;
+}
+
+impl ContextFromInventory for ClusterContext {
+    fn from_inventory(inv: &Inventory, match_options: MatchOptions) -> Self {
+        ClusterContext::new(
+            inv.cluster.oidc_issuer.as_deref(),
+            inv.cluster.network_plugin.as_deref(),
+            &inv.webhooks,
+            &inv.nodes,
+            match_options,
+        )
+    }
+}
+
 impl Inventory {
+    /// The objects the plan reads workloads from ([`podid_crds::plan::workloads`]).
+    pub fn workload_objects(&self) -> WorkloadObjects<'_> {
+        WorkloadObjects {
+            pods: self.pods.iter().collect(),
+            deployments: self.deployments.iter().collect(),
+            stateful_sets: self.stateful_sets.iter().collect(),
+            daemon_sets: self.daemon_sets.iter().collect(),
+            jobs: self.jobs.iter().collect(),
+            cron_jobs: self.cron_jobs.iter().collect(),
+            replica_sets: self.replica_sets.iter().collect(),
+        }
+    }
+
     /// Adds one object (any supported kind; other kinds are counted in `skipped_kinds`).
     fn add(&mut self, v: serde_json::Value, file: &str, doc: usize) -> Result<(), Error> {
         let api_version = v.get("apiVersion").and_then(|x| x.as_str()).unwrap_or("");

@@ -6,8 +6,6 @@ pub mod live;
 pub mod render;
 pub mod report;
 pub mod selector;
-pub mod verdict;
-pub mod workload;
 
 /// Errors of the migration CLI.
 #[derive(Debug, thiserror::Error)]

@@ -6,12 +6,12 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use podid_cli::inventory::Inventory;
+use podid_cli::inventory::{ContextFromInventory, Inventory};
 use podid_cli::live::{Scope, scan};
 use podid_cli::render::{Format, render};
 use podid_cli::report::Report;
 use podid_cli::selector::LabelSelector;
-use podid_cli::verdict::ClusterContext;
+use podid_crds::plan::ClusterContext;
 use podid_crds::policy::MatchOptions;
 
 /// Exit code when the report lists at least one blocked workload.

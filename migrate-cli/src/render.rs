@@ -2,9 +2,10 @@
 
 use std::fmt::Write;
 
+use podid_crds::plan::{Assessment, Severity, Verdict};
+
 use crate::Error;
 use crate::report::Report;
-use crate::verdict::{Assessment, Severity, Verdict};
 
 /// Output formats of `podid report -o`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

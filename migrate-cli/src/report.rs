@@ -3,12 +3,14 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::core::v1::ServiceAccount;
+use podid_crds::index::IdentityIndex;
+use podid_crds::plan::{Assessment, ClusterContext, PlanInput, Verdict, plan, workloads};
 use podid_crds::reason::ReasonCode;
 use serde::{Deserialize, Serialize};
 
 use crate::inventory::{ClusterFacts, Inventory};
 use crate::selector::LabelSelector;
-use crate::verdict::{Assessment, ClusterContext, Verdict, assess};
 
 pub const REPORT_API_VERSION: &str = "podid.dev/v1alpha1";
 pub const REPORT_KIND: &str = "Report";
@@ -78,6 +80,19 @@ pub struct Report {
     /// Input kinds that were skipped (`apiVersion/kind` → count).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub skipped_kinds: BTreeMap<String, usize>,
+}
+
+/// The plan for every workload of the inventory.
+fn assess(inv: &Inventory, ctx: &ClusterContext) -> Vec<Assessment> {
+    let index = IdentityIndex::from_objects(&inv.bindings, &inv.identities, &inv.exceptions);
+    let workloads = workloads(&inv.workload_objects());
+    let service_accounts: Vec<&ServiceAccount> = inv.service_accounts.iter().collect();
+    plan(&PlanInput {
+        workloads: &workloads,
+        index: &index,
+        service_accounts: &service_accounts,
+        context: ctx,
+    })
 }
 
 impl Report {

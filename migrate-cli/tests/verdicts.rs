@@ -1,8 +1,8 @@
 //! One test per reason code: the verdict logic over small clusters built in code.
 
-use podid_cli::inventory::{ClusterFacts, Inventory};
+use podid_cli::inventory::{ClusterFacts, ContextFromInventory, Inventory};
 use podid_cli::report::Report;
-use podid_cli::verdict::{Assessment, ClusterContext, Severity, Verdict};
+use podid_crds::plan::{Assessment, ClusterContext, Severity, Verdict};
 use podid_crds::policy::MatchOptions;
 use serde_json::{Value, json};
 

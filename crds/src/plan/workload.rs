@@ -1,15 +1,28 @@
-//! Workloads as the report sees them: pod templates of Deployments, StatefulSets, DaemonSets,
+//! Workloads as the plan sees them: pod templates of Deployments, StatefulSets, DaemonSets,
 //! Jobs and CronJobs (so scaled-to-zero and idle workloads count), plus bare pods and pods of
 //! owners podid does not know, each with the live pods that belong to it.
 
 use std::collections::{BTreeMap, HashMap};
 
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Pod, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
 
-use crate::inventory::Inventory;
+/// The objects workloads are read from, borrowed from wherever the caller keeps them (the CLI's
+/// inventory, the operator's watch stores).
+#[derive(Clone, Debug, Default)]
+pub struct WorkloadObjects<'a> {
+    pub pods: Vec<&'a Pod>,
+    pub deployments: Vec<&'a Deployment>,
+    pub stateful_sets: Vec<&'a StatefulSet>,
+    pub daemon_sets: Vec<&'a DaemonSet>,
+    pub jobs: Vec<&'a Job>,
+    pub cron_jobs: Vec<&'a CronJob>,
+    pub replica_sets: Vec<&'a ReplicaSet>,
+}
 
 /// A workload: one pod template and its live pods.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -92,11 +105,11 @@ fn controller(refs: Option<&Vec<OwnerReference>>) -> Option<&OwnerReference> {
 
 type Key = (String, String, String); // namespace, kind, name
 
-/// All workloads of the inventory, sorted by namespace, kind and name.
-pub fn workloads(inv: &Inventory) -> Vec<Workload> {
+/// All workloads of these objects, sorted by namespace, kind and name.
+pub fn workloads(objs: &WorkloadObjects<'_>) -> Vec<Workload> {
     let mut out: BTreeMap<Key, Workload> = BTreeMap::new();
     let ns = |o: &dyn Fn() -> Option<String>| o().unwrap_or_default();
-    for d in &inv.deployments {
+    for d in &objs.deployments {
         let n = ns(&|| d.namespace());
         if let Some(spec) = &d.spec {
             let w = from_template(
@@ -109,7 +122,7 @@ pub fn workloads(inv: &Inventory) -> Vec<Workload> {
             out.insert((n, "Deployment".into(), d.name_any()), w);
         }
     }
-    for s in &inv.stateful_sets {
+    for s in &objs.stateful_sets {
         let n = ns(&|| s.namespace());
         if let Some(spec) = &s.spec {
             let w = from_template(
@@ -122,21 +135,21 @@ pub fn workloads(inv: &Inventory) -> Vec<Workload> {
             out.insert((n, "StatefulSet".into(), s.name_any()), w);
         }
     }
-    for d in &inv.daemon_sets {
+    for d in &objs.daemon_sets {
         let n = ns(&|| d.namespace());
         if let Some(spec) = &d.spec {
             let w = from_template(&n, "DaemonSet", &d.name_any(), &spec.template, None);
             out.insert((n, "DaemonSet".into(), d.name_any()), w);
         }
     }
-    for c in &inv.cron_jobs {
+    for c in &objs.cron_jobs {
         let n = ns(&|| c.namespace());
         if let Some(t) = c.spec.as_ref().and_then(|s| s.job_template.spec.as_ref()) {
             let w = from_template(&n, "CronJob", &c.name_any(), &t.template, None);
             out.insert((n, "CronJob".into(), c.name_any()), w);
         }
     }
-    for j in &inv.jobs {
+    for j in &objs.jobs {
         let n = ns(&|| j.namespace());
         if controller(j.metadata.owner_references.as_ref()).is_some_and(|o| o.kind == "CronJob") {
             continue;
@@ -148,7 +161,7 @@ pub fn workloads(inv: &Inventory) -> Vec<Workload> {
     }
     // ReplicaSet → its Deployment; Job → its CronJob.
     let mut parent: HashMap<(String, String, String), (String, String)> = HashMap::new();
-    for rs in &inv.replica_sets {
+    for rs in &objs.replica_sets {
         let n = ns(&|| rs.namespace());
         match controller(rs.metadata.owner_references.as_ref()) {
             Some(o) => {
@@ -167,7 +180,7 @@ pub fn workloads(inv: &Inventory) -> Vec<Workload> {
             }
         }
     }
-    for j in &inv.jobs {
+    for j in &objs.jobs {
         if let Some(o) = controller(j.metadata.owner_references.as_ref()) {
             parent.insert(
                 (ns(&|| j.namespace()), "Job".into(), j.name_any()),
@@ -175,7 +188,7 @@ pub fn workloads(inv: &Inventory) -> Vec<Workload> {
             );
         }
     }
-    for pod in &inv.pods {
+    for pod in &objs.pods {
         let n = ns(&|| pod.namespace());
         let key = owner_of(pod, &n, &parent, &out);
         let entry = out.entry(key.clone()).or_insert_with(|| {
@@ -239,17 +252,44 @@ fn owner_of(
 mod tests {
     use super::*;
 
-    fn inv(yaml: &str) -> Inventory {
-        let mut inv = Inventory::default();
-        inv.add_text(yaml, "t.yaml").unwrap();
-        inv
+    /// The objects of a multi-document YAML text (Deployments, DaemonSets and Pods).
+    #[derive(Default)]
+    struct Objects {
+        pods: Vec<Pod>,
+        deployments: Vec<Deployment>,
+        daemon_sets: Vec<DaemonSet>,
+    }
+
+    impl Objects {
+        fn workloads(&self) -> Vec<Workload> {
+            workloads(&WorkloadObjects {
+                pods: self.pods.iter().collect(),
+                deployments: self.deployments.iter().collect(),
+                daemon_sets: self.daemon_sets.iter().collect(),
+                ..Default::default()
+            })
+        }
+    }
+
+    fn inv(yaml: &str) -> Objects {
+        let mut objs = Objects::default();
+        for doc in serde_yaml::Deserializer::from_str(yaml) {
+            let v = serde_yaml::Value::deserialize(doc).unwrap();
+            match v["kind"].as_str().unwrap() {
+                "Pod" => objs.pods.push(serde_yaml::from_value(v).unwrap()),
+                "Deployment" => objs.deployments.push(serde_yaml::from_value(v).unwrap()),
+                "DaemonSet" => objs.daemon_sets.push(serde_yaml::from_value(v).unwrap()),
+                k => panic!("unexpected kind {k}"),
+            }
+        }
+        objs
     }
 
     const POD_OF_MISSING_RS: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: a}\nspec:\n  replicas: 0\n  selector: {matchLabels: {app: web}}\n  template: {metadata: {labels: {app: web}}, spec: {containers: [{name: c}]}}\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: web-5d4f-x\n  namespace: a\n  ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: web-5d4f, uid: u, controller: true}]\nspec: {containers: [{name: c}]}\n";
 
     #[test]
     fn a_pod_of_an_unlisted_replicaset_rolls_up_by_name() {
-        let w = workloads(&inv(POD_OF_MISSING_RS));
+        let w = inv(POD_OF_MISSING_RS).workloads();
         assert_eq!(w.len(), 1);
         assert_eq!((w[0].kind.as_str(), w[0].live_pods), ("Deployment", 1));
         assert_eq!(w[0].replicas, Some(0));
@@ -257,9 +297,10 @@ mod tests {
 
     #[test]
     fn template_facts_service_account_host_network_and_net_raw() {
-        let w = workloads(&inv(
+        let w = inv(
             "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: agent, namespace: a}\nspec:\n  selector: {matchLabels: {app: agent}}\n  template:\n    metadata: {labels: {app: agent}}\n    spec:\n      serviceAccountName: agent\n      hostNetwork: true\n      containers:\n      - {name: c, securityContext: {capabilities: {drop: [ALL]}}}\n      - {name: d, securityContext: {capabilities: {drop: [NET_RAW]}}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: bare, namespace: a}\nspec: {serviceAccountName: '', containers: [{name: c}]}\n",
-        ));
+        )
+        .workloads();
         let agent = w.iter().find(|w| w.name == "agent").unwrap();
         assert!(agent.host_network && agent.drops_net_raw);
         assert_eq!(agent.service_account, "agent");

@@ -1,21 +1,36 @@
-//! Can this workload move to Workload ID, and what stands in the way? Pure functions over the
-//! inventory; every decision carries a stable reason code (documented in docs/report.md).
+//! The migration plan: per workload, the identities it uses, the ServiceAccount it would run as
+//! under Workload ID, what is already in place and what blocks it, each with a stable reason
+//! code (documented in docs/report.md).
+//!
+//! This is the one place that decision is made. `podid report` renders it, the operator's bridge
+//! acts on it, and the cutover follows it, so the three cannot disagree. It is pure: callers fill
+//! a [`PlanInput`] from what they hold (the CLI from its inventory, the operator from its
+//! watches) and call [`plan`].
+//!
+//! [`plan`] runs in phases: [`assess_one`] decides what each workload alone decides (its
+//! bindings, identities, pod spec and the cluster), then the cross-workload rules (shared
+//! ServiceAccounts, the federated-credential limit), what is in place, the steps left, and the
+//! verdict.
+
+mod context;
+mod workload;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::ResourceExt;
-use podid_crds::index::IdentityIndex;
-use podid_crds::policy::{GrantSkip, MatchOptions, PodFacts, PodIdentities, is_pod_excepted};
-use podid_crds::reason::ReasonCode;
-use podid_crds::{
-    AKS_NETWORK_PLUGIN_LABEL, AzureIdentity, AzureIdentityBinding, BRIDGE_CREDENTIALS_ANNOTATION,
-    IdentityType, POD_LABEL, WI_CLIENT_ID_ANNOTATION, WI_USE_LABEL, WI_WEBHOOK_NAME,
-};
 use serde::{Deserialize, Serialize};
 
-use crate::inventory::Inventory;
-use crate::workload::{Workload, workloads};
+use crate::index::IdentityIndex;
+use crate::policy::{GrantSkip, PodFacts, PodIdentities};
+use crate::reason::ReasonCode;
+use crate::{
+    AzureIdentity, AzureIdentityBinding, BRIDGE_CREDENTIALS_ANNOTATION, IdentityType, POD_LABEL,
+    WI_CLIENT_ID_ANNOTATION, WI_USE_LABEL,
+};
+
+pub use context::{ClusterContext, issuer_problem};
+pub use workload::{Workload, WorkloadObjects, workloads};
 
 /// Entra's limit of federated identity credentials per identity.
 pub const MAX_FEDERATED_CREDENTIALS: usize = 20;
@@ -114,78 +129,6 @@ pub struct Assessment {
     pub target_service_account: Option<String>,
 }
 
-/// Why an issuer URL cannot serve Workload ID, if it cannot: Entra fetches the issuer's discovery
-/// document and keys from the internet, so it must be an `https` URL outside the cluster. A
-/// cluster without `--enable-oidc-issuer` still announces an in-cluster issuer such as
-/// `https://kubernetes.default.svc.cluster.local`, which Entra cannot reach (AADSTS90061).
-pub fn issuer_problem(issuer: &str) -> Option<&'static str> {
-    let Some(rest) = issuer.strip_prefix("https://") else {
-        return Some("is not an https URL");
-    };
-    let host = rest
-        .split(['/', ':'])
-        .next()
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    if host.is_empty() {
-        return Some("has no host");
-    }
-    if host == "kubernetes"
-        || host.starts_with("kubernetes.default")
-        || host.ends_with(".svc")
-        || host.ends_with(".cluster.local")
-    {
-        return Some("is the in-cluster default, which Entra cannot reach");
-    }
-    None
-}
-
-/// Cluster-wide facts that shape every verdict.
-#[derive(Clone, Debug, Default)]
-pub struct ClusterContext {
-    /// The issuer Entra can use; `None` when the cluster has none or only an in-cluster one.
-    pub oidc_issuer: Option<String>,
-    /// Why the recorded issuer was not usable (shown in `no-oidc-issuer`).
-    pub issuer_problem: Option<String>,
-    pub webhook_installed: bool,
-    pub kubenet: bool,
-    pub match_options: MatchOptions,
-}
-
-impl ClusterContext {
-    pub fn from_inventory(inv: &Inventory, match_options: MatchOptions) -> Self {
-        let webhook_installed = inv.webhooks.iter().any(|w| {
-            w.webhooks
-                .iter()
-                .flatten()
-                .any(|h| h.name == WI_WEBHOOK_NAME)
-        });
-        let kubenet = inv
-            .cluster
-            .network_plugin
-            .as_deref()
-            .map(|p| p.eq_ignore_ascii_case("kubenet"))
-            .unwrap_or_else(|| {
-                inv.nodes.iter().any(|n| {
-                    n.labels()
-                        .get(AKS_NETWORK_PLUGIN_LABEL)
-                        .is_some_and(|p| p == "kubenet")
-                })
-            });
-        let recorded = inv.cluster.oidc_issuer.clone().filter(|s| !s.is_empty());
-        let issuer_problem = recorded
-            .as_deref()
-            .and_then(|i| issuer_problem(i).map(|p| format!("the recorded issuer {i} {p}")));
-        Self {
-            oidc_issuer: recorded.filter(|_| issuer_problem.is_none()),
-            issuer_problem,
-            webhook_installed,
-            kubenet,
-            match_options,
-        }
-    }
-}
-
 fn identity_ref(id: &AzureIdentity, binding: &str) -> IdentityRef {
     IdentityRef {
         namespace: id.namespace().unwrap_or_default(),
@@ -197,12 +140,7 @@ fn identity_ref(id: &AzureIdentity, binding: &str) -> IdentityRef {
 }
 
 /// First pass: what one workload uses and what it alone decides (no cross-workload rules).
-pub fn assess_one(
-    w: &Workload,
-    inv: &Inventory,
-    index: &IdentityIndex,
-    ctx: &ClusterContext,
-) -> Assessment {
+pub fn assess_one(w: &Workload, index: &IdentityIndex, ctx: &ClusterContext) -> Assessment {
     let pod = PodFacts {
         namespace: w.namespace.clone(),
         name: w.name.clone(),
@@ -213,7 +151,7 @@ pub fn assess_one(
         .binding_label()
         .filter(|l| !l.is_empty())
         .map(str::to_string);
-    let excepted = is_pod_excepted(&pod, &inv.exceptions);
+    let excepted = index.is_pod_excepted(&pod);
     let mut findings = Vec::new();
     let mut identities = Vec::new();
 
@@ -391,21 +329,37 @@ fn pod_identity_findings(w: &Workload, excepted: bool, ctx: &ClusterContext) -> 
 /// (namespace, ServiceAccount).
 type SaKey = (String, String);
 
+/// What [`plan`] decides from, borrowed from wherever the caller keeps it.
+#[derive(Clone, Copy, Debug)]
+pub struct PlanInput<'a> {
+    /// Every workload of the cluster (see [`workloads`]), not only those to be shown: the
+    /// cross-workload rules need them all.
+    pub workloads: &'a [Workload],
+    /// Bindings, identities and exceptions.
+    pub index: &'a IdentityIndex,
+    /// The cluster's ServiceAccounts (their annotations say what is already in place).
+    pub service_accounts: &'a [&'a ServiceAccount],
+    pub context: &'a ClusterContext,
+}
+
 /// Assesses every workload, applying the cross-workload rules (shared ServiceAccounts, the
-/// 20-credential limit) and the per-workload steps.
-pub fn assess(inv: &Inventory, ctx: &ClusterContext) -> Vec<Assessment> {
-    let index = IdentityIndex::from_objects(&inv.bindings, &inv.identities, []);
-    let mut all: Vec<Assessment> = workloads(inv)
+/// 20-credential limit) and the per-workload steps. One [`Assessment`] per workload, in the
+/// order of `input.workloads`.
+pub fn plan(input: &PlanInput<'_>) -> Vec<Assessment> {
+    let ctx = input.context;
+    let mut all: Vec<Assessment> = input
+        .workloads
         .iter()
-        .map(|w| assess_one(w, inv, &index, ctx))
+        .map(|w| assess_one(w, input.index, ctx))
         .collect();
 
     choose_service_accounts(&mut all);
     let sa_users = service_account_users(&all);
     let subjects = credential_subjects(&all);
-    let service_accounts: BTreeMap<SaKey, &ServiceAccount> = inv
+    let service_accounts: BTreeMap<SaKey, &ServiceAccount> = input
         .service_accounts
         .iter()
+        .copied()
         .map(|s| ((s.namespace().unwrap_or_default(), s.name_any()), s))
         .collect();
 
@@ -626,30 +580,4 @@ fn settle_verdict(a: &mut Assessment) {
     } else {
         Verdict::Ready
     };
-}
-
-#[cfg(test)]
-mod tests {
-    use super::issuer_problem;
-
-    #[test]
-    fn only_public_https_issuers_serve_workload_id() {
-        for ok in [
-            "https://eastus.oic.prod-aks.azure.com/tenant/uuid/",
-            "https://oidc.prod-aks.azure.com/uuid/",
-            "https://127.0.0.1:6443",
-        ] {
-            assert_eq!(issuer_problem(ok), None, "{ok}");
-        }
-        for bad in [
-            "https://kubernetes.default.svc.cluster.local",
-            "https://kubernetes.default.svc",
-            "https://api.kube-system.svc",
-            "https://kubernetes",
-            "http://oidc.example.com/",
-            "https://",
-        ] {
-            assert!(issuer_problem(bad).is_some(), "{bad}");
-        }
-    }
 }
