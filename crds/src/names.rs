@@ -40,6 +40,8 @@ pub const BRIDGE_CREDENTIALS_ANNOTATION: &str = "podid.dev/federated-credentials
 
 /// Workload ID's ServiceAccount annotation naming the identity's client ID.
 pub const WI_CLIENT_ID_ANNOTATION: &str = "azure.workload.identity/client-id";
+/// Workload ID's ServiceAccount annotation naming the identity's Entra tenant.
+pub const WI_TENANT_ID_ANNOTATION: &str = "azure.workload.identity/tenant-id";
 /// Workload ID's pod label that makes the webhook inject token and environment.
 pub const WI_USE_LABEL: &str = "azure.workload.identity/use";
 /// Name of the Workload ID mutating webhook.

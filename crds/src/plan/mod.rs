@@ -32,8 +32,7 @@ use crate::{
 pub use context::{ClusterContext, issuer_problem};
 pub use workload::{Workload, WorkloadObjects, workloads};
 
-/// Entra's limit of federated identity credentials per identity.
-pub const MAX_FEDERATED_CREDENTIALS: usize = 20;
+pub use crate::migration::MAX_FEDERATED_CREDENTIALS;
 
 /// The outcome for one workload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -98,6 +97,9 @@ pub struct IdentityRef {
     pub type_: String,
     #[serde(rename = "clientID")]
     pub client_id: String,
+    /// The ARM resource ID of a user-assigned identity (empty for a service principal).
+    #[serde(rename = "resourceID", default, skip_serializing_if = "String::is_empty")]
+    pub resource_id: String,
     pub binding: String,
 }
 
@@ -135,6 +137,7 @@ fn identity_ref(id: &AzureIdentity, binding: &str) -> IdentityRef {
         name: id.name_any(),
         type_: id.spec.type_.name().into(),
         client_id: id.spec.client_id.clone(),
+        resource_id: id.spec.resource_id.clone(),
         binding: binding.into(),
     }
 }
