@@ -113,6 +113,44 @@ pub fn public_error_detail(body: &str) -> String {
     }
 }
 
+/// AADSTS70021: no federated identity credential of the identity matches the presented
+/// assertion's issuer, subject and audience together.
+pub const AADSTS_NO_MATCHING_FEDERATED_RECORD: u32 = 70021;
+
+/// The AADSTS codes with which Entra says no federated identity credential matches an assertion:
+/// 70021 (issuer, subject and audience together), 700211 (issuer), 700212 (audience), 700213
+/// (subject). Right after a credential is written this is what Entra answers until the write has
+/// reached it, so a caller proving a new credential may retry on these for a while.
+pub const AADSTS_NO_MATCHING_FEDERATED_RECORD_CODES: [u32; 4] =
+    [AADSTS_NO_MATCHING_FEDERATED_RECORD, 700211, 700212, 700213];
+
+/// Whether `code` is one of [`AADSTS_NO_MATCHING_FEDERATED_RECORD_CODES`].
+pub fn is_no_matching_federated_record(code: u32) -> bool {
+    AADSTS_NO_MATCHING_FEDERATED_RECORD_CODES.contains(&code)
+}
+
+/// The AADSTS code of an error answer from Entra: the first of its `error_codes`, else the
+/// number after a leading `AADSTS` in its `error_description` (Entra starts every description
+/// with it). `None` for a body that is no Entra error.
+pub fn aadsts_code(body: &str) -> Option<u32> {
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    if let Some(code) = v
+        .get("error_codes")
+        .and_then(|c| c.get(0))
+        .and_then(serde_json::Value::as_u64)
+    {
+        return u32::try_from(code).ok();
+    }
+    let digits: String = v
+        .get("error_description")?
+        .as_str()?
+        .strip_prefix("AADSTS")?
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,5 +260,34 @@ mod tests {
             "d".repeat(5000)
         );
         assert!(public_error_detail(&long).len() < 1200);
+    }
+
+    #[test]
+    fn aadsts_codes_are_read_from_error_codes_or_the_description() {
+        assert_eq!(
+            aadsts_code(
+                r#"{"error":"invalid_request","error_description":"AADSTS70021: No matching federated identity record found.","error_codes":[70021]}"#
+            ),
+            Some(70021)
+        );
+        assert_eq!(
+            aadsts_code(
+                r#"{"error":"invalid_client","error_description":"AADSTS700213: No matching federated identity record found for presented assertion subject."}"#
+            ),
+            Some(700213)
+        );
+        for none in [
+            r#"{"error":"invalid_request","error_description":"Identity not found"}"#,
+            r#"{"error":"invalid_request","error_description":"AADSTS: no digits"}"#,
+            r#"{"error_codes":[99999999999]}"#,
+            "<html>AADSTS70021</html>",
+            "",
+        ] {
+            assert_eq!(aadsts_code(none), None, "{none}");
+        }
+        assert!(is_no_matching_federated_record(70021));
+        assert!(is_no_matching_federated_record(700213));
+        assert!(!is_no_matching_federated_record(700016));
+        assert!(!is_no_matching_federated_record(7000215));
     }
 }

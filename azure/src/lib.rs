@@ -4,7 +4,8 @@
 //! credentials ([`FederatedCredentials`]). [`Arm`] implements both over ARM's REST API,
 //! authenticated with an `azure_identity` credential ([`credential`]); moving to another SDK
 //! line touches this crate only. Also here: the clouds' endpoints and azure.json ([`cloud`]),
-//! the IMDS and Entra token sources of the node agent ([`token`]) and Entra's rules ([`entra`]).
+//! the IMDS, Entra and workload identity token sources ([`token`]), Entra's rules ([`entra`]),
+//! and how federated credentials are written as Azure accepts them ([`federated`]).
 //!
 //! Feature `arm` (default) holds everything that links the SDK: [`Arm`] and the controller's
 //! credentials. Without it (the node agent) the crate is plain HTTP.
@@ -18,6 +19,7 @@ mod arm;
 pub mod cloud;
 pub mod credential;
 pub mod entra;
+pub mod federated;
 pub mod token;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -34,6 +36,9 @@ pub use cloud::{AzureJson, CloudConfig, CloudEndpoints, Overrides};
 pub use credential::CredentialConfig;
 #[cfg(feature = "arm")]
 pub use credential::ReloadingCredential;
+#[cfg(feature = "arm")]
+pub use federated::SerialCredentials;
+pub use federated::conflicting_credential;
 use podid_crds::provider::AssignmentTarget;
 use serde_json::{Value, json};
 
@@ -232,7 +237,8 @@ pub struct FederatedCredential {
     pub audience: String,
 }
 
-/// Manages a user-assigned identity's federated credentials (the bridge's Azure side).
+/// Manages a user-assigned identity's federated credentials (the bridge's Azure side). Azure
+/// refuses overlapping writes to one identity with 409: write through [`SerialCredentials`].
 #[allow(async_fn_in_trait)]
 pub trait FederatedCredentials {
     async fn list(&self, identity_id: &str) -> Result<Vec<FederatedCredential>, Error>;
@@ -277,8 +283,15 @@ impl RetryPolicy {
             let d = Duration::from_secs(*s);
             return (d <= self.max_retry_after).then_some(d);
         }
-        let backoff = self.base_delay.saturating_mul(1 << attempt.min(16));
-        Some(backoff.min(self.max_delay))
+        Some(self.backoff(attempt))
+    }
+
+    /// The backoff after attempt `attempt` (0 for the first): `base_delay` doubled per attempt,
+    /// at most `max_delay`.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        self.base_delay
+            .saturating_mul(1 << attempt.min(16))
+            .min(self.max_delay)
     }
 }
 

@@ -1,8 +1,9 @@
-//! Where tokens come from, behind one trait: the node's IMDS for managed identities, and Entra
-//! client credentials (secret or certificate) for service principals. A federated (workload
-//! identity) source can be added as another [`TokenSource`]. Plain HTTP, no SDK: the node agent
-//! uses these, and the controller's managed-identity credential is built on [`ImdsTokenSource`].
-//! Tokens and secrets never reach logs: [`AccessToken`]'s `Debug` redacts them.
+//! Where tokens come from, behind one trait: the node's IMDS for managed identities, Entra
+//! client credentials (secret or certificate) for service principals, and Entra's workload
+//! identity exchange of a Kubernetes ServiceAccount token for a user-assigned identity's token
+//! ([`WorkloadIdentitySource`]). Plain HTTP, no SDK: the node agent uses these, and the
+//! controller's managed-identity credential is built on [`ImdsTokenSource`]. Tokens, secrets and
+//! assertions never reach logs or errors: [`AccessToken`]'s `Debug` redacts them.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -138,6 +139,23 @@ pub enum TokenError {
     /// Could not ask (network, bad configuration, unreadable secret): 503.
     #[error("{0}")]
     Unavailable(String),
+    /// Entra answered a workload identity exchange ([`WorkloadIdentitySource`]) with an error:
+    /// 503 for 429 and 5xx (may pass), 403 otherwise. [`TokenError::aadsts`] reads the code.
+    #[error(
+        "Entra answered the workload identity exchange with status {status}: {detail} Endpoint {endpoint}"
+    )]
+    Exchange {
+        /// Entra's HTTP status.
+        status: u16,
+        /// Entra's AADSTS code ([`crate::entra::aadsts_code`]), when the answer carried one:
+        /// e.g. 70021, no federated credential matches (see
+        /// [`crate::entra::is_no_matching_federated_record`]).
+        aadsts: Option<u32>,
+        /// What of the answer's body may be shown: [`crate::entra::public_error_detail`].
+        detail: String,
+        /// The token URL asked (checked as [`ClientCredentialsSource`]'s is; no secret).
+        endpoint: String,
+    },
 }
 
 impl TokenError {
@@ -146,7 +164,24 @@ impl TokenError {
         match self {
             Self::Rejected { .. } | Self::Refused(_) => 403,
             Self::Unavailable(_) => 503,
+            Self::Exchange { status, .. } if *status == 429 || *status >= 500 => 503,
+            Self::Exchange { .. } => 403,
         }
+    }
+
+    /// Entra's AADSTS code, for an [`TokenError::Exchange`] that carried one.
+    pub fn aadsts(&self) -> Option<u32> {
+        match self {
+            Self::Exchange { aadsts, .. } => *aadsts,
+            _ => None,
+        }
+    }
+
+    /// Entra found no federated credential of the identity matching the assertion (AADSTS
+    /// 70021, 700211, 700212, 700213): none was written, or a new one has not reached Entra yet.
+    pub fn is_no_matching_federated_record(&self) -> bool {
+        self.aadsts()
+            .is_some_and(crate::entra::is_no_matching_federated_record)
     }
 }
 
@@ -177,13 +212,7 @@ async fn read_token(
     resource: &str,
     clock: &dyn Clock,
 ) -> Result<AccessToken, TokenError> {
-    let resp = resp.map_err(|e| TokenError::Unavailable(format!("{kind}: {e}")))?;
-    let status = resp.status();
-    let endpoint = resp.url().to_string();
-    let body = resp
-        .text()
-        .await
-        .map_err(|e| TokenError::Unavailable(format!("{kind}: reading response: {e}")))?;
+    let (status, endpoint, body) = read_answer(kind, resp).await?;
     if !status.is_success() {
         return Err(TokenError::Rejected {
             source_kind: kind,
@@ -192,7 +221,31 @@ async fn read_token(
             endpoint,
         });
     }
-    let v: Value = serde_json::from_str(&body)
+    parse_token(kind, &body, resource, clock)
+}
+
+/// The status, URL and body of an answer.
+async fn read_answer(
+    kind: &'static str,
+    resp: Result<reqwest::Response, reqwest::Error>,
+) -> Result<(reqwest::StatusCode, String, String), TokenError> {
+    let resp = resp.map_err(|e| TokenError::Unavailable(format!("{kind}: {e}")))?;
+    let status = resp.status();
+    let endpoint = resp.url().to_string();
+    let body = resp
+        .text()
+        .await
+        .map_err(|e| TokenError::Unavailable(format!("{kind}: reading response: {e}")))?;
+    Ok((status, endpoint, body))
+}
+
+fn parse_token(
+    kind: &'static str,
+    body: &str,
+    resource: &str,
+    clock: &dyn Clock,
+) -> Result<AccessToken, TokenError> {
+    let v: Value = serde_json::from_str(body)
         .map_err(|e| TokenError::Unavailable(format!("{kind}: malformed token response: {e}")))?;
     AccessToken::from_response(&v, resource, clock.now_unix())
         .map_err(|e| TokenError::Unavailable(format!("{kind}: {e}")))
@@ -256,6 +309,29 @@ impl TokenSource for ImdsTokenSource {
     }
 }
 
+/// `<authority>/<tenant>/<path>`, on the authority's own origin: a tenant that is no GUID or
+/// domain name could rewrite the path, or (`//host/…`) the server itself.
+fn entra_token_url(
+    authority: &url::Url,
+    tenant_id: &str,
+    path: &str,
+) -> Result<url::Url, TokenError> {
+    crate::entra::check_tenant("tenant", tenant_id).map_err(TokenError::Refused)?;
+    let mut base = authority.clone();
+    if !base.path().ends_with('/') {
+        base.set_path(&format!("{}/", base.path()));
+    }
+    let url = base
+        .join(&format!("{tenant_id}/{path}"))
+        .map_err(|e| TokenError::Unavailable(format!("Entra authority: {e}")))?;
+    if url.origin() != base.origin() {
+        return Err(TokenError::Refused(format!(
+            "tenant {tenant_id:?} leaves the authority {base}"
+        )));
+    }
+    Ok(url)
+}
+
 /// A service principal's credential.
 #[derive(Clone)]
 pub enum ClientCredential {
@@ -291,24 +367,9 @@ struct AssertionClaims<'a> {
 }
 
 impl ClientCredentialsSource {
-    /// `<authority>/<tenant>/oauth2/token`, on the authority's own origin: a tenant that is no
-    /// GUID or domain name could rewrite the path, or (`//host/…`) the server itself.
+    /// `<authority>/<tenant>/oauth2/token` ([`entra_token_url`]).
     fn token_url(&self) -> Result<url::Url, TokenError> {
-        crate::entra::check_tenant("tenant", &self.tenant_id).map_err(TokenError::Refused)?;
-        let mut base = self.authority.clone();
-        if !base.path().ends_with('/') {
-            base.set_path(&format!("{}/", base.path()));
-        }
-        let url = base
-            .join(&format!("{}/oauth2/token", self.tenant_id))
-            .map_err(|e| TokenError::Unavailable(format!("Entra authority: {e}")))?;
-        if url.origin() != base.origin() {
-            return Err(TokenError::Refused(format!(
-                "tenant {:?} leaves the authority {base}",
-                self.tenant_id
-            )));
-        }
-        Ok(url)
+        entra_token_url(&self.authority, &self.tenant_id, "oauth2/token")
     }
 
     fn assertion(&self, aud: &str, key_pem: &[u8], cert_der: &[u8]) -> Result<String, TokenError> {
@@ -364,5 +425,207 @@ impl TokenSource for ClientCredentialsSource {
 
     fn operation(&self) -> &'static str {
         "adal_token"
+    }
+}
+
+/// Gives a current assertion for [`WorkloadIdentitySource`]: a Kubernetes ServiceAccount token
+/// for the audience [`podid_crds::migration::TOKEN_EXCHANGE_AUDIENCE`] (the caller gets one with
+/// TokenRequest, or reads a projected one). Asked once per exchange, so it should answer from
+/// a cache while its token is fresh. A closure `Fn() -> impl Future<Output = Result<String,
+/// TokenError>>` is one.
+pub trait AssertionSource: Send + Sync {
+    /// The token to present. An error here ends the exchange before Entra is asked.
+    fn assertion(&self) -> BoxFuture<'_, Result<String, TokenError>>;
+}
+
+impl<F, Fut> AssertionSource for F
+where
+    F: Fn() -> Fut + Send + Sync,
+    Fut: std::future::Future<Output = Result<String, TokenError>> + Send + 'static,
+{
+    fn assertion(&self) -> BoxFuture<'_, Result<String, TokenError>> {
+        Box::pin(self())
+    }
+}
+
+/// The v2 scope of a v1 resource, as the workload identity webhook's proxy and the Azure SDKs
+/// form it: `<resource>/.default`, the resource unchanged (Entra takes everything before the
+/// last `/` as the resource, so `https://database.windows.net/` becomes
+/// `https://database.windows.net//.default` and the token's audience keeps its trailing slash);
+/// a resource that already ends in `/.default` is a scope already.
+pub fn resource_to_scope(resource: &str) -> String {
+    if resource.ends_with("/.default") {
+        resource.to_owned()
+    } else {
+        format!("{resource}/.default")
+    }
+}
+
+/// A user-assigned identity through Entra's workload identity federation: the client-credentials
+/// grant of the v2 endpoint `<authority>/<tenant>/oauth2/v2.0/token`, authenticated by a
+/// Kubernetes ServiceAccount token ([`AssertionSource`]) that one of the identity's federated
+/// credentials matches (issuer, subject and audience). The tenant and authority are checked as
+/// for [`ClientCredentialsSource`]. Errors are [`TokenError::Exchange`], carrying Entra's AADSTS
+/// code; neither the assertion nor a token is ever put in an error or a log.
+pub struct WorkloadIdentitySource {
+    pub http: reqwest::Client,
+    /// E.g. `https://login.microsoftonline.com/`.
+    pub authority: url::Url,
+    pub tenant_id: String,
+    /// The user-assigned identity's client ID.
+    pub client_id: String,
+    pub assertion: Arc<dyn AssertionSource>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl WorkloadIdentitySource {
+    /// `<authority>/<tenant>/oauth2/v2.0/token`, checked as [`ClientCredentialsSource`]'s is.
+    pub fn token_url(&self) -> Result<url::Url, TokenError> {
+        entra_token_url(&self.authority, &self.tenant_id, "oauth2/v2.0/token")
+    }
+}
+
+impl TokenSource for WorkloadIdentitySource {
+    fn fetch<'a>(&'a self, resource: &'a str) -> BoxFuture<'a, Result<AccessToken, TokenError>> {
+        Box::pin(async move {
+            const KIND: &str = "Entra workload identity";
+            let url = self.token_url()?;
+            let assertion = self.assertion.assertion().await?;
+            if assertion.is_empty() {
+                return Err(TokenError::Unavailable(format!(
+                    "{KIND}: the ServiceAccount token is empty"
+                )));
+            }
+            let form: [(&str, &str); 5] = [
+                ("grant_type", "client_credentials"),
+                ("client_id", &self.client_id),
+                ("scope", &resource_to_scope(resource)),
+                (
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                ),
+                ("client_assertion", &assertion),
+            ];
+            let resp = self.http.post(url).form(&form).send().await;
+            let (status, endpoint, body) = read_answer(KIND, resp).await?;
+            if !status.is_success() {
+                return Err(TokenError::Exchange {
+                    status: status.as_u16(),
+                    aadsts: crate::entra::aadsts_code(&body),
+                    detail: crate::entra::public_error_detail(&body),
+                    endpoint,
+                });
+            }
+            let token = parse_token(KIND, &body, resource, self.clock.as_ref())?;
+            // A v2 answer names no resource: the token is for the one asked.
+            Ok(AccessToken {
+                resource: resource.to_owned(),
+                ..token
+            })
+        })
+    }
+
+    fn operation(&self) -> &'static str {
+        "workload_identity_token"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resources_become_default_scopes_keeping_a_trailing_slash() {
+        assert_eq!(
+            resource_to_scope("https://vault.azure.net"),
+            "https://vault.azure.net/.default"
+        );
+        assert_eq!(
+            resource_to_scope("https://database.windows.net/"),
+            "https://database.windows.net//.default"
+        );
+        assert_eq!(
+            resource_to_scope("https://graph.microsoft.com/.default"),
+            "https://graph.microsoft.com/.default"
+        );
+        assert_eq!(resource_to_scope("api://app-id"), "api://app-id/.default");
+    }
+
+    fn source(authority: &str, tenant: &str) -> WorkloadIdentitySource {
+        WorkloadIdentitySource {
+            http: http_client(),
+            authority: url::Url::parse(authority).unwrap(),
+            tenant_id: tenant.into(),
+            client_id: "c".into(),
+            assertion: Arc::new(|| async { Ok::<_, TokenError>("sa-token".to_string()) }),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    #[test]
+    fn the_v2_token_url_stays_on_the_authority() {
+        const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+        assert_eq!(
+            source("https://login.microsoftonline.com", TENANT)
+                .token_url()
+                .unwrap()
+                .as_str(),
+            format!("https://login.microsoftonline.com/{TENANT}/oauth2/v2.0/token")
+        );
+        assert_eq!(
+            source(
+                "https://login.partner.example/prefix/",
+                "contoso.onmicrosoft.com"
+            )
+            .token_url()
+            .unwrap()
+            .as_str(),
+            "https://login.partner.example/prefix/contoso.onmicrosoft.com/oauth2/v2.0/token"
+        );
+        for bad in ["//evil.example", "../x", "t?x=1", "t#f", ""] {
+            let e = source("https://login.microsoftonline.com/", bad)
+                .token_url()
+                .unwrap_err();
+            assert!(matches!(e, TokenError::Refused(_)), "{bad}: {e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_tenant_or_an_empty_assertion_asks_no_one() {
+        // The authority is unreachable: an answer would be Unavailable.
+        let mut s = source("http://127.0.0.1:9/", "../x");
+        let e = s.fetch("https://vault.azure.net").await.unwrap_err();
+        assert!(matches!(e, TokenError::Refused(_)), "{e}");
+        s.tenant_id = "contoso.onmicrosoft.com".into();
+        s.assertion = Arc::new(|| async { Ok::<_, TokenError>(String::new()) });
+        let e = s.fetch("https://vault.azure.net").await.unwrap_err();
+        assert!(
+            e.to_string().contains("ServiceAccount token is empty"),
+            "{e}"
+        );
+        s.assertion = Arc::new(|| async {
+            Err::<String, _>(TokenError::Unavailable("TokenRequest: forbidden".into()))
+        });
+        let e = s.fetch("https://vault.azure.net").await.unwrap_err();
+        assert_eq!(e, TokenError::Unavailable("TokenRequest: forbidden".into()));
+    }
+
+    #[test]
+    fn exchange_errors_carry_the_aadsts_code_and_map_to_statuses() {
+        let e = |status, aadsts| TokenError::Exchange {
+            status,
+            aadsts,
+            detail: "d".into(),
+            endpoint: "https://login.example/t/oauth2/v2.0/token".into(),
+        };
+        assert_eq!(e(400, Some(70021)).aadsts(), Some(70021));
+        assert!(e(400, Some(70021)).is_no_matching_federated_record());
+        assert!(e(401, Some(700213)).is_no_matching_federated_record());
+        assert!(!e(400, Some(700016)).is_no_matching_federated_record());
+        assert!(!e(400, None).is_no_matching_federated_record());
+        assert_eq!(e(400, Some(70021)).status(), 403);
+        assert_eq!(e(429, None).status(), 503);
+        assert_eq!(e(503, Some(50196)).status(), 503);
+        assert_eq!(TokenError::Unavailable("x".into()).aadsts(), None);
     }
 }
