@@ -47,6 +47,19 @@ pub struct Flags {
     /// How often identities removed from a scale set or VM behind the controller's back are re-added.
     #[arg(long = "identity-assignment-reconcile-interval", default_value = "3m", value_parser = parse_duration)]
     pub reconcile_interval: Duration,
+    /// Build the Workload ID side of every workload on pod identity: federated credentials,
+    /// ServiceAccounts and their annotations, each proven by a token exchange, and one
+    /// WorkloadMigration per workload (docs/bridge.md). `--bridge=false` turns it off.
+    #[arg(long = "bridge", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub bridge: bool,
+    /// The cluster's OIDC issuer URL, as Entra must see it in ServiceAccount tokens (on AKS:
+    /// `az aks show --query oidcIssuerProfile.issuerUrl`). Default: the issuer the API server
+    /// announces in its discovery document.
+    #[arg(long = "oidc-issuer", env = "OIDC_ISSUER")]
+    pub oidc_issuer: Option<String>,
+    /// How often the bridge makes a full pass when nothing changes.
+    #[arg(long = "bridge-interval", default_value = "5m", value_parser = parse_duration)]
+    pub bridge_interval: Duration,
     /// Quiet time after an event before a pass runs: a burst of events makes one pass.
     #[arg(long, default_value = "500ms", value_parser = parse_duration)]
     pub debounce: Duration,

@@ -4,6 +4,8 @@
 //!
 //! [`planner`] holds every decision as pure functions; the other modules are its I/O edges.
 
+pub mod bridge;
+pub mod bridge_run;
 pub mod config;
 pub mod controller;
 pub mod leader;

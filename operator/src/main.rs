@@ -10,6 +10,9 @@ use axum::Router;
 use clap::Parser;
 use podid_azure::Arm;
 use podid_crds::policy::Mode;
+use podid_operator::bridge_run::{
+    Bridge, BridgeSettings, BridgeStores, ExchangeProver, discover_issuer,
+};
 use podid_operator::config::Flags;
 use podid_operator::controller::{Controller, LoopSettings, Stores};
 use podid_operator::leader::{self, Election};
@@ -33,6 +36,64 @@ async fn serve(port: u16, app: Router, shutdown: CancellationToken) -> anyhow::R
     Ok(podid_telemetry::serve(port, app, shutdown).await?)
 }
 
+/// ARM, and what the bridge's token exchange needs, from the cloud config.
+struct Azure {
+    cloud: podid_azure::CloudConfig,
+    credential: Arc<dyn podid_azure::TokenCredential>,
+    http: reqwest::Client,
+}
+
+impl Azure {
+    fn from_flags(flags: &Flags) -> anyhow::Result<Self> {
+        let cloud = flags.cloud_config().context("cloud config")?;
+        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(60));
+        if let Some(path) = &flags.extra_ca_file {
+            let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem).context("parsing CA bundle")? {
+                http = http.add_root_certificate(cert);
+            }
+        }
+        let http = http.build().context("HTTP client")?;
+        let credential: Arc<dyn podid_azure::TokenCredential> = match &flags.cloud_config {
+            Some(path) => {
+                let f = flags.clone();
+                Arc::new(
+                    podid_azure::ReloadingCredential::new(
+                        path.clone(),
+                        move || f.cloud_config().map(|c| c.credential),
+                        http.clone(),
+                    )
+                    .context("Azure credential")?,
+                )
+            }
+            None => cloud
+                .credential
+                .build(http.clone())
+                .context("Azure credential")?,
+        };
+        Ok(Self {
+            cloud,
+            credential,
+            http,
+        })
+    }
+
+    fn arm(&self, flags: &Flags, metrics: &Metrics) -> Arm {
+        let mut arm = Arm::new(
+            &self.cloud.endpoints.arm,
+            self.credential.clone(),
+            self.http.clone(),
+        );
+        arm.retry = flags.arm_retry();
+        arm.audience = self.cloud.endpoints.arm_audience.clone();
+        let m = metrics.clone();
+        arm.observer = Some(Arc::new(move |op, result, took| {
+            m.observe_arm(op, result, took)
+        }));
+        arm
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
@@ -48,9 +109,8 @@ async fn main() -> anyhow::Result<()> {
         tasks.spawn(serve(flags.prometheus_port, http, shutdown.clone()));
     }
 
-    if flags.mode == Mode::Managed {
-        // Managed mode: identities are assigned by hand; nothing to do but stay observable.
-        tracing::info!("managed mode: no identity assignment");
+    if flags.mode == Mode::Managed && !flags.bridge {
+        tracing::info!("managed mode without the bridge: nothing to do");
         ready.store(true, Ordering::SeqCst);
         podid_telemetry::shutdown_signal().await;
         shutdown.cancel();
@@ -58,55 +118,34 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
 
-    let cloud = flags.cloud_config().context("cloud config")?;
+    let azure = match Azure::from_flags(&flags) {
+        Ok(a) => a,
+        Err(e) if flags.mode == Mode::Managed => {
+            // Managed mode needs Azure for the bridge only: say so and stay up.
+            tracing::error!(
+                error = format!("{e:#}"),
+                "the bridge needs Azure credentials (azure.json, or --tenant-id and a credential); running without it"
+            );
+            ready.store(true, Ordering::SeqCst);
+            podid_telemetry::shutdown_signal().await;
+            shutdown.cancel();
+            while tasks.join_next().await.is_some() {}
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
     let client = kube::Client::try_default()
         .await
         .context("building Kubernetes client")?;
-    let mut http_client = reqwest::Client::builder().timeout(Duration::from_secs(60));
-    if let Some(path) = &flags.extra_ca_file {
-        let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        for cert in reqwest::Certificate::from_pem_bundle(&pem).context("parsing CA bundle")? {
-            http_client = http_client.add_root_certificate(cert);
-        }
-    }
-    let http_client = http_client.build().context("HTTP client")?;
-    let credential: Arc<dyn podid_azure::TokenCredential> = match &flags.cloud_config {
-        // Rebuilt when azure.json changes (a rotated secret), as the original re-reads it.
-        Some(path) => {
-            let f = flags.clone();
-            Arc::new(
-                podid_azure::ReloadingCredential::new(
-                    path.clone(),
-                    move || f.cloud_config().map(|c| c.credential),
-                    http_client.clone(),
-                )
-                .context("Azure credential")?,
-            )
-        }
-        None => cloud
-            .credential
-            .build(http_client.clone())
-            .context("Azure credential")?,
-    };
-    let mut arm = Arm::new(&cloud.endpoints.arm, credential, http_client);
-    arm.retry = flags.arm_retry();
-    arm.audience = cloud.endpoints.arm_audience.clone();
-    let m = metrics.clone();
-    arm.observer = Some(Arc::new(move |op, result, took| {
-        m.observe_arm(op, result, took)
-    }));
-    let planner = AssignmentPlanner::new(PlannerOptions {
-        force_namespaced: flags.force_namespaced,
-        immutable: flags.immutable(&cloud),
-        fallback_scope: (!cloud.resource_group.is_empty())
-            .then(|| (cloud.subscription_id.clone(), cloud.resource_group.clone())),
-    });
     let identity = flags
         .leader_election_instance
         .clone()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| format!("podid-operator-{}", std::process::id()));
+    let cloud = &azure.cloud;
     tracing::info!(
+        mode = ?flags.mode,
+        bridge = flags.bridge,
         subscription = %cloud.subscription_id,
         resource_group = %cloud.resource_group,
         credential = ?cloud.credential,
@@ -114,18 +153,6 @@ async fn main() -> anyhow::Result<()> {
         identity = %identity,
         "starting podid-operator"
     );
-    let notify = Arc::new(Notify::new());
-    let stores = Stores::start(&client, notify.clone(), &shutdown);
-    let mut controller = Controller::new(
-        client.clone(),
-        arm,
-        planner,
-        stores,
-        metrics.clone(),
-        &identity,
-    );
-    controller.ready = ready.clone();
-    controller.batch = flags.create_delete_batch.max(1) as usize;
     tasks.spawn({
         let election = Election {
             namespace: flags.leader_election_namespace.clone(),
@@ -135,26 +162,109 @@ async fn main() -> anyhow::Result<()> {
             original_lock: flags.original_lock(),
         };
         let shutdown = shutdown.clone();
+        let client = client.clone();
         async move {
             leader::run(client, election, may_write_tx, shutdown).await;
             Ok(())
         }
     });
-    let settings = LoopSettings {
-        debounce: flags.debounce,
-        full_interval: flags.reconcile_interval.min(flags.sync_retry_duration),
-        retry_base: Duration::from_secs(2),
-    };
-    let result: anyhow::Result<()> = tokio::select! {
-        _ = controller.run(notify, may_write, settings, shutdown.clone()) => Ok(()),
-        _ = podid_telemetry::shutdown_signal() => Ok(()),
-        Some(r) = tasks.join_next() => match r {
-            Ok(Err(e)) => Err(e),
-            _ => Err(anyhow::anyhow!("a server stopped unexpectedly")),
-        },
+    if flags.bridge {
+        let bridge = bridge(&flags, &azure, &client, &metrics, &shutdown).await;
+        let (may_write, shutdown) = (may_write.clone(), shutdown.clone());
+        let (debounce, interval) = (flags.debounce, flags.bridge_interval);
+        tasks.spawn(async move {
+            bridge
+                .0
+                .run(bridge.1, may_write, debounce, interval, shutdown)
+                .await;
+            Ok(())
+        });
+    }
+    let result: anyhow::Result<()> = if flags.mode == Mode::Standard {
+        let planner = AssignmentPlanner::new(PlannerOptions {
+            force_namespaced: flags.force_namespaced,
+            immutable: flags.immutable(cloud),
+            fallback_scope: (!cloud.resource_group.is_empty())
+                .then(|| (cloud.subscription_id.clone(), cloud.resource_group.clone())),
+        });
+        let notify = Arc::new(Notify::new());
+        let stores = Stores::start(&client, notify.clone(), &shutdown);
+        let mut controller = Controller::new(
+            client.clone(),
+            azure.arm(&flags, &metrics),
+            planner,
+            stores,
+            metrics.clone(),
+            &identity,
+        );
+        controller.ready = ready.clone();
+        controller.batch = flags.create_delete_batch.max(1) as usize;
+        let settings = LoopSettings {
+            debounce: flags.debounce,
+            full_interval: flags.reconcile_interval.min(flags.sync_retry_duration),
+            retry_base: Duration::from_secs(2),
+        };
+        tokio::select! {
+            _ = controller.run(notify, may_write, settings, shutdown.clone()) => Ok(()),
+            _ = podid_telemetry::shutdown_signal() => Ok(()),
+            Some(r) = tasks.join_next() => match r {
+                Ok(Err(e)) => Err(e),
+                _ => Err(anyhow::anyhow!("a task stopped unexpectedly")),
+            },
+        }
+    } else {
+        ready.store(true, Ordering::SeqCst);
+        tokio::select! {
+            _ = podid_telemetry::shutdown_signal() => Ok(()),
+            Some(r) = tasks.join_next() => match r {
+                Ok(Err(e)) => Err(e),
+                _ => Err(anyhow::anyhow!("a task stopped unexpectedly")),
+            },
+        }
     };
     tracing::info!("shutting down");
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
     result
+}
+
+/// The bridge with its watches, ARM client and prover; its notifier.
+async fn bridge(
+    flags: &Flags,
+    azure: &Azure,
+    client: &kube::Client,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> (Bridge<podid_azure::SerialCredentials<Arm>>, Arc<Notify>) {
+    let issuer = match &flags.oidc_issuer {
+        Some(i) => Some(i.clone()),
+        None => discover_issuer(client).await,
+    };
+    tracing::info!(issuer = ?issuer, "bridge: OIDC issuer");
+    let notify = Arc::new(Notify::new());
+    let stores = BridgeStores::start(client, notify.clone(), shutdown);
+    let prover = ExchangeProver::new(
+        client.clone(),
+        azure.http.clone(),
+        &azure.cloud.endpoints.authority_host,
+        &azure.cloud.tenant_id,
+        &azure.cloud.endpoints.arm_audience,
+    );
+    let settings = BridgeSettings {
+        issuer,
+        tenant_id: Some(azure.cloud.tenant_id.clone()).filter(|t| !t.is_empty()),
+        match_options: flags.mode.match_options(flags.force_namespaced),
+        proof_attempts: 12,
+        proof_interval: Duration::from_secs(5),
+    };
+    let bridge = Bridge::new(
+        client.clone(),
+        // One write at a time per identity, a 409 from another writer retried.
+        podid_azure::SerialCredentials::new(azure.arm(flags, metrics)),
+        Arc::new(prover),
+        stores,
+        settings,
+        metrics.clone(),
+    );
+    (bridge, notify)
 }

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub kubernetes_errors: Family<Labels, Counter>,
     pub reconcile: Family<Labels, Histogram, Buckets>,
     pub arm_calls: Family<Labels, Counter>,
+    pub bridge_credentials: Family<Labels, Counter>,
+    pub bridge_exchanges: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -58,6 +60,8 @@ impl Metrics {
             kubernetes_errors: Family::default(),
             reconcile: Family::new_with_constructor(Buckets(RECONCILE_BUCKETS)),
             arm_calls: Family::default(),
+            bridge_credentials: Family::default(),
+            bridge_exchanges: Family::default(),
         };
         let original = registry.sub_registry_with_prefix("aadpodidentity");
         original.register(
@@ -115,6 +119,16 @@ impl Metrics {
             "ARM requests by operation and result",
             m.arm_calls.clone(),
         );
+        registry.register(
+            "podid_bridge_federated_credentials",
+            "Federated credentials the bridge wrote, by result (created, deleted, failed)",
+            m.bridge_credentials.clone(),
+        );
+        registry.register(
+            "podid_bridge_token_exchanges",
+            "Token exchanges that proved a credential, by result (proven, failed)",
+            m.bridge_exchanges.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             ..m
@@ -133,6 +147,20 @@ impl Metrics {
         }
         self.arm_calls
             .get_or_create(&l(&[("operation", operation), ("result", result)]))
+            .inc();
+    }
+
+    /// Counts one federated credential write of the bridge.
+    pub fn bridge_credential(&self, result: &str) {
+        self.bridge_credentials
+            .get_or_create(&l(&[("result", result)]))
+            .inc();
+    }
+
+    /// Counts one proof (token exchange) of the bridge.
+    pub fn bridge_exchange(&self, result: &str) {
+        self.bridge_exchanges
+            .get_or_create(&l(&[("result", result)]))
             .inc();
     }
 

@@ -111,6 +111,11 @@ async fn the_manifest_applies_and_its_account_is_all_the_controller_needs() {
             ("update", "nodes"),
             ("update", "azureidentities.aadpodidentity.k8s.io"),
             ("update", "endpoints"),
+            // The bridge reads workloads and never changes them; it never deletes a
+            // ServiceAccount.
+            ("patch", "deployments.apps"),
+            ("update", "cronjobs.batch"),
+            ("delete", "serviceaccounts"),
         ],
     );
 

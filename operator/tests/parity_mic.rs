@@ -318,6 +318,8 @@ impl Run<'_> {
                 let mut cmd = Command::new(env!("CARGO_BIN_EXE_podid-operator"));
                 cmd.arg(format!("--cloudconfig={}", azure_json.display()))
                     .arg("--logtostderr")
+                    // Like for like: the original has no bridge (docs/bridge.md).
+                    .arg("--bridge=false")
                     .arg(format!("--http-probe-port={probe}"))
                     .arg(format!("--prometheus-port={prom}"))
                     // The endpoints come from azure.json's cloud (AzureStackCloud) and its

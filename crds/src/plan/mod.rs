@@ -98,7 +98,11 @@ pub struct IdentityRef {
     #[serde(rename = "clientID")]
     pub client_id: String,
     /// The ARM resource ID of a user-assigned identity (empty for a service principal).
-    #[serde(rename = "resourceID", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "resourceID",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub resource_id: String,
     pub binding: String,
 }

@@ -1,0 +1,351 @@
+//! The bridge's decisions, as a pure function: from the plan of the move (one
+//! [`Assessment`] per workload, the same the report shows), the cluster's OIDC issuer and what
+//! ARM and the API server hold now, what to write so that every workload on pod identity also
+//! has its Workload ID side: federated credentials, ServiceAccounts and their annotations, and
+//! one `WorkloadMigration` per workload. `crate::bridge_run` performs it.
+//!
+//! Rules (each pinned by a test in `operator/tests/bridge_plan.rs`):
+//! - one credential per (user-assigned identity, namespace, target ServiceAccount), named by
+//!   [`credential_name`], issuer and subject compared byte for byte as Azure does;
+//! - a credential podid did not create (no `podid-` prefix) is never changed or deleted, and one
+//!   that already has the wanted issuer and subject satisfies the need (no duplicate is written);
+//! - at most [`MAX_FEDERATED_CREDENTIALS`] per identity, counting everyone's: podid's existing
+//!   ones are kept first, then new ones in (namespace, ServiceAccount) order; the rest are named
+//!   as left out;
+//! - a podid credential is deleted only when no workload needs it and no pod runs on Workload ID
+//!   as its ServiceAccount;
+//! - a ServiceAccount is created when missing and annotated with the client ID when it has none;
+//!   an annotation naming another client ID is surfaced, never overwritten; a workload with
+//!   several identities gets credentials for all but no annotation (which one is the default is
+//!   the team's call);
+//! - service principals get nothing (ARM cannot give them credentials): surfaced.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use podid_azure::FederatedCredential;
+use podid_crds::migration::{
+    MAX_FEDERATED_CREDENTIALS, TOKEN_EXCHANGE_AUDIENCE, credential_name, is_podid_credential,
+    migration_name, service_account_subject,
+};
+use podid_crds::plan::{Assessment, Severity, Verdict};
+use podid_crds::reason::ReasonCode;
+
+/// What ARM and the API server hold now.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    /// Federated credentials per identity (resource ID, lower case), as listed from ARM. An
+    /// identity missing here could not be read: nothing is written to it this pass.
+    pub credentials: BTreeMap<String, Vec<FederatedCredential>>,
+    /// ServiceAccounts that exist, with their `azure.workload.identity/client-id` annotation.
+    pub service_accounts: BTreeMap<(String, String), Option<String>>,
+    /// (namespace, ServiceAccount) of pods that already run on Workload ID.
+    pub workload_id_in_use: BTreeSet<(String, String)>,
+}
+
+/// A ServiceAccount to create or annotate.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ServiceAccountWrite {
+    pub namespace: String,
+    pub name: String,
+    /// True when it does not exist yet.
+    pub create: bool,
+    /// The client ID to annotate it with, if any.
+    pub client_id: Option<String>,
+}
+
+/// One credential a workload needs, and where it stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NeededCredential {
+    /// Resource ID of the identity (lower case).
+    pub identity: String,
+    /// `<namespace>/<name>` of its AzureIdentity.
+    pub azure_identity: String,
+    pub client_id: String,
+    pub credential: FederatedCredential,
+    /// False when the identity's budget was spent before this one.
+    pub within_budget: bool,
+}
+
+/// Something the bridge will not decide or do for a workload, with the report's code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conflict {
+    pub code: ReasonCode,
+    pub message: String,
+}
+
+/// The bridge's view of one workload.
+#[derive(Clone, Debug)]
+pub struct WorkloadBridge {
+    pub namespace: String,
+    pub kind: String,
+    pub name: String,
+    /// Name of its `WorkloadMigration`.
+    pub record: String,
+    pub target_service_account: String,
+    pub credentials: Vec<NeededCredential>,
+    pub conflicts: Vec<Conflict>,
+    /// The plan's verdict (blocked workloads still get what can be built).
+    pub verdict: Verdict,
+    /// The plan's blockers, by code.
+    pub blockers: Vec<Conflict>,
+}
+
+/// One pass's writes.
+#[derive(Clone, Debug, Default)]
+pub struct BridgePlan {
+    pub workloads: Vec<WorkloadBridge>,
+    /// Credentials to create, per identity (resource ID).
+    pub put: Vec<(String, FederatedCredential)>,
+    /// podid's credentials no one needs any more: (identity, name).
+    pub delete: Vec<(String, String)>,
+    pub service_accounts: Vec<ServiceAccountWrite>,
+    /// Per identity, the (namespace, ServiceAccount) left without a credential by the limit.
+    pub left_out: BTreeMap<String, Vec<(String, String)>>,
+}
+
+/// Decides one pass. `issuer` is the cluster's usable OIDC issuer; without one the caller
+/// writes nothing to Azure (every workload is blocked by `no-oidc-issuer` in the plan).
+pub fn plan(assessments: &[Assessment], issuer: &str, observed: &Observed) -> BridgePlan {
+    let mut out = BridgePlan::default();
+    // Every (identity, namespace, SA) needed, with the client ID.
+    let mut needed: BTreeMap<String, BTreeSet<(String, String)>> = BTreeMap::new();
+    let mut client_ids: BTreeMap<String, String> = BTreeMap::new();
+    for a in assessments.iter().filter(|a| a.uses_pod_identity) {
+        let w = workload_bridge(a, issuer, observed);
+        for c in &w.credentials {
+            needed
+                .entry(c.identity.clone())
+                .or_default()
+                .insert((w.namespace.clone(), w.target_service_account.clone()));
+            client_ids.insert(c.identity.clone(), c.client_id.clone());
+        }
+        out.workloads.push(w);
+    }
+    // Per identity: what exists, what fits the budget, what goes.
+    let mut admitted: BTreeMap<String, BTreeSet<(String, String)>> = BTreeMap::new();
+    for (identity, subjects) in &needed {
+        let Some(existing) = observed.credentials.get(identity) else {
+            continue;
+        };
+        let decision = budget(subjects, existing, issuer);
+        out.put.extend(
+            decision
+                .create
+                .iter()
+                .map(|(ns, sa)| (identity.clone(), credential(issuer, ns, sa))),
+        );
+        if !decision.left_out.is_empty() {
+            out.left_out
+                .insert(identity.clone(), decision.left_out.clone());
+        }
+        admitted.insert(identity.clone(), decision.admitted);
+    }
+    for (identity, existing) in &observed.credentials {
+        let wanted = needed.get(identity);
+        for c in existing.iter().filter(|c| is_podid_credential(&c.name)) {
+            let Some((ns, sa)) = subject_parts(&c.subject) else {
+                continue;
+            };
+            let key = (ns.to_owned(), sa.to_owned());
+            let still_needed = c.issuer == issuer && wanted.is_some_and(|w| w.contains(&key));
+            if !still_needed && !observed.workload_id_in_use.contains(&key) {
+                out.delete.push((identity.clone(), c.name.clone()));
+            }
+        }
+    }
+    // Budget outcome back onto each workload.
+    for w in &mut out.workloads {
+        let key = (w.namespace.clone(), w.target_service_account.clone());
+        for c in &mut w.credentials {
+            c.within_budget = admitted.get(&c.identity).is_some_and(|a| a.contains(&key));
+            if !c.within_budget && observed.credentials.contains_key(&c.identity) {
+                w.conflicts.push(Conflict {
+                    code: ReasonCode::FederatedCredentialLimit,
+                    message: format!(
+                        "identity {} has no room for a credential for system:serviceaccount:{}:{}: Entra allows {MAX_FEDERATED_CREDENTIALS} per identity, counting credentials made by others; share ServiceAccounts or split the identity",
+                        c.identity, w.namespace, w.target_service_account
+                    ),
+                });
+            }
+        }
+    }
+    out.service_accounts = service_account_writes(&out.workloads, observed);
+    out
+}
+
+fn credential(issuer: &str, ns: &str, sa: &str) -> FederatedCredential {
+    FederatedCredential {
+        name: credential_name(issuer, ns, sa),
+        issuer: issuer.to_owned(),
+        subject: service_account_subject(ns, sa),
+        audience: TOKEN_EXCHANGE_AUDIENCE.to_owned(),
+    }
+}
+
+/// `system:serviceaccount:<ns>:<sa>` split, if it is one.
+fn subject_parts(subject: &str) -> Option<(&str, &str)> {
+    let rest = subject.strip_prefix("system:serviceaccount:")?;
+    rest.split_once(':')
+}
+
+/// The credentials of one workload, and what it surfaces.
+fn workload_bridge(a: &Assessment, issuer: &str, observed: &Observed) -> WorkloadBridge {
+    let ns = a.workload.namespace.clone();
+    let sa = a.target_service_account.clone().unwrap_or_default();
+    let mut conflicts = Vec::new();
+    let mut credentials = Vec::new();
+    for i in &a.identities {
+        if i.type_ != "user-assigned-msi" || i.resource_id.is_empty() {
+            conflicts.push(Conflict {
+                code: ReasonCode::ServicePrincipalIdentity,
+                message: format!(
+                    "identity {}/{} is a {}: podid creates federated credentials on user-assigned managed identities only; add one to the app registration by hand",
+                    i.namespace, i.name, i.type_
+                ),
+            });
+            continue;
+        }
+        credentials.push(NeededCredential {
+            identity: i.resource_id.to_ascii_lowercase(),
+            azure_identity: format!("{}/{}", i.namespace, i.name),
+            client_id: i.client_id.clone(),
+            credential: credential(issuer, &ns, &sa),
+            within_budget: false,
+        });
+    }
+    if let [only] = credentials.as_slice()
+        && let Some(Some(current)) = observed.service_accounts.get(&(ns.clone(), sa.clone()))
+        && !current.eq_ignore_ascii_case(&only.client_id)
+    {
+        conflicts.push(Conflict {
+            code: ReasonCode::ServiceAccountAnnotation,
+            message: format!(
+                "ServiceAccount {ns}/{sa} is annotated with client ID {current}, not {} (the workload's identity); podid leaves it as it is: fix the annotation or choose another ServiceAccount",
+                only.client_id
+            ),
+        });
+    }
+    if credentials.len() > 1 {
+        conflicts.push(Conflict {
+            code: ReasonCode::MultipleIdentities,
+            message: format!(
+                "uses {} identities: each gets a federated credential, but podid does not choose which client ID to annotate ServiceAccount {ns}/{sa} with",
+                credentials.len()
+            ),
+        });
+    }
+    let blockers = a
+        .findings
+        .iter()
+        .filter(|f| f.severity == Severity::Blocker)
+        .map(|f| Conflict {
+            code: f.code,
+            message: f.message.clone(),
+        })
+        .collect();
+    WorkloadBridge {
+        record: migration_name(&a.workload.kind, &a.workload.name),
+        namespace: ns,
+        kind: a.workload.kind.clone(),
+        name: a.workload.name.clone(),
+        target_service_account: sa,
+        credentials,
+        conflicts,
+        verdict: a.verdict,
+        blockers,
+    }
+}
+
+/// How one identity's credential budget is spent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Budget {
+    /// Subjects with a credential after this pass (existing or created).
+    pub admitted: BTreeSet<(String, String)>,
+    /// Subjects to create a credential for now.
+    pub create: Vec<(String, String)>,
+    /// Subjects left without one.
+    pub left_out: Vec<(String, String)>,
+}
+
+/// Spends an identity's budget of [`MAX_FEDERATED_CREDENTIALS`] on the `needed` subjects, given
+/// the `existing` credentials (everyone's). A need already met by any credential with the same
+/// issuer and subject costs nothing; podid's credentials no one needs are counted as freed.
+pub fn budget(
+    needed: &BTreeSet<(String, String)>,
+    existing: &[FederatedCredential],
+    issuer: &str,
+) -> Budget {
+    let mut out = Budget::default();
+    let met: BTreeSet<(String, String)> = existing
+        .iter()
+        .filter(|c| c.issuer == issuer)
+        .filter_map(|c| subject_parts(&c.subject))
+        .map(|(n, s)| (n.to_owned(), s.to_owned()))
+        .filter(|k| needed.contains(k))
+        .collect();
+    // What stays: foreign credentials, and podid's that meet a need.
+    let staying = existing
+        .iter()
+        .filter(|c| {
+            !is_podid_credential(&c.name)
+                || (c.issuer == issuer
+                    && subject_parts(&c.subject)
+                        .is_some_and(|(n, s)| needed.contains(&(n.to_owned(), s.to_owned()))))
+        })
+        .count();
+    let mut room = MAX_FEDERATED_CREDENTIALS.saturating_sub(staying);
+    for key in needed {
+        if met.contains(key) {
+            out.admitted.insert(key.clone());
+        } else if room > 0 {
+            room -= 1;
+            out.admitted.insert(key.clone());
+            out.create.push(key.clone());
+        } else {
+            out.left_out.push(key.clone());
+        }
+    }
+    out
+}
+
+/// ServiceAccounts to create, and annotations to add where none is set.
+fn service_account_writes(
+    workloads: &[WorkloadBridge],
+    observed: &Observed,
+) -> Vec<ServiceAccountWrite> {
+    // Per ServiceAccount, the client IDs its workloads would annotate it with (lower case to
+    // compare, as written to annotate); "" stands for a workload with several identities.
+    let mut by_sa: BTreeMap<(String, String), BTreeMap<String, String>> = BTreeMap::new();
+    for w in workloads {
+        let ids = by_sa
+            .entry((w.namespace.clone(), w.target_service_account.clone()))
+            .or_default();
+        if let [only] = w.credentials.as_slice() {
+            ids.insert(only.client_id.to_ascii_lowercase(), only.client_id.clone());
+        } else if w.credentials.len() > 1 {
+            ids.insert(String::new(), String::new());
+        }
+    }
+    let mut out = Vec::new();
+    for ((ns, sa), ids) in by_sa {
+        if sa.is_empty() {
+            continue;
+        }
+        let current = observed.service_accounts.get(&(ns.clone(), sa.clone()));
+        let client_id = match (ids.len(), ids.values().next()) {
+            (1, Some(id)) if !id.is_empty() => Some(id.clone()),
+            _ => None,
+        };
+        let annotate = client_id.filter(|_| !matches!(current, Some(Some(_))));
+        let create = current.is_none();
+        if create || annotate.is_some() {
+            out.push(ServiceAccountWrite {
+                namespace: ns,
+                name: sa,
+                create,
+                client_id: annotate,
+            });
+        }
+    }
+    out
+}

@@ -1,0 +1,817 @@
+//! The bridge at work: watches the workloads, ServiceAccounts and pod-identity objects, and on
+//! each change (debounced) or interval makes one pass: the plan of the move
+//! ([`podid_crds::plan::plan`]), ARM's credentials of the identities involved, the bridge's
+//! decisions ([`crate::bridge::plan`]), then the writes: ServiceAccounts, federated credentials,
+//! a proof of each by a real token exchange, and the `WorkloadMigration` records.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use podid_azure::FederatedCredentials;
+use podid_azure::token::{SystemClock, TokenSource, WorkloadIdentitySource};
+use podid_crds::index::IdentityIndex;
+use podid_crds::migration::{
+    BRIDGE_MANAGER, MigrationCredential, MigrationIdentity, Stage, TOKEN_EXCHANGE_AUDIENCE,
+    WorkloadMigration, WorkloadMigrationSpec, WorkloadMigrationStatus, WorkloadRef,
+};
+use podid_crds::plan::{ClusterContext, PlanInput, WorkloadObjects, issuer_problem, workloads};
+use podid_crds::policy::MatchOptions;
+use podid_crds::{
+    AzureIdentity, AzureIdentityBinding, AzurePodIdentityException, BRIDGE_CREDENTIALS_ANNOTATION,
+    POD_LABEL, WI_CLIENT_ID_ANNOTATION, WI_TENANT_ID_ANNOTATION, WI_USE_LABEL,
+};
+use podid_telemetry::watch as watches;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::bridge::{self, BridgePlan, Observed, WorkloadBridge};
+use crate::metrics::Metrics;
+
+/// Label podid puts on the records it writes.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+const MANAGED_BY: &str = "podid-operator";
+
+/// Proves that a ServiceAccount's tokens are exchanged for an identity.
+pub trait Prover: Send + Sync {
+    /// Ok when a token of `namespace/service_account` was exchanged at Entra for `client_id`.
+    fn prove<'a>(
+        &'a self,
+        namespace: &'a str,
+        service_account: &'a str,
+        client_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// The bridge's settings.
+#[derive(Clone, Debug)]
+pub struct BridgeSettings {
+    /// `--oidc-issuer`, else the API server's own issuer.
+    pub issuer: Option<String>,
+    pub tenant_id: Option<String>,
+    pub match_options: MatchOptions,
+    /// Attempts of the proof of a new credential (Entra takes a while to see one).
+    pub proof_attempts: u32,
+    pub proof_interval: Duration,
+}
+
+/// The watched objects the bridge decides from.
+#[derive(Clone)]
+pub struct BridgeStores {
+    pub deployments: Store<Deployment>,
+    pub stateful_sets: Store<StatefulSet>,
+    pub daemon_sets: Store<DaemonSet>,
+    pub jobs: Store<Job>,
+    pub cron_jobs: Store<CronJob>,
+    pub replica_sets: Store<ReplicaSet>,
+    /// Pods with the pod-identity label.
+    pub pods: Store<Pod>,
+    /// Pods already on Workload ID.
+    pub workload_id_pods: Store<Pod>,
+    pub service_accounts: Store<ServiceAccount>,
+    pub index: Arc<RwLock<IdentityIndex>>,
+    synced: [watches::Synced; 3],
+}
+
+impl BridgeStores {
+    pub fn start(client: &Client, notify: Arc<Notify>, shutdown: &CancellationToken) -> Self {
+        let n = || Some(notify.clone());
+        let all = watcher::Config::default;
+        let index = Arc::new(RwLock::new(IdentityIndex::default()));
+        let synced = [
+            watches::index::<AzureIdentity, _>(
+                Api::all(client.clone()),
+                all(),
+                "azureidentities",
+                index.clone(),
+                n(),
+                shutdown.clone(),
+            ),
+            watches::index::<AzureIdentityBinding, _>(
+                Api::all(client.clone()),
+                all(),
+                "azureidentitybindings",
+                index.clone(),
+                n(),
+                shutdown.clone(),
+            ),
+            watches::index::<AzurePodIdentityException, _>(
+                Api::all(client.clone()),
+                all(),
+                "azurepodidentityexceptions",
+                index.clone(),
+                n(),
+                shutdown.clone(),
+            ),
+        ];
+        let s = || shutdown.clone();
+        Self {
+            deployments: watches::store(Api::all(client.clone()), all(), "deployments", n(), s()),
+            stateful_sets: watches::store(
+                Api::all(client.clone()),
+                all(),
+                "statefulsets",
+                n(),
+                s(),
+            ),
+            daemon_sets: watches::store(Api::all(client.clone()), all(), "daemonsets", n(), s()),
+            jobs: watches::store(Api::all(client.clone()), all(), "jobs", n(), s()),
+            cron_jobs: watches::store(Api::all(client.clone()), all(), "cronjobs", n(), s()),
+            replica_sets: watches::store(Api::all(client.clone()), all(), "replicasets", n(), s()),
+            pods: watches::store(
+                Api::all(client.clone()),
+                all().labels(POD_LABEL),
+                "pods",
+                n(),
+                s(),
+            ),
+            workload_id_pods: watches::store(
+                Api::all(client.clone()),
+                all().labels(&format!("{WI_USE_LABEL}=true")),
+                "workload-id-pods",
+                n(),
+                s(),
+            ),
+            service_accounts: watches::store(
+                Api::all(client.clone()),
+                all(),
+                "serviceaccounts",
+                n(),
+                s(),
+            ),
+            index,
+            synced,
+        }
+    }
+
+    /// Waits until every watch has listed once.
+    pub async fn ready(&self) {
+        let _ = tokio::join!(
+            self.deployments.wait_until_ready(),
+            self.stateful_sets.wait_until_ready(),
+            self.daemon_sets.wait_until_ready(),
+            self.jobs.wait_until_ready(),
+            self.cron_jobs.wait_until_ready(),
+            self.replica_sets.wait_until_ready(),
+            self.pods.wait_until_ready(),
+            self.workload_id_pods.wait_until_ready(),
+            self.service_accounts.wait_until_ready(),
+            self.synced[0].wait(),
+            self.synced[1].wait(),
+            self.synced[2].wait(),
+        );
+    }
+}
+
+/// What one pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BridgeReport {
+    pub workloads: usize,
+    pub credentials_created: usize,
+    pub credentials_deleted: usize,
+    pub service_accounts_written: usize,
+    pub proven: usize,
+    pub errors: usize,
+}
+
+/// The bridge: decides with [`crate::bridge::plan`] and writes through Kubernetes and ARM.
+pub struct Bridge<F> {
+    pub client: Client,
+    pub arm: F,
+    pub prover: Arc<dyn Prover>,
+    pub stores: BridgeStores,
+    pub settings: BridgeSettings,
+    pub metrics: Metrics,
+    /// (identity, issuer, subject) proven since start: not proven again.
+    proven: Mutex<BTreeSet<(String, String, String)>>,
+}
+
+impl<F: FederatedCredentials> Bridge<F> {
+    pub fn new(
+        client: Client,
+        arm: F,
+        prover: Arc<dyn Prover>,
+        stores: BridgeStores,
+        settings: BridgeSettings,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            client,
+            arm,
+            prover,
+            stores,
+            settings,
+            metrics,
+            proven: Mutex::default(),
+        }
+    }
+
+    /// Passes on every change (debounced by `debounce`) and every `interval` while this replica
+    /// leads (`may_write`), until shutdown.
+    pub async fn run(
+        &self,
+        notify: Arc<Notify>,
+        mut may_write: tokio::sync::watch::Receiver<bool>,
+        debounce: Duration,
+        interval: Duration,
+        shutdown: CancellationToken,
+    ) {
+        tokio::select! {
+            _ = self.stores.ready() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = notify.notified() => {}
+                _ = tick.tick() => {}
+                r = may_write.changed() => if r.is_err() { return },
+                _ = shutdown.cancelled() => return,
+            }
+            loop {
+                tokio::select! {
+                    _ = notify.notified() => {}
+                    _ = tokio::time::sleep(debounce) => break,
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+            if !*may_write.borrow() {
+                continue;
+            }
+            let report = self.pass().await;
+            tracing::info!(?report, "bridge pass");
+        }
+    }
+
+    /// One pass over the current cache contents.
+    pub async fn pass(&self) -> BridgeReport {
+        let mut report = BridgeReport::default();
+        let issuer = self.issuer();
+        let assessments = self.assess(issuer.as_ref().ok().map(String::as_str));
+        let Ok(issuer) = issuer else {
+            // No usable issuer: nothing goes to Azure; the records say why.
+            let plan = bridge::plan(&assessments, "", &Observed::default());
+            report.workloads = plan.workloads.len();
+            self.write_records(&plan.workloads, &BTreeSet::new(), &mut report)
+                .await;
+            return report;
+        };
+        let mut observed = self.observe_kubernetes();
+        self.observe_arm(&assessments, &mut observed, &mut report)
+            .await;
+        let plan = bridge::plan(&assessments, &issuer, &observed);
+        report.workloads = plan.workloads.len();
+        self.write_service_accounts(&plan, &mut report).await;
+        self.write_credentials(&plan, &mut report).await;
+        let ready = self.prove(&plan, &issuer, &mut report).await;
+        self.write_proven_annotations(&plan, &ready, &mut report)
+            .await;
+        self.write_records(&plan.workloads, &ready, &mut report)
+            .await;
+        report
+    }
+
+    /// The issuer to use, or why there is none.
+    fn issuer(&self) -> Result<String, String> {
+        let Some(i) = self.settings.issuer.clone().filter(|i| !i.is_empty()) else {
+            return Err("no OIDC issuer is known: set --oidc-issuer".into());
+        };
+        match issuer_problem(&i) {
+            Some(p) => Err(format!("the OIDC issuer {i} {p}")),
+            None => Ok(i),
+        }
+    }
+
+    /// The plan of the move over the watched objects.
+    fn assess(&self, issuer: Option<&str>) -> Vec<podid_crds::plan::Assessment> {
+        let (d, s, ds, j, cj, rs, p) = (
+            self.stores.deployments.state(),
+            self.stores.stateful_sets.state(),
+            self.stores.daemon_sets.state(),
+            self.stores.jobs.state(),
+            self.stores.cron_jobs.state(),
+            self.stores.replica_sets.state(),
+            self.stores.pods.state(),
+        );
+        let objects = WorkloadObjects {
+            pods: p.iter().map(|o| o.as_ref()).collect(),
+            deployments: d.iter().map(|o| o.as_ref()).collect(),
+            stateful_sets: s.iter().map(|o| o.as_ref()).collect(),
+            daemon_sets: ds.iter().map(|o| o.as_ref()).collect(),
+            jobs: j.iter().map(|o| o.as_ref()).collect(),
+            cron_jobs: cj.iter().map(|o| o.as_ref()).collect(),
+            replica_sets: rs.iter().map(|o| o.as_ref()).collect(),
+        };
+        let all = workloads(&objects);
+        let sas = self.stores.service_accounts.state();
+        let sa_refs: Vec<&ServiceAccount> = sas.iter().map(|s| s.as_ref()).collect();
+        let context = ClusterContext {
+            oidc_issuer: issuer.map(str::to_owned),
+            issuer_problem: self.issuer().err(),
+            webhook_installed: true,
+            kubenet: false,
+            match_options: self.settings.match_options,
+        };
+        let index = self.stores.index.read().expect("index lock");
+        podid_crds::plan::plan(&PlanInput {
+            workloads: &all,
+            index: &index,
+            service_accounts: &sa_refs,
+            context: &context,
+        })
+    }
+
+    fn observe_kubernetes(&self) -> Observed {
+        let mut o = Observed::default();
+        for sa in self.stores.service_accounts.state() {
+            o.service_accounts.insert(
+                (sa.namespace().unwrap_or_default(), sa.name_any()),
+                sa.annotations().get(WI_CLIENT_ID_ANNOTATION).cloned(),
+            );
+        }
+        for p in self.stores.workload_id_pods.state() {
+            let sa = p
+                .spec
+                .as_ref()
+                .and_then(|s| s.service_account_name.clone())
+                .unwrap_or_else(|| "default".into());
+            o.workload_id_in_use
+                .insert((p.namespace().unwrap_or_default(), sa));
+        }
+        o
+    }
+
+    /// Lists the credentials of every user-assigned identity the workloads use, and of those
+    /// that still carry a podid credential from earlier passes.
+    async fn observe_arm(
+        &self,
+        assessments: &[podid_crds::plan::Assessment],
+        observed: &mut Observed,
+        report: &mut BridgeReport,
+    ) {
+        let mut ids: BTreeSet<String> = assessments
+            .iter()
+            .flat_map(|a| &a.identities)
+            .filter(|i| !i.resource_id.is_empty() && i.type_ == "user-assigned-msi")
+            .map(|i| i.resource_id.to_ascii_lowercase())
+            .collect();
+        let index = self.stores.index.read().expect("index lock").clone();
+        ids.extend(
+            index
+                .identities()
+                .filter(|i| !i.spec.resource_id.is_empty())
+                .map(|i| i.spec.resource_id.to_ascii_lowercase()),
+        );
+        for id in ids {
+            match self.arm.list(&id).await {
+                Ok(c) => {
+                    observed.credentials.insert(id, c);
+                }
+                Err(e) => {
+                    report.errors += 1;
+                    tracing::warn!(identity = %id, error = %e, "listing federated credentials");
+                }
+            }
+        }
+    }
+
+    async fn write_service_accounts(&self, plan: &BridgePlan, report: &mut BridgeReport) {
+        for w in &plan.service_accounts {
+            let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &w.namespace);
+            let mut annotations = BTreeMap::new();
+            if let Some(id) = &w.client_id {
+                annotations.insert(WI_CLIENT_ID_ANNOTATION.to_owned(), id.clone());
+                if let Some(t) = &self.settings.tenant_id {
+                    annotations.insert(WI_TENANT_ID_ANNOTATION.to_owned(), t.clone());
+                }
+            }
+            let result = if w.create {
+                let sa = ServiceAccount {
+                    metadata: kube::api::ObjectMeta {
+                        name: Some(w.name.clone()),
+                        namespace: Some(w.namespace.clone()),
+                        annotations: Some(annotations),
+                        labels: Some(BTreeMap::from([(
+                            MANAGED_BY_LABEL.to_owned(),
+                            MANAGED_BY.to_owned(),
+                        )])),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                };
+                api.create(&PostParams::default(), &sa).await.map(|_| ())
+            } else {
+                // A merge patch adds the annotation and leaves every other field alone.
+                let patch = serde_json::json!({"metadata": {"annotations": annotations}});
+                api.patch(&w.name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map(|_| ())
+            };
+            match result {
+                Ok(()) => report.service_accounts_written += 1,
+                Err(e) => {
+                    report.errors += 1;
+                    tracing::warn!(namespace = %w.namespace, name = %w.name, error = %e, "writing ServiceAccount");
+                }
+            }
+        }
+    }
+
+    async fn write_credentials(&self, plan: &BridgePlan, report: &mut BridgeReport) {
+        // One write at a time: Azure answers 409 to concurrent writes on one identity.
+        for (identity, c) in &plan.put {
+            match self.arm.put(identity, c).await {
+                Ok(()) => {
+                    report.credentials_created += 1;
+                    self.metrics.bridge_credential("created");
+                    tracing::info!(identity = %identity, name = %c.name, subject = %c.subject, "federated credential created");
+                }
+                Err(e) => {
+                    report.errors += 1;
+                    self.metrics.bridge_credential("failed");
+                    tracing::warn!(identity = %identity, name = %c.name, error = %e, "creating federated credential");
+                }
+            }
+        }
+        for (identity, name) in &plan.delete {
+            match self.arm.delete(identity, name).await {
+                Ok(()) => {
+                    report.credentials_deleted += 1;
+                    self.metrics.bridge_credential("deleted");
+                    tracing::info!(identity = %identity, name = %name, "federated credential no longer needed: deleted");
+                }
+                Err(e) => {
+                    report.errors += 1;
+                    tracing::warn!(identity = %identity, name = %name, error = %e, "deleting federated credential");
+                }
+            }
+        }
+    }
+
+    /// Proves each credential within budget once; returns the (identity, subject) pairs proven.
+    async fn prove(
+        &self,
+        plan: &BridgePlan,
+        issuer: &str,
+        report: &mut BridgeReport,
+    ) -> BTreeSet<(String, String)> {
+        let mut ready = BTreeSet::new();
+        let mut tried = BTreeSet::new();
+        for w in &plan.workloads {
+            for c in w.credentials.iter().filter(|c| c.within_budget) {
+                let key = (
+                    c.identity.clone(),
+                    issuer.to_owned(),
+                    c.credential.subject.clone(),
+                );
+                if self.proven.lock().expect("proven lock").contains(&key) {
+                    ready.insert((c.identity.clone(), c.credential.subject.clone()));
+                    continue;
+                }
+                if !tried.insert(key.clone()) {
+                    continue;
+                }
+                match self
+                    .prove_with_retry(&w.namespace, &w.target_service_account, &c.client_id)
+                    .await
+                {
+                    Ok(()) => {
+                        report.proven += 1;
+                        self.metrics.bridge_exchange("proven");
+                        self.proven.lock().expect("proven lock").insert(key);
+                        ready.insert((c.identity.clone(), c.credential.subject.clone()));
+                    }
+                    Err(e) => {
+                        report.errors += 1;
+                        self.metrics.bridge_exchange("failed");
+                        tracing::warn!(identity = %c.identity, subject = %c.credential.subject, error = %e, "token exchange failed");
+                    }
+                }
+            }
+        }
+        ready
+    }
+
+    async fn prove_with_retry(&self, ns: &str, sa: &str, client_id: &str) -> Result<(), String> {
+        let mut last = String::new();
+        for attempt in 0..self.settings.proof_attempts.max(1) {
+            if attempt > 0 {
+                tokio::time::sleep(self.settings.proof_interval).await;
+            }
+            match self.prover.prove(ns, sa, client_id).await {
+                Ok(()) => return Ok(()),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Records proven client IDs on each target ServiceAccount (what the report reads).
+    async fn write_proven_annotations(
+        &self,
+        plan: &BridgePlan,
+        ready: &BTreeSet<(String, String)>,
+        report: &mut BridgeReport,
+    ) {
+        let mut by_sa: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+        for w in &plan.workloads {
+            for c in &w.credentials {
+                if ready.contains(&(c.identity.clone(), c.credential.subject.clone())) {
+                    by_sa
+                        .entry((w.namespace.clone(), w.target_service_account.clone()))
+                        .or_default()
+                        .insert(c.client_id.to_ascii_lowercase());
+                }
+            }
+        }
+        let current: BTreeMap<(String, String), String> = self
+            .stores
+            .service_accounts
+            .state()
+            .iter()
+            .filter_map(|sa| {
+                let v = sa.annotations().get(BRIDGE_CREDENTIALS_ANNOTATION)?;
+                Some(((sa.namespace()?, sa.name_any()), v.clone()))
+            })
+            .collect();
+        for ((ns, sa), ids) in by_sa {
+            let value = ids.into_iter().collect::<Vec<_>>().join(",");
+            if current.get(&(ns.clone(), sa.clone())) == Some(&value) {
+                continue;
+            }
+            let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &ns);
+            let patch = serde_json::json!({"metadata": {"annotations": {BRIDGE_CREDENTIALS_ANNOTATION: value}}});
+            if let Err(e) = api
+                .patch(&sa, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                report.errors += 1;
+                tracing::warn!(namespace = %ns, name = %sa, error = %e, "recording proven credentials");
+            }
+        }
+    }
+
+    /// One `WorkloadMigration` per workload, spec and status by server-side apply.
+    async fn write_records(
+        &self,
+        workloads: &[WorkloadBridge],
+        ready: &BTreeSet<(String, String)>,
+        report: &mut BridgeReport,
+    ) {
+        for w in workloads {
+            let api: Api<WorkloadMigration> = Api::namespaced(self.client.clone(), &w.namespace);
+            let mut record = WorkloadMigration::new(
+                &w.record,
+                WorkloadMigrationSpec {
+                    workload: WorkloadRef {
+                        kind: w.kind.clone(),
+                        name: w.name.clone(),
+                    },
+                    stage: None,
+                },
+            );
+            record.metadata.labels = Some(BTreeMap::from([(
+                MANAGED_BY_LABEL.to_owned(),
+                MANAGED_BY.to_owned(),
+            )]));
+            let pp = PatchParams::apply(BRIDGE_MANAGER).force();
+            let mut status = record_status(w, ready);
+            let applied = api.patch(&w.record, &pp, &Patch::Apply(&record)).await;
+            let applied = match applied {
+                Ok(a) => a,
+                Err(e) => {
+                    report.errors += 1;
+                    tracing::warn!(namespace = %w.namespace, record = %w.record, error = %e, "writing WorkloadMigration");
+                    continue;
+                }
+            };
+            status.observed_generation = applied.metadata.generation;
+            keep_transition_times(&mut status, applied.status.as_ref());
+            let body = serde_json::json!({
+                "apiVersion": "podid.dev/v1alpha1",
+                "kind": "WorkloadMigration",
+                "status": status,
+            });
+            if let Err(e) = api.patch_status(&w.record, &pp, &Patch::Apply(&body)).await {
+                report.errors += 1;
+                tracing::warn!(namespace = %w.namespace, record = %w.record, error = %e, "writing WorkloadMigration status");
+            }
+        }
+    }
+}
+
+/// The status of a workload's record, from the bridge's decisions and the proofs.
+pub fn record_status(
+    w: &WorkloadBridge,
+    ready: &BTreeSet<(String, String)>,
+) -> WorkloadMigrationStatus {
+    let credentials: Vec<MigrationCredential> = w
+        .credentials
+        .iter()
+        .map(|c| MigrationCredential {
+            name: c.credential.name.clone(),
+            identity: c.identity.clone(),
+            issuer: c.credential.issuer.clone(),
+            subject: c.credential.subject.clone(),
+            ready: ready.contains(&(c.identity.clone(), c.credential.subject.clone())),
+        })
+        .collect();
+    let proven = credentials.iter().filter(|c| c.ready).count();
+    let mut conditions = Vec::new();
+    let problems: Vec<_> = w.blockers.iter().chain(&w.conflicts).collect();
+    let all_ready = !credentials.is_empty() && proven == credentials.len();
+    let stage = if !problems.is_empty() {
+        Stage::Blocked
+    } else if all_ready {
+        Stage::Bridged
+    } else {
+        Stage::PodIdentity
+    };
+    conditions.push(condition(
+        "CredentialsReady",
+        all_ready,
+        if all_ready { "Proven" } else { "NotProven" },
+        &format!(
+            "{proven} of {} federated credentials proven by a token exchange",
+            credentials.len()
+        ),
+    ));
+    match problems.first() {
+        Some(p) => conditions.push(condition(
+            "Blocked",
+            true,
+            &reason(p.code),
+            &problems
+                .iter()
+                .map(|p| p.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+        )),
+        None => conditions.push(condition(
+            "Blocked",
+            false,
+            "NoConflict",
+            "nothing stops the move",
+        )),
+    }
+    WorkloadMigrationStatus {
+        identities: w
+            .credentials
+            .iter()
+            .map(|c| MigrationIdentity {
+                azure_identity: c.azure_identity.clone(),
+                client_id: c.client_id.clone(),
+                resource_id: c.identity.clone(),
+            })
+            .collect(),
+        target_service_account: Some(w.target_service_account.clone()),
+        proven: Some(format!("{proven}/{}", credentials.len())),
+        credentials,
+        stage: Some(stage),
+        conditions,
+        observed_generation: None,
+    }
+}
+
+/// A condition reason from a report code: `federated-credential-limit` → `FederatedCredentialLimit`.
+fn reason(code: podid_crds::reason::ReasonCode) -> String {
+    code.as_str()
+        .split('-')
+        .map(|p| {
+            let mut c = p.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+fn condition(type_: &str, status: bool, reason: &str, message: &str) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: if status { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message: message.into(),
+        last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
+        observed_generation: None,
+    }
+}
+
+/// A condition whose status did not change keeps its transition time.
+fn keep_transition_times(new: &mut WorkloadMigrationStatus, old: Option<&WorkloadMigrationStatus>) {
+    let Some(old) = old else { return };
+    for c in &mut new.conditions {
+        if let Some(o) = old
+            .conditions
+            .iter()
+            .find(|o| o.type_ == c.type_ && o.status == c.status)
+        {
+            c.last_transition_time = o.last_transition_time.clone();
+        }
+    }
+}
+
+/// The production prover: a TokenRequest for the ServiceAccount (audience
+/// `api://AzureADTokenExchange`, 10 minutes), exchanged at Entra for the identity
+/// ([`podid_azure::token::WorkloadIdentitySource`]) and a token for `resource`.
+pub struct ExchangeProver {
+    client: Client,
+    http: reqwest::Client,
+    authority: String,
+    tenant_id: String,
+    resource: String,
+}
+
+impl ExchangeProver {
+    pub fn new(
+        client: Client,
+        http: reqwest::Client,
+        authority: &str,
+        tenant_id: &str,
+        resource: &str,
+    ) -> Self {
+        Self {
+            client,
+            http,
+            authority: authority.to_owned(),
+            tenant_id: tenant_id.to_owned(),
+            resource: resource.to_owned(),
+        }
+    }
+
+    async fn service_account_token(&self, namespace: &str, name: &str) -> Result<String, String> {
+        let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
+        let tr: TokenRequest = serde_json::from_value(serde_json::json!({
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": {"audiences": [TOKEN_EXCHANGE_AUDIENCE], "expirationSeconds": 600}
+        }))
+        .map_err(|e| e.to_string())?;
+        let tr = api
+            .create_subresource::<TokenRequest, TokenRequest>(
+                "token",
+                name,
+                &PostParams::default(),
+                &tr,
+            )
+            .await
+            .map_err(|e| format!("TokenRequest for {namespace}/{name}: {e}"))?;
+        tr.status
+            .map(|s| s.token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| format!("TokenRequest for {namespace}/{name} returned no token"))
+    }
+}
+
+impl Prover for ExchangeProver {
+    fn prove<'a>(
+        &'a self,
+        namespace: &'a str,
+        service_account: &'a str,
+        client_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let token = self
+                .service_account_token(namespace, service_account)
+                .await?;
+            let authority = url::Url::parse(&self.authority)
+                .map_err(|e| format!("authority {}: {e}", self.authority))?;
+            let source = WorkloadIdentitySource {
+                http: self.http.clone(),
+                authority,
+                tenant_id: self.tenant_id.clone(),
+                client_id: client_id.to_owned(),
+                assertion: Arc::new(move || {
+                    let token = token.clone();
+                    async move { Ok(token) }
+                }),
+                clock: Arc::new(SystemClock),
+            };
+            source
+                .fetch(&self.resource)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// The issuer the API server announces (`/.well-known/openid-configuration`), if it serves one.
+pub async fn discover_issuer(client: &Client) -> Option<String> {
+    let req = http::Request::get("/.well-known/openid-configuration")
+        .body(Vec::new())
+        .ok()?;
+    let text = client.request_text(req).await.ok()?;
+    let doc: serde_json::Value = serde_json::from_str(&text).ok()?;
+    doc["issuer"].as_str().map(str::to_owned)
+}

@@ -1,0 +1,243 @@
+//! The bridge's decisions without a cluster: from the plan of the move (the report's own) and
+//! what ARM and the API server hold, which credentials, ServiceAccounts and deletions a pass makes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use podid_azure::FederatedCredential;
+use podid_crds::index::IdentityIndex;
+use podid_crds::migration::{MAX_FEDERATED_CREDENTIALS, credential_name};
+use podid_crds::plan::{ClusterContext, PlanInput, Workload, plan as plan_move};
+use podid_crds::policy::MatchOptions;
+use podid_crds::reason::ReasonCode;
+use podid_crds::{AzureIdentity, IdentityType, POD_LABEL};
+use podid_operator::bridge::{Observed, plan};
+use podid_testkit::builders::{binding, msi, rid};
+use pretty_assertions::assert_eq;
+
+const ISSUER: &str = "https://oidc.example.com/tenant/cluster/";
+
+fn workload(ns: &str, kind: &str, name: &str, sa: &str, label: &str) -> Workload {
+    Workload {
+        namespace: ns.into(),
+        kind: kind.into(),
+        name: name.into(),
+        labels: BTreeMap::from([(POD_LABEL.to_owned(), label.to_owned())]),
+        service_account: sa.into(),
+        ..Default::default()
+    }
+}
+
+fn assess(
+    workloads: &[Workload],
+    identities: &[AzureIdentity],
+    bindings: &[podid_crds::AzureIdentityBinding],
+) -> Vec<podid_crds::plan::Assessment> {
+    let index = IdentityIndex::from_objects(bindings, identities, []);
+    let context = ClusterContext {
+        oidc_issuer: Some(ISSUER.into()),
+        webhook_installed: true,
+        match_options: MatchOptions::standard(false),
+        ..Default::default()
+    };
+    plan_move(&PlanInput {
+        workloads,
+        index: &index,
+        service_accounts: &[],
+        context: &context,
+    })
+}
+
+fn foreign(name: &str, subject: &str) -> FederatedCredential {
+    FederatedCredential {
+        name: name.into(),
+        issuer: ISSUER.into(),
+        subject: subject.into(),
+        audience: "api://AzureADTokenExchange".into(),
+    }
+}
+
+fn observed_with(identity: &str, credentials: Vec<FederatedCredential>) -> Observed {
+    Observed {
+        credentials: BTreeMap::from([(identity.to_ascii_lowercase(), credentials)]),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn twenty_five_service_accounts_on_an_identity_with_two_foreign_credentials() {
+    let workloads: Vec<Workload> = (0..25)
+        .map(|i| {
+            workload(
+                "apps",
+                "Deployment",
+                &format!("w{i:02}"),
+                &format!("sa{i:02}"),
+                "shared",
+            )
+        })
+        .collect();
+    let a = assess(
+        &workloads,
+        &[msi("apps", "shared", "client-shared")],
+        &[binding("apps", "b", "shared", "shared")],
+    );
+    let existing = vec![
+        foreign("by-hand-1", "system:serviceaccount:other:one"),
+        foreign("by-hand-2", "system:serviceaccount:other:two"),
+    ];
+    let p = plan(&a, ISSUER, &observed_with(&rid("shared"), existing));
+    assert_eq!(p.put.len(), MAX_FEDERATED_CREDENTIALS - 2, "18 created");
+    let left = &p.left_out[&rid("shared").to_ascii_lowercase()];
+    assert_eq!(left.len(), 7);
+    assert_eq!(
+        left.iter().map(|(_, sa)| sa.as_str()).collect::<Vec<_>>(),
+        ["sa18", "sa19", "sa20", "sa21", "sa22", "sa23", "sa24"]
+    );
+    assert!(p.delete.is_empty(), "foreign credentials are never deleted");
+    // The workloads left out say why, with the report's code.
+    let blocked: Vec<_> = p
+        .workloads
+        .iter()
+        .filter(|w| {
+            w.conflicts
+                .iter()
+                .any(|c| c.code == ReasonCode::FederatedCredentialLimit)
+        })
+        .map(|w| w.name.as_str())
+        .collect();
+    assert_eq!(blocked, ["w18", "w19", "w20", "w21", "w22", "w23", "w24"]);
+}
+
+#[test]
+fn a_need_met_by_a_hand_made_credential_writes_nothing() {
+    let ids = [msi("shop", "cart", "client-cart")];
+    let a = assess(
+        &[workload("shop", "Deployment", "cart", "cart-sa", "cart")],
+        &ids,
+        &[binding("shop", "b", "cart", "cart")],
+    );
+    let hand = foreign("mine", "system:serviceaccount:shop:cart-sa");
+    let mut o = observed_with(&rid("cart"), vec![hand]);
+    o.service_accounts.insert(
+        ("shop".into(), "cart-sa".into()),
+        Some("client-cart".into()),
+    );
+    let p = plan(&a, ISSUER, &o);
+    assert!(p.put.is_empty(), "{:?}", p.put);
+    assert!(p.delete.is_empty());
+    assert!(p.service_accounts.is_empty());
+    assert!(p.workloads[0].credentials[0].within_budget);
+}
+
+#[test]
+fn podid_credentials_go_only_when_unneeded_and_unused() {
+    let ids = [msi("shop", "cart", "client-cart")];
+    let a = assess(&[], &ids, &[]);
+    let ours_unused = foreign(
+        &credential_name(ISSUER, "shop", "old"),
+        "system:serviceaccount:shop:old",
+    );
+    let ours_in_use = foreign(
+        &credential_name(ISSUER, "shop", "moved"),
+        "system:serviceaccount:shop:moved",
+    );
+    let theirs = foreign("by-hand", "system:serviceaccount:shop:gone");
+    let mut o = observed_with(&rid("cart"), vec![ours_unused.clone(), ours_in_use, theirs]);
+    o.workload_id_in_use.insert(("shop".into(), "moved".into()));
+    let p = plan(&a, ISSUER, &o);
+    assert_eq!(
+        p.delete,
+        [(rid("cart").to_ascii_lowercase(), ours_unused.name)],
+        "only podid's credential that no workload needs and no pod runs on"
+    );
+}
+
+#[test]
+fn service_accounts_are_created_or_annotated_never_overwritten() {
+    let ids = [
+        msi("shop", "cart", "client-cart"),
+        msi("shop", "pay", "client-pay"),
+    ];
+    let bindings = [
+        binding("shop", "b1", "cart", "cart"),
+        binding("shop", "b2", "pay", "pay"),
+        binding("shop", "b3", "cart", "both"),
+        binding("shop", "b4", "pay", "both"),
+    ];
+    let workloads = [
+        // On `default`: a dedicated ServiceAccount named after it.
+        workload("shop", "Deployment", "cart", "default", "cart"),
+        // Its ServiceAccount names another client ID already: surfaced, left alone.
+        workload("shop", "CronJob", "pay", "payer", "pay"),
+        // Two identities: credentials for both, no annotation.
+        workload("shop", "StatefulSet", "both", "both-sa", "both"),
+    ];
+    let a = assess(&workloads, &ids, &bindings);
+    let mut o = Observed::default();
+    for id in ["cart", "pay"] {
+        o.credentials
+            .insert(rid(id).to_ascii_lowercase(), Vec::new());
+    }
+    o.service_accounts
+        .insert(("shop".into(), "payer".into()), Some("someone-else".into()));
+    o.service_accounts
+        .insert(("shop".into(), "both-sa".into()), None);
+    let p = plan(&a, ISSUER, &o);
+
+    let writes: BTreeSet<_> = p
+        .service_accounts
+        .iter()
+        .map(|w| (w.name.as_str(), w.create, w.client_id.as_deref()))
+        .collect();
+    assert_eq!(
+        writes,
+        BTreeSet::from([("cart", true, Some("client-cart"))]),
+        "only the missing dedicated one"
+    );
+    let by_name = |n: &str| p.workloads.iter().find(|w| w.name == n).unwrap();
+    assert!(
+        by_name("pay")
+            .conflicts
+            .iter()
+            .any(|c| c.code == ReasonCode::ServiceAccountAnnotation
+                && c.message.contains("someone-else"))
+    );
+    assert_eq!(by_name("both").credentials.len(), 2);
+    assert!(
+        by_name("both")
+            .conflicts
+            .iter()
+            .any(|c| c.code == ReasonCode::MultipleIdentities)
+    );
+    // One credential per (identity, namespace, ServiceAccount): cart/default → shop:cart.
+    let subjects: BTreeSet<_> = p.put.iter().map(|(_, c)| c.subject.as_str()).collect();
+    assert_eq!(
+        subjects,
+        BTreeSet::from([
+            "system:serviceaccount:shop:cart",
+            "system:serviceaccount:shop:payer",
+            "system:serviceaccount:shop:both-sa",
+        ])
+    );
+    assert_eq!(p.put.len(), 4, "both-sa gets one on each identity");
+}
+
+#[test]
+fn service_principals_get_no_credential_and_say_why() {
+    let mut sp = msi("shop", "legacy", "client-sp");
+    sp.spec.type_ = IdentityType::ServicePrincipal;
+    let a = assess(
+        &[workload("shop", "Deployment", "legacy", "legacy", "legacy")],
+        &[sp],
+        &[binding("shop", "b", "legacy", "legacy")],
+    );
+    let p = plan(&a, ISSUER, &Observed::default());
+    assert!(p.put.is_empty());
+    assert!(p.workloads[0].credentials.is_empty());
+    assert!(
+        p.workloads[0]
+            .conflicts
+            .iter()
+            .any(|c| c.code == ReasonCode::ServicePrincipalIdentity)
+    );
+}
