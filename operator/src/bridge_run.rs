@@ -14,10 +14,11 @@ use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use podid_azure::FederatedCredentials;
 use podid_azure::token::{SystemClock, TokenSource, WorkloadIdentitySource};
 use podid_crds::index::IdentityIndex;
@@ -194,6 +195,7 @@ pub struct Bridge<F> {
     pub metrics: Metrics,
     /// (identity, issuer, subject) proven since start: not proven again.
     proven: Mutex<BTreeSet<(String, String, String)>>,
+    recorder: Recorder,
 }
 
 impl<F: FederatedCredentials> Bridge<F> {
@@ -205,6 +207,13 @@ impl<F: FederatedCredentials> Bridge<F> {
         settings: BridgeSettings,
         metrics: Metrics,
     ) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "podid.dev/bridge".into(),
+                instance: None,
+            },
+        );
         Self {
             client,
             arm,
@@ -213,6 +222,7 @@ impl<F: FederatedCredentials> Bridge<F> {
             settings,
             metrics,
             proven: Mutex::default(),
+            recorder,
         }
     }
 
@@ -265,6 +275,8 @@ impl<F: FederatedCredentials> Bridge<F> {
             report.workloads = plan.workloads.len();
             self.write_records(&plan.workloads, &BTreeSet::new(), &mut report)
                 .await;
+            self.remove_stale_records(&record_keys(&plan.workloads), &mut report)
+                .await;
             return report;
         };
         let mut observed = self.observe_kubernetes();
@@ -278,6 +290,8 @@ impl<F: FederatedCredentials> Bridge<F> {
         self.write_proven_annotations(&plan, &ready, &mut report)
             .await;
         self.write_records(&plan.workloads, &ready, &mut report)
+            .await;
+        self.remove_stale_records(&record_keys(&plan.workloads), &mut report)
             .await;
         report
     }
@@ -598,6 +612,8 @@ impl<F: FederatedCredentials> Bridge<F> {
             };
             status.observed_generation = applied.metadata.generation;
             keep_transition_times(&mut status, applied.status.as_ref());
+            self.announce(&applied, applied.status.as_ref(), &status)
+                .await;
             let body = serde_json::json!({
                 "apiVersion": "podid.dev/v1alpha1",
                 "kind": "WorkloadMigration",
@@ -606,6 +622,83 @@ impl<F: FederatedCredentials> Bridge<F> {
             if let Err(e) = api.patch_status(&w.record, &pp, &Patch::Apply(&body)).await {
                 report.errors += 1;
                 tracing::warn!(namespace = %w.namespace, record = %w.record, error = %e, "writing WorkloadMigration status");
+            }
+        }
+    }
+}
+
+impl<F: FederatedCredentials> Bridge<F> {
+    /// An Event on the record when it becomes blocked (or its reason changes) and when it
+    /// becomes bridged: once per change, not once per pass.
+    async fn announce(
+        &self,
+        record: &WorkloadMigration,
+        old: Option<&WorkloadMigrationStatus>,
+        new: &WorkloadMigrationStatus,
+    ) {
+        let blocked = |s: &WorkloadMigrationStatus| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == "Blocked" && c.status == "True")
+                .map(|c| (c.reason.clone(), c.message.clone()))
+        };
+        let was = old.and_then(blocked);
+        let (type_, reason, note) = match (blocked(new), new.stage) {
+            (Some(now), _) if was.as_ref() != Some(&now) => (EventType::Warning, now.0, now.1),
+            (None, Some(Stage::Bridged)) if old.and_then(|o| o.stage) != Some(Stage::Bridged) => (
+                EventType::Normal,
+                "Bridged".to_owned(),
+                format!(
+                    "every federated credential is proven by a token exchange; ServiceAccount {} is ready for Workload ID",
+                    new.target_service_account.as_deref().unwrap_or_default()
+                ),
+            ),
+            _ => return,
+        };
+        let ev = Event {
+            type_,
+            reason,
+            note: Some(note),
+            action: "Bridge".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &record.object_ref(&())).await {
+            tracing::debug!(error = %e, "publishing event");
+        }
+    }
+
+    /// Deletes the records of workloads that no longer use pod identity, unless the cutover has
+    /// taken them past the bridge (their record is its history).
+    async fn remove_stale_records(
+        &self,
+        current: &BTreeSet<(String, String)>,
+        report: &mut BridgeReport,
+    ) {
+        let api: Api<WorkloadMigration> = Api::all(self.client.clone());
+        let lp = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+        let Ok(list) = api.list(&lp).await else {
+            report.errors += 1;
+            return;
+        };
+        for r in list {
+            let ns = r.namespace().unwrap_or_default();
+            let moved = r.spec.stage.is_some()
+                || r.status
+                    .as_ref()
+                    .and_then(|s| s.stage)
+                    .is_some_and(|s| s >= Stage::Switched);
+            if moved || current.contains(&(ns.clone(), r.name_any())) {
+                continue;
+            }
+            let api: Api<WorkloadMigration> = Api::namespaced(self.client.clone(), &ns);
+            match api.delete(&r.name_any(), &DeleteParams::default()).await {
+                Ok(_) => {
+                    tracing::info!(namespace = %ns, record = %r.name_any(), "workload no longer uses pod identity: record removed")
+                }
+                Err(e) => {
+                    report.errors += 1;
+                    tracing::warn!(namespace = %ns, record = %r.name_any(), error = %e, "removing record");
+                }
             }
         }
     }
@@ -694,6 +787,13 @@ fn reason(code: podid_crds::reason::ReasonCode) -> String {
                 .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
                 .unwrap_or_default()
         })
+        .collect()
+}
+
+fn record_keys(workloads: &[WorkloadBridge]) -> BTreeSet<(String, String)> {
+    workloads
+        .iter()
+        .map(|w| (w.namespace.clone(), w.record.clone()))
         .collect()
 }
 

@@ -255,6 +255,91 @@ async fn workloads_on_pod_identity_get_proven_credentials_service_accounts_and_r
             .contains("11111111-2222-3333-4444-555555555555")
     );
 
+    // `kubectl get` shows where each stands.
+    let out = cluster
+        .kubectl()
+        .unwrap()
+        .args(["get", "workloadmigrations", "-n", &a.name])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("SERVICEACCOUNT")
+            && table.contains("deployment-web")
+            && table.contains("Bridged")
+            && table.contains("1/1"),
+        "{table}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The conflict is an Event on the record, with the report's code as its reason.
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &c.name);
+    let reasons: Vec<String> = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("deployment-api"))
+        .filter_map(|e| e.reason)
+        .collect();
+    assert_eq!(reasons, ["ServiceAccountAnnotation"]);
+
+    // The SDK a workload will run after cutover: Python azure-identity's
+    // WorkloadIdentityCredential with a projected token of the bridged ServiceAccount and the
+    // annotated client ID gets the identity's token; with a ServiceAccount nobody bridged,
+    // Entra's AADSTS70021.
+    let projected = |ns: String, sa: &'static str| {
+        let client = client.clone();
+        async move {
+            let tr: k8s_openapi::api::authentication::v1::TokenRequest = obj(json!({
+                "spec": {"audiences": ["api://AzureADTokenExchange"], "expirationSeconds": 600}}));
+            Api::<ServiceAccount>::namespaced(client, &ns)
+                .create_subresource::<_, k8s_openapi::api::authentication::v1::TokenRequest>(
+                    "token",
+                    sa,
+                    &PostParams::default(),
+                    &tr,
+                )
+                .await
+                .unwrap()
+                .status
+                .unwrap()
+                .token
+        }
+    };
+    create::<ServiceAccount>(&client, &a.name, json!({"metadata": {"name": "stranger"}})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, emu.ca_pem()).unwrap();
+    for (sa, expect_ok) in [("web", true), ("stranger", false)] {
+        let token_file = dir.path().join(sa);
+        std::fs::write(&token_file, projected(a.name.clone(), sa).await).unwrap();
+        let mut cmd = tokio::process::Command::new(podid_testkit::sdk::python());
+        podid_testkit::sdk::clear_azure_env(&mut cmd);
+        let out = cmd
+            .arg("-c")
+            .arg("from azure.identity import WorkloadIdentityCredential\nimport base64, json\nt = WorkloadIdentityCredential().get_token('https://storage.azure.com/.default').token.split('.')[1]\nprint(json.loads(base64.urlsafe_b64decode(t + '=' * (-len(t) % 4)))['xms_mirid'])")
+            .env("AZURE_AUTHORITY_HOST", emu.authority_host())
+            .env("REQUESTS_CA_BUNDLE", &ca)
+            .env("AZURE_TENANT_ID", emu.tenant_id())
+            .env("AZURE_CLIENT_ID", &orders.client_id)
+            .env("AZURE_FEDERATED_TOKEN_FILE", &token_file)
+            .output()
+            .await
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        if expect_ok {
+            assert_eq!(stdout.trim(), orders.id, "{stderr}");
+        } else {
+            assert!(
+                !out.status.success() && stderr.contains("AADSTS70021"),
+                "{stdout}{stderr}"
+            );
+        }
+    }
+
     // A second pass changes nothing.
     let again = bridge.pass().await;
     assert_eq!(
