@@ -392,6 +392,10 @@ impl<F: FederatedCredentials> Bridge<F> {
                 Ok(c) => {
                     observed.credentials.insert(id, c);
                 }
+                // The identity is gone from Azure: it needs nothing and holds nothing.
+                Err(podid_azure::Error::Arm { status: 404, .. }) => {
+                    tracing::debug!(identity = %id, "identity not found in ARM");
+                }
                 Err(e) => {
                     report.errors += 1;
                     tracing::warn!(identity = %id, error = %e, "listing federated credentials");

@@ -342,8 +342,12 @@ async fn authenticate(
             .collect(),
         _ => vec![],
     };
+    let now = std::time::Instant::now();
     let matched = identity.federated_credentials.values().any(|f| {
-        f.issuer == iss && f.subject == sub && auds.iter().any(|a| f.audiences.contains(a))
+        f.visible_from.is_none_or(|t| t <= now)
+            && f.issuer == iss
+            && f.subject == sub
+            && auds.iter().any(|a| f.audiences.contains(a))
     });
     if !matched {
         return Err(err(

@@ -52,6 +52,9 @@ pub struct Settings {
     pub lro_polls: u32,
     /// How long a federated-credential write holds its identity.
     pub fic_write_latency: Duration,
+    /// How long a newly created federated credential stays invisible to token exchanges (Entra
+    /// answers AADSTS70021 meanwhile, as it does while a new credential propagates).
+    pub fic_propagation: Duration,
     /// PEM roots trusted when fetching a federated issuer's discovery document and JWKS.
     pub issuer_ca_pem: Vec<String>,
     /// Require a valid bearer token for ARM.
@@ -69,6 +72,7 @@ impl Default for Settings {
             subscription_id: "00000000-0000-0000-0000-00000000beef".into(),
             lro_polls: 1,
             fic_write_latency: Duration::ZERO,
+            fic_propagation: Duration::ZERO,
             issuer_ca_pem: Vec::new(),
             require_arm_auth: true,
             listen: "127.0.0.1:0".parse().expect("addr"),
@@ -479,6 +483,12 @@ impl Emulator {
             .lock()
             .expect("settings")
             .fic_write_latency = latency;
+    }
+
+    /// New federated credentials become visible to token exchanges only `delay` after they are
+    /// created.
+    pub fn set_fic_propagation(&self, delay: Duration) {
+        self.ctx.settings.lock().expect("settings").fic_propagation = delay;
     }
 
     /// A valid ARM access token for an app (what the Entra endpoint would issue).

@@ -924,10 +924,14 @@ async fn fic(ctx: &Shared, method: &Method, path: &str, segs: &[&str], body: Val
             None => StatusCode::NO_CONTENT.into_response(),
         };
     }
-    let fic = match validate_fic(&name, &body) {
+    let mut fic = match validate_fic(&name, &body) {
         Ok(f) => f,
         Err(e) => return arm_error(&e),
     };
+    let propagation = ctx.settings.lock().expect("settings").fic_propagation;
+    if !propagation.is_zero() && !i.federated_credentials.contains_key(&name) {
+        fic.visible_from = Some(std::time::Instant::now() + propagation);
+    }
     match put_fic(i, fic.clone()) {
         Ok(created) => {
             let out = fic.to_json(&i.id);

@@ -36,6 +36,10 @@ pub struct Fic {
     pub issuer: String,
     pub subject: String,
     pub audiences: Vec<String>,
+    /// Until when Entra does not see the credential yet (a new one takes a while to
+    /// propagate; see `Emulator::set_fic_propagation`).
+    #[serde(skip)]
+    pub visible_from: Option<std::time::Instant>,
 }
 
 /// A user-assigned managed identity.
@@ -372,6 +376,7 @@ pub fn validate_fic(name: &str, body: &Value) -> Result<Fic, ArmError> {
         issuer,
         subject,
         audiences,
+        visible_from: None,
     })
 }
 
