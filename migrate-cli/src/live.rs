@@ -92,15 +92,6 @@ where
     Ok(out)
 }
 
-/// The ServiceAccount issuer the API server announces, if it serves OIDC discovery.
-async fn oidc_issuer(client: &Client) -> Option<String> {
-    let req = http::Request::get("/.well-known/openid-configuration")
-        .body(Vec::new())
-        .ok()?;
-    let doc: serde_json::Value = client.request(req).await.ok()?;
-    doc.get("issuer")?.as_str().map(str::to_string)
-}
-
 /// Reads everything the report needs. AzureIdentities, bindings and exceptions are always
 /// read from all namespaces (pod identity matches across namespaces).
 pub async fn scan(
@@ -141,7 +132,7 @@ pub async fn scan(
     };
     inv.cluster = ClusterFacts {
         name: context,
-        oidc_issuer: oidc_issuer(client).await,
+        oidc_issuer: podid_telemetry::cluster::oidc_issuer(client).await,
         network_plugin: None,
         captured_at: Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
     };

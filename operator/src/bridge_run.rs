@@ -909,13 +909,3 @@ impl Prover for ExchangeProver {
         })
     }
 }
-
-/// The issuer the API server announces (`/.well-known/openid-configuration`), if it serves one.
-pub async fn discover_issuer(client: &Client) -> Option<String> {
-    let req = http::Request::get("/.well-known/openid-configuration")
-        .body(Vec::new())
-        .ok()?;
-    let text = client.request_text(req).await.ok()?;
-    let doc: serde_json::Value = serde_json::from_str(&text).ok()?;
-    doc["issuer"].as_str().map(str::to_owned)
-}

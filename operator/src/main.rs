@@ -10,9 +10,7 @@ use axum::Router;
 use clap::Parser;
 use podid_azure::Arm;
 use podid_crds::policy::Mode;
-use podid_operator::bridge_run::{
-    Bridge, BridgeSettings, BridgeStores, ExchangeProver, discover_issuer,
-};
+use podid_operator::bridge_run::{Bridge, BridgeSettings, BridgeStores, ExchangeProver};
 use podid_operator::config::Flags;
 use podid_operator::controller::{Controller, LoopSettings, Stores};
 use podid_operator::leader::{self, Election};
@@ -238,7 +236,7 @@ async fn bridge(
 ) -> (Bridge<podid_azure::SerialCredentials<Arm>>, Arc<Notify>) {
     let issuer = match &flags.oidc_issuer {
         Some(i) => Some(i.clone()),
-        None => discover_issuer(client).await,
+        None => podid_telemetry::cluster::oidc_issuer(client).await,
     };
     tracing::info!(issuer = ?issuer, "bridge: OIDC issuer");
     let notify = Arc::new(Notify::new());

@@ -255,6 +255,48 @@ async fn workloads_on_pod_identity_get_proven_credentials_service_accounts_and_r
             .contains("11111111-2222-3333-4444-555555555555")
     );
 
+    // The report, run live on the same cluster, agrees with the records workload by workload:
+    // same target ServiceAccount, same identities, and what it calls proven is what is ready.
+    let scope = podid_cli::live::Scope {
+        namespaces: vec![a.name.clone(), b.name.clone(), c.name.clone()],
+    };
+    let mut inv = podid_cli::live::scan(&client, &scope, None, true)
+        .await
+        .unwrap();
+    inv.cluster.oidc_issuer = Some(cluster.issuer().to_owned());
+    let ctx = <podid_crds::plan::ClusterContext as podid_cli::inventory::ContextFromInventory>::from_inventory(
+        &inv,
+        MatchOptions::standard(false),
+    );
+    let report = podid_cli::report::Report::build(&inv, &ctx, &[]);
+    let mut compared = 0;
+    for w in report.workloads.iter().filter(|w| w.uses_pod_identity) {
+        let name = podid_crds::migration::migration_name(&w.workload.kind, &w.workload.name);
+        let status = record(&w.workload.namespace, &name).await;
+        assert_eq!(
+            status.target_service_account, w.target_service_account,
+            "{name}"
+        );
+        let ids =
+            |v: Vec<String>| -> std::collections::BTreeSet<String> { v.into_iter().collect() };
+        assert_eq!(
+            ids(status
+                .identities
+                .iter()
+                .map(|i| i.client_id.clone())
+                .collect()),
+            ids(w.identities.iter().map(|i| i.client_id.clone()).collect()),
+            "{name}"
+        );
+        assert_eq!(
+            w.bridge.credential_ready,
+            status.credentials.iter().all(|c| c.ready),
+            "{name}"
+        );
+        compared += 1;
+    }
+    assert_eq!(compared, 3);
+
     // `kubectl get` shows where each stands.
     let out = cluster
         .kubectl()

@@ -5,6 +5,7 @@
 //! watches that keep a service's stores and index current ([`watch`]).
 
 pub mod admin;
+pub mod cluster;
 pub mod watch;
 
 pub use admin::{AdminRoutes, OPENMETRICS_CONTENT_TYPE, serve, serve_on};
