@@ -195,7 +195,7 @@ fn multiple_identities_block() {
 }
 
 #[test]
-fn shared_service_account_on_different_identities_blocks() {
+fn shared_service_account_on_different_identities_moves_each_to_its_own() {
     let mut objs = prepared();
     objs.push(uami("apps", "other-id", "C2"));
     objs.push(binding("apps", "other-binding", "other-id", "other"));
@@ -209,9 +209,12 @@ fn shared_service_account_on_different_identities_blocks() {
     for name in ["web", "worker"] {
         let a = all.iter().find(|a| a.workload.name == name).unwrap();
         assert!(
-            codes(a, Severity::Blocker).contains(&"shared-service-account".to_string()),
+            codes(a, Severity::Step).contains(&"shared-service-account".to_string()),
             "{name}"
         );
+        assert!(codes(a, Severity::Blocker).is_empty(), "{name}");
+        // Each gets a dedicated ServiceAccount named after it (and its own credential).
+        assert_eq!(a.target_service_account.as_deref(), Some(name));
     }
 }
 

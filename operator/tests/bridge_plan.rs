@@ -241,3 +241,49 @@ fn service_principals_get_no_credential_and_say_why() {
             .any(|c| c.code == ReasonCode::ServicePrincipalIdentity)
     );
 }
+
+#[test]
+fn a_service_account_shared_across_identities_becomes_one_per_workload() {
+    let ids = [
+        msi("shop", "cart", "client-cart"),
+        msi("shop", "pay", "client-pay"),
+    ];
+    let bindings = [
+        binding("shop", "b1", "cart", "cart"),
+        binding("shop", "b2", "pay", "pay"),
+    ];
+    let workloads = [
+        workload("shop", "Deployment", "cart", "common", "cart"),
+        workload("shop", "Deployment", "pay", "common", "pay"),
+    ];
+    let a = assess(&workloads, &ids, &bindings);
+    let mut o = Observed::default();
+    for id in ["cart", "pay"] {
+        o.credentials
+            .insert(rid(id).to_ascii_lowercase(), Vec::new());
+    }
+    o.service_accounts
+        .insert(("shop".into(), "common".into()), None);
+    let p = plan(&a, ISSUER, &o);
+    let created: BTreeSet<_> = p
+        .service_accounts
+        .iter()
+        .map(|w| (w.name.as_str(), w.create, w.client_id.as_deref()))
+        .collect();
+    assert_eq!(
+        created,
+        BTreeSet::from([
+            ("cart", true, Some("client-cart")),
+            ("pay", true, Some("client-pay")),
+        ]),
+        "the shared ServiceAccount is left as it is"
+    );
+    let subjects: BTreeSet<_> = p.put.iter().map(|(_, c)| c.subject.as_str()).collect();
+    assert_eq!(
+        subjects,
+        BTreeSet::from([
+            "system:serviceaccount:shop:cart",
+            "system:serviceaccount:shop:pay"
+        ])
+    );
+}

@@ -360,8 +360,8 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<Assessment> {
         .map(|w| assess_one(w, input.index, ctx))
         .collect();
 
-    choose_service_accounts(&mut all);
     let sa_users = service_account_users(&all);
+    choose_service_accounts(&mut all, &sa_users);
     let subjects = credential_subjects(&all);
     let service_accounts: BTreeMap<SaKey, &ServiceAccount> = input
         .service_accounts
@@ -392,13 +392,21 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<Assessment> {
 }
 
 /// Target ServiceAccount of each workload that uses pod identity: its own, or a dedicated one
-/// named after the workload instead of `default`.
-fn choose_service_accounts(all: &mut [Assessment]) {
+/// named after the workload when it runs as `default` or on a ServiceAccount shared with
+/// workloads on other identities (`sa_users`), since a ServiceAccount names one identity.
+fn choose_service_accounts(
+    all: &mut [Assessment],
+    sa_users: &BTreeMap<SaKey, BTreeSet<Vec<String>>>,
+) {
     for a in all.iter_mut().filter(|a| a.uses_pod_identity) {
-        let sa = if a.workload.service_account == "default" {
+        let own = &a.workload.service_account;
+        let shared = sa_users
+            .get(&(a.workload.namespace.clone(), own.clone()))
+            .is_some_and(|u| u.len() > 1);
+        let sa = if own == "default" || shared {
             a.workload.name.clone()
         } else {
-            a.workload.service_account.clone()
+            own.clone()
         };
         a.target_service_account = Some(sa);
     }
@@ -459,10 +467,11 @@ fn cross_workload_findings(
     if let Some(users) = sa_users.get(&(ns.clone(), sa_name.clone()))
         && users.len() > 1
     {
+        let target = a.target_service_account.as_deref().unwrap_or_default();
         findings.push(finding(
             ReasonCode::SharedServiceAccount,
-            Severity::Blocker,
-            format!("ServiceAccount {ns}/{sa_name} is shared by workloads bound to different identities; give each workload its own ServiceAccount"),
+            Severity::Step,
+            format!("ServiceAccount {ns}/{sa_name} is shared by workloads bound to different identities, and a ServiceAccount names one; create ServiceAccount {ns}/{target} for this workload and set spec.serviceAccountName"),
         ));
     }
     for i in &a.identities {
