@@ -20,6 +20,8 @@ pub mod cloud;
 pub mod credential;
 pub mod entra;
 pub mod federated;
+#[cfg(feature = "arm")]
+mod msi;
 pub mod token;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -39,6 +41,8 @@ pub use credential::ReloadingCredential;
 #[cfg(feature = "arm")]
 pub use federated::SerialCredentials;
 pub use federated::conflicting_credential;
+#[cfg(feature = "arm")]
+pub use msi::MsiCredentials;
 use podid_crds::provider::AssignmentTarget;
 use serde_json::{Value, json};
 

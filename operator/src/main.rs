@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use clap::Parser;
-use podid_azure::Arm;
+use podid_azure::{Arm, MsiCredentials, SerialCredentials};
 use podid_crds::policy::Mode;
 use podid_operator::bridge_run::{Bridge, BridgeSettings, BridgeStores, ExchangeProver};
 use podid_operator::config::Flags;
@@ -167,7 +167,7 @@ async fn main() -> anyhow::Result<()> {
         }
     });
     if flags.bridge {
-        let bridge = bridge(&flags, &azure, &client, &metrics, &shutdown).await;
+        let bridge = bridge(&flags, &azure, &client, &metrics, &shutdown).await?;
         let (may_write, shutdown) = (may_write.clone(), shutdown.clone());
         let (debounce, interval) = (flags.debounce, flags.bridge_interval);
         tasks.spawn(async move {
@@ -233,7 +233,7 @@ async fn bridge(
     client: &kube::Client,
     metrics: &Metrics,
     shutdown: &CancellationToken,
-) -> (Bridge<podid_azure::SerialCredentials<Arm>>, Arc<Notify>) {
+) -> anyhow::Result<(Bridge<SerialCredentials<MsiCredentials>>, Arc<Notify>)> {
     let issuer = match &flags.oidc_issuer {
         Some(i) => Some(i.clone()),
         None => podid_telemetry::cluster::oidc_issuer(client).await,
@@ -255,14 +255,25 @@ async fn bridge(
         proof_attempts: 12,
         proof_interval: Duration::from_secs(5),
     };
+    // Federated credentials through azure_mgmt_msi: one write at a time per identity, a 409
+    // from another writer retried.
+    let mut msi = MsiCredentials::new(
+        &azure.cloud.endpoints.arm,
+        &azure.cloud.endpoints.arm_audience,
+        azure.credential.clone(),
+    )
+    .context("ARM client for federated credentials")?;
+    let m = metrics.clone();
+    msi.observer = Some(Arc::new(move |op, result, took| {
+        m.observe_arm(op, result, took)
+    }));
     let bridge = Bridge::new(
         client.clone(),
-        // One write at a time per identity, a 409 from another writer retried.
-        podid_azure::SerialCredentials::new(azure.arm(flags, metrics)),
+        SerialCredentials::new(msi),
         Arc::new(prover),
         stores,
         settings,
         metrics.clone(),
     );
-    (bridge, notify)
+    Ok((bridge, notify))
 }

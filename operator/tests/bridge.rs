@@ -25,6 +25,30 @@ use serde_json::json;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+/// What the operator writes federated credentials with: azure_mgmt_msi, one write at a time
+/// per identity.
+fn msi(emu: &Emulator) -> podid_azure::SerialCredentials<podid_azure::MsiCredentials> {
+    let credential = podid_azure::CredentialConfig::ClientSecret {
+        authority_host: emu.arm_endpoint(),
+        tenant_id: emu.tenant_id(),
+        client_id: common::APP.0.into(),
+        secret: common::APP.1.into(),
+    }
+    .build(reqwest::Client::new())
+    .unwrap();
+    let mut serial = podid_azure::SerialCredentials::new(
+        podid_azure::MsiCredentials::new(
+            &emu.arm_endpoint(),
+            "https://management.azure.com",
+            credential,
+        )
+        .unwrap(),
+    );
+    serial.conflict_retry.base_delay = Duration::from_millis(50);
+    serial
+}
+
+/// An independent reader and writer of the emulator's ARM (REST), for the test's own checks.
 fn arm(emu: &Emulator) -> Arm {
     let http = reqwest::Client::new();
     let credential = podid_azure::CredentialConfig::ClientSecret {
@@ -158,7 +182,7 @@ async fn workloads_on_pod_identity_get_proven_credentials_service_accounts_and_r
     );
     let bridge = Bridge::new(
         client.clone(),
-        arm(&emu),
+        msi(&emu),
         Arc::new(prover),
         stores,
         BridgeSettings {

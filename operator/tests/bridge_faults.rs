@@ -23,6 +23,30 @@ use serde_json::json;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+/// What the operator writes federated credentials with: azure_mgmt_msi, one write at a time
+/// per identity.
+fn msi(emu: &Emulator) -> podid_azure::SerialCredentials<podid_azure::MsiCredentials> {
+    let credential = podid_azure::CredentialConfig::ClientSecret {
+        authority_host: emu.arm_endpoint(),
+        tenant_id: emu.tenant_id(),
+        client_id: common::APP.0.into(),
+        secret: common::APP.1.into(),
+    }
+    .build(reqwest::Client::new())
+    .unwrap();
+    let mut serial = podid_azure::SerialCredentials::new(
+        podid_azure::MsiCredentials::new(
+            &emu.arm_endpoint(),
+            "https://management.azure.com",
+            credential,
+        )
+        .unwrap(),
+    );
+    serial.conflict_retry.base_delay = Duration::from_millis(50);
+    serial
+}
+
+/// An independent reader and writer of the emulator's ARM (REST), for the test's own checks.
 fn arm(emu: &Emulator) -> Arm {
     let http = reqwest::Client::new();
     let credential = podid_azure::CredentialConfig::ClientSecret {
@@ -45,16 +69,14 @@ fn bridge(
     client: &kube::Client,
     emu: &Emulator,
     shutdown: &CancellationToken,
-) -> Bridge<podid_azure::SerialCredentials<Arm>> {
+) -> Bridge<podid_azure::SerialCredentials<podid_azure::MsiCredentials>> {
     let http = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(emu.ca_pem().as_bytes()).unwrap())
         .build()
         .unwrap();
-    let mut serial = podid_azure::SerialCredentials::new(arm(emu));
-    serial.conflict_retry.base_delay = Duration::from_millis(50);
     Bridge::new(
         client.clone(),
-        serial,
+        msi(emu),
         Arc::new(ExchangeProver::new(
             client.clone(),
             http,
@@ -165,7 +187,21 @@ async fn failing_calls_and_killed_operators_end_where_a_clean_run_ends() {
     workloads(&client, &ns1.name, &one, "f-one", 4).await;
     workloads(&client, &ns2.name, &two, "f-two", 3).await;
 
-    // One call in five fails: throttled, a server error, or a concurrent-write conflict.
+    // The first writes and lists fail for certain (so the faults are met whatever the dice
+    // say), then one call in five: throttled, a server error, or a concurrent-write conflict.
+    for (route, status, retry_after) in [
+        ("PUT fic", 500, None),
+        ("PUT fic", 409, None),
+        ("GET fics", 429, Some(1)),
+    ] {
+        emu.inject(Fault {
+            route: route.into(),
+            status: Some(status),
+            retry_after,
+            count: Some(2),
+            ..Default::default()
+        });
+    }
     for (route, status, retry_after) in [
         ("PUT fic", 500, None),
         ("PUT fic", 409, None),
