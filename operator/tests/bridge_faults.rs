@@ -281,3 +281,47 @@ async fn failing_calls_and_killed_operators_end_where_a_clean_run_ends() {
     }
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn without_a_usable_issuer_nothing_goes_to_azure_and_the_record_says_why() {
+    let _one = common::one_controller_at_a_time().await;
+    let cluster = Cluster::shared_async().await;
+    let client = cluster.client().await.unwrap();
+    let emu = Emulator::start(Settings::default()).await.unwrap();
+    emu.add_app(common::APP.0, Some(common::APP.1), None);
+    let id = emu.add_identity("ids", "no-issuer");
+    let ns = cluster.namespace("bridge-noiss").await;
+    workloads(&client, &ns.name, &id, "noiss", 1).await;
+
+    let shutdown = CancellationToken::new();
+    let mut b = bridge(cluster, &client, &emu, &shutdown);
+    // The in-cluster default issuer: Entra cannot fetch its keys.
+    b.settings.issuer = Some("https://kubernetes.default.svc.cluster.local".into());
+    b.stores.ready().await;
+    emu.reset_calls();
+    let report = b.pass().await;
+    assert_eq!(report.credentials_created, 0, "{report:?}");
+    let calls = emu.calls();
+    assert!(
+        !calls.keys().any(|k| k.contains("fic")),
+        "no federated-credential call without an issuer: {calls:?}"
+    );
+    let r: WorkloadMigration = Api::namespaced(client.clone(), &ns.name)
+        .get("deployment-app-0")
+        .await
+        .unwrap();
+    let status = r.status.unwrap();
+    assert_eq!(status.stage, Some(Stage::Blocked));
+    let blocked = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Blocked")
+        .unwrap();
+    assert_eq!(blocked.reason, "NoOidcIssuer");
+    assert!(
+        blocked.message.contains("in-cluster") && blocked.message.contains("--enable-oidc-issuer"),
+        "{}",
+        blocked.message
+    );
+    shutdown.cancel();
+}
