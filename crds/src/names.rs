@@ -36,6 +36,11 @@ pub const TARGET_ANNOTATION: &str = "podid.dev/assignment-target";
 /// federated credential for this ServiceAccount exists.
 pub const BRIDGE_CREDENTIALS_ANNOTATION: &str = "podid.dev/federated-credentials";
 
+/// Pod-template annotation naming, for a workload with several identities, the one its
+/// ServiceAccount's `azure.workload.identity/client-id` should name (a client ID or an
+/// AzureIdentity name).
+pub const DEFAULT_IDENTITY_ANNOTATION: &str = "podid.dev/default-identity";
+
 // Workload ID's.
 
 /// Workload ID's ServiceAccount annotation naming the identity's client ID.

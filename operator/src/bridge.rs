@@ -16,13 +16,14 @@
 //!   as its ServiceAccount;
 //! - a ServiceAccount is created when missing and annotated with the client ID when it has none;
 //!   an annotation naming another client ID is surfaced, never overwritten; a workload with
-//!   several identities gets credentials for all but no annotation (which one is the default is
-//!   the team's call);
+//!   several identities gets credentials for all, and an annotation only when its pod template
+//!   names the default one (`podid.dev/default-identity`);
 //! - service principals get nothing (ARM cannot give them credentials): surfaced.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use podid_azure::FederatedCredential;
+use podid_crds::DEFAULT_IDENTITY_ANNOTATION;
 use podid_crds::migration::{
     MAX_FEDERATED_CREDENTIALS, TOKEN_EXCHANGE_AUDIENCE, credential_name, is_podid_credential,
     migration_name, service_account_subject,
@@ -83,6 +84,9 @@ pub struct WorkloadBridge {
     pub record: String,
     pub target_service_account: String,
     pub credentials: Vec<NeededCredential>,
+    /// The client ID the target ServiceAccount should be annotated with: the only identity's,
+    /// or, with several, the one the workload names (`podid.dev/default-identity`).
+    pub annotate_with: Option<String>,
     pub conflicts: Vec<Conflict>,
     /// The plan's verdict (blocked workloads still get what can be built).
     pub verdict: Verdict,
@@ -213,23 +217,35 @@ fn workload_bridge(a: &Assessment, issuer: &str, observed: &Observed) -> Workloa
             within_budget: false,
         });
     }
-    if let [only] = credentials.as_slice()
+    let annotate_with = match credentials.as_slice() {
+        [only] => Some(only.client_id.clone()),
+        [] => None,
+        several => a.workload.default_identity.as_deref().and_then(|named| {
+            several
+                .iter()
+                .find(|c| {
+                    c.client_id.eq_ignore_ascii_case(named)
+                        || c.azure_identity.rsplit('/').next() == Some(named)
+                })
+                .map(|c| c.client_id.clone())
+        }),
+    };
+    if let Some(want) = &annotate_with
         && let Some(Some(current)) = observed.service_accounts.get(&(ns.clone(), sa.clone()))
-        && !current.eq_ignore_ascii_case(&only.client_id)
+        && !current.eq_ignore_ascii_case(want)
     {
         conflicts.push(Conflict {
             code: ReasonCode::ServiceAccountAnnotation,
             message: format!(
-                "ServiceAccount {ns}/{sa} is annotated with client ID {current}, not {} (the workload's identity); podid leaves it as it is: fix the annotation or choose another ServiceAccount",
-                only.client_id
+                "ServiceAccount {ns}/{sa} is annotated with client ID {current}, not {want} (the workload's identity); podid leaves it as it is: fix the annotation or choose another ServiceAccount"
             ),
         });
     }
-    if credentials.len() > 1 {
+    if credentials.len() > 1 && annotate_with.is_none() {
         conflicts.push(Conflict {
             code: ReasonCode::MultipleIdentities,
             message: format!(
-                "uses {} identities: each gets a federated credential, but podid does not choose which client ID to annotate ServiceAccount {ns}/{sa} with",
+                "uses {} identities: each gets a federated credential, but which client ID ServiceAccount {ns}/{sa} should name is the team's call: name it with the pod-template annotation {DEFAULT_IDENTITY_ANNOTATION}",
                 credentials.len()
             ),
         });
@@ -250,6 +266,7 @@ fn workload_bridge(a: &Assessment, issuer: &str, observed: &Observed) -> Workloa
         name: a.workload.name.clone(),
         target_service_account: sa,
         credentials,
+        annotate_with,
         conflicts,
         verdict: a.verdict,
         blockers,
@@ -320,10 +337,14 @@ fn service_account_writes(
         let ids = by_sa
             .entry((w.namespace.clone(), w.target_service_account.clone()))
             .or_default();
-        if let [only] = w.credentials.as_slice() {
-            ids.insert(only.client_id.to_ascii_lowercase(), only.client_id.clone());
-        } else if w.credentials.len() > 1 {
-            ids.insert(String::new(), String::new());
+        match &w.annotate_with {
+            Some(id) => {
+                ids.insert(id.to_ascii_lowercase(), id.clone());
+            }
+            None if !w.credentials.is_empty() => {
+                ids.insert(String::new(), String::new());
+            }
+            None => {}
         }
     }
     let mut out = Vec::new();

@@ -287,3 +287,47 @@ fn a_service_account_shared_across_identities_becomes_one_per_workload() {
         ])
     );
 }
+
+#[test]
+fn with_several_identities_the_named_default_is_annotated() {
+    let ids = [
+        msi("shop", "cart", "client-cart"),
+        msi("shop", "pay", "client-pay"),
+    ];
+    let bindings = [
+        binding("shop", "b1", "cart", "both"),
+        binding("shop", "b2", "pay", "both"),
+    ];
+    let mut named = workload("shop", "Deployment", "named", "named-sa", "both");
+    named.default_identity = Some("pay".into());
+    let unnamed = workload("shop", "Deployment", "unnamed", "unnamed-sa", "both");
+    let a = assess(&[named, unnamed], &ids, &bindings);
+    let mut o = Observed::default();
+    for id in ["cart", "pay"] {
+        o.credentials
+            .insert(rid(id).to_ascii_lowercase(), Vec::new());
+    }
+    let p = plan(&a, ISSUER, &o);
+    let writes: BTreeSet<_> = p
+        .service_accounts
+        .iter()
+        .map(|w| (w.name.as_str(), w.client_id.as_deref()))
+        .collect();
+    assert_eq!(
+        writes,
+        BTreeSet::from([("named-sa", Some("client-pay")), ("unnamed-sa", None)])
+    );
+    let unnamed = p.workloads.iter().find(|w| w.name == "unnamed").unwrap();
+    assert!(
+        unnamed
+            .conflicts
+            .iter()
+            .any(|c| c.code == ReasonCode::MultipleIdentities
+                && c.message.contains("podid.dev/default-identity"))
+    );
+    assert_eq!(
+        p.put.len(),
+        4,
+        "credentials for both identities, for both ServiceAccounts"
+    );
+}

@@ -11,6 +11,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
 
+use crate::names::DEFAULT_IDENTITY_ANNOTATION;
+
 /// The objects workloads are read from, borrowed from wherever the caller keeps them (the CLI's
 /// inventory, the operator's watch stores).
 #[derive(Clone, Debug, Default)]
@@ -48,6 +50,11 @@ pub struct Workload {
     /// True when the owner's kind is not one podid resolves.
     #[serde(default)]
     pub unsupported_owner: bool,
+    /// The identity the team names as the default for the workload's ServiceAccount when it
+    /// uses several (template annotation `podid.dev/default-identity`: a client ID or an
+    /// AzureIdentity name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_identity: Option<String>,
 }
 
 fn from_spec(
@@ -55,6 +62,7 @@ fn from_spec(
     kind: &str,
     name: &str,
     labels: BTreeMap<String, String>,
+    annotations: Option<&BTreeMap<String, String>>,
     spec: Option<&PodSpec>,
     replicas: Option<i32>,
 ) -> Workload {
@@ -81,6 +89,10 @@ fn from_spec(
         replicas,
         live_pods: 0,
         unsupported_owner: false,
+        default_identity: annotations
+            .and_then(|a| a.get(DEFAULT_IDENTITY_ANNOTATION))
+            .filter(|v| !v.is_empty())
+            .cloned(),
     }
 }
 
@@ -96,7 +108,16 @@ fn from_template(
         .as_ref()
         .and_then(|m| m.labels.clone())
         .unwrap_or_default();
-    from_spec(namespace, kind, name, labels, t.spec.as_ref(), replicas)
+    let annotations = t.metadata.as_ref().and_then(|m| m.annotations.as_ref());
+    from_spec(
+        namespace,
+        kind,
+        name,
+        labels,
+        annotations,
+        t.spec.as_ref(),
+        replicas,
+    )
 }
 
 fn controller(refs: Option<&Vec<OwnerReference>>) -> Option<&OwnerReference> {
@@ -197,6 +218,7 @@ pub fn workloads(objs: &WorkloadObjects<'_>) -> Vec<Workload> {
                 &key.1,
                 &key.2,
                 pod.labels().clone(),
+                Some(pod.annotations()),
                 pod.spec.as_ref(),
                 None,
             );
