@@ -9,8 +9,9 @@ use podid_crds::provider::AssignmentTarget;
 use serde_json::{Value, json};
 
 use crate::{
-    ArmObserver, COMPUTE_API_VERSION, Error, FederatedCredential, FederatedCredentials,
-    IdentityState, MSI_API_VERSION, NodePoolIdentities, RetryPolicy, identity_patches,
+    AKS_API_VERSION, ArmObserver, COMPUTE_API_VERSION, Error, FederatedCredential,
+    FederatedCredentials, IdentityState, MSI_API_VERSION, NodePoolIdentities, RetryPolicy,
+    identity_patches,
 };
 
 /// ARM over REST with an `azure_identity` credential.
@@ -158,6 +159,26 @@ impl Arm {
             self.endpoint,
             t.arm_id()
         )
+    }
+}
+
+impl Arm {
+    /// The OIDC issuer of an AKS cluster (`properties.oidcIssuerProfile.issuerURL` of
+    /// `GET <cluster_id>`), or `None` when the cluster has none enabled.
+    pub async fn aks_oidc_issuer(&self, cluster_id: &str) -> Result<Option<String>, Error> {
+        let url = format!(
+            "{}{}?api-version={AKS_API_VERSION}",
+            self.endpoint,
+            cluster_id.trim_end_matches('/')
+        );
+        let (_, _, body) = self
+            .call("aks_get", reqwest::Method::GET, &url, None)
+            .await?;
+        let profile = &body["properties"]["oidcIssuerProfile"];
+        Ok(profile["issuerURL"]
+            .as_str()
+            .filter(|u| !u.is_empty() && profile["enabled"].as_bool() != Some(false))
+            .map(str::to_owned))
     }
 }
 

@@ -52,6 +52,8 @@ pub const MAX_IDENTITIES_PER_PATCH: usize = 150;
 pub const COMPUTE_API_VERSION: &str = "2024-07-01";
 /// ARM api-version for managed identities and federated credentials.
 pub const MSI_API_VERSION: &str = "2023-01-31";
+/// ARM api-version for AKS managed clusters.
+pub const AKS_API_VERSION: &str = "2024-05-01";
 
 /// Errors talking to Azure or reading how to.
 #[derive(Debug, thiserror::Error)]

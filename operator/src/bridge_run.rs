@@ -909,3 +909,27 @@ impl Prover for ExchangeProver {
         })
     }
 }
+
+/// The OIDC issuer the bridge puts in credentials: `flag` (`--oidc-issuer`) when set; else the
+/// AKS cluster's `oidcIssuerProfile.issuerURL` when `aks` (`--aks-cluster-id`) names one; else
+/// the issuer the API server announces. `None` when none is known (the records then say so).
+pub async fn resolve_issuer(
+    flag: Option<&str>,
+    aks: Option<(&podid_azure::Arm, &str)>,
+    client: &Client,
+) -> Option<String> {
+    if let Some(i) = flag.filter(|i| !i.is_empty()) {
+        return Some(i.to_owned());
+    }
+    if let Some((arm, cluster)) = aks {
+        match arm.aks_oidc_issuer(cluster).await {
+            Ok(Some(i)) => return Some(i),
+            Ok(None) => tracing::warn!(
+                cluster,
+                "the AKS cluster has no OIDC issuer enabled (az aks update --enable-oidc-issuer)"
+            ),
+            Err(e) => tracing::warn!(cluster, error = %e, "reading the AKS cluster's OIDC issuer"),
+        }
+    }
+    podid_telemetry::cluster::oidc_issuer(client).await
+}

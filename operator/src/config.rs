@@ -57,6 +57,11 @@ pub struct Flags {
     /// announces in its discovery document.
     #[arg(long = "oidc-issuer", env = "OIDC_ISSUER")]
     pub oidc_issuer: Option<String>,
+    /// ARM id of the AKS cluster (`/subscriptions/…/resourceGroups/…/providers/
+    /// Microsoft.ContainerService/managedClusters/…`): without `--oidc-issuer`, its
+    /// `oidcIssuerProfile.issuerURL` is the issuer.
+    #[arg(long = "aks-cluster-id", env = "AKS_CLUSTER_ID")]
+    pub aks_cluster_id: Option<String>,
     /// How often the bridge makes a full pass when nothing changes.
     #[arg(long = "bridge-interval", default_value = "5m", value_parser = parse_duration)]
     pub bridge_interval: Duration,

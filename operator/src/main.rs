@@ -10,7 +10,9 @@ use axum::Router;
 use clap::Parser;
 use podid_azure::{Arm, MsiCredentials, SerialCredentials};
 use podid_crds::policy::Mode;
-use podid_operator::bridge_run::{Bridge, BridgeSettings, BridgeStores, ExchangeProver};
+use podid_operator::bridge_run::{
+    Bridge, BridgeSettings, BridgeStores, ExchangeProver, resolve_issuer,
+};
 use podid_operator::config::Flags;
 use podid_operator::controller::{Controller, LoopSettings, Stores};
 use podid_operator::leader::{self, Election};
@@ -234,10 +236,13 @@ async fn bridge(
     metrics: &Metrics,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<(Bridge<SerialCredentials<MsiCredentials>>, Arc<Notify>)> {
-    let issuer = match &flags.oidc_issuer {
-        Some(i) => Some(i.clone()),
-        None => podid_telemetry::cluster::oidc_issuer(client).await,
-    };
+    let arm = azure.arm(flags, metrics);
+    let issuer = resolve_issuer(
+        flags.oidc_issuer.as_deref(),
+        flags.aks_cluster_id.as_deref().map(|c| (&arm, c)),
+        client,
+    )
+    .await;
     tracing::info!(issuer = ?issuer, "bridge: OIDC issuer");
     let notify = Arc::new(Notify::new());
     let stores = BridgeStores::start(client, notify.clone(), shutdown);

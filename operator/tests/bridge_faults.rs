@@ -325,3 +325,42 @@ async fn without_a_usable_issuer_nothing_goes_to_azure_and_the_record_says_why()
     );
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn the_issuer_comes_from_the_flag_then_the_aks_cluster_then_the_api_server() {
+    use podid_operator::bridge_run::resolve_issuer;
+    let cluster = Cluster::shared_async().await;
+    let client = cluster.client().await.unwrap();
+    let emu = Emulator::start(Settings::default()).await.unwrap();
+    emu.add_app(common::APP.0, Some(common::APP.1), None);
+    let aks = emu.add_managed_cluster(
+        "rg",
+        "prod",
+        Some("https://eastus.oic.prod-aks.azure.com/tenant/cluster/"),
+    );
+    let without = emu.add_managed_cluster("rg", "old", None);
+    let arm = arm(&emu);
+    assert_eq!(
+        resolve_issuer(Some("https://flag.example/"), Some((&arm, &aks)), &client)
+            .await
+            .as_deref(),
+        Some("https://flag.example/")
+    );
+    assert_eq!(
+        resolve_issuer(None, Some((&arm, &aks)), &client)
+            .await
+            .as_deref(),
+        Some("https://eastus.oic.prod-aks.azure.com/tenant/cluster/")
+    );
+    // No issuer on the cluster, or no cluster named: the API server's own.
+    assert_eq!(
+        resolve_issuer(None, Some((&arm, &without)), &client)
+            .await
+            .as_deref(),
+        Some(cluster.issuer())
+    );
+    assert_eq!(
+        resolve_issuer(None, None, &client).await.as_deref(),
+        Some(cluster.issuer())
+    );
+}

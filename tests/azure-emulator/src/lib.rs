@@ -485,6 +485,41 @@ impl Emulator {
             .fic_write_latency = latency;
     }
 
+    /// Creates an AKS managed cluster (what `GET …/managedClusters/{name}` returns: its OIDC
+    /// issuer when `oidc_issuer` is set, `oidcIssuerProfile.enabled: false` otherwise); returns
+    /// its ARM id.
+    pub fn add_managed_cluster(
+        &self,
+        resource_group: &str,
+        name: &str,
+        oidc_issuer: Option<&str>,
+    ) -> String {
+        let id = format!(
+            "/subscriptions/{}/resourcegroups/{resource_group}/providers/Microsoft.ContainerService/managedClusters/{name}",
+            self.subscription_id()
+        );
+        let profile = match oidc_issuer {
+            Some(url) => serde_json::json!({"enabled": true, "issuerURL": url}),
+            None => serde_json::json!({"enabled": false}),
+        };
+        let body = serde_json::json!({
+            "id": id, "name": name, "type": "Microsoft.ContainerService/ManagedClusters",
+            "location": "eastus",
+            "properties": {
+                "provisioningState": "Succeeded",
+                "nodeResourceGroup": format!("MC_{resource_group}_{name}_eastus"),
+                "oidcIssuerProfile": profile,
+            }
+        });
+        self.ctx
+            .world
+            .lock()
+            .expect("world")
+            .managed_clusters
+            .insert(key(&id), body);
+        id
+    }
+
     /// New federated credentials become visible to token exchanges only `delay` after they are
     /// created.
     pub fn set_fic_propagation(&self, delay: Duration) {

@@ -78,6 +78,8 @@ pub struct World {
     pub deny_assign: HashSet<String>,
     /// Scale set / VM ids the caller may not write (AuthorizationFailed).
     pub deny_write: HashSet<String>,
+    /// AKS managed clusters by lower-cased ARM id: what a GET returns.
+    pub managed_clusters: HashMap<String, Value>,
 }
 
 pub struct Shared {
@@ -215,6 +217,16 @@ pub fn route_name(method: &Method, path: &str) -> String {
             "federatedidentitycredentials",
             _,
         ] => "fic",
+        [
+            "subscriptions",
+            _,
+            "resourcegroups",
+            _,
+            "providers",
+            "microsoft.containerservice",
+            "managedclusters",
+            _,
+        ] => "managedcluster",
         ["subscriptions", ..] => "arm",
         [.., "metadata", "identity", "oauth2", "token"] => "imds.token",
         [.., "oauth2", "token"] | [.., "oauth2", "v2.0", "token"] => "token",
@@ -647,6 +659,13 @@ async fn arm(
             arm_json(StatusCode::OK, out)
         }
         "fic" => fic(&ctx, &method, &path, &segs, body).await,
+        "managedcluster" if method == Method::GET => {
+            let w = ctx.world.lock().expect("world");
+            match w.managed_clusters.get(&key(&path)) {
+                Some(c) => arm_json(StatusCode::OK, c.clone()),
+                None => not_found(&path, "Microsoft.ContainerService/managedClusters"),
+            }
+        }
         _ => arm_error(&ArmError::new(
             404,
             "NoRegisteredProviderFound",
