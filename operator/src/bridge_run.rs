@@ -63,6 +63,7 @@ pub struct BridgeSettings {
     pub match_options: MatchOptions,
     /// Attempts of the proof of a new credential (Entra takes a while to see one).
     pub proof_attempts: u32,
+    /// First wait between attempts; doubled per attempt up to eight times this.
     pub proof_interval: Duration,
 }
 
@@ -523,9 +524,12 @@ impl<F: FederatedCredentials> Bridge<F> {
 
     async fn prove_with_retry(&self, ns: &str, sa: &str, client_id: &str) -> Result<(), String> {
         let mut last = String::new();
+        let mut wait = self.settings.proof_interval;
         for attempt in 0..self.settings.proof_attempts.max(1) {
             if attempt > 0 {
-                tokio::time::sleep(self.settings.proof_interval).await;
+                // Backoff: doubling from `proof_interval`, at most eight times it.
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(self.settings.proof_interval * 8);
             }
             match self.prover.prove(ns, sa, client_id).await {
                 Ok(()) => return Ok(()),

@@ -257,8 +257,9 @@ async fn bridge(
         issuer,
         tenant_id: Some(azure.cloud.tenant_id.clone()).filter(|t| !t.is_empty()),
         match_options: flags.mode.match_options(flags.force_namespaced),
+        // 2 s, 4 s, 8 s, then 16 s: about two and a half minutes in all.
         proof_attempts: 12,
-        proof_interval: Duration::from_secs(5),
+        proof_interval: Duration::from_secs(2),
     };
     // Federated credentials through azure_mgmt_msi: one write at a time per identity, a 409
     // from another writer retried.
