@@ -22,6 +22,7 @@ use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
 
 use crate::index::IdentityIndex;
+use crate::names::DEFAULT_IDENTITY_ANNOTATION;
 use crate::policy::{GrantSkip, PodFacts, PodIdentities};
 use crate::reason::ReasonCode;
 use crate::{
@@ -277,8 +278,8 @@ fn identity_findings(ids: &[&AzureIdentity]) -> Vec<Finding> {
     if ids.len() > 1 {
         findings.push(finding(
             ReasonCode::MultipleIdentities,
-            Severity::Blocker,
-            format!("bound to {} identities ({}); a ServiceAccount names one default identity — confirm the application passes client_id for the others, then move each with its own federated credential", ids.len(), ids.iter().map(|i| i.name_any()).collect::<Vec<_>>().join(", ")),
+            Severity::Step,
+            format!("bound to {} identities ({}); each gets its own federated credential, and a ServiceAccount names one default identity — confirm the application passes client_id for the others, and name the default with the pod-template annotation {DEFAULT_IDENTITY_ANNOTATION}", ids.len(), ids.iter().map(|i| i.name_any()).collect::<Vec<_>>().join(", ")),
         ));
     }
     findings
