@@ -44,6 +44,29 @@ fn daemonset_args() -> Vec<String> {
         .unwrap()
 }
 
+/// A node pool the DaemonSet skipped would leave its pods without interception: it must
+/// tolerate every taint, as the original's NMI does, and run on Linux nodes only.
+#[test]
+fn the_daemonset_runs_on_every_linux_node_tainted_or_not() {
+    let spec = daemonset().spec.unwrap().template.spec.unwrap();
+    let tolerations = spec.tolerations.unwrap_or_default();
+    assert!(
+        tolerations
+            .iter()
+            .any(|t| t.operator.as_deref() == Some("Exists")
+                && t.key.is_none()
+                && t.effect.is_none()),
+        "{tolerations:?}"
+    );
+    assert_eq!(
+        spec.node_selector
+            .unwrap_or_default()
+            .get("kubernetes.io/os")
+            .map(String::as_str),
+        Some("linux")
+    );
+}
+
 #[test]
 fn the_daemonset_arguments_and_the_originals_are_flags_the_agent_accepts() {
     let ds = daemonset();
