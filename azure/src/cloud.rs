@@ -145,6 +145,9 @@ pub struct Overrides {
     pub imds_endpoint: String,
     /// `AZURE_ENVIRONMENT_FILEPATH`: the endpoints of `AzureStackCloud`.
     pub environment_file: Option<String>,
+    /// The cloud's name (`CLOUD`, as the original's no-azure.json manifest sets it), over
+    /// azure.json's `cloud`.
+    pub cloud: Option<String>,
 }
 
 /// The resolved cloud configuration.
@@ -191,7 +194,12 @@ impl CloudConfig {
         if let Some(m) = &o.use_msi {
             j.use_managed_identity_extension = m.eq_ignore_ascii_case("true");
         }
-        let mut endpoints = CloudEndpoints::for_cloud(&j.cloud, o.environment_file.as_deref())?;
+        let cloud = o
+            .cloud
+            .as_deref()
+            .filter(|c| !c.is_empty())
+            .unwrap_or(&j.cloud);
+        let mut endpoints = CloudEndpoints::for_cloud(cloud, o.environment_file.as_deref())?;
         for (field, value) in [
             (&mut endpoints.arm, &o.arm_endpoint),
             (&mut endpoints.arm_audience, &o.arm_audience),

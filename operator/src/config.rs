@@ -52,6 +52,14 @@ pub struct Flags {
     /// WorkloadMigration per workload (docs/bridge.md). `--bridge=false` turns it off.
     #[arg(long = "bridge", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub bridge: bool,
+    /// The Azure cloud's name (`AzurePublicCloud`, `AzureChinaCloud`, …), over azure.json's
+    /// `cloud`; the original's no-azure.json manifest sets it as `CLOUD`.
+    #[arg(long = "cloud", env = "CLOUD")]
+    pub cloud: Option<String>,
+    /// Path to a kubeconfig; empty or absent: the in-cluster configuration (the original's
+    /// manifests pass `--kubeconfig=/var/lib/kubelet/kubeconfig`).
+    #[arg(long = "kubeconfig")]
+    pub kubeconfig: Option<PathBuf>,
     /// The cluster's OIDC issuer URL, as Entra must see it in ServiceAccount tokens (on AKS:
     /// `az aks show --query oidcIssuerProfile.issuerUrl`). Default: the issuer the API server
     /// announces in its discovery document.
@@ -207,6 +215,7 @@ impl Flags {
             authority_host: self.authority_host.clone(),
             imds_endpoint: self.imds_endpoint.clone(),
             environment_file: std::env::var("AZURE_ENVIRONMENT_FILEPATH").ok(),
+            cloud: self.cloud.clone(),
         }
     }
 

@@ -36,6 +36,26 @@ async fn serve(port: u16, app: Router, shutdown: CancellationToken) -> anyhow::R
     Ok(podid_telemetry::serve(port, app, shutdown).await?)
 }
 
+/// The Kubernetes client: from `--kubeconfig` when given (and not empty, as the original's
+/// manifests pass it), else the in-cluster configuration (or the default kubeconfig).
+async fn kube_client(flags: &Flags) -> anyhow::Result<kube::Client> {
+    match flags
+        .kubeconfig
+        .as_ref()
+        .filter(|p| !p.as_os_str().is_empty())
+    {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading --kubeconfig {}", path.display()))?;
+            let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .with_context(|| format!("using --kubeconfig {}", path.display()))?;
+            Ok(kube::Client::try_from(config)?)
+        }
+        None => Ok(kube::Client::try_default().await?),
+    }
+}
+
 /// ARM, and what the bridge's token exchange needs, from the cloud config.
 struct Azure {
     cloud: podid_azure::CloudConfig,
@@ -134,7 +154,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Err(e) => return Err(e),
     };
-    let client = kube::Client::try_default()
+    let client = kube_client(&flags)
         .await
         .context("building Kubernetes client")?;
     let identity = flags

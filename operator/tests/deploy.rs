@@ -27,6 +27,28 @@ fn deployment() -> Deployment {
         .expect("a Deployment")
 }
 
+/// The original's no-azure.json manifest names the cloud in `CLOUD` (here as its flag): read,
+/// not ignored, so a China or US Government cluster does not talk to the public cloud.
+#[test]
+fn the_cloud_named_without_azure_json_picks_its_endpoints() {
+    let flags = Flags::try_parse_from([
+        "podid-operator",
+        "--cloud=AzureChinaCloud",
+        "--tenant-id=00000000-0000-0000-0000-0000000000aa",
+        "--subscription-id=sub",
+        "--resource-group=rg",
+        "--client-id=app",
+        "--client-secret=pw",
+    ])
+    .unwrap();
+    let cloud = flags.cloud_config().unwrap();
+    assert_eq!(cloud.endpoints.arm, "https://management.chinacloudapi.cn");
+    assert_eq!(
+        cloud.endpoints.authority_host,
+        "https://login.chinacloudapi.cn"
+    );
+}
+
 #[test]
 fn the_deployment_arguments_and_the_originals_are_flags_the_operator_accepts() {
     let c = deployment().spec.unwrap().template.spec.unwrap().containers[0].clone();
@@ -58,6 +80,8 @@ fn the_deployment_arguments_and_the_originals_are_flags_the_operator_accepts() {
             "--createDeleteBatch=20",
             "--clientQps=5",
             "--immutable-user-msis=00000000-0000-0000-0000-000000000001,00000000-0000-0000-0000-000000000002",
+            // The original's non-RBAC deployment.yaml.
+            "--kubeconfig=/var/lib/kubelet/kubeconfig",
             "--prometheus-port=8888",
             "--syncRetryDuration=3600s",
             "--update-user-msi-max-retry=4",
