@@ -395,6 +395,26 @@ fn duplicate_identity_name_is_a_note_when_another_grant_exists() {
 }
 
 #[test]
+fn a_reason_repeated_over_many_bindings_is_said_once() {
+    let mut objs = prepared();
+    for i in 0..24 {
+        objs.push(binding("apps", &format!("dup-{i:02}"), "app-id", "app"));
+    }
+    let a = one(objs, "web");
+    assert_eq!(codes(&a, Severity::Note), ["duplicate-identity-name"]);
+    let note = a
+        .findings
+        .iter()
+        .find(|f| f.code.as_str() == "duplicate-identity-name")
+        .unwrap();
+    assert!(
+        note.message.contains("apps/dup-00") && note.message.contains("apps/dup-23"),
+        "{}",
+        note.message
+    );
+}
+
+#[test]
 fn exception_pod_with_the_label_blocks_and_without_is_a_note() {
     let ex = json!({"apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzurePodIdentityException",
         "metadata": {"name": "ex", "namespace": "apps"}, "spec": {"podLabels": {"app": "agent"}}});

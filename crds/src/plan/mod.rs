@@ -585,11 +585,24 @@ fn step_findings(
     findings
 }
 
-/// Orders the findings (blockers first), drops repeats, and sets the verdict from the worst.
+/// Orders the findings (blockers first), drops repeats, says each code once (its messages
+/// joined), and sets the verdict from the worst.
 fn settle_verdict(a: &mut Assessment) {
     a.findings
         .sort_by(|x, y| x.severity.cmp(&y.severity).then(x.code.cmp(&y.code)));
     a.findings.dedup();
+    // One finding per code: the same reason for several bindings or identities is said once.
+    let mut merged: Vec<Finding> = Vec::with_capacity(a.findings.len());
+    for f in a.findings.drain(..) {
+        match merged.last_mut() {
+            Some(last) if last.code == f.code && last.severity == f.severity => {
+                last.message.push_str("; ");
+                last.message.push_str(&f.message);
+            }
+            _ => merged.push(f),
+        }
+    }
+    a.findings = merged;
     a.verdict = if a.findings.iter().any(|f| f.severity == Severity::Blocker) {
         Verdict::Blocked
     } else if a.findings.iter().any(|f| f.severity == Severity::Step) {
