@@ -17,7 +17,7 @@ use std::hint::black_box;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use podid_crds::policy::{IdentityRequest, Mode, pod_identities, select_identity};
 use podid_crds::{AzureIdentity, AzureIdentityBinding};
-use podid_nmi::resolve::{select_managed, standard_grants, standard_preflight};
+use podid_nmi::resolve::{MultipleIdentities, select_managed, standard_grants, standard_preflight};
 use podid_nmi::view::{ClusterView, MemoryState, MemoryView, PodInfo};
 use podid_testkit::builders::{binding, msi, pod_facts};
 
@@ -90,9 +90,14 @@ fn copy_and_scan(s: &Scene, mode: Mode) -> Option<String> {
 fn through_index(s: &Scene, mode: Mode) -> Option<String> {
     let view: &dyn ClusterView = &s.view;
     match mode {
-        Mode::Managed => select_managed(&s.pod, &s.request, &view.index())
-            .ok()
-            .map(|i| i.spec.client_id),
+        Mode::Managed => select_managed(
+            &s.pod,
+            &s.request,
+            &view.index(),
+            MultipleIdentities::Refuse,
+        )
+        .ok()
+        .map(|i| i.spec.client_id),
         Mode::Standard => {
             let granted = standard_grants(&s.pod, &view.index(), false);
             standard_preflight(&s.pod, &s.request, &granted, false).ok()?;

@@ -80,6 +80,11 @@ pub struct Flags {
     /// (the original's ~80 s) instead of answering 404 at once.
     #[arg(long = "wait-for-unbound-pods", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub wait_for_unbound_pods: bool,
+    /// podid: what a request that names no identity gets when the pod may use several:
+    /// `refuse` (IMDS's 400, naming them) or `first` (the first by binding namespace and name,
+    /// for applications that relied on aad-pod-identity serving one).
+    #[arg(long = "multiple-identities", value_enum, default_value = "refuse")]
+    pub multiple_identities: crate::resolve::MultipleIdentities,
     /// podid: reuse a token until this many seconds before it expires (0 disables the cache).
     #[arg(long = "token-refresh-margin-sec", default_value_t = 300)]
     pub token_refresh_margin_sec: u64,
@@ -211,6 +216,7 @@ impl Flags {
                 interval: Duration::from_secs(self.find_identity_retry_interval),
             },
             wait_for_unbound_pods: self.wait_for_unbound_pods,
+            multiple_identities: self.multiple_identities,
             mic_namespace: self.mic_namespace.clone(),
             imds_endpoint: self.imds_endpoint(),
             body_read_timeout: Duration::from_secs(self.read_timeout_sec),

@@ -19,7 +19,7 @@ pub enum ResolveError {
     #[error("no azure identity found for pod {pod}")]
     NoIdentity { pod: String },
     #[error(
-        "Multiple user assigned identities exist for pod {pod} ({}), please specify the clientId / resourceId of the identity in the token request",
+        "Multiple user assigned identities exist for pod {pod} ({}), please specify the clientId / resourceId of the identity in the token request (or start podid-nmi with --multiple-identities=first to serve the first by binding, as aad-pod-identity did)",
         names.join(", ")
     )]
     Ambiguous { pod: String, names: Vec<String> },
@@ -75,12 +75,31 @@ pub fn is_exempt<'a>(
     is_mic || is_pod_excepted(&pod.facts, exceptions)
 }
 
+/// What a request that names no identity gets when the pod may use several
+/// (`--multiple-identities`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum MultipleIdentities {
+    /// IMDS's own answer: 400, naming the identities.
+    #[default]
+    Refuse,
+    /// The first by binding namespace and name (aad-pod-identity served one of them).
+    First,
+}
+
 fn map_select(
     pod: &PodInfo,
-    r: Result<&AzureIdentity, podid_crds::Error>,
+    request: &IdentityRequest,
+    allowed: &[&AzureIdentity],
+    multiple: MultipleIdentities,
 ) -> Result<AzureIdentity, ResolveError> {
     let key = pod.key();
-    match r {
+    if multiple == MultipleIdentities::First
+        && request.is_unspecified()
+        && let Some(first) = allowed.first()
+    {
+        return Ok((*first).clone());
+    }
+    match select_identity(request, allowed) {
         Ok(i) => Ok(i.clone()),
         Err(podid_crds::Error::IdentityNotBound) => Err(ResolveError::NotBound { pod: key }),
         Err(podid_crds::Error::AmbiguousIdentity { names, .. }) => {
@@ -139,9 +158,20 @@ pub fn select_assigned(
     assigned: &[AzureIdentity],
     granted: &[AzureIdentity],
     force_namespaced: bool,
+    multiple: MultipleIdentities,
 ) -> Result<AzureIdentity, ResolveError> {
-    let allowed = servable_assigned(&pod.facts, assigned, granted, force_namespaced);
-    map_select(pod, select_identity(request, &allowed))
+    let mut allowed = servable_assigned(&pod.facts, assigned, granted, force_namespaced);
+    // In the order of the grants, i.e. of the bindings (namespace, name).
+    let rank = |i: &AzureIdentity| {
+        granted
+            .iter()
+            .position(|g| {
+                g.metadata.namespace == i.metadata.namespace && g.metadata.name == i.metadata.name
+            })
+            .unwrap_or(usize::MAX)
+    };
+    allowed.sort_by_key(|i| rank(i));
+    map_select(pod, request, &allowed, multiple)
 }
 
 /// Managed mode: bindings and identities in the pod's namespace decide; no waiting.
@@ -149,10 +179,12 @@ pub fn select_managed(
     pod: &PodInfo,
     request: &IdentityRequest,
     index: &IdentityIndex,
+    multiple: MultipleIdentities,
 ) -> Result<AzureIdentity, ResolveError> {
     let grants = index
         .pod_identities(&pod.facts, Mode::Managed.match_options(true))
         .grants;
+    // Grants come in binding order (namespace, name).
     let allowed: Vec<&AzureIdentity> = grants.iter().map(|g| g.identity).collect();
-    map_select(pod, select_identity(request, &allowed))
+    map_select(pod, request, &allowed, multiple)
 }

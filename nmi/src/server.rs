@@ -38,6 +38,8 @@ pub struct ServerConfig {
     pub retry: RetryPolicy,
     /// podid: restore the original's full wait for pods no binding grants an identity.
     pub wait_for_unbound_pods: bool,
+    /// `--multiple-identities`.
+    pub multiple_identities: resolve::MultipleIdentities,
     pub mic_namespace: String,
     /// The real IMDS, e.g. `http://169.254.169.254:80/`.
     pub imds_endpoint: url::Url,
@@ -60,6 +62,7 @@ impl Default for ServerConfig {
             set_retry_after_header: false,
             retry: RetryPolicy::default(),
             wait_for_unbound_pods: false,
+            multiple_identities: resolve::MultipleIdentities::Refuse,
             mic_namespace: "default".into(),
             imds_endpoint: url::Url::parse("http://169.254.169.254:80/").expect("static URL"),
             pod_lookup_attempts: 5,
@@ -382,7 +385,12 @@ async fn resolve_identity(
 ) -> Result<AzureIdentity, ResolveError> {
     let cfg = &agent.config;
     match cfg.mode {
-        Mode::Managed => resolve::select_managed(pod, &req.identity, &agent.view.index()),
+        Mode::Managed => resolve::select_managed(
+            pod,
+            &req.identity,
+            &agent.view.index(),
+            cfg.multiple_identities,
+        ),
         Mode::Standard => {
             let granted = resolve::standard_grants(pod, &agent.view.index(), cfg.force_namespaced);
             resolve::standard_preflight(pod, &req.identity, &granted, cfg.wait_for_unbound_pods)?;
@@ -407,6 +415,7 @@ async fn resolve_identity(
                 &assigned,
                 &granted,
                 cfg.force_namespaced,
+                cfg.multiple_identities,
             )
         }
     }

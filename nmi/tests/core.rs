@@ -18,6 +18,7 @@ use podid_nmi::iptables::{
     render_cleanup, render_restore,
 };
 use podid_nmi::request::{self, RequestError, Route, parse_host_token, parse_token_query, route};
+use podid_nmi::resolve::MultipleIdentities;
 use podid_nmi::resolve::{
     ResolveError, is_exempt, select_assigned, select_managed, standard_grants, standard_preflight,
 };
@@ -358,20 +359,42 @@ fn select_assigned_one_none_several() {
     let b = msi("other", "b", "client-b");
     let both = [a.clone(), b.clone()];
     assert_eq!(
-        select_assigned(&p, &unspecified(), std::slice::from_ref(&a), &both, false)
-            .unwrap()
-            .spec
-            .client_id,
+        select_assigned(
+            &p,
+            &unspecified(),
+            std::slice::from_ref(&a),
+            &both,
+            false,
+            MultipleIdentities::Refuse
+        )
+        .unwrap()
+        .spec
+        .client_id,
         "client-a"
     );
     assert_eq!(
-        select_assigned(&p, &by_client("Client-B"), &both, &both, false)
-            .unwrap()
-            .spec
-            .client_id,
+        select_assigned(
+            &p,
+            &by_client("Client-B"),
+            &both,
+            &both,
+            false,
+            MultipleIdentities::Refuse
+        )
+        .unwrap()
+        .spec
+        .client_id,
         "client-b"
     );
-    let e = select_assigned(&p, &unspecified(), &both, &both, false).unwrap_err();
+    let e = select_assigned(
+        &p,
+        &unspecified(),
+        &both,
+        &both,
+        false,
+        MultipleIdentities::Refuse,
+    )
+    .unwrap_err();
     assert!(matches!(e, ResolveError::Ambiguous { .. }));
     let r = e.reply(false);
     assert_eq!(r.status, 400);
@@ -382,16 +405,89 @@ fn select_assigned_one_none_several() {
     );
     // Namespaced: the identity in another namespace does not count.
     assert_eq!(
-        select_assigned(&p, &unspecified(), &both, &both, true)
-            .unwrap()
-            .spec
-            .client_id,
+        select_assigned(
+            &p,
+            &unspecified(),
+            &both,
+            &both,
+            true,
+            MultipleIdentities::Refuse
+        )
+        .unwrap()
+        .spec
+        .client_id,
         "client-a"
     );
-    let e = select_assigned(&p, &by_client("client-b"), &both, &both, true).unwrap_err();
+    let e = select_assigned(
+        &p,
+        &by_client("client-b"),
+        &both,
+        &both,
+        true,
+        MultipleIdentities::Refuse,
+    )
+    .unwrap_err();
     assert_eq!(e.reply(false).status, 403);
-    let e = select_assigned(&p, &unspecified(), &[], &both, false).unwrap_err();
+    let e = select_assigned(
+        &p,
+        &unspecified(),
+        &[],
+        &both,
+        false,
+        MultipleIdentities::Refuse,
+    )
+    .unwrap_err();
     assert_eq!(e.reply(false).status, 404);
+}
+
+#[test]
+fn several_identities_unnamed_get_400_or_with_the_flag_the_first_by_binding() {
+    // Bindings b1 (identity z) and b2 (identity a): "first" is by binding, not identity name.
+    let p = pod("ns", "p", Some("sel"), "10.0.0.5");
+    let ids = [msi("ns", "z", "client-z"), msi("ns", "a", "client-a")];
+    let bindings = [
+        binding("ns", "b1", "z", "sel"),
+        binding("ns", "b2", "a", "sel"),
+    ];
+    let index = IdentityIndex::from_objects(&bindings, &ids, []);
+    let e = select_managed(&p, &unspecified(), &index, MultipleIdentities::Refuse).unwrap_err();
+    assert_eq!(e.reply(false).status, 400);
+    assert!(e.to_string().contains("--multiple-identities=first"), "{e}");
+    let first = select_managed(&p, &unspecified(), &index, MultipleIdentities::First).unwrap();
+    assert_eq!(first.spec.client_id, "client-z");
+    // Standard mode: the assigned copies, in binding order.
+    let granted = standard_grants(&p, &index, false);
+    let chosen = select_assigned(
+        &p,
+        &unspecified(),
+        &ids,
+        &granted,
+        false,
+        MultipleIdentities::First,
+    )
+    .unwrap();
+    assert_eq!(chosen.spec.client_id, "client-z");
+    // Naming an identity still works, and an unbound one is still refused.
+    assert_eq!(
+        select_managed(
+            &p,
+            &by_client("client-a"),
+            &index,
+            MultipleIdentities::First
+        )
+        .unwrap()
+        .spec
+        .client_id,
+        "client-a"
+    );
+    let e = select_managed(
+        &p,
+        &by_client("client-x"),
+        &index,
+        MultipleIdentities::First,
+    )
+    .unwrap_err();
+    assert_eq!(e.reply(false).status, 403);
 }
 
 #[test]
@@ -404,17 +500,23 @@ fn managed_mode_uses_only_the_pods_namespace() {
     ];
     let index = IdentityIndex::from_objects(&bindings, &ids, []);
     assert_eq!(
-        select_managed(&p, &unspecified(), &index)
+        select_managed(&p, &unspecified(), &index, MultipleIdentities::Refuse)
             .unwrap()
             .spec
             .client_id,
         "client-a"
     );
-    let e = select_managed(&p, &by_client("client-x"), &index).unwrap_err();
+    let e = select_managed(
+        &p,
+        &by_client("client-x"),
+        &index,
+        MultipleIdentities::Refuse,
+    )
+    .unwrap_err();
     assert_eq!(e.reply(false).status, 403);
     let lonely = pod("ns", "l", None, "10.0.0.7");
     assert_eq!(
-        select_managed(&lonely, &unspecified(), &index)
+        select_managed(&lonely, &unspecified(), &index, MultipleIdentities::Refuse)
             .unwrap_err()
             .reply(false)
             .status,

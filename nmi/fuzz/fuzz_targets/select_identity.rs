@@ -70,6 +70,7 @@ fuzz_target!(|data: &[u8]| {
         &pod,
         &request,
         &podid_crds::index::IdentityIndex::from_objects(&bindings, &identities, []),
+        podid_nmi::resolve::MultipleIdentities::Refuse,
     ) {
         assert_eq!(
             chosen.metadata.namespace.as_deref(),
@@ -86,7 +87,14 @@ fuzz_target!(|data: &[u8]| {
             assert!(c.eq_ignore_ascii_case(&chosen.spec.client_id));
         }
     }
-    if let Ok(chosen) = select_assigned(&pod, &request, &identities, &identities, head[0] & 2 == 2) {
+    if let Ok(chosen) = select_assigned(
+        &pod,
+        &request,
+        &identities,
+        &identities,
+        head[0] & 2 == 2,
+        podid_nmi::resolve::MultipleIdentities::Refuse,
+    ) {
         assert!(identities.iter().any(|i| i.metadata == chosen.metadata));
         if let Some(c) = &request.client_id {
             assert!(c.eq_ignore_ascii_case(&chosen.spec.client_id));
