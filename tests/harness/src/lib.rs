@@ -611,8 +611,40 @@ impl Cluster {
                 .map_err(|e| Error::Wait(e.to_string()))?;
             out.extend(node);
         }
+        if let Some(first) = out.first() {
+            warm_kwok_ip_pool(&self.client().await?, first).await?;
+        }
         Ok(out)
     }
+}
+
+/// kwok creates its pod-IP pool on first use without a lock: two pods handled at once on a
+/// fresh kwok can each create a pool and both get the first address. One pod, started alone
+/// before any test's pods, creates the pool; it keeps running (in kube-system, unlabelled), so
+/// its address is never handed out again.
+async fn warm_kwok_ip_pool(client: &Client, node: &Node) -> Result<(), Error> {
+    static WARM: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    WARM.get_or_try_init(|| async {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), "kube-system");
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "kwok-ip-pool-warmup", "labels": {"podid-testkit": "kwok-warmup"}},
+            "spec": {
+                "nodeName": node.metadata.name,
+                "containers": [{"name": "pause", "image": "registry.invalid/pause:1"}]
+            }
+        }))
+        .expect("pod json");
+        match pods.create(&PostParams::default(), &pod).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+        wait_for_running_pods(pods, "podid-testkit=kwok-warmup", 1, 60).await?;
+        Ok::<_, Error>(())
+    })
+    .await
+    .map(|_| ())
 }
 
 /// One test's namespace. Dropping it while the test panics prints the control-plane logs.
