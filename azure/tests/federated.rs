@@ -9,9 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::setup;
-use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::ServiceAccount;
-use kube::api::{Api, PostParams};
 use podid_azure::token::{
     AssertionSource, Clock, SystemClock, TokenError, TokenSource, WorkloadIdentitySource,
 };
@@ -245,23 +242,9 @@ fn token_request(client: kube::Client, ns: &str, sa: &str) -> Arc<dyn AssertionS
     Arc::new(move || {
         let (client, ns, sa) = (client.clone(), ns.clone(), sa.clone());
         async move {
-            let sas: Api<ServiceAccount> = Api::namespaced(client, &ns);
-            let _ = sas
-                .create(
-                    &PostParams::default(),
-                    &serde_json::from_value(serde_json::json!({"metadata": {"name": sa}})).unwrap(),
-                )
-                .await;
-            let tr: TokenRequest = serde_json::from_value(serde_json::json!({
-                "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-                "spec": {"audiences": [TOKEN_EXCHANGE_AUDIENCE], "expirationSeconds": 3600}
-            }))
-            .unwrap();
-            let tr: TokenRequest = sas
-                .create_subresource("token", &sa, &PostParams::default(), &tr)
+            podid_testkit::projected_token(&client, &ns, &sa, TOKEN_EXCHANGE_AUDIENCE)
                 .await
-                .map_err(|e| TokenError::Unavailable(format!("TokenRequest: {e}")))?;
-            Ok(tr.status.map(|s| s.token).unwrap_or_default())
+                .map_err(|e| TokenError::Unavailable(format!("TokenRequest: {e}")))
         }
     })
 }

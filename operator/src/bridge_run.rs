@@ -269,7 +269,7 @@ impl<F: FederatedCredentials> Bridge<F> {
     pub async fn pass(&self) -> BridgeReport {
         let mut report = BridgeReport::default();
         let issuer = self.issuer();
-        let assessments = self.assess(issuer.as_ref().ok().map(String::as_str));
+        let assessments = self.assess(&issuer);
         let Ok(issuer) = issuer else {
             // No usable issuer: nothing goes to Azure; the records say why.
             let plan = bridge::plan(&assessments, "", &Observed::default());
@@ -309,7 +309,7 @@ impl<F: FederatedCredentials> Bridge<F> {
     }
 
     /// The plan of the move over the watched objects.
-    fn assess(&self, issuer: Option<&str>) -> Vec<podid_crds::plan::Assessment> {
+    fn assess(&self, issuer: &Result<String, String>) -> Vec<podid_crds::plan::Assessment> {
         let (d, s, ds, j, cj, rs, p) = (
             self.stores.deployments.state(),
             self.stores.stateful_sets.state(),
@@ -332,8 +332,8 @@ impl<F: FederatedCredentials> Bridge<F> {
         let sas = self.stores.service_accounts.state();
         let sa_refs: Vec<&ServiceAccount> = sas.iter().map(|s| s.as_ref()).collect();
         let context = ClusterContext {
-            oidc_issuer: issuer.map(str::to_owned),
-            issuer_problem: self.issuer().err(),
+            oidc_issuer: issuer.as_ref().ok().cloned(),
+            issuer_problem: issuer.as_ref().err().cloned(),
             webhook_installed: true,
             kubenet: false,
             match_options: self.settings.match_options,
@@ -381,9 +381,12 @@ impl<F: FederatedCredentials> Bridge<F> {
             .filter(|i| !i.resource_id.is_empty() && i.type_ == "user-assigned-msi")
             .map(|i| i.resource_id.to_ascii_lowercase())
             .collect();
-        let index = self.stores.index.read().expect("index lock").clone();
+        // Read in place (no copy of the index), and let go before the ARM calls.
         ids.extend(
-            index
+            self.stores
+                .index
+                .read()
+                .expect("index lock")
                 .identities()
                 .filter(|i| !i.spec.resource_id.is_empty())
                 .map(|i| i.spec.resource_id.to_ascii_lowercase()),

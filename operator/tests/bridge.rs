@@ -5,65 +5,21 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, PostParams};
-use podid_azure::{Arm, FederatedCredential, FederatedCredentials};
+use podid_azure::{FederatedCredential, FederatedCredentials};
 use podid_azure_emulator::{Emulator, Settings};
 use podid_crds::migration::{Stage, WorkloadMigration};
 use podid_crds::policy::MatchOptions;
 use podid_crds::{AzureIdentity, AzureIdentityBinding, WI_CLIENT_ID_ANNOTATION};
-use podid_operator::bridge_run::{Bridge, BridgeSettings, BridgeStores, ExchangeProver};
-use podid_operator::metrics::Metrics;
 use podid_testkit::Cluster;
 use podid_testkit::builders::obj;
 use serde_json::json;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-
-/// What the operator writes federated credentials with: azure_mgmt_msi, one write at a time
-/// per identity.
-fn msi(emu: &Emulator) -> podid_azure::SerialCredentials<podid_azure::MsiCredentials> {
-    let credential = podid_azure::CredentialConfig::ClientSecret {
-        authority_host: emu.arm_endpoint(),
-        tenant_id: emu.tenant_id(),
-        client_id: common::APP.0.into(),
-        secret: common::APP.1.into(),
-    }
-    .build(reqwest::Client::new())
-    .unwrap();
-    let mut serial = podid_azure::SerialCredentials::new(
-        podid_azure::MsiCredentials::new(
-            &emu.arm_endpoint(),
-            "https://management.azure.com",
-            credential,
-        )
-        .unwrap(),
-    );
-    serial.conflict_retry.base_delay = Duration::from_millis(50);
-    serial
-}
-
-/// An independent reader and writer of the emulator's ARM (REST), for the test's own checks.
-fn arm(emu: &Emulator) -> Arm {
-    let http = reqwest::Client::new();
-    let credential = podid_azure::CredentialConfig::ClientSecret {
-        authority_host: emu.arm_endpoint(),
-        tenant_id: emu.tenant_id(),
-        client_id: common::APP.0.into(),
-        secret: common::APP.1.into(),
-    }
-    .build(http.clone())
-    .unwrap();
-    let mut arm = Arm::new(&emu.arm_endpoint(), credential, http);
-    arm.retry.base_delay = Duration::from_millis(50);
-    arm.retry.max_delay = Duration::from_millis(500);
-    arm
-}
 
 async fn create<K>(client: &kube::Client, ns: &str, v: serde_json::Value)
 where
@@ -165,35 +121,10 @@ async fn workloads_on_pod_identity_get_proven_credentials_service_accounts_and_r
         subject: "system:serviceaccount:ops:tool".into(),
         audience: "api://AzureADTokenExchange".into(),
     };
-    arm(&emu).put(&orders.id, &hand).await.unwrap();
+    common::arm(&emu).put(&orders.id, &hand).await.unwrap();
 
     let shutdown = CancellationToken::new();
-    let stores = BridgeStores::start(&client, Arc::new(Notify::new()), &shutdown);
-    let http = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(emu.ca_pem().as_bytes()).unwrap())
-        .build()
-        .unwrap();
-    let prover = ExchangeProver::new(
-        client.clone(),
-        http,
-        &emu.authority_host(),
-        &emu.tenant_id(),
-        "https://management.azure.com/",
-    );
-    let bridge = Bridge::new(
-        client.clone(),
-        msi(&emu),
-        Arc::new(prover),
-        stores,
-        BridgeSettings {
-            issuer: Some(cluster.issuer().to_owned()),
-            tenant_id: Some(emu.tenant_id()),
-            match_options: MatchOptions::standard(false),
-            proof_attempts: 5,
-            proof_interval: Duration::from_millis(500),
-        },
-        Metrics::new(),
-    );
+    let bridge = common::bridge(cluster, &client, &emu, &shutdown);
     tokio::time::timeout(Duration::from_secs(60), bridge.stores.ready())
         .await
         .expect("watches synced");
@@ -212,7 +143,7 @@ async fn workloads_on_pod_identity_get_proven_credentials_service_accounts_and_r
         s
     };
     assert_eq!(
-        subjects(arm(&emu).list(&orders.id).await.unwrap()),
+        subjects(common::arm(&emu).list(&orders.id).await.unwrap()),
         [
             "false system:serviceaccount:ops:tool".to_owned(),
             format!("true system:serviceaccount:{}:web", a.name),
@@ -224,7 +155,7 @@ async fn workloads_on_pod_identity_get_proven_credentials_service_accounts_and_r
         .collect::<Vec<_>>()
     );
     assert_eq!(
-        subjects(arm(&emu).list(&pay.id).await.unwrap()),
+        subjects(common::arm(&emu).list(&pay.id).await.unwrap()),
         [format!("true system:serviceaccount:{}:reporter", b.name)]
     );
 
@@ -353,32 +284,19 @@ async fn workloads_on_pod_identity_get_proven_credentials_service_accounts_and_r
     // WorkloadIdentityCredential with a projected token of the bridged ServiceAccount and the
     // annotated client ID gets the identity's token; with a ServiceAccount nobody bridged,
     // Entra's AADSTS70021.
-    let projected = |ns: String, sa: &'static str| {
-        let client = client.clone();
-        async move {
-            let tr: k8s_openapi::api::authentication::v1::TokenRequest = obj(json!({
-                "spec": {"audiences": ["api://AzureADTokenExchange"], "expirationSeconds": 600}}));
-            Api::<ServiceAccount>::namespaced(client, &ns)
-                .create_subresource::<_, k8s_openapi::api::authentication::v1::TokenRequest>(
-                    "token",
-                    sa,
-                    &PostParams::default(),
-                    &tr,
-                )
-                .await
-                .unwrap()
-                .status
-                .unwrap()
-                .token
-        }
-    };
     create::<ServiceAccount>(&client, &a.name, json!({"metadata": {"name": "stranger"}})).await;
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, emu.ca_pem()).unwrap();
     for (sa, expect_ok) in [("web", true), ("stranger", false)] {
         let token_file = dir.path().join(sa);
-        std::fs::write(&token_file, projected(a.name.clone(), sa).await).unwrap();
+        std::fs::write(
+            &token_file,
+            podid_testkit::projected_token(&client, &a.name, sa, "api://AzureADTokenExchange")
+                .await
+                .unwrap(),
+        )
+        .unwrap();
         let mut cmd = tokio::process::Command::new(podid_testkit::sdk::python());
         podid_testkit::sdk::clear_azure_env(&mut cmd);
         let out = cmd
@@ -434,7 +352,7 @@ async fn workloads_on_pod_identity_get_proven_credentials_service_accounts_and_r
         }
     }
     assert!(gone, "the credential for {}:web was not removed", a.name);
-    let left = subjects(arm(&emu).list(&orders.id).await.unwrap());
+    let left = subjects(common::arm(&emu).list(&orders.id).await.unwrap());
     assert!(
         left.contains(&"false system:serviceaccount:ops:tool".to_owned()),
         "{left:?}"

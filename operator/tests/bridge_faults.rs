@@ -5,96 +5,18 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, PostParams};
-use podid_azure::{Arm, FederatedCredentials};
+use podid_azure::FederatedCredentials;
 use podid_azure_emulator::{Emulator, Fault, Settings};
 use podid_crds::migration::{Stage, WorkloadMigration};
-use podid_crds::policy::MatchOptions;
 use podid_crds::{AzureIdentity, AzureIdentityBinding};
-use podid_operator::bridge_run::{Bridge, BridgeSettings, BridgeStores, ExchangeProver};
-use podid_operator::metrics::Metrics;
 use podid_testkit::Cluster;
 use podid_testkit::builders::obj;
 use serde_json::json;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-
-/// What the operator writes federated credentials with: azure_mgmt_msi, one write at a time
-/// per identity.
-fn msi(emu: &Emulator) -> podid_azure::SerialCredentials<podid_azure::MsiCredentials> {
-    let credential = podid_azure::CredentialConfig::ClientSecret {
-        authority_host: emu.arm_endpoint(),
-        tenant_id: emu.tenant_id(),
-        client_id: common::APP.0.into(),
-        secret: common::APP.1.into(),
-    }
-    .build(reqwest::Client::new())
-    .unwrap();
-    let mut serial = podid_azure::SerialCredentials::new(
-        podid_azure::MsiCredentials::new(
-            &emu.arm_endpoint(),
-            "https://management.azure.com",
-            credential,
-        )
-        .unwrap(),
-    );
-    serial.conflict_retry.base_delay = Duration::from_millis(50);
-    serial
-}
-
-/// An independent reader and writer of the emulator's ARM (REST), for the test's own checks.
-fn arm(emu: &Emulator) -> Arm {
-    let http = reqwest::Client::new();
-    let credential = podid_azure::CredentialConfig::ClientSecret {
-        authority_host: emu.arm_endpoint(),
-        tenant_id: emu.tenant_id(),
-        client_id: common::APP.0.into(),
-        secret: common::APP.1.into(),
-    }
-    .build(http.clone())
-    .unwrap();
-    let mut arm = Arm::new(&emu.arm_endpoint(), credential, http);
-    arm.retry.base_delay = Duration::from_millis(20);
-    arm.retry.max_delay = Duration::from_millis(200);
-    arm
-}
-
-/// A fresh operator: new watches, nothing remembered from an earlier one.
-fn bridge(
-    cluster: &Cluster,
-    client: &kube::Client,
-    emu: &Emulator,
-    shutdown: &CancellationToken,
-) -> Bridge<podid_azure::SerialCredentials<podid_azure::MsiCredentials>> {
-    let http = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(emu.ca_pem().as_bytes()).unwrap())
-        .build()
-        .unwrap();
-    Bridge::new(
-        client.clone(),
-        msi(emu),
-        Arc::new(ExchangeProver::new(
-            client.clone(),
-            http,
-            &emu.authority_host(),
-            &emu.tenant_id(),
-            "https://management.azure.com/",
-        )),
-        BridgeStores::start(client, Arc::new(Notify::new()), shutdown),
-        BridgeSettings {
-            issuer: Some(cluster.issuer().to_owned()),
-            tenant_id: Some(emu.tenant_id()),
-            match_options: MatchOptions::standard(false),
-            proof_attempts: 20,
-            proof_interval: Duration::from_millis(250),
-        },
-        Metrics::new(),
-    )
-}
 
 /// `n` Deployments in `ns` on ServiceAccounts `sa-0…`, bound to `id` through `selector`.
 async fn workloads(
@@ -128,7 +50,7 @@ async fn workloads(
 
 /// (podid's?, subject) of every credential on `id`.
 async fn credentials(emu: &Emulator, id: &str) -> Vec<(bool, String)> {
-    let mut v: Vec<_> = arm(emu)
+    let mut v: Vec<_> = common::arm(emu)
         .list(id)
         .await
         .unwrap()
@@ -153,7 +75,7 @@ async fn a_credential_is_proven_once_entra_sees_it() {
     workloads(&client, &ns.name, &id, "slow", 1).await;
 
     let shutdown = CancellationToken::new();
-    let b = bridge(cluster, &client, &emu, &shutdown);
+    let b = common::bridge(cluster, &client, &emu, &shutdown);
     b.stores.ready().await;
     emu.reset_calls();
     let report = b.pass().await;
@@ -219,14 +141,14 @@ async fn failing_calls_and_killed_operators_end_where_a_clean_run_ends() {
     // Operators killed part-way through a pass, five times, each a fresh process.
     for kill_after_ms in [30u64, 80, 150, 300, 600] {
         let shutdown = CancellationToken::new();
-        let b = bridge(cluster, &client, &emu, &shutdown);
+        let b = common::bridge(cluster, &client, &emu, &shutdown);
         b.stores.ready().await;
         let _ = tokio::time::timeout(Duration::from_millis(kill_after_ms), b.pass()).await;
         shutdown.cancel();
     }
     // Then one keeps going until a pass has nothing left to do (bounded).
     let shutdown = CancellationToken::new();
-    let b = bridge(cluster, &client, &emu, &shutdown);
+    let b = common::bridge(cluster, &client, &emu, &shutdown);
     b.stores.ready().await;
     let mut settled = false;
     for _ in 0..30 {
@@ -294,7 +216,7 @@ async fn without_a_usable_issuer_nothing_goes_to_azure_and_the_record_says_why()
     workloads(&client, &ns.name, &id, "noiss", 1).await;
 
     let shutdown = CancellationToken::new();
-    let mut b = bridge(cluster, &client, &emu, &shutdown);
+    let mut b = common::bridge(cluster, &client, &emu, &shutdown);
     // The in-cluster default issuer: Entra cannot fetch its keys.
     b.settings.issuer = Some("https://kubernetes.default.svc.cluster.local".into());
     b.stores.ready().await;
@@ -339,7 +261,7 @@ async fn the_issuer_comes_from_the_flag_then_the_aks_cluster_then_the_api_server
         Some("https://eastus.oic.prod-aks.azure.com/tenant/cluster/"),
     );
     let without = emu.add_managed_cluster("rg", "old", None);
-    let arm = arm(&emu);
+    let arm = common::arm(&emu);
     assert_eq!(
         resolve_issuer(Some("https://flag.example/"), Some((&arm, &aks)), &client)
             .await

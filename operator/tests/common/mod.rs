@@ -148,19 +148,7 @@ pub async fn start_respecting(
         .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "podid_operator=info".into()))
         .with_test_writer()
         .try_init();
-    let http = reqwest::Client::new();
-    let credential = podid_azure::CredentialConfig::ClientSecret {
-        authority_host: emu.arm_endpoint(),
-        tenant_id: emu.tenant_id(),
-        client_id: APP.0.into(),
-        secret: APP.1.into(),
-    }
-    .build(http.clone())
-    .unwrap();
-    let mut arm = Arm::new(&emu.arm_endpoint(), credential, http);
-    arm.poll_interval = Duration::from_millis(20);
-    arm.retry.base_delay = Duration::from_millis(50);
-    arm.retry.max_delay = Duration::from_millis(500);
+    let mut arm = arm(emu);
     let metrics = Metrics::new();
     let m = metrics.clone();
     arm.observer = Some(Arc::new(move |op, result, took| {
@@ -338,4 +326,77 @@ pub async fn delete_pod(client: &kube::Client, ns: &str, name: &str) {
         .delete(name, &kube::api::DeleteParams::default().grace_period(0))
         .await
         .unwrap();
+}
+
+/// The controller's credential in `emu` (the app registration [`APP`]).
+pub fn credential(emu: &Emulator) -> Arc<dyn podid_azure::TokenCredential> {
+    podid_azure::CredentialConfig::ClientSecret {
+        authority_host: emu.arm_endpoint(),
+        tenant_id: emu.tenant_id(),
+        client_id: APP.0.into(),
+        secret: APP.1.into(),
+    }
+    .build(reqwest::Client::new())
+    .unwrap()
+}
+
+/// ARM over REST in `emu`, with test-sized polls and retries (the controller's client, and an
+/// independent reader and writer for the bridge tests' own checks).
+pub fn arm(emu: &Emulator) -> Arm {
+    let mut arm = Arm::new(&emu.arm_endpoint(), credential(emu), reqwest::Client::new());
+    arm.poll_interval = Duration::from_millis(20);
+    arm.retry.base_delay = Duration::from_millis(50);
+    arm.retry.max_delay = Duration::from_millis(500);
+    arm
+}
+
+/// What the bridge writes federated credentials with: azure_mgmt_msi, one write at a time per
+/// identity.
+pub fn msi(emu: &Emulator) -> podid_azure::SerialCredentials<podid_azure::MsiCredentials> {
+    let mut serial = podid_azure::SerialCredentials::new(
+        podid_azure::MsiCredentials::new(
+            &emu.arm_endpoint(),
+            "https://management.azure.com",
+            credential(emu),
+        )
+        .unwrap(),
+    );
+    serial.conflict_retry.base_delay = Duration::from_millis(50);
+    serial
+}
+
+/// A fresh bridge (new watches, nothing remembered from an earlier one) against `cluster`'s
+/// issuer and `emu`, proving with test-sized waits.
+pub fn bridge(
+    cluster: &podid_testkit::Cluster,
+    client: &kube::Client,
+    emu: &Emulator,
+    shutdown: &CancellationToken,
+) -> podid_operator::bridge_run::Bridge<podid_azure::SerialCredentials<podid_azure::MsiCredentials>>
+{
+    use podid_operator::bridge_run::{Bridge, BridgeSettings, BridgeStores, ExchangeProver};
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(emu.ca_pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    Bridge::new(
+        client.clone(),
+        msi(emu),
+        Arc::new(ExchangeProver::new(
+            client.clone(),
+            http,
+            &emu.authority_host(),
+            &emu.tenant_id(),
+            "https://management.azure.com/",
+        )),
+        BridgeStores::start(client, Arc::new(Notify::new()), shutdown),
+        BridgeSettings {
+            issuer: Some(cluster.issuer().to_owned()),
+            tenant_id: Some(emu.tenant_id()),
+            match_options: podid_crds::policy::MatchOptions::standard(false),
+            proof_attempts: 20,
+            proof_interval: Duration::from_millis(250),
+        },
+        Metrics::new(),
+    )
 }

@@ -6,30 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use azure_core::auth::TokenCredential;
-use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::ServiceAccount;
-use kube::api::{Api, PostParams};
 use podid_azure_emulator::{Emulator, FederatedCredential, Settings};
 use podid_testkit::Cluster;
 
 async fn projected_token(client: &kube::Client, ns: &str, sa: &str, audience: &str) -> String {
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    let _ = sas
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(serde_json::json!({"metadata": {"name": sa}})).unwrap(),
-        )
-        .await;
-    let tr: TokenRequest = serde_json::from_value(serde_json::json!({
-        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-        "spec": {"audiences": [audience], "expirationSeconds": 3600}
-    }))
-    .unwrap();
-    let tr: TokenRequest = sas
-        .create_subresource("token", sa, &PostParams::default(), &tr)
+    podid_testkit::projected_token(client, ns, sa, audience)
         .await
-        .expect("TokenRequest");
-    tr.status.unwrap().token
+        .expect("TokenRequest")
 }
 
 async fn exchange(emu: &Emulator, client_id: &str, assertion: &str) -> (u16, serde_json::Value) {

@@ -618,6 +618,35 @@ impl Cluster {
     }
 }
 
+/// A token of ServiceAccount `ns/sa` for `audience` (TokenRequest, one hour), as the kubelet
+/// projects one into a pod; the ServiceAccount is created if missing.
+pub async fn projected_token(
+    client: &Client,
+    ns: &str,
+    sa: &str,
+    audience: &str,
+) -> Result<String, kube::Error> {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let account: ServiceAccount =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": sa}})).expect("json");
+    match sas.create(&PostParams::default(), &account).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => return Err(e),
+    }
+    let tr: TokenRequest = serde_json::from_value(serde_json::json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+        "spec": {"audiences": [audience], "expirationSeconds": 3600}
+    }))
+    .expect("json");
+    let tr: TokenRequest = sas
+        .create_subresource("token", sa, &PostParams::default(), &tr)
+        .await?;
+    Ok(tr.status.map(|s| s.token).unwrap_or_default())
+}
+
 /// kwok creates its pod-IP pool on first use without a lock: two pods handled at once on a
 /// fresh kwok can each create a pool and both get the first address. One pod, started alone
 /// before any test's pods, creates the pool; it keeps running (in kube-system, unlabelled), so
