@@ -8,6 +8,7 @@ pub mod plan;
 pub mod policy;
 pub mod provider;
 pub mod reason;
+pub mod serving;
 mod types;
 
 pub use names::*;

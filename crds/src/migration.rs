@@ -131,6 +131,10 @@ pub struct MigrationIdentity {
         skip_serializing_if = "String::is_empty"
     )]
     pub resource_id: String,
+    /// The Entra tenant the identity's tokens come from (the bridge's `--tenant-id` or the
+    /// cloud configuration's): the node agent exchanges in this tenant.
+    #[serde(rename = "tenantID", default, skip_serializing_if = "String::is_empty")]
+    pub tenant_id: String,
 }
 
 /// A federated identity credential the workload needs.
@@ -173,6 +177,62 @@ pub struct WorkloadMigrationStatus {
 /// characters.
 pub fn migration_name(kind: &str, name: &str) -> String {
     let full = format!("{}-{name}", kind.to_ascii_lowercase());
+    if full.len() <= 253 {
+        return full;
+    }
+    let hash = short_hash(&full, 10);
+    format!("{}-{hash}", full[..242].trim_end_matches(['-', '.']))
+}
+
+/// The ServiceAccount (namespace, name) whose tokens a subject names, if it names one.
+pub fn parse_service_account_subject(subject: &str) -> Option<(String, String)> {
+    let rest = subject.strip_prefix("system:serviceaccount:")?;
+    let (ns, name) = rest.split_once(':')?;
+    (!ns.is_empty() && !name.is_empty() && !name.contains(':'))
+        .then(|| (ns.to_owned(), name.to_owned()))
+}
+
+/// What the node agent needs to serve an identity to a workload by token exchange: the
+/// ServiceAccount whose token one of the identity's proven credentials accepts, and the tenant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExchangeTarget {
+    pub namespace: String,
+    pub service_account: String,
+    pub tenant_id: String,
+}
+
+/// From a workload's migration record, the proven credential of the identity with this client
+/// ID (case-insensitive) and the ServiceAccount it accepts: the workload's own target
+/// ServiceAccount, or the identity's shared one (see [`identity_service_account`]). `None` while
+/// no credential of that identity is proven.
+pub fn exchange_target(
+    status: &WorkloadMigrationStatus,
+    client_id: &str,
+) -> Option<ExchangeTarget> {
+    let identity = status
+        .identities
+        .iter()
+        .find(|i| i.client_id.eq_ignore_ascii_case(client_id))?;
+    status
+        .credentials
+        .iter()
+        .filter(|c| c.ready && c.identity.eq_ignore_ascii_case(&identity.resource_id))
+        .find_map(|c| parse_service_account_subject(&c.subject))
+        .map(|(namespace, service_account)| ExchangeTarget {
+            namespace,
+            service_account,
+            tenant_id: identity.tenant_id.clone(),
+        })
+}
+
+/// The ServiceAccount, in podid-operator's namespace, through which every pod bound to one
+/// identity is served by token exchange when the identity would otherwise need more federated
+/// credentials than Azure allows ([`MAX_FEDERATED_CREDENTIALS`]): one credential for all. Named
+/// after the AzureIdentity (`podid-identity-<namespace>-<name>`, shortened with a hash when
+/// long).
+pub fn identity_service_account(identity_namespace: &str, identity_name: &str) -> String {
+    const PREFIX: &str = "podid-identity-";
+    let full = format!("{PREFIX}{identity_namespace}-{identity_name}");
     if full.len() <= 253 {
         return full;
     }
@@ -236,6 +296,51 @@ fn short_hash(s: &str, len: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_exchange_target_is_the_proven_credentials_service_account() {
+        let rid = "/subscriptions/s/resourceGroups/g/providers/Microsoft.ManagedIdentity/userAssignedIdentities/web";
+        let mut status = WorkloadMigrationStatus {
+            identities: vec![MigrationIdentity {
+                azure_identity: "ns/web".into(),
+                client_id: "AAAA".into(),
+                resource_id: rid.into(),
+                tenant_id: "t".into(),
+            }],
+            credentials: vec![MigrationCredential {
+                name: "podid-ns-web-1".into(),
+                identity: rid.to_uppercase(),
+                issuer: "https://issuer/".into(),
+                subject: service_account_subject("ns", "web"),
+                ready: false,
+            }],
+            ..Default::default()
+        };
+        assert_eq!(exchange_target(&status, "aaaa"), None, "not proven yet");
+        status.credentials[0].ready = true;
+        assert_eq!(
+            exchange_target(&status, "aaaa"),
+            Some(ExchangeTarget {
+                namespace: "ns".into(),
+                service_account: "web".into(),
+                tenant_id: "t".into(),
+            })
+        );
+        assert_eq!(exchange_target(&status, "bbbb"), None, "another identity");
+        assert_eq!(
+            parse_service_account_subject("system:serviceaccount:a"),
+            None
+        );
+        assert_eq!(
+            parse_service_account_subject("system:serviceaccount:a:b:c"),
+            None
+        );
+        assert!(identity_service_account("ns", &"x".repeat(300)).len() <= 253);
+        assert_eq!(
+            identity_service_account("ns", "web"),
+            "podid-identity-ns-web"
+        );
+    }
 
     #[test]
     fn credential_names_are_valid_deterministic_and_podids() {

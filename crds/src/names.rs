@@ -30,6 +30,11 @@ pub const PREEXISTING_ANNOTATION: &str = "podid.dev/preexisting-assignment";
 /// assignment can be undone after the node is gone.
 pub const TARGET_ANNOTATION: &str = "podid.dev/assignment-target";
 
+/// Annotation on an AzureIdentityBinding choosing how its identity is served: `assigned`,
+/// `federated` or `federated-with-fallback` (see [`crate::serving`]). podid-operator writes the
+/// same annotation on each AzureAssignedIdentity it keeps, saying how it served that pod.
+pub const SERVING_ANNOTATION: &str = "podid.dev/identity-serving";
+
 // The podid bridge's, on ServiceAccounts.
 
 /// Annotation the podid bridge writes on a ServiceAccount: comma-separated client IDs whose

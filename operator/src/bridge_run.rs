@@ -611,7 +611,7 @@ impl<F: FederatedCredentials> Bridge<F> {
                 MANAGED_BY.to_owned(),
             )]));
             let pp = PatchParams::apply(BRIDGE_MANAGER).force();
-            let mut status = record_status(w, ready);
+            let mut status = record_status(w, ready, self.settings.tenant_id.as_deref());
             let applied = api.patch(&w.record, &pp, &Patch::Apply(&record)).await;
             let applied = match applied {
                 Ok(a) => a,
@@ -719,6 +719,7 @@ impl<F: FederatedCredentials> Bridge<F> {
 pub fn record_status(
     w: &WorkloadBridge,
     ready: &BTreeSet<(String, String)>,
+    tenant_id: Option<&str>,
 ) -> WorkloadMigrationStatus {
     let credentials: Vec<MigrationCredential> = w
         .credentials
@@ -777,6 +778,7 @@ pub fn record_status(
                 azure_identity: c.azure_identity.clone(),
                 client_id: c.client_id.clone(),
                 resource_id: c.identity.clone(),
+                tenant_id: tenant_id.unwrap_or_default().to_owned(),
             })
             .collect(),
         target_service_account: Some(w.target_service_account.clone()),

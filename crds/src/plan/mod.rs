@@ -31,7 +31,7 @@ use crate::{
 };
 
 pub use context::{ClusterContext, issuer_problem};
-pub use workload::{Workload, WorkloadObjects, workloads};
+pub use workload::{Workload, WorkloadObjects, pod_workload_candidates, workloads};
 
 pub use crate::migration::MAX_FEDERATED_CREDENTIALS;
 

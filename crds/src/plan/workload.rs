@@ -270,9 +270,81 @@ fn owner_of(
     (ns.into(), kind, name)
 }
 
+/// The workloads a live pod may belong to, most likely first, from the pod alone (its
+/// controller and its `pod-template-hash` label; no ReplicaSet or Job is read), as
+/// (kind, name) pairs [`workloads`] would name them. The node agent uses it to find the pod's
+/// WorkloadMigration; the record's own `spec.workload` then confirms the match.
+///
+/// A ReplicaSet named `<d>-<hash>` with the pod's `pod-template-hash` is most likely Deployment
+/// `d`'s; a Job named `<c>-<digits>` may be CronJob `c`'s.
+pub fn pod_workload_candidates(
+    pod_name: &str,
+    controller: Option<(&str, &str)>,
+    pod_template_hash: Option<&str>,
+) -> Vec<(String, String)> {
+    let pair = |k: &str, n: &str| (k.to_owned(), n.to_owned());
+    match controller {
+        None => vec![pair("Pod", pod_name)],
+        Some(("ReplicaSet", rs)) => {
+            let deployment = pod_template_hash
+                .filter(|h| !h.is_empty())
+                .and_then(|h| rs.strip_suffix(h)?.strip_suffix('-'))
+                .filter(|d| !d.is_empty());
+            deployment
+                .map(|d| pair("Deployment", d))
+                .into_iter()
+                .chain([pair("ReplicaSet", rs)])
+                .collect()
+        }
+        Some(("Job", job)) => {
+            let cron = job
+                .rsplit_once('-')
+                .filter(|(c, n)| {
+                    !c.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+                })
+                .map(|(c, _)| pair("CronJob", c));
+            [pair("Job", job)].into_iter().chain(cron).collect()
+        }
+        Some((kind, name)) => vec![pair(kind, name)],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pod_names_its_likely_workloads() {
+        let p = |k: &str, n: &str| (k.to_owned(), n.to_owned());
+        assert_eq!(
+            pod_workload_candidates(
+                "web-5d9f-abcde",
+                Some(("ReplicaSet", "web-5d9f")),
+                Some("5d9f")
+            ),
+            vec![p("Deployment", "web"), p("ReplicaSet", "web-5d9f")]
+        );
+        assert_eq!(
+            pod_workload_candidates("rs-x", Some(("ReplicaSet", "rs")), None),
+            vec![p("ReplicaSet", "rs")]
+        );
+        assert_eq!(
+            pod_workload_candidates(
+                "nightly-29012345-q",
+                Some(("Job", "nightly-29012345")),
+                None
+            ),
+            vec![p("Job", "nightly-29012345"), p("CronJob", "nightly")]
+        );
+        assert_eq!(
+            pod_workload_candidates("db-0", Some(("StatefulSet", "db")), None),
+            vec![p("StatefulSet", "db")]
+        );
+        assert_eq!(
+            pod_workload_candidates("bare", None, None),
+            vec![p("Pod", "bare")]
+        );
+    }
 
     /// The objects of a multi-document YAML text (Deployments, DaemonSets and Pods).
     #[derive(Default)]
