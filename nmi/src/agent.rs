@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cache::{Clock, DEFAULT_MAX_BYTES, SystemClock, TokenCache};
 use crate::cluster::{SECRET_SWEEP_INTERVAL, SecretCache};
 use crate::config::Flags;
+use crate::federated::{Federation, KubeServiceAccountTokens, ServiceAccountTokens};
 use crate::metrics::Metrics;
 use crate::server::{Agent, ServerConfig};
 use crate::token::{AzureCredentials, Credentials, http_client};
@@ -26,6 +27,8 @@ pub struct AgentBuilder {
     pub shutdown: CancellationToken,
     /// How soon a Secret watch closes once no identity references its Secret.
     pub secret_sweep: Duration,
+    /// Who mints ServiceAccount tokens for token exchange (`--federated`).
+    pub service_account_tokens: Option<Arc<dyn ServiceAccountTokens>>,
 }
 
 impl AgentBuilder {
@@ -37,7 +40,19 @@ impl AgentBuilder {
             metrics: Metrics::new(),
             shutdown,
             secret_sweep: SECRET_SWEEP_INTERVAL,
+            service_account_tokens: None,
         }
+    }
+
+    /// With `--federated`: ServiceAccount tokens minted through the API server's TokenRequest.
+    pub fn kube_federation(mut self, client: ::kube::Client) -> Self {
+        if self.flags.federated {
+            self.service_account_tokens = Some(Arc::new(KubeServiceAccountTokens::new(
+                client,
+                self.clock.clone(),
+            )));
+        }
+        self
     }
 
     /// The production token sources: IMDS, and Entra with Secrets read through `client`
@@ -87,10 +102,20 @@ impl AgentBuilder {
             )
             .with_bounds(flags.token_cache_max_entries, DEFAULT_MAX_BYTES)
         };
+        let federation = self
+            .service_account_tokens
+            .filter(|_| self.config.serving.federated)
+            .map(|tokens| Federation {
+                tokens,
+                http: http_client(),
+                authority: flags.entra_authority.clone(),
+                clock: self.clock.clone(),
+            });
         Agent {
             config: self.config,
             view,
             credentials,
+            federation,
             cache,
             metrics: self.metrics,
             clock: self.clock,

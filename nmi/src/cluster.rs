@@ -14,6 +14,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use podid_crds::index::IdentityIndex;
+use podid_crds::migration::WorkloadMigration;
 use podid_crds::policy::PodFacts;
 use podid_crds::{
     AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding, AzurePodIdentityException,
@@ -48,6 +49,19 @@ pub fn pod_info(pod: &Pod) -> PodInfo {
             .and_then(|s| s.host_network)
             .unwrap_or(false),
         terminating: pod.metadata.deletion_timestamp.is_some(),
+        uid: pod.metadata.uid.clone().unwrap_or_default(),
+        service_account: pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "default".into()),
+        controller: pod
+            .owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true))
+            .map(|o| (o.kind.clone(), o.name.clone())),
+        template_hash: pod.labels().get("pod-template-hash").cloned(),
     }
 }
 
@@ -57,16 +71,19 @@ pub fn pod_info(pod: &Pod) -> PodInfo {
 pub struct KubeView {
     pods: Store<Pod>,
     assigned: Option<Store<AzureAssignedIdentity>>,
+    migrations: Option<Store<WorkloadMigration>>,
     index: Arc<RwLock<IdentityIndex>>,
 }
 
 impl KubeView {
     /// Starts the watches and waits until each has listed once. With `watch_assigned`
-    /// (standard mode) this node's AzureAssignedIdentities are watched too.
+    /// (standard mode) this node's AzureAssignedIdentities are watched too; with
+    /// `watch_migrations` (federated serving) every WorkloadMigration.
     pub async fn start(
         client: Client,
         node: &str,
         watch_assigned: bool,
+        watch_migrations: bool,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         // The first list is a consistent read (served from the API server's cache once it has
@@ -85,6 +102,15 @@ impl KubeView {
                 Api::<AzureAssignedIdentity>::all(client.clone()),
                 watcher::Config::default().labels(&format!("{NODENAME_LABEL}={node}")),
                 "azureassignedidentities",
+                None,
+                shutdown.clone(),
+            )
+        });
+        let migrations = watch_migrations.then(|| {
+            watch::store(
+                Api::<WorkloadMigration>::all(client.clone()),
+                watcher::Config::default(),
+                "workloadmigrations",
                 None,
                 shutdown.clone(),
             )
@@ -119,12 +145,16 @@ impl KubeView {
         let view = Self {
             pods,
             assigned,
+            migrations,
             index,
         };
         tokio::time::timeout(SYNC_TIMEOUT, async {
             view.pods.wait_until_ready().await?;
             if let Some(a) = &view.assigned {
                 a.wait_until_ready().await?;
+            }
+            if let Some(m) = &view.migrations {
+                m.wait_until_ready().await?;
             }
             for s in &synced {
                 s.wait().await;
@@ -168,6 +198,13 @@ impl ClusterView for KubeView {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    fn migration(&self, namespace: &str, name: &str) -> Option<WorkloadMigration> {
+        self.migrations
+            .as_ref()?
+            .get(&reflector::ObjectRef::new(name).within(namespace))
+            .map(|m| (*m).clone())
     }
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser};
 use podid_crds::policy::Mode;
+use podid_crds::serving::{Serving, ServingSettings};
 
 use crate::cluster::DEFAULT_MAX_SECRET_WATCHES;
 use crate::entra::EntraPolicy;
@@ -139,6 +140,18 @@ pub struct Flags {
     /// Accepted for compatibility; there is no profiler.
     #[arg(long = "enableProfile", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub enable_profile: bool,
+    /// podid: serve identities by Workload ID token exchange where a binding (annotation
+    /// `podid.dev/identity-serving`) or `--identity-serving` asks for it. Needs `create` on
+    /// serviceaccounts/token and a watch of WorkloadMigrations (deploy/podid-nmi-federated.yaml).
+    /// Give podid-operator the same value.
+    #[arg(long = "federated", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub federated: bool,
+    /// podid: how identities of bindings without the annotation `podid.dev/identity-serving`
+    /// are served: assigned (the scale set's identity through IMDS), federated (token
+    /// exchange), federated-with-fallback (exchange, else IMDS). Non-assigned values need
+    /// `--federated`. Give podid-operator the same value.
+    #[arg(long = "identity-serving", value_enum, default_value = "assigned")]
+    pub identity_serving: Serving,
     #[command(flatten)]
     pub log: podid_telemetry::LogFlags,
     /// Accepted for compatibility.
@@ -191,7 +204,21 @@ impl Flags {
             return Err("managed mode not intialized in force namespaced mode".into());
         }
         self.entra_policy()?;
+        if self.identity_serving != Serving::Assigned && !self.federated {
+            return Err(format!(
+                "--identity-serving={} needs --federated (token exchange is off)",
+                self.identity_serving
+            ));
+        }
         Ok(())
+    }
+
+    /// `--federated` and `--identity-serving`.
+    pub fn serving(&self) -> ServingSettings {
+        ServingSettings {
+            federated: self.federated,
+            default: self.identity_serving,
+        }
     }
 
     /// Which service principals the agent signs in, where, with which Secrets.
@@ -220,6 +247,7 @@ impl Flags {
             mic_namespace: self.mic_namespace.clone(),
             imds_endpoint: self.imds_endpoint(),
             body_read_timeout: Duration::from_secs(self.read_timeout_sec),
+            serving: self.serving(),
             ..ServerConfig::default()
         }
     }

@@ -8,6 +8,7 @@ pub mod cache;
 pub mod cluster;
 pub mod config;
 pub mod entra;
+pub mod federated;
 pub mod iptables;
 pub mod metrics;
 pub mod reply;

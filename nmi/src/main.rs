@@ -147,10 +147,11 @@ async fn start(
         client.clone(),
         &flags.node,
         flags.operation_mode == Mode::Standard,
+        flags.federated,
         shutdown.clone(),
     )
     .await?;
-    let builder = AgentBuilder::new(flags, shutdown.clone());
+    let builder = AgentBuilder::new(flags, shutdown.clone()).kube_federation(client.clone());
     let credentials = builder
         .kube_credentials(client, Arc::new(view.clone()))
         .map_err(anyhow::Error::msg)?;

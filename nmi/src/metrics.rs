@@ -125,6 +125,7 @@ pub struct Metrics {
     pub imds_errors: Family<Labels, Counter>,
     pub kubernetes_errors: Family<Labels, Counter>,
     pub requests: Family<Labels, Histogram, Buckets>,
+    pub federated: Family<Labels, Histogram, Buckets>,
 }
 
 impl Default for Metrics {
@@ -141,6 +142,7 @@ impl Metrics {
         let nmi_operations = Family::new_with_constructor(Buckets(NMI_BUCKETS));
         let imds_operations = Family::new_with_constructor(Buckets(IMDS_BUCKETS));
         let requests = Family::new_with_constructor(Buckets(REQUEST_BUCKETS));
+        let federated = Family::new_with_constructor(Buckets(REQUEST_BUCKETS));
         let imds_errors = Family::default();
         let kubernetes_errors = Family::default();
         registry.register(
@@ -168,8 +170,14 @@ impl Metrics {
             "Duration of requests to the agent by route and result",
             requests.clone(),
         );
+        registry.register(
+            "podid_nmi_federated_requests_duration_seconds",
+            "Requests served by token exchange, by serving and result (ok, fallback, no_record, not_proven, no_tenant, token_request, exchange)",
+            federated.clone(),
+        );
         Self {
             registry: Arc::new(registry),
+            federated,
             nmi_operations,
             imds_operations,
             imds_errors,
@@ -213,6 +221,14 @@ impl Metrics {
         } else {
             self.imds_errors.get_or_create(&labels).inc();
         }
+    }
+
+    /// A request whose identity is served by token exchange: `serving` is the serving's value,
+    /// `result` one of a fixed set (see the metric's help).
+    pub fn observe_federated(&self, serving: &str, result: &str, secs: f64) {
+        self.federated
+            .get_or_create(&l(&[("serving", serving), ("result", result)]))
+            .observe(secs);
     }
 
     pub fn kubernetes_error(&self, operation: &str) {

@@ -14,11 +14,13 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode};
 use podid_crds::AzureIdentity;
 use podid_crds::policy::Mode;
+use podid_crds::serving::{Serving, ServingSettings, pod_serving, recorded_serving};
 use podid_telemetry::AdminRoutes;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span};
 
 use crate::cache::{CacheKey, Clock, TokenCache};
+use crate::federated::{FederatedError, Federation};
 use crate::metrics::Metrics;
 use crate::reply::Reply;
 use crate::request::{self, Route, TokenRequest};
@@ -50,6 +52,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Time a caller has to send a proxied request's body (408 after).
     pub body_read_timeout: Duration,
+    /// `--federated`, `--identity-serving`.
+    pub serving: ServingSettings,
 }
 
 impl Default for ServerConfig {
@@ -69,6 +73,7 @@ impl Default for ServerConfig {
             pod_lookup_interval: Duration::from_millis(300),
             max_body_bytes: MAX_BODY_BYTES,
             body_read_timeout: READ_TIMEOUT,
+            serving: ServingSettings::assigned_only(),
         }
     }
 }
@@ -78,6 +83,8 @@ pub struct Agent {
     pub config: ServerConfig,
     pub view: Arc<dyn ClusterView>,
     pub credentials: Arc<dyn Credentials>,
+    /// Token exchange, when `--federated`.
+    pub federation: Option<Federation>,
     pub cache: TokenCache,
     pub metrics: Metrics,
     pub clock: Arc<dyn Clock>,
@@ -352,9 +359,23 @@ async fn serve_pod(
         identity.name = identity.metadata.name.as_deref().unwrap_or(""),
         "identity selected"
     );
-    let tokens = match tokens_for(agent, &identity, &req.resource).await {
+    let serving = serving_for(agent, pod, &identity);
+    let tokens = match tokens_served(agent, pod, &identity, &req.resource, serving).await {
         Ok(t) => t,
-        Err(e) => {
+        Err(TokenFailure::Federated(f)) => {
+            tracing::warn!(
+                serving = %serving,
+                error = %f.description,
+                "token exchange failed for pod: {}",
+                pod.key()
+            );
+            let mut reply = f.reply();
+            if f.status == 503 && agent.config.set_retry_after_header {
+                reply.retry_after = Some(5);
+            }
+            return Outcome::new(reply, "exchange_failed");
+        }
+        Err(TokenFailure::Token(e)) => {
             tracing::warn!(
                 error = %e,
                 "failed to get service principal token for pod: {}",
@@ -419,6 +440,130 @@ async fn resolve_identity(
             )
         }
     }
+}
+
+/// How `identity` is served to `pod`: `assigned` unless token exchange is on and the identity
+/// is user-assigned; in standard mode as podid-operator recorded it on the pod's
+/// AzureAssignedIdentity (so the agent never exchanges where the operator assigned, or the
+/// reverse), else from the pod's bindings ([`pod_serving`]).
+fn serving_for(agent: &Agent, pod: &PodInfo, identity: &AzureIdentity) -> Serving {
+    let settings = agent.config.serving;
+    if !settings.federated
+        || agent.federation.is_none()
+        || identity.spec.type_ != podid_crds::IdentityType::UserAssignedMsi
+    {
+        return Serving::Assigned;
+    }
+    if agent.config.mode == Mode::Standard {
+        let same = |i: &AzureIdentity| {
+            i.metadata.namespace == identity.metadata.namespace
+                && i.metadata.name == identity.metadata.name
+        };
+        let recorded = agent
+            .view
+            .assigned_identities(&pod.facts.namespace, &pod.facts.name)
+            .iter()
+            .filter(|r| r.identity().is_some_and(|i| same(&i)))
+            .find_map(recorded_serving);
+        if let Some(s) = recorded {
+            return s;
+        }
+    }
+    let index = agent.view.index();
+    let grants = index
+        .pod_identities(
+            &pod.facts,
+            agent
+                .config
+                .mode
+                .match_options(agent.config.force_namespaced),
+        )
+        .grants;
+    pod_serving(&grants, identity, settings)
+}
+
+enum TokenFailure {
+    Token(TokenError),
+    Federated(FederatedError),
+}
+
+/// The tokens for the request: by exchange where the serving asks for it (falling back to the
+/// scale set's identity for `federated-with-fallback`), else from the identity's own sources.
+async fn tokens_served(
+    agent: &Agent,
+    pod: &PodInfo,
+    identity: &AzureIdentity,
+    resource: &str,
+    serving: Serving,
+) -> Result<Vec<AccessToken>, TokenFailure> {
+    if let Some(federation) = agent.federation.as_ref().filter(|_| serving.exchanges()) {
+        let started = Instant::now();
+        let result = exchanged(agent, federation, pod, identity, resource).await;
+        let secs = started.elapsed().as_secs_f64();
+        match result {
+            Ok(t) => {
+                agent
+                    .metrics
+                    .observe_federated(serving.as_str(), "ok", secs);
+                return Ok(t);
+            }
+            Err(f) if serving == Serving::FederatedWithFallback => {
+                agent
+                    .metrics
+                    .observe_federated(serving.as_str(), "fallback", secs);
+                tracing::warn!(
+                    error = %f.description,
+                    "token exchange failed: serving through the scale set's identity (federated-with-fallback)"
+                );
+            }
+            Err(f) => {
+                agent
+                    .metrics
+                    .observe_federated(serving.as_str(), f.result, secs);
+                return Err(TokenFailure::Federated(f));
+            }
+        }
+    }
+    tokens_for(agent, identity, resource)
+        .await
+        .map_err(TokenFailure::Token)
+}
+
+/// One exchanged token for `identity` and `resource`, cached under the identity's key like the
+/// scale set's tokens (both are the same identity's).
+async fn exchanged(
+    agent: &Agent,
+    federation: &Federation,
+    pod: &PodInfo,
+    identity: &AzureIdentity,
+    resource: &str,
+) -> Result<Vec<AccessToken>, FederatedError> {
+    let key = CacheKey {
+        identity: crate::token::msi_cache_key(&identity.spec.client_id),
+        resource: resource.to_owned(),
+    };
+    if let Some(t) = agent.cache.get(&key) {
+        tracing::debug!("token served from cache");
+        return Ok(t);
+    }
+    let target = crate::federated::target_for(agent.view.as_ref(), pod, identity)?;
+    tracing::debug!(
+        service_account.namespace = %target.namespace,
+        service_account.name = %target.service_account,
+        "exchanging a ServiceAccount token"
+    );
+    let source = federation.source(pod, identity, target)?;
+    let started = Instant::now();
+    let r = crate::token::TokenSource::fetch(&source, resource).await;
+    agent.metrics.observe_fetch(
+        crate::token::TokenSource::operation(&source),
+        r.is_ok(),
+        started.elapsed().as_secs_f64(),
+    );
+    let token = r.map_err(|e| FederatedError::from_token(&e))?;
+    let tokens = vec![token];
+    agent.cache.put(key, tokens.clone());
+    Ok(tokens)
 }
 
 async fn tokens_for(

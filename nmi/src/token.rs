@@ -41,6 +41,12 @@ pub struct AzureCredentials {
     pub clock: Arc<dyn Clock>,
 }
 
+/// The cache key of a user-assigned identity's tokens, whichever way they were got (IMDS or
+/// token exchange): the same identity's tokens for a resource are interchangeable.
+pub fn msi_cache_key(client_id: &str) -> String {
+    format!("msi:{}", client_id.to_ascii_lowercase())
+}
+
 /// The client secret in a type-1 Secret: its only value, else key `clientsecret`, else the
 /// first key in order (the original took a random "first" map entry).
 pub fn client_secret_value(data: &crate::view::SecretData) -> Option<String> {
@@ -139,7 +145,7 @@ impl Credentials for AzureCredentials {
             let client_id = spec.client_id.to_ascii_lowercase();
             match spec.type_ {
                 IdentityType::UserAssignedMsi => Ok(IdentitySources {
-                    cache_key: format!("msi:{client_id}"),
+                    cache_key: msi_cache_key(&client_id),
                     sources: vec![Arc::new(ImdsTokenSource {
                         http: self.http.clone(),
                         endpoint: self.imds_endpoint.clone(),

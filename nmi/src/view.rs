@@ -8,6 +8,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use futures::future::BoxFuture;
 use podid_crds::index::IdentityIndex;
+use podid_crds::migration::WorkloadMigration;
 use podid_crds::policy::PodFacts;
 use podid_crds::{
     AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding, AzurePodIdentityException,
@@ -28,6 +29,15 @@ pub struct PodInfo {
     /// `metadata.deletionTimestamp` is set: the pod is going, and its IP may already be another
     /// pod's.
     pub terminating: bool,
+    /// `metadata.uid` (a token for the exchange is bound to it).
+    pub uid: String,
+    /// `spec.serviceAccountName`, `default` when unset.
+    pub service_account: String,
+    /// The controlling owner (kind, name), if any: with `template_hash`, how the pod's workload
+    /// record is found for federated serving.
+    pub controller: Option<(String, String)>,
+    /// The `pod-template-hash` label.
+    pub template_hash: Option<String>,
 }
 
 impl PodInfo {
@@ -48,6 +58,8 @@ pub trait ClusterView: Send + Sync {
     fn index(&self) -> RwLockReadGuard<'_, IdentityIndex>;
     /// AzureAssignedIdentities (of this node) for a pod.
     fn assigned_identities(&self, namespace: &str, pod: &str) -> Vec<AzureAssignedIdentity>;
+    /// A WorkloadMigration by namespace and name (watched only when federated serving is on).
+    fn migration(&self, namespace: &str, name: &str) -> Option<WorkloadMigration>;
 }
 
 /// The data of a Kubernetes Secret.
@@ -70,6 +82,7 @@ pub struct MemoryState {
     pub bindings: Vec<AzureIdentityBinding>,
     pub identities: Vec<AzureIdentity>,
     pub assigned: Vec<AzureAssignedIdentity>,
+    pub migrations: Vec<WorkloadMigration>,
     /// Secrets by (namespace, name).
     pub secrets: BTreeMap<(String, String), SecretData>,
 }
@@ -130,6 +143,17 @@ impl ClusterView for MemoryView {
             .filter(|a| a.spec.pod_namespace == namespace && a.spec.pod == pod)
             .cloned()
             .collect()
+    }
+
+    fn migration(&self, namespace: &str, name: &str) -> Option<WorkloadMigration> {
+        self.read()
+            .migrations
+            .iter()
+            .find(|m| {
+                m.metadata.namespace.as_deref() == Some(namespace)
+                    && m.metadata.name.as_deref() == Some(name)
+            })
+            .cloned()
     }
 }
 

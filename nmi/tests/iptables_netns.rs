@@ -100,11 +100,21 @@ async fn rules_redirect_pod_traffic_to_the_agent_and_are_removed_on_cleanup() {
 struct PodBehindAgent {
     net: NodeNetns,
     ident: podid_azure_emulator::state::Identity,
-    _emu: podid_azure_emulator::Emulator,
+    emu: podid_azure_emulator::Emulator,
+    /// The node's scale set in the emulator.
+    vmss: String,
     _agent: tokio_util::sync::DropGuard,
 }
 
 async fn pod_behind_agent(tag: &str) -> Option<PodBehindAgent> {
+    pod_behind_agent_serving(tag, None).await
+}
+
+/// [`pod_behind_agent`]; with `serving` (e.g. `federated`), the pod's binding carries that
+/// serving, the agent runs with `--federated`, the identity is on no scale set, and the
+/// Workload ID side is in place as the bridge leaves it (credential for the pod's ServiceAccount
+/// `demo`, record proven).
+async fn pod_behind_agent_serving(tag: &str, serving: Option<&str>) -> Option<PodBehindAgent> {
     use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
     use kube::api::{Api, Patch, PatchParams, PostParams};
 
@@ -121,7 +131,9 @@ async fn pod_behind_agent(tag: &str) -> Option<PodBehindAgent> {
         .unwrap();
     let vmss = emu.add_scale_set("MC_demo", "aks-demo-1-vmss", 1);
     let ident = emu.add_identity("rg", &format!("demo-{tag}"));
-    emu.preassign(&vmss, &ident.id);
+    if serving.is_none() {
+        emu.preassign(&vmss, &ident.id);
+    }
 
     let cluster = podid_testkit::Cluster::shared_async().await;
     let ns = cluster.namespace(&format!("demo-{tag}")).await;
@@ -164,17 +176,44 @@ async fn pod_behind_agent(tag: &str) -> Option<PodBehindAgent> {
     )
     .await
     .unwrap();
+    let mut flags = vec![];
+    if let Some(serving) = serving {
+        emu.trust_issuer_ca(cluster.ca_pem());
+        Api::<podid_crds::AzureIdentityBinding>::namespaced(client.clone(), &ns.name)
+            .patch(
+                "bind-demo",
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"metadata": {"annotations": {podid_crds::SERVING_ANNOTATION: serving}}}),
+                ),
+            )
+            .await
+            .unwrap();
+        live::bridged(
+            &client,
+            cluster,
+            &emu,
+            &ident,
+            (&ns.name, "Pod", "demo"),
+            "demo",
+        )
+        .await;
+        flags.push("--federated");
+    }
     let config = ServerConfig {
         mode: Mode::Managed,
         force_namespaced: true,
         imds_endpoint: url::Url::parse(&emu.imds_endpoint("aks-demo-1-vmss_0")).unwrap(),
         ..Default::default()
     };
-    let agent = live::start_agent_on(listener, client, &node, config, &emu.arm_endpoint()).await;
+    let (agent, _) =
+        live::start_agent_with_flags(listener, client, &node, config, &emu.arm_endpoint(), &flags)
+            .await;
     Some(PodBehindAgent {
         net,
         ident,
-        _emu: emu,
+        emu,
+        vmss,
         _agent: agent,
     })
 }
@@ -193,13 +232,20 @@ fn in_pod(pod: &PodBehindAgent, program: &std::path::Path) -> tokio::process::Co
 /// `/metadata/instance` and for a token of its user-assigned identity, and logs that it got it.
 #[tokio::test]
 async fn the_original_demo_in_a_pod_namespace_gets_a_token_through_the_metadata_address() {
-    use tokio::io::AsyncBufReadExt;
-    let demo = podid_testkit::peer_binary("demo").expect("the original demo program");
     let Some(pod) = pod_behind_agent("d").await else {
         return;
     };
+    let claims = demo_token(&pod).await;
+    assert_eq!(claims["appid"], pod.ident.client_id.as_str(), "{claims}");
+    assert_eq!(claims["aud"], "https://management.azure.com/", "{claims}");
+}
+
+/// Runs the original demo program as the pod until it logs its token; the token's claims.
+async fn demo_token(pod: &PodBehindAgent) -> serde_json::Value {
+    use tokio::io::AsyncBufReadExt;
+    let demo = podid_testkit::peer_binary("demo").expect("the original demo program");
     let ident = &pod.ident;
-    let mut child = in_pod(&pod, &demo)
+    let mut child = in_pod(pod, &demo)
         .args(["--identity-client-id", &ident.client_id, "--period", "1h"])
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -237,26 +283,33 @@ async fn the_original_demo_in_a_pod_namespace_gets_a_token_through_the_metadata_
         log.contains(r#"curl -H Metadata:true "http://169.254.169.254/metadata/instance?api-version=2017-08-01": {"#),
         "the instance metadata call is passed through to IMDS:\n{log}"
     );
-    let claims = live::claims(&token.expect("the demo printed its token"));
-    assert_eq!(claims["appid"], ident.client_id.as_str(), "{claims}");
-    assert_eq!(claims["aud"], "https://management.azure.com/", "{claims}");
+    live::claims(&token.expect("the demo printed its token"))
 }
 
 /// Python azure-identity's ManagedIdentityCredential, unchanged and unconfigured, in the pod
 /// namespace: it calls 169.254.169.254 like on any Azure VM, with and without a client ID.
 #[tokio::test]
 async fn python_azure_identity_unchanged_in_a_pod_namespace_gets_the_pods_token() {
-    let venv = podid_testkit::sdk::python_venv();
     let Some(pod) = pod_behind_agent("p").await else {
         return;
     };
+    for c in python_tokens(&pod).await {
+        assert_eq!(c["appid"], pod.ident.client_id.as_str(), "{c}");
+        assert_eq!(c["aud"], "https://vault.azure.net", "{c}");
+    }
+}
+
+/// Python's ManagedIdentityCredential in the pod, without and with the client ID: the claims
+/// of the two tokens it gets.
+async fn python_tokens(pod: &PodBehindAgent) -> Vec<serde_json::Value> {
+    let venv = podid_testkit::sdk::python_venv();
     const SCRIPT: &str = r#"
 import sys
 from azure.identity import ManagedIdentityCredential
 for kw in ({}, {"client_id": sys.argv[1]}):
     print(ManagedIdentityCredential(**kw).get_token("https://vault.azure.net/.default").token, flush=True)
 "#;
-    let out = in_pod(&pod, &venv.join("bin/python"))
+    let out = in_pod(pod, &venv.join("bin/python"))
         .args(["-c", SCRIPT, &pod.ident.client_id])
         .output()
         .await
@@ -266,16 +319,50 @@ for kw in ({}, {"client_id": sys.argv[1]}):
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let tokens: Vec<String> = String::from_utf8_lossy(&out.stdout)
+    let tokens: Vec<_> = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .map(str::to_owned)
+        .map(live::claims)
         .collect();
     assert_eq!(tokens.len(), 2);
-    for t in tokens {
-        let c = live::claims(&t);
-        assert_eq!(c["appid"], pod.ident.client_id.as_str(), "{c}");
+    tokens
+}
+
+/// Federated serving: the same unchanged programs calling 169.254.169.254, the binding annotated
+/// `federated`, the identity on no scale set: the agent mints a token for the pod's
+/// ServiceAccount and exchanges it at Entra. No IMDS token call, no ARM write.
+#[tokio::test]
+async fn federated_the_demo_and_python_get_tokens_by_exchange_with_no_identity_on_any_scale_set() {
+    let Some(pod) = pod_behind_agent_serving("f", Some("federated")).await else {
+        return;
+    };
+    let demo = demo_token(&pod).await;
+    assert_eq!(live::token_client(&demo), pod.ident.client_id, "{demo}");
+    assert_eq!(demo["aud"], "https://management.azure.com/", "{demo}");
+    for c in python_tokens(&pod).await {
+        assert_eq!(live::token_client(&c), pod.ident.client_id, "{c}");
         assert_eq!(c["aud"], "https://vault.azure.net", "{c}");
     }
+    let calls = pod.emu.calls();
+    let exchanges: u64 = calls
+        .iter()
+        .filter(|(route, _)| route.contains("token") && !route.contains("imds"))
+        .map(|(_, n)| n)
+        .sum();
+    assert!(exchanges >= 2, "two resources exchanged: {calls:?}");
+    assert!(
+        !calls.keys().any(|r| r.contains("imds.token")),
+        "no token from IMDS: {calls:?}"
+    );
+    assert!(
+        !calls
+            .keys()
+            .any(|r| r.starts_with("PATCH") || r.starts_with("PUT")),
+        "no ARM write: {calls:?}"
+    );
+    assert!(
+        pod.emu.assigned_identities(&pod.vmss).is_empty(),
+        "no identity on the scale set"
+    );
 }
 
 /// The Rust SDK's IMDS credential (azure_identity 0.21's `VirtualMachineManagedIdentityCredential`,
@@ -306,7 +393,7 @@ async fn rust_azure_identity_unchanged_in_a_pod_namespace_gets_the_pods_token() 
         .await;
     for t in tokens {
         let c = live::claims(&t);
-        assert_eq!(c["appid"], pod.ident.client_id.as_str(), "{c}");
+        assert_eq!(live::token_client(&c), pod.ident.client_id, "{c}");
         assert_eq!(c["aud"], "https://storage.azure.com", "{c}");
     }
 }

@@ -148,7 +148,7 @@ fn cluster(mode: Mode) -> MemoryState {
         ],
         identities: vec![a, b],
         assigned,
-        secrets: Default::default(),
+        ..Default::default()
     }
 }
 

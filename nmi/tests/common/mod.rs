@@ -18,6 +18,7 @@ pub fn pod(ns: &str, name: &str, label: Option<&str>, ip: &str) -> PodInfo {
         active: true,
         host_network: false,
         terminating: false,
+        ..Default::default()
     }
 }
 

@@ -70,12 +70,17 @@ pub async fn start_agent_with_flags(
         client.clone(),
         node,
         config.mode == Mode::Standard,
+        flags.federated,
         shutdown.clone(),
     )
     .await
     .unwrap();
-    let mut builder = AgentBuilder::new(&flags, shutdown.clone());
-    builder.config = config;
+    let mut builder = AgentBuilder::new(&flags, shutdown.clone()).kube_federation(client.clone());
+    // `--federated` and `--identity-serving` come from `flags`.
+    builder.config = ServerConfig {
+        serving: flags.serving(),
+        ..config
+    };
     builder.secret_sweep = Duration::from_secs(1);
     let metrics = builder.metrics.clone();
     let credentials = builder
@@ -256,4 +261,70 @@ pub fn sh(args: &[&str]) -> std::process::Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// The Workload ID side of one workload as podid-operator's bridge leaves it once proven: a
+/// federated credential on `ident` (in the emulator) for ServiceAccount `ns/sa` and the cluster's
+/// issuer, and the workload's WorkloadMigration listing it ready. The emulator must trust the
+/// cluster's issuer (`emu.trust_issuer_ca(cluster.ca_pem())`). Returns the credential's name.
+pub async fn bridged(
+    client: &kube::Client,
+    cluster: &podid_testkit::Cluster,
+    emu: &podid_azure_emulator::Emulator,
+    ident: &podid_azure_emulator::state::Identity,
+    (ns, kind, workload): (&str, &str, &str),
+    sa: &str,
+) -> String {
+    use podid_crds::migration::{
+        TOKEN_EXCHANGE_AUDIENCE, WorkloadMigration, credential_name, migration_name,
+        service_account_subject,
+    };
+    let subject = service_account_subject(ns, sa);
+    let name = credential_name(cluster.issuer(), ns, sa);
+    emu.add_federated_credential(
+        &ident.id,
+        podid_azure_emulator::FederatedCredential {
+            name: &name,
+            issuer: cluster.issuer(),
+            subject: &subject,
+            audience: TOKEN_EXCHANGE_AUDIENCE,
+        },
+    )
+    .unwrap();
+    let api: Api<WorkloadMigration> = Api::namespaced(client.clone(), ns);
+    let record = migration_name(kind, workload);
+    api.create(
+        &PostParams::default(),
+        &obj(
+            json!({"apiVersion": "podid.dev/v1alpha1", "kind": "WorkloadMigration",
+            "metadata": {"name": record},
+            "spec": {"workload": {"kind": kind, "name": workload}}}),
+        ),
+    )
+    .await
+    .unwrap();
+    api.patch_status(
+        &record,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"status": {
+            "identities": [{"azureIdentity": format!("{ns}/{workload}"), "clientID": ident.client_id,
+                            "resourceID": ident.id, "tenantID": emu.tenant_id()}],
+            "targetServiceAccount": sa,
+            "credentials": [{"name": name, "identity": ident.id, "issuer": cluster.issuer(),
+                             "subject": subject, "ready": true}],
+        }})),
+    )
+    .await
+    .unwrap();
+    name
+}
+
+/// The client a token was issued to: `appid` (v1.0 tokens, IMDS's) or `azp` (v2.0 tokens, what
+/// the emulator's v2 endpoint issues for an exchange).
+pub fn token_client(claims: &Value) -> String {
+    claims["appid"]
+        .as_str()
+        .or(claims["azp"].as_str())
+        .unwrap_or_default()
+        .to_owned()
 }
