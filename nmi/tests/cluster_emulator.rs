@@ -20,7 +20,7 @@ use podid_testkit::{Cluster, NodePool};
 use serde_json::{Value, json};
 
 mod live;
-use live::{call, claims, obj, run_pods, start_agent};
+use live::{call, claims, obj, run_pods, start_agent, start_agent_flags};
 
 /// Python azure-identity's ManagedIdentityCredential, run as the pod at `from` (its requests
 /// leave from that address) against the agent at `agent`: `TOKEN <jwt>` or `ERROR <type>`.
@@ -61,8 +61,20 @@ except Exception as e:
 
 #[tokio::test]
 async fn managed_mode_security_matrix_on_a_real_apiserver_and_the_emulator() {
+    managed_mode_matrix(false).await;
+}
+
+/// The same matrix with every identity served by token exchange (`--federated
+/// --identity-serving=federated`): the same pods get the same identities and the same refusals;
+/// the tokens come from exchanges for the pods' ServiceAccounts, never from IMDS.
+#[tokio::test]
+async fn federated_serving_keeps_the_managed_mode_security_matrix() {
+    managed_mode_matrix(true).await;
+}
+
+async fn managed_mode_matrix(federated: bool) {
     let cluster = Cluster::shared_async().await;
-    let ns = cluster.namespace("nmi").await;
+    let ns = cluster.namespace(if federated { "nmi-fed" } else { "nmi" }).await;
     let client = ns.client.clone();
     let pool = NodePool::aks("nmi", 1);
     cluster.add_nodes(&pool).await.expect("fake node ready");
@@ -156,6 +168,12 @@ async fn managed_mode_security_matrix_on_a_real_apiserver_and_the_emulator() {
         ("pod-agent", json!({"app": "agent"})),
     ];
     let ips = run_pods(&pods, &node, &labels).await;
+    if federated {
+        // The bridge's work for pod-a and pod-b, on the ServiceAccount they run as.
+        emu.trust_issuer_ca(cluster.ca_pem());
+        live::bridged(&client, cluster, &emu, &a, (&ns.name, "Pod", "pod-a"), "default").await;
+        live::bridged(&client, cluster, &emu, &b, (&ns.name, "Pod", "pod-b"), "default").await;
+    }
 
     // The agent for this node, in managed mode.
     let imds = url::Url::parse(&emu.imds_endpoint(&format!("{}_0", pool.scale_set))).unwrap();
@@ -165,14 +183,26 @@ async fn managed_mode_security_matrix_on_a_real_apiserver_and_the_emulator() {
         imds_endpoint: imds,
         ..Default::default()
     };
-    let (addr, _agent) = start_agent(client.clone(), &node, config, &emu.arm_endpoint()).await;
+    let flags: &[&str] = if federated {
+        &["--federated", "--identity-serving=federated"]
+    } else {
+        &[]
+    };
+    let (addr, _agent) = start_agent_flags(
+        client.clone(),
+        &node,
+        config,
+        &emu.arm_endpoint(),
+        flags,
+    )
+    .await;
 
-    // A pod gets a token for its own identity from IMDS.
+    // A pod gets a token for its own identity (from IMDS, or by exchange).
     let (status, body) = call(addr, ips["pod-a"], "").await;
     assert_eq!(status, 200, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
     let token = claims(v["access_token"].as_str().unwrap());
-    assert_eq!(token["appid"], a.client_id.as_str());
+    assert_eq!(live::token_client(&token), a.client_id);
     assert_eq!(token["aud"], "https://vault.azure.net");
     let (status, body) = call(
         addr,
@@ -181,6 +211,12 @@ async fn managed_mode_security_matrix_on_a_real_apiserver_and_the_emulator() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
+
+    if federated {
+        // pod-a's and pod-b's tokens were exchanges, not IMDS calls.
+        assert_eq!(emu.call_count("POST token"), 2, "{:?}", emu.calls());
+        assert_eq!(emu.call_count("GET imds.token"), 0, "{:?}", emu.calls());
+    }
 
     // Another pod's identity, even one that is on the node: 403, and IMDS is not asked.
     emu.reset_calls();
@@ -194,15 +230,31 @@ async fn managed_mode_security_matrix_on_a_real_apiserver_and_the_emulator() {
     let (status, _) = call(addr, "127.10.255.254".parse().unwrap(), "").await;
     assert_eq!(status, 403);
     assert!(
-        emu.calls().keys().all(|k| !k.contains("imds")),
-        "refused requests never reach IMDS: {:?}",
+        emu.calls()
+            .keys()
+            .all(|k| !k.contains("imds") && k != "POST token"),
+        "refused requests never reach IMDS or Entra: {:?}",
         emu.calls()
     );
 
-    // Bound but not on the node: IMDS refuses, the pod sees 403.
     let (status, body) = call(addr, ips["pod-c"], "").await;
-    assert_eq!(status, 403, "{body}");
-    assert!(body.contains("Identity not found"), "{body}");
+    if federated {
+        // Bound, but nothing proven for it: 503 in IMDS's error shape, naming the record.
+        assert_eq!(status, 503, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"], "temporarily_unavailable", "{body}");
+        assert!(
+            v["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("has no WorkloadMigration"),
+            "{body}"
+        );
+    } else {
+        // Bound but not on the node: IMDS refuses, the pod sees 403.
+        assert_eq!(status, 403, "{body}");
+        assert!(body.contains("Identity not found"), "{body}");
+    }
 
     // A service principal with a secret, via Entra.
     let (status, body) = call(addr, ips["pod-sp"], "").await;
@@ -218,12 +270,16 @@ async fn managed_mode_security_matrix_on_a_real_apiserver_and_the_emulator() {
     let token = out
         .strip_prefix("TOKEN ")
         .unwrap_or_else(|| panic!("{out}"));
-    assert_eq!(claims(token)["appid"], a.client_id.as_str());
+    assert_eq!(live::token_client(&claims(token)), a.client_id);
     let out = python_sdk(addr, ips["pod-a"], Some(&b.client_id)).await;
     assert!(
         out.starts_with("ERROR"),
         "another pod's identity through the SDK: {out}"
     );
+
+    if federated {
+        assert_eq!(emu.call_count("GET imds.token"), 0, "{:?}", emu.calls());
+    }
 
     // An excepted pod talks to IMDS itself: whatever it asks for is IMDS's answer.
     let (status, body) = call(

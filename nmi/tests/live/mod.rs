@@ -328,3 +328,18 @@ pub fn token_client(claims: &Value) -> String {
         .unwrap_or_default()
         .to_owned()
 }
+
+/// [`start_agent`] with more of the agent's command-line `flags` (e.g. `--federated`).
+pub async fn start_agent_flags(
+    client: kube::Client,
+    node: &str,
+    config: ServerConfig,
+    authority: &str,
+    flags: &[&str],
+) -> (SocketAddr, tokio_util::sync::DropGuard) {
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], listener.local_addr().unwrap().port()));
+    let (guard, _) =
+        start_agent_with_flags(listener, client, node, config, authority, flags).await;
+    (addr, guard)
+}
