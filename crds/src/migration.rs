@@ -226,18 +226,23 @@ pub fn exchange_target(
 }
 
 /// The ServiceAccount, in podid-operator's namespace, through which every pod bound to one
-/// identity is served by token exchange when the identity would otherwise need more federated
-/// credentials than Azure allows ([`MAX_FEDERATED_CREDENTIALS`]): one credential for all. Named
-/// after the AzureIdentity (`podid-identity-<namespace>-<name>`, shortened with a hash when
-/// long).
-pub fn identity_service_account(identity_namespace: &str, identity_name: &str) -> String {
-    const PREFIX: &str = "podid-identity-";
-    let full = format!("{PREFIX}{identity_namespace}-{identity_name}");
-    if full.len() <= 253 {
-        return full;
-    }
-    let hash = short_hash(&full, 10);
-    format!("{}-{hash}", full[..242].trim_end_matches(['-', '.']))
+/// user-assigned identity is served by token exchange when the identity would otherwise need more
+/// federated credentials than Azure allows ([`MAX_FEDERATED_CREDENTIALS`]): one credential for
+/// all. Named after the Azure identity itself (its resource ID), not an AzureIdentity object, so
+/// the AzureIdentities of many namespaces that name one identity share it:
+/// `podid-identity-<identity name>-<hash of the resource ID>`.
+pub fn identity_service_account(resource_id: &str) -> String {
+    let rid = resource_id.trim().to_ascii_lowercase();
+    let name: String = rid
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(200)
+        .collect();
+    let name = name.trim_matches('-');
+    format!("podid-identity-{name}-{}", short_hash(&rid, 10))
 }
 
 /// The subject of a ServiceAccount's tokens, as Entra matches it (exactly, case-sensitively).
@@ -335,11 +340,12 @@ mod tests {
             parse_service_account_subject("system:serviceaccount:a:b:c"),
             None
         );
-        assert!(identity_service_account("ns", &"x".repeat(300)).len() <= 253);
-        assert_eq!(
-            identity_service_account("ns", "web"),
-            "podid-identity-ns-web"
-        );
+        let long = format!("{}{}", &rid[..rid.len() - 3], "x".repeat(300));
+        assert!(identity_service_account(&long).len() <= 253);
+        let sa = identity_service_account(rid);
+        assert!(sa.starts_with("podid-identity-web-"), "{sa}");
+        assert_eq!(sa, identity_service_account(&rid.to_uppercase()), "case-blind");
+        assert!(crate::policy::is_dns_subdomain(&sa));
     }
 
     #[test]

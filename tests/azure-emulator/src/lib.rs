@@ -411,6 +411,24 @@ impl Emulator {
         state::put_fic(i, f).map(|_| ()).map_err(|e| e.message)
     }
 
+    /// Deletes a federated credential directly (as if someone removed it in the portal); true
+    /// when it existed.
+    pub fn delete_federated_credential(&self, identity_id: &str, name: &str) -> bool {
+        let mut w = self.ctx.world.lock().expect("world");
+        w.identities
+            .get_mut(&key(identity_id))
+            .is_some_and(|i| i.federated_credentials.remove(name).is_some())
+    }
+
+    /// The names of an identity's federated credentials.
+    pub fn federated_credentials(&self, identity_id: &str) -> Vec<String> {
+        let w = self.ctx.world.lock().expect("world");
+        w.identities
+            .get(&key(identity_id))
+            .map(|i| i.federated_credentials.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Calls so far per route (`PATCH vmss`, `GET vmss`, `POST token`, `GET imds.token`, …).
     pub fn calls(&self) -> std::collections::BTreeMap<String, u64> {
         self.ctx.world.lock().expect("world").calls.clone()
