@@ -344,7 +344,11 @@ mod tests {
         assert!(identity_service_account(&long).len() <= 253);
         let sa = identity_service_account(rid);
         assert!(sa.starts_with("podid-identity-web-"), "{sa}");
-        assert_eq!(sa, identity_service_account(&rid.to_uppercase()), "case-blind");
+        assert_eq!(
+            sa,
+            identity_service_account(&rid.to_uppercase()),
+            "case-blind"
+        );
         assert!(crate::policy::is_dns_subdomain(&sa));
     }
 

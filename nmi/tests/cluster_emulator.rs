@@ -74,7 +74,9 @@ async fn federated_serving_keeps_the_managed_mode_security_matrix() {
 
 async fn managed_mode_matrix(federated: bool) {
     let cluster = Cluster::shared_async().await;
-    let ns = cluster.namespace(if federated { "nmi-fed" } else { "nmi" }).await;
+    let ns = cluster
+        .namespace(if federated { "nmi-fed" } else { "nmi" })
+        .await;
     let client = ns.client.clone();
     let pool = NodePool::aks("nmi", 1);
     cluster.add_nodes(&pool).await.expect("fake node ready");
@@ -171,8 +173,24 @@ async fn managed_mode_matrix(federated: bool) {
     if federated {
         // The bridge's work for pod-a and pod-b, on the ServiceAccount they run as.
         emu.trust_issuer_ca(cluster.ca_pem());
-        live::bridged(&client, cluster, &emu, &a, (&ns.name, "Pod", "pod-a"), "default").await;
-        live::bridged(&client, cluster, &emu, &b, (&ns.name, "Pod", "pod-b"), "default").await;
+        live::bridged(
+            &client,
+            cluster,
+            &emu,
+            &a,
+            (&ns.name, "Pod", "pod-a"),
+            "default",
+        )
+        .await;
+        live::bridged(
+            &client,
+            cluster,
+            &emu,
+            &b,
+            (&ns.name, "Pod", "pod-b"),
+            "default",
+        )
+        .await;
     }
 
     // The agent for this node, in managed mode.
@@ -188,14 +206,8 @@ async fn managed_mode_matrix(federated: bool) {
     } else {
         &[]
     };
-    let (addr, _agent) = start_agent_flags(
-        client.clone(),
-        &node,
-        config,
-        &emu.arm_endpoint(),
-        flags,
-    )
-    .await;
+    let (addr, _agent) =
+        start_agent_flags(client.clone(), &node, config, &emu.arm_endpoint(), flags).await;
 
     // A pod gets a token for its own identity (from IMDS, or by exchange).
     let (status, body) = call(addr, ips["pod-a"], "").await;

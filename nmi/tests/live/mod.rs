@@ -275,12 +275,22 @@ pub async fn bridged(
     (ns, kind, workload): (&str, &str, &str),
     sa: &str,
 ) -> String {
-    use podid_crds::migration::{
-        TOKEN_EXCHANGE_AUDIENCE, WorkloadMigration, credential_name, migration_name,
-        service_account_subject,
-    };
-    let subject = service_account_subject(ns, sa);
-    let name = credential_name(cluster.issuer(), ns, sa);
+    bridged_to(client, cluster, emu, ident, (ns, kind, workload), (ns, sa)).await
+}
+
+/// [`bridged`] with the credential for ServiceAccount `sa_ns/sa` (e.g. the identity's own
+/// ServiceAccount in the operator's namespace).
+pub async fn bridged_to(
+    client: &kube::Client,
+    cluster: &podid_testkit::Cluster,
+    emu: &podid_azure_emulator::Emulator,
+    ident: &podid_azure_emulator::state::Identity,
+    workload: (&str, &str, &str),
+    (sa_ns, sa): (&str, &str),
+) -> String {
+    use podid_crds::migration::{TOKEN_EXCHANGE_AUDIENCE, service_account_subject};
+    let subject = service_account_subject(sa_ns, sa);
+    let name = podid_crds::migration::credential_name(cluster.issuer(), sa_ns, sa);
     emu.add_federated_credential(
         &ident.id,
         podid_azure_emulator::FederatedCredential {
@@ -291,6 +301,24 @@ pub async fn bridged(
         },
     )
     .unwrap();
+    record_only(client, cluster, emu, ident, workload, (sa_ns, sa)).await
+}
+
+/// Only the workload's WorkloadMigration, listing the (existing) credential for `sa_ns/sa` as
+/// proven. Returns the credential's name.
+pub async fn record_only(
+    client: &kube::Client,
+    cluster: &podid_testkit::Cluster,
+    emu: &podid_azure_emulator::Emulator,
+    ident: &podid_azure_emulator::state::Identity,
+    (ns, kind, workload): (&str, &str, &str),
+    (sa_ns, sa): (&str, &str),
+) -> String {
+    use podid_crds::migration::{
+        WorkloadMigration, credential_name, migration_name, service_account_subject,
+    };
+    let subject = service_account_subject(sa_ns, sa);
+    let name = credential_name(cluster.issuer(), sa_ns, sa);
     let api: Api<WorkloadMigration> = Api::namespaced(client.clone(), ns);
     let record = migration_name(kind, workload);
     api.create(
@@ -319,6 +347,32 @@ pub async fn bridged(
     name
 }
 
+/// A token request from `from` for `resource` (plus `query`): status and body.
+pub async fn call_resource(
+    agent: SocketAddr,
+    from: IpAddr,
+    resource: &str,
+    query: &str,
+) -> (u16, String) {
+    let resp = reqwest::Client::builder()
+        .local_address(from)
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("http://{agent}/metadata/identity/oauth2/token"))
+        .query(&[("api-version", "2018-02-01"), ("resource", resource)])
+        .query(
+            &url::form_urlencoded::parse(query.as_bytes())
+                .into_owned()
+                .collect::<Vec<_>>(),
+        )
+        .header("Metadata", "true")
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
 /// The client a token was issued to: `appid` (v1.0 tokens, IMDS's) or `azp` (v2.0 tokens, what
 /// the emulator's v2 endpoint issues for an exchange).
 pub fn token_client(claims: &Value) -> String {
@@ -339,7 +393,6 @@ pub async fn start_agent_flags(
 ) -> (SocketAddr, tokio_util::sync::DropGuard) {
     let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
     let addr = SocketAddr::from(([127, 0, 0, 1], listener.local_addr().unwrap().port()));
-    let (guard, _) =
-        start_agent_with_flags(listener, client, node, config, authority, flags).await;
+    let (guard, _) = start_agent_with_flags(listener, client, node, config, authority, flags).await;
     (addr, guard)
 }

@@ -1,0 +1,355 @@
+//! Federated serving on the real API server and the Azure emulator: podid-nmi in-process (managed
+//! mode, `--federated`) for one fake AKS node, pods calling from their own 127.x addresses, the
+//! Workload ID side prepared as podid-operator's bridge leaves it (credential in the emulator,
+//! WorkloadMigration proven).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use podid_azure_emulator::state::Identity;
+use podid_azure_emulator::{Emulator, Settings};
+use podid_crds::migration::identity_service_account;
+use podid_crds::policy::Mode;
+use podid_crds::{AzureIdentityBinding, SERVING_ANNOTATION};
+use podid_nmi::metrics::Metrics;
+use podid_nmi::server::ServerConfig;
+use podid_testkit::{Cluster, NodePool};
+use serde_json::{Value, json};
+
+mod live;
+use live::{call_resource, claims, obj, run_pods};
+
+/// One node, one identity on its scale set, pods `pods` in namespace `ns` bound to it (binding
+/// `bind-id`, annotated with `serving` when given), each pod's workload bridged on the pod's own
+/// ServiceAccount, and the agent with `flags`.
+struct Scene {
+    client: kube::Client,
+    ns: String,
+    emu: Emulator,
+    ident: Identity,
+    ips: std::collections::BTreeMap<String, IpAddr>,
+    addr: SocketAddr,
+    metrics: Metrics,
+    _agent: tokio_util::sync::DropGuard,
+}
+
+async fn scene(tag: &str, serving: Option<&str>, pods: &[&str]) -> Scene {
+    let cluster = Cluster::shared_async().await;
+    let ns = cluster.namespace(&format!("fed-{tag}")).await;
+    let client = ns.client.clone();
+    let pool = NodePool::aks(&format!("fed{tag}"), 1);
+    cluster.add_nodes(&pool).await.expect("fake node ready");
+    let node = pool.node_name(0);
+
+    let emu = Emulator::start(Settings::default()).await.unwrap();
+    emu.trust_issuer_ca(cluster.ca_pem());
+    let vmss = emu.add_scale_set(&pool.resource_group, &pool.scale_set, 1);
+    let ident = emu.add_identity("rg", &format!("fed-{tag}"));
+    emu.preassign(&vmss, &ident.id);
+    let selector = format!("fed-{tag}");
+    live::bound_identity(
+        &client,
+        &ns.name,
+        "id",
+        json!({"type": 0, "resourceID": ident.id, "clientID": ident.client_id}),
+        &selector,
+    )
+    .await;
+    if let Some(s) = serving {
+        set_serving(&client, &ns.name, s).await;
+    }
+    let labels: Vec<(&str, Value)> = pods
+        .iter()
+        .map(|p| (*p, json!({"aadpodidbinding": selector})))
+        .collect();
+    let ips = run_pods(
+        &Api::<Pod>::namespaced(client.clone(), &ns.name),
+        &node,
+        &labels,
+    )
+    .await;
+    for p in pods {
+        live::bridged(
+            &client,
+            cluster,
+            &emu,
+            &ident,
+            (&ns.name, "Pod", p),
+            "default",
+        )
+        .await;
+    }
+    let imds = url::Url::parse(&emu.imds_endpoint(&format!("{}_0", pool.scale_set))).unwrap();
+    let config = ServerConfig {
+        mode: Mode::Managed,
+        force_namespaced: true,
+        imds_endpoint: imds,
+        ..Default::default()
+    };
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], listener.local_addr().unwrap().port()));
+    let (agent, metrics) = live::start_agent_with_flags(
+        listener,
+        client.clone(),
+        &node,
+        config,
+        &emu.arm_endpoint(),
+        &["--federated"],
+    )
+    .await;
+    Scene {
+        client,
+        ns: ns.name.clone(),
+        emu,
+        ident,
+        ips,
+        addr,
+        metrics,
+        _agent: agent,
+    }
+}
+
+async fn set_serving(client: &kube::Client, ns: &str, serving: &str) {
+    Api::<AzureIdentityBinding>::namespaced(client.clone(), ns)
+        .patch(
+            "bind-id",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {SERVING_ANNOTATION: serving}}})),
+        )
+        .await
+        .unwrap();
+}
+
+fn token_of(body: &str) -> Value {
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    claims(v["access_token"].as_str().unwrap())
+}
+
+/// Polls (every 100 ms, at most `secs`) until `f` holds.
+async fn until(secs: u64, what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !f().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {secs} s: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_deleted_credential_fails_clearly_under_federated_and_falls_back_under_federated_with_fallback()
+ {
+    let s = scene("del", Some("federated"), &["app"]).await;
+    let ip = s.ips["app"];
+    let (status, body) = call_resource(s.addr, ip, "https://vault.azure.net", "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(live::token_client(&token_of(&body)), s.ident.client_id);
+    assert_eq!(s.emu.call_count("GET imds.token"), 0, "exchanged, not IMDS");
+
+    // Someone deletes the credential in Azure: the next exchange (a resource not cached) fails,
+    // in IMDS's error shape, naming Entra's code.
+    let names = s.emu.federated_credentials(&s.ident.id);
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert!(s.emu.delete_federated_credential(&s.ident.id, &names[0]));
+    let (status, body) = call_resource(s.addr, ip, "https://storage.azure.com/", "").await;
+    assert_eq!(status, 403, "{body}");
+    let err: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(err["error"], "invalid_client", "{body}");
+    let description = err["error_description"].as_str().unwrap();
+    assert!(description.starts_with("AADSTS70021"), "{body}");
+    assert_eq!(s.emu.call_count("GET imds.token"), 0, "no silent fallback");
+
+    // federated-with-fallback: the same failure is served through the scale set.
+    set_serving(&s.client, &s.ns, "federated-with-fallback").await;
+    until(10, "served through the scale set", async || {
+        call_resource(s.addr, ip, "https://storage.azure.com/", "")
+            .await
+            .0
+            == 200
+    })
+    .await;
+    let (status, body) = call_resource(s.addr, ip, "https://storage.azure.com/", "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(token_of(&body)["appid"], s.ident.client_id.as_str());
+    assert!(s.emu.call_count("GET imds.token") >= 1);
+    let metrics = s.metrics.render();
+    assert!(
+        metrics.lines().any(|l| l.starts_with(
+            "podid_nmi_federated_requests_duration_seconds_count{serving=\"federated-with-fallback\",result=\"fallback\"}"
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.lines().any(|l| l.starts_with(
+            "podid_nmi_federated_requests_duration_seconds_count{serving=\"federated\",result=\"exchange\"} 1"
+        )),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn switching_a_binding_between_assigned_and_federated_fails_no_request() {
+    let s = scene("sw", None, &["app"]).await;
+    let ip = s.ips["app"];
+    // A pod asking all the time, each time for a resource not asked before (so nothing is
+    // served from the cache and every answer shows the path taken).
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let poller = {
+        let (stop, ok, failed, addr) = (stop.clone(), ok.clone(), failed.clone(), s.addr);
+        tokio::spawn(async move {
+            let mut failures = Vec::new();
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                i += 1;
+                let resource = format!("https://r{i}.example.com");
+                let (status, body) = call_resource(addr, ip, &resource, "").await;
+                if status == 200 {
+                    ok.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                    failures.push(format!("{status} {body}"));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            failures
+        })
+    };
+    let imds = || s.emu.call_count("GET imds.token");
+    let exchanges = || s.emu.call_count("POST token");
+    until(10, "served through the scale set", async || imds() >= 3).await;
+    assert_eq!(exchanges(), 0);
+
+    set_serving(&s.client, &s.ns, "federated").await;
+    let at_switch = imds();
+    until(10, "served by exchange", async || exchanges() >= 3).await;
+    // Once switched, no more IMDS calls: at most the few in flight at the switch.
+    let after = imds();
+    until(5, "three more exchanges", async || exchanges() >= 6).await;
+    assert_eq!(imds(), after, "exchanges only, once switched");
+    assert!(after - at_switch <= 2, "{at_switch} -> {after}");
+
+    set_serving(&s.client, &s.ns, "assigned").await;
+    let back = imds();
+    until(10, "served through the scale set again", async || {
+        imds() >= back + 3
+    })
+    .await;
+
+    stop.store(true, Ordering::SeqCst);
+    let failures = poller.await.unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed during the switches: {failures:?}",
+        failed.load(Ordering::SeqCst),
+        ok.load(Ordering::SeqCst) + failed.load(Ordering::SeqCst)
+    );
+    assert!(ok.load(Ordering::SeqCst) >= 9);
+}
+
+/// An identity bound in 25 namespaces (one AzureIdentity each, managed mode), more workloads than
+/// Azure allows credentials: all are served through the identity's one ServiceAccount in the
+/// operator's namespace, with one credential.
+#[tokio::test]
+async fn twenty_five_namespaces_on_one_identity_are_served_through_one_credential() {
+    const N: usize = 25;
+    let cluster = Cluster::shared_async().await;
+    let admin = cluster.client().await.unwrap();
+    let pool = NodePool::aks("fed25", 1);
+    cluster.add_nodes(&pool).await.expect("fake node ready");
+    let node = pool.node_name(0);
+    let emu = Emulator::start(Settings::default()).await.unwrap();
+    emu.trust_issuer_ca(cluster.ca_pem());
+    emu.add_scale_set(&pool.resource_group, &pool.scale_set, 1);
+    let ident = emu.add_identity("rg", "shared-25");
+
+    // The operator's namespace and the identity's ServiceAccount there, with its credential.
+    let operator_ns = cluster.namespace("fed25-operator").await;
+    let sa = identity_service_account(&ident.id);
+    Api::<ServiceAccount>::namespaced(admin.clone(), &operator_ns.name)
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": sa}})),
+        )
+        .await
+        .unwrap();
+    let mut namespaces = Vec::new();
+    let mut ips = Vec::new();
+    for i in 0..N {
+        let ns = cluster.namespace(&format!("fed25-{i}")).await;
+        let selector = format!("fed25-{i}");
+        live::bound_identity(
+            &admin,
+            &ns.name,
+            "id",
+            json!({"type": 0, "resourceID": ident.id, "clientID": ident.client_id}),
+            &selector,
+        )
+        .await;
+        set_serving(&admin, &ns.name, "federated").await;
+        let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns.name);
+        let got = run_pods(
+            &pods,
+            &node,
+            &[("app", json!({"aadpodidbinding": selector}))],
+        )
+        .await;
+        ips.push(got["app"]);
+        namespaces.push(ns);
+    }
+    // The first record creates the credential; the others list the same one.
+    for (i, ns) in namespaces.iter().enumerate() {
+        if i == 0 {
+            live::bridged_to(
+                &admin,
+                cluster,
+                &emu,
+                &ident,
+                (&ns.name, "Pod", "app"),
+                (&operator_ns.name, &sa),
+            )
+            .await;
+        } else {
+            live::record_only(
+                &admin,
+                cluster,
+                &emu,
+                &ident,
+                (&ns.name, "Pod", "app"),
+                (&operator_ns.name, &sa),
+            )
+            .await;
+        }
+    }
+    let config = ServerConfig {
+        mode: Mode::Managed,
+        force_namespaced: true,
+        imds_endpoint: url::Url::parse(&emu.imds_endpoint(&format!("{}_0", pool.scale_set)))
+            .unwrap(),
+        ..Default::default()
+    };
+    let (addr, _agent) = live::start_agent_flags(
+        admin.clone(),
+        &node,
+        config,
+        &emu.arm_endpoint(),
+        &["--federated"],
+    )
+    .await;
+    // Each pod asks for a resource of its own, so each answer is a fresh exchange.
+    for (i, ip) in ips.iter().enumerate() {
+        let resource = format!("https://ns{i}.example.com");
+        let (status, body) = call_resource(addr, *ip, &resource, "").await;
+        assert_eq!(status, 200, "namespace {i}: {body}");
+        let c = token_of(&body);
+        assert_eq!(live::token_client(&c), ident.client_id);
+    }
+    assert_eq!(emu.call_count("POST token"), N as u64, "{:?}", emu.calls());
+    assert_eq!(emu.call_count("GET imds.token"), 0);
+    assert_eq!(emu.federated_credentials(&ident.id).len(), 1);
+}
