@@ -353,3 +353,114 @@ async fn twenty_five_namespaces_on_one_identity_are_served_through_one_credentia
     assert_eq!(emu.call_count("GET imds.token"), 0);
     assert_eq!(emu.federated_credentials(&ident.id).len(), 1);
 }
+
+/// Standard mode: how the operator served each pod (annotation `podid.dev/identity-serving` on
+/// its AzureAssignedIdentity) wins over the binding, so the agent never asks IMDS for an identity
+/// the operator left off the scale set, nor exchanges where the operator assigned.
+#[tokio::test]
+async fn standard_mode_follows_the_serving_the_operator_recorded() {
+    use podid_crds::{AzureAssignedIdentity, AzureIdentity, EmbeddedIdentity};
+    let cluster = Cluster::shared_async().await;
+    let ns = cluster.namespace("fed-std").await;
+    let client = ns.client.clone();
+    let pool = NodePool::aks("fedstd", 1);
+    cluster.add_nodes(&pool).await.expect("fake node ready");
+    let node = pool.node_name(0);
+    let emu = Emulator::start(Settings::default()).await.unwrap();
+    emu.trust_issuer_ca(cluster.ca_pem());
+    let vmss = emu.add_scale_set(&pool.resource_group, &pool.scale_set, 1);
+    // a: recorded federated, binding silent, on no scale set. b: recorded assigned, binding
+    // annotated federated, on the scale set.
+    let (a, b) = (
+        emu.add_identity("rg", "fed-std-a"),
+        emu.add_identity("rg", "fed-std-b"),
+    );
+    emu.preassign(&vmss, &b.id);
+    let mut pods = Vec::new();
+    for (name, ident) in [("a", &a), ("b", &b)] {
+        let spec = json!({"type": 0, "resourceID": ident.id, "clientID": ident.client_id});
+        Api::<AzureIdentity>::namespaced(client.clone(), &ns.name)
+            .create(
+                &PostParams::default(),
+                &obj(json!({"metadata": {"name": name}, "spec": spec})),
+            )
+            .await
+            .unwrap();
+        let mut binding = json!({"metadata": {"name": format!("bind-{name}")},
+            "spec": {"azureIdentity": name, "selector": format!("fed-std-{name}")}});
+        if name == "b" {
+            binding["metadata"]["annotations"] = json!({SERVING_ANNOTATION: "federated"});
+        }
+        Api::<AzureIdentityBinding>::namespaced(client.clone(), &ns.name)
+            .create(&PostParams::default(), &obj(binding))
+            .await
+            .unwrap();
+        pods.push((
+            format!("pod-{name}"),
+            json!({"aadpodidbinding": format!("fed-std-{name}")}),
+        ));
+    }
+    let labels: Vec<(&str, Value)> = pods.iter().map(|(n, l)| (n.as_str(), l.clone())).collect();
+    let ips = run_pods(
+        &Api::<Pod>::namespaced(client.clone(), &ns.name),
+        &node,
+        &labels,
+    )
+    .await;
+    let ids: Api<AzureIdentity> = Api::namespaced(client.clone(), &ns.name);
+    let assigned: Api<AzureAssignedIdentity> = Api::namespaced(client.clone(), &ns.name);
+    for (pod, identity, ident, serving) in [
+        ("pod-a", "a", &a, "federated"),
+        ("pod-b", "b", &b, "assigned"),
+    ] {
+        let id = ids.get(identity).await.unwrap();
+        let record: AzureAssignedIdentity = obj(json!({
+            "apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzureAssignedIdentity",
+            "metadata": {"name": format!("{pod}-{}-{identity}", ns.name),
+                         "labels": {"nodename": node},
+                         "annotations": {SERVING_ANNOTATION: serving}},
+            "spec": {"pod": pod, "podNamespace": ns.name, "nodename": node,
+                     "azureIdentityRef": serde_json::to_value(EmbeddedIdentity::from(&id)).unwrap()},
+            "status": {"status": "Assigned"}
+        }));
+        assigned
+            .create(&PostParams::default(), &record)
+            .await
+            .unwrap();
+        live::bridged(
+            &client,
+            cluster,
+            &emu,
+            ident,
+            (&ns.name, "Pod", pod),
+            "default",
+        )
+        .await;
+    }
+    let config = ServerConfig {
+        mode: Mode::Standard,
+        imds_endpoint: url::Url::parse(&emu.imds_endpoint(&format!("{}_0", pool.scale_set)))
+            .unwrap(),
+        ..Default::default()
+    };
+    let (addr, _agent) = live::start_agent_flags(
+        client.clone(),
+        &node,
+        config,
+        &emu.arm_endpoint(),
+        &["--federated"],
+    )
+    .await;
+
+    let (status, body) = call_resource(addr, ips["pod-a"], "https://vault.azure.net", "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(live::token_client(&token_of(&body)), a.client_id);
+    assert_eq!(emu.call_count("POST token"), 1, "pod-a by exchange");
+    assert_eq!(emu.call_count("GET imds.token"), 0);
+
+    let (status, body) = call_resource(addr, ips["pod-b"], "https://vault.azure.net", "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(token_of(&body)["appid"], b.client_id.as_str());
+    assert_eq!(emu.call_count("GET imds.token"), 1, "pod-b through IMDS");
+    assert_eq!(emu.call_count("POST token"), 1);
+}
