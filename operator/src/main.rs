@@ -117,6 +117,15 @@ impl Azure {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
+    let serving = match flags.serving() {
+        Ok(s) => s,
+        Err(e) => {
+            use clap::CommandFactory;
+            Flags::command()
+                .error(clap::error::ErrorKind::ArgumentConflict, e)
+                .exit()
+        }
+    };
     flags.log.init();
     let shutdown = CancellationToken::new();
     let metrics = Metrics::new();
@@ -166,6 +175,8 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(
         mode = ?flags.mode,
         bridge = flags.bridge,
+        federated = serving.federated,
+        identity_serving = %serving.default,
         subscription = %cloud.subscription_id,
         resource_group = %cloud.resource_group,
         credential = ?cloud.credential,
@@ -206,6 +217,7 @@ async fn main() -> anyhow::Result<()> {
             immutable: flags.immutable(cloud),
             fallback_scope: (!cloud.resource_group.is_empty())
                 .then(|| (cloud.subscription_id.clone(), cloud.resource_group.clone())),
+            serving,
         });
         let notify = Arc::new(Notify::new());
         let stores = Stores::start(&client, notify.clone(), &shutdown);
