@@ -90,6 +90,10 @@ pub struct Flags {
     /// Identity of this replica in the Lease (default: the host name).
     #[arg(long = "leader-election-instance", env = "HOSTNAME")]
     pub leader_election_instance: Option<String>,
+    /// podid-operator's own namespace: per-identity ServiceAccounts of the bridge are made here
+    /// (docs/bridge.md). Default: `--leader-election-namespace`.
+    #[arg(long = "operator-namespace", env = "POD_NAMESPACE")]
+    pub operator_namespace: Option<String>,
     #[arg(long = "leader-election-namespace", default_value = "default")]
     pub leader_election_namespace: String,
     /// Name of this controller's coordination.k8s.io Lease.

@@ -200,7 +200,7 @@ async fn main() -> anyhow::Result<()> {
         }
     });
     if flags.bridge {
-        let bridge = bridge(&flags, &azure, &client, &metrics, &shutdown).await?;
+        let bridge = bridge(&flags, serving, &azure, &client, &metrics, &shutdown).await?;
         let (may_write, shutdown) = (may_write.clone(), shutdown.clone());
         let (debounce, interval) = (flags.debounce, flags.bridge_interval);
         tasks.spawn(async move {
@@ -263,6 +263,7 @@ async fn main() -> anyhow::Result<()> {
 /// The bridge with its watches, ARM client and prover; its notifier.
 async fn bridge(
     flags: &Flags,
+    serving: podid_crds::serving::ServingSettings,
     azure: &Azure,
     client: &kube::Client,
     metrics: &Metrics,
@@ -292,6 +293,14 @@ async fn bridge(
         // 2 s, 4 s, 8 s, then 16 s: about two and a half minutes in all.
         proof_attempts: 12,
         proof_interval: Duration::from_secs(2),
+        serving,
+        namespace: Some(
+            flags
+                .operator_namespace
+                .clone()
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| flags.leader_election_namespace.clone()),
+        ),
     };
     // Federated credentials through azure_mgmt_msi: one write at a time per identity, a 409
     // from another writer retried.

@@ -396,6 +396,8 @@ pub fn bridge(
             match_options: podid_crds::policy::MatchOptions::standard(false),
             proof_attempts: 20,
             proof_interval: Duration::from_millis(250),
+            serving: Default::default(),
+            namespace: None,
         },
         Metrics::new(),
     )
