@@ -18,15 +18,20 @@
 //!   an annotation naming another client ID is surfaced, never overwritten; a workload with
 //!   several identities gets credentials for all, and an annotation only when its pod template
 //!   names the default one (`podid.dev/default-identity`);
-//! - service principals get nothing (ARM cannot give them credentials): surfaced.
+//! - service principals get nothing (ARM cannot give them credentials): surfaced;
+//! - an identity that would need more than [`MAX_FEDERATED_CREDENTIALS`] credentials and is
+//!   served by token exchange to some workload ([`Sharing`]) gets one credential instead, for
+//!   its per-identity ServiceAccount ([`identity_service_account`]) in podid-operator's
+//!   namespace, listed on every workload's record on that identity (the node agent exchanges
+//!   through it); the limit still blocks the cutover, as the report says.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use podid_azure::FederatedCredential;
 use podid_crds::DEFAULT_IDENTITY_ANNOTATION;
 use podid_crds::migration::{
-    MAX_FEDERATED_CREDENTIALS, TOKEN_EXCHANGE_AUDIENCE, credential_name, is_podid_credential,
-    migration_name, service_account_subject,
+    MAX_FEDERATED_CREDENTIALS, TOKEN_EXCHANGE_AUDIENCE, credential_name, identity_service_account,
+    is_podid_credential, migration_name, service_account_subject,
 };
 use podid_crds::plan::{Assessment, Severity, Verdict};
 use podid_crds::reason::ReasonCode;
@@ -41,7 +46,23 @@ pub struct Observed {
     pub service_accounts: BTreeMap<(String, String), Option<String>>,
     /// (namespace, ServiceAccount) of pods that already run on Workload ID.
     pub workload_id_in_use: BTreeSet<(String, String)>,
+    /// ServiceAccounts podid created (its `app.kubernetes.io/managed-by` label).
+    pub managed_service_accounts: BTreeSet<(String, String)>,
 }
+
+/// What the per-identity ServiceAccount path needs to know.
+#[derive(Clone, Debug, Default)]
+pub struct Sharing {
+    /// podid-operator's namespace, where per-identity ServiceAccounts live (`None`: the path is
+    /// off).
+    pub namespace: Option<String>,
+    /// Identities (resource ID, lower case) served by token exchange to at least one workload
+    /// (`--federated` on, and the serving of a binding that grants it exchanges).
+    pub exchanged: BTreeSet<String>,
+}
+
+/// Prefix of the per-identity ServiceAccounts ([`identity_service_account`]).
+const IDENTITY_SERVICE_ACCOUNT_PREFIX: &str = "podid-identity-";
 
 /// A ServiceAccount to create or annotate.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -105,11 +126,26 @@ pub struct BridgePlan {
     pub service_accounts: Vec<ServiceAccountWrite>,
     /// Per identity, the (namespace, ServiceAccount) left without a credential by the limit.
     pub left_out: BTreeMap<String, Vec<(String, String)>>,
+    /// Identities served through their per-identity ServiceAccount: (namespace, name).
+    pub shared: BTreeMap<String, (String, String)>,
+    /// Per-identity ServiceAccounts podid made that nothing needs any more.
+    pub delete_service_accounts: Vec<(String, String)>,
 }
 
 /// Decides one pass. `issuer` is the cluster's usable OIDC issuer; without one the caller
 /// writes nothing to Azure (every workload is blocked by `no-oidc-issuer` in the plan).
 pub fn plan(assessments: &[Assessment], issuer: &str, observed: &Observed) -> BridgePlan {
+    plan_with(assessments, issuer, observed, &Sharing::default())
+}
+
+/// [`plan`], with the per-identity ServiceAccount path for identities over the limit that are
+/// served by token exchange.
+pub fn plan_with(
+    assessments: &[Assessment],
+    issuer: &str,
+    observed: &Observed,
+    sharing: &Sharing,
+) -> BridgePlan {
     let mut out = BridgePlan::default();
     // Every (identity, namespace, SA) needed, with the client ID.
     let mut needed: BTreeMap<String, BTreeSet<(String, String)>> = BTreeMap::new();
@@ -124,6 +160,38 @@ pub fn plan(assessments: &[Assessment], issuer: &str, observed: &Observed) -> Br
             client_ids.insert(c.identity.clone(), c.client_id.clone());
         }
         out.workloads.push(w);
+    }
+    // Identities over the limit and served by token exchange: one credential, for the
+    // per-identity ServiceAccount, named after the first AzureIdentity (by namespace and name)
+    // that points at it.
+    if let Some(home) = &sharing.namespace {
+        for (identity, subjects) in &mut needed {
+            if subjects.len() <= MAX_FEDERATED_CREDENTIALS || !sharing.exchanged.contains(identity)
+            {
+                continue;
+            }
+            let Some(named) = out
+                .workloads
+                .iter()
+                .flat_map(|w| &w.credentials)
+                .filter(|c| &c.identity == identity)
+                .map(|c| c.azure_identity.as_str())
+                .min()
+            else {
+                continue;
+            };
+            let (ns, name) = named.split_once('/').unwrap_or(("", named));
+            let sa = (home.clone(), identity_service_account(ns, name));
+            *subjects = BTreeSet::from([sa.clone()]);
+            out.shared.insert(identity.clone(), sa);
+        }
+        for w in &mut out.workloads {
+            for c in &mut w.credentials {
+                if let Some((ns, sa)) = out.shared.get(&c.identity) {
+                    c.credential = credential(issuer, ns, sa);
+                }
+            }
+        }
     }
     // Per identity: what exists, what fits the budget, what goes.
     let mut admitted: BTreeMap<String, BTreeSet<(String, String)>> = BTreeMap::new();
@@ -159,21 +227,49 @@ pub fn plan(assessments: &[Assessment], issuer: &str, observed: &Observed) -> Br
     }
     // Budget outcome back onto each workload.
     for w in &mut out.workloads {
-        let key = (w.namespace.clone(), w.target_service_account.clone());
         for c in &mut w.credentials {
+            let key = subject_parts(&c.credential.subject)
+                .map(|(n, s)| (n.to_owned(), s.to_owned()))
+                .unwrap_or_default();
             c.within_budget = admitted.get(&c.identity).is_some_and(|a| a.contains(&key));
             if !c.within_budget && observed.credentials.contains_key(&c.identity) {
                 w.conflicts.push(Conflict {
                     code: ReasonCode::FederatedCredentialLimit,
                     message: format!(
-                        "identity {} has no room for a credential for system:serviceaccount:{}:{}: Entra allows {MAX_FEDERATED_CREDENTIALS} per identity, counting credentials made by others; share ServiceAccounts or split the identity",
-                        c.identity, w.namespace, w.target_service_account
+                        "identity {} has no room for a credential for {}: Entra allows {MAX_FEDERATED_CREDENTIALS} per identity, counting credentials made by others; share ServiceAccounts or split the identity",
+                        c.identity, c.credential.subject
                     ),
                 });
             }
         }
     }
     out.service_accounts = service_account_writes(&out.workloads, observed);
+    // The per-identity ServiceAccounts: created, annotated with the identity's client ID.
+    for (identity, (ns, sa)) in &out.shared {
+        let current = observed.service_accounts.get(&(ns.clone(), sa.clone()));
+        let annotate = client_ids
+            .get(identity)
+            .cloned()
+            .filter(|_| !matches!(current, Some(Some(_))));
+        if current.is_none() || annotate.is_some() {
+            out.service_accounts.push(ServiceAccountWrite {
+                namespace: ns.clone(),
+                name: sa.clone(),
+                create: current.is_none(),
+                client_id: annotate,
+            });
+        }
+    }
+    if let Some(home) = &sharing.namespace {
+        let in_use: BTreeSet<&(String, String)> = out.shared.values().collect();
+        out.delete_service_accounts = observed
+            .managed_service_accounts
+            .iter()
+            .filter(|(ns, sa)| ns == home && sa.starts_with(IDENTITY_SERVICE_ACCOUNT_PREFIX))
+            .filter(|k| !in_use.contains(k))
+            .cloned()
+            .collect();
+    }
     out
 }
 

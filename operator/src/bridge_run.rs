@@ -25,9 +25,11 @@ use podid_crds::index::IdentityIndex;
 use podid_crds::migration::{
     BRIDGE_MANAGER, MigrationCredential, MigrationIdentity, Stage, TOKEN_EXCHANGE_AUDIENCE,
     WorkloadMigration, WorkloadMigrationSpec, WorkloadMigrationStatus, WorkloadRef,
+    parse_service_account_subject,
 };
 use podid_crds::plan::{ClusterContext, PlanInput, WorkloadObjects, issuer_problem, workloads};
 use podid_crds::policy::MatchOptions;
+use podid_crds::serving::{Serving, ServingSettings, binding_serving};
 use podid_crds::{
     AzureIdentity, AzureIdentityBinding, AzurePodIdentityException, BRIDGE_CREDENTIALS_ANNOTATION,
     POD_LABEL, WI_CLIENT_ID_ANNOTATION, WI_TENANT_ID_ANNOTATION, WI_USE_LABEL,
@@ -36,7 +38,7 @@ use podid_telemetry::watch as watches;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::bridge::{self, BridgePlan, Observed, WorkloadBridge};
+use crate::bridge::{self, BridgePlan, Observed, Sharing, WorkloadBridge};
 use crate::metrics::Metrics;
 
 /// Label podid puts on the records it writes.
@@ -65,6 +67,12 @@ pub struct BridgeSettings {
     pub proof_attempts: u32,
     /// First wait between attempts; doubled per attempt up to eight times this.
     pub proof_interval: Duration,
+    /// `--federated` and `--identity-serving`: which identities the node agent serves by token
+    /// exchange (for the per-identity ServiceAccount path).
+    pub serving: ServingSettings,
+    /// podid-operator's own namespace, where per-identity ServiceAccounts are made (`None`: not
+    /// made).
+    pub namespace: Option<String>,
 }
 
 /// The watched objects the bridge decides from.
@@ -283,10 +291,15 @@ impl<F: FederatedCredentials> Bridge<F> {
         let mut observed = self.observe_kubernetes();
         self.observe_arm(&assessments, &mut observed, &mut report)
             .await;
-        let plan = bridge::plan(&assessments, &issuer, &observed);
+        let sharing = Sharing {
+            namespace: self.settings.namespace.clone(),
+            exchanged: self.exchanged(&assessments),
+        };
+        let plan = bridge::plan_with(&assessments, &issuer, &observed, &sharing);
         report.workloads = plan.workloads.len();
         self.write_service_accounts(&plan, &mut report).await;
         self.write_credentials(&plan, &mut report).await;
+        self.delete_service_accounts(&plan, &mut report).await;
         let ready = self.prove(&plan, &issuer, &mut report).await;
         self.write_proven_annotations(&plan, &ready, &mut report)
             .await;
@@ -347,9 +360,46 @@ impl<F: FederatedCredentials> Bridge<F> {
         })
     }
 
+    /// Identities (resource ID, lower case) the node agent serves to some workload by token
+    /// exchange: per workload and identity, the most conservative serving of the bindings that
+    /// grant it ([`podid_crds::serving::pod_serving`]'s rule). None without `--federated`.
+    fn exchanged(&self, assessments: &[podid_crds::plan::Assessment]) -> BTreeSet<String> {
+        let settings = self.settings.serving;
+        if !settings.federated {
+            return BTreeSet::new();
+        }
+        let index = self.stores.index.read().expect("index lock");
+        let mut out = BTreeSet::new();
+        for a in assessments.iter().filter(|a| a.uses_pod_identity) {
+            let mut per_identity: BTreeMap<(&str, &str), (Serving, &str)> = BTreeMap::new();
+            for i in a.identities.iter().filter(|i| !i.resource_id.is_empty()) {
+                let key = podid_crds::index::ObjectKey::new(&i.namespace, &i.binding);
+                let Some(b) = index.binding(&key) else {
+                    continue;
+                };
+                let s = binding_serving(b, settings).0;
+                per_identity
+                    .entry((&i.namespace, &i.name))
+                    .and_modify(|(old, _)| *old = old.most_conservative(s))
+                    .or_insert((s, &i.resource_id));
+            }
+            out.extend(
+                per_identity
+                    .into_values()
+                    .filter(|(s, _)| s.exchanges())
+                    .map(|(_, id)| id.to_ascii_lowercase()),
+            );
+        }
+        out
+    }
+
     fn observe_kubernetes(&self) -> Observed {
         let mut o = Observed::default();
         for sa in self.stores.service_accounts.state() {
+            if sa.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY) {
+                o.managed_service_accounts
+                    .insert((sa.namespace().unwrap_or_default(), sa.name_any()));
+            }
             o.service_accounts.insert(
                 (sa.namespace().unwrap_or_default(), sa.name_any()),
                 sa.annotations().get(WI_CLIENT_ID_ANNOTATION).cloned(),
@@ -450,6 +500,23 @@ impl<F: FederatedCredentials> Bridge<F> {
         }
     }
 
+    /// Removes the per-identity ServiceAccounts nothing needs any more (podid's only).
+    async fn delete_service_accounts(&self, plan: &BridgePlan, report: &mut BridgeReport) {
+        for (ns, name) in &plan.delete_service_accounts {
+            let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), ns);
+            match api.delete(name, &DeleteParams::default()).await {
+                Ok(_) => {
+                    tracing::info!(namespace = %ns, name = %name, "per-identity ServiceAccount no longer needed: deleted")
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => {
+                    report.errors += 1;
+                    tracing::warn!(namespace = %ns, name = %name, error = %e, "deleting ServiceAccount");
+                }
+            }
+        }
+    }
+
     async fn write_credentials(&self, plan: &BridgePlan, report: &mut BridgeReport) {
         // One write at a time: Azure answers 409 to concurrent writes on one identity.
         for (identity, c) in &plan.put {
@@ -504,10 +571,11 @@ impl<F: FederatedCredentials> Bridge<F> {
                 if !tried.insert(key.clone()) {
                     continue;
                 }
-                match self
-                    .prove_with_retry(&w.namespace, &w.target_service_account, &c.client_id)
-                    .await
-                {
+                // The credential's own ServiceAccount: the workload's, or the identity's.
+                let Some((ns, sa)) = parse_service_account_subject(&c.credential.subject) else {
+                    continue;
+                };
+                match self.prove_with_retry(&ns, &sa, &c.client_id).await {
                     Ok(()) => {
                         report.proven += 1;
                         self.metrics.bridge_exchange("proven");
@@ -551,7 +619,13 @@ impl<F: FederatedCredentials> Bridge<F> {
     ) {
         let mut by_sa: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
         for w in &plan.workloads {
-            for c in &w.credentials {
+            let own = podid_crds::migration::service_account_subject(
+                &w.namespace,
+                &w.target_service_account,
+            );
+            // Only credentials for the workload's own ServiceAccount (not the per-identity one)
+            // make it ready for the cutover.
+            for c in w.credentials.iter().filter(|c| c.credential.subject == own) {
                 if ready.contains(&(c.identity.clone(), c.credential.subject.clone())) {
                     by_sa
                         .entry((w.namespace.clone(), w.target_service_account.clone()))
@@ -752,6 +826,14 @@ pub fn record_status(
             credentials.len()
         ),
     ));
+    if tenant_id.is_none_or(str::is_empty) && !credentials.is_empty() {
+        conditions.push(condition(
+            "TenantKnown",
+            false,
+            "NoTenant",
+            "the bridge knows no Entra tenant (--tenant-id or azure.json's tenantId): the node agent cannot exchange tokens for this workload's identities",
+        ));
+    }
     match problems.first() {
         Some(p) => conditions.push(condition(
             "Blocked",

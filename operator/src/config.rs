@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use podid_azure::{CloudConfig, Overrides};
 use podid_crds::policy::Mode;
+use podid_crds::serving::{Serving, ServingSettings};
 
 /// A duration written as `500ms`, `15s`, `3m` or `1h` (a bare number is seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -52,6 +53,16 @@ pub struct Flags {
     /// WorkloadMigration per workload (docs/bridge.md). `--bridge=false` turns it off.
     #[arg(long = "bridge", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub bridge: bool,
+    /// Let identities be served by token exchange (the node agent exchanges a ServiceAccount
+    /// token at Entra) where a binding asks for it with `podid.dev/identity-serving` or
+    /// `--identity-serving` says so; `federated` identities are then not assigned to scale sets
+    /// (docs/operator.md). Off: every identity is served `assigned`. Give podid-nmi the same.
+    #[arg(long = "federated", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub federated: bool,
+    /// How identities of bindings without the `podid.dev/identity-serving` annotation are
+    /// served (the annotation wins). Anything but `assigned` needs `--federated`.
+    #[arg(long = "identity-serving", value_enum, default_value = "assigned")]
+    pub identity_serving: Serving,
     /// The Azure cloud's name (`AzurePublicCloud`, `AzureChinaCloud`, …), over azure.json's
     /// `cloud`; the original's no-azure.json manifest sets it as `CLOUD`.
     #[arg(long = "cloud", env = "CLOUD")]
@@ -79,6 +90,10 @@ pub struct Flags {
     /// Identity of this replica in the Lease (default: the host name).
     #[arg(long = "leader-election-instance", env = "HOSTNAME")]
     pub leader_election_instance: Option<String>,
+    /// podid-operator's own namespace: per-identity ServiceAccounts of the bridge are made here
+    /// (docs/bridge.md). Default: `--leader-election-namespace`.
+    #[arg(long = "operator-namespace", env = "POD_NAMESPACE")]
+    pub operator_namespace: Option<String>,
     #[arg(long = "leader-election-namespace", default_value = "default")]
     pub leader_election_namespace: String,
     /// Name of this controller's coordination.k8s.io Lease.
@@ -192,6 +207,21 @@ impl Flags {
             base_delay: self.update_user_msi_retry_interval,
             ..Default::default()
         }
+    }
+
+    /// `--federated` and `--identity-serving`; a default other than `assigned` without
+    /// `--federated` is a usage error naming both flags.
+    pub fn serving(&self) -> Result<ServingSettings, String> {
+        if self.identity_serving != Serving::Assigned && !self.federated {
+            return Err(format!(
+                "--identity-serving={} needs --federated (token exchange is off without it)",
+                self.identity_serving
+            ));
+        }
+        Ok(ServingSettings {
+            federated: self.federated,
+            default: self.identity_serving,
+        })
     }
 
     /// azure.json (if any) overridden by flags and environment variables.
@@ -334,6 +364,33 @@ mod tests {
         assert!(
             e.to_string().contains("--arm-endpoint"),
             "names the fix: {e}"
+        );
+    }
+
+    #[test]
+    fn serving_flags() {
+        assert_eq!(flags(&[]).serving(), Ok(ServingSettings::assigned_only()));
+        assert_eq!(
+            flags(&[
+                "--federated",
+                "--identity-serving",
+                "federated-with-fallback"
+            ])
+            .serving(),
+            Ok(ServingSettings {
+                federated: true,
+                default: Serving::FederatedWithFallback
+            })
+        );
+        let e = flags(&["--identity-serving=federated"])
+            .serving()
+            .unwrap_err();
+        assert!(
+            e.contains("--identity-serving") && e.contains("--federated"),
+            "{e}"
+        );
+        assert!(
+            Flags::try_parse_from(["podid-operator", "--identity-serving", "Federated"]).is_err()
         );
     }
 

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -129,6 +129,9 @@ pub struct Controller<A> {
     pub ready: Arc<AtomicBool>,
     /// At most this many AzureAssignedIdentity writes in flight at once (`--createDeleteBatch`).
     pub batch: usize,
+    /// Per binding (`namespace/name`), the serving issue last told (logged and as an Event):
+    /// each is told when it appears or changes, not on every pass.
+    serving_issues: Mutex<BTreeMap<String, String>>,
 }
 
 /// What a pass did.
@@ -165,6 +168,7 @@ impl<A: NodePoolIdentities> Controller<A> {
             recorder,
             ready: Arc::new(AtomicBool::new(false)),
             batch: 20,
+            serving_issues: Mutex::default(),
         }
     }
 
@@ -272,6 +276,7 @@ impl<A: NodePoolIdentities> Controller<A> {
             &current,
         );
         log_plan(&plan, full);
+        self.tell_serving_issues().await;
         report.did_work = !plan.is_empty();
         self.apply(&plan, &assigned, &current, &mut report).await;
         let result = if report.errors == 0 { "ok" } else { "error" };
@@ -528,6 +533,42 @@ impl<A: NodePoolIdentities> Controller<A> {
         .collect()
         .await;
         r.errors += deletions.iter().filter(|ok| !**ok).count();
+    }
+
+    /// Logs, and tells on the binding with an Event (reason `IdentityServing`), each binding
+    /// not served as its `podid.dev/identity-serving` annotation asks (an unknown value, or
+    /// token exchange while `--federated` is off), once per new or changed issue.
+    async fn tell_serving_issues(&self) {
+        let settings = self.planner.options.serving;
+        // Collected under the read lock, told without it.
+        let issues: BTreeMap<String, (ObjectReference, String)> = self
+            .stores
+            .index()
+            .bindings()
+            .filter_map(|b| {
+                let issue = podid_crds::serving::binding_serving(b, settings).1?;
+                let key = format!("{}/{}", b.namespace().unwrap_or_default(), b.name_any());
+                Some((key, (b.object_ref(&()), issue.to_string())))
+            })
+            .collect();
+        let new: Vec<(ObjectReference, String)> = {
+            let mut told = self.serving_issues.lock().expect("serving issues lock");
+            told.retain(|k, _| issues.contains_key(k));
+            issues
+                .into_iter()
+                .filter_map(|(k, (reference, note))| {
+                    (told.get(&k) != Some(&note)).then(|| {
+                        told.insert(k, note.clone());
+                        (reference, note)
+                    })
+                })
+                .collect()
+        };
+        for (reference, note) in new {
+            tracing::warn!(issue = %note, "identity serving");
+            self.event(&reference, EventType::Warning, "IdentityServing", &note)
+                .await;
+        }
     }
 
     fn api(&self, obj: &AzureAssignedIdentity) -> Api<AzureAssignedIdentity> {

@@ -117,6 +117,15 @@ impl Azure {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
+    let serving = match flags.serving() {
+        Ok(s) => s,
+        Err(e) => {
+            use clap::CommandFactory;
+            Flags::command()
+                .error(clap::error::ErrorKind::ArgumentConflict, e)
+                .exit()
+        }
+    };
     flags.log.init();
     let shutdown = CancellationToken::new();
     let metrics = Metrics::new();
@@ -166,6 +175,8 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(
         mode = ?flags.mode,
         bridge = flags.bridge,
+        federated = serving.federated,
+        identity_serving = %serving.default,
         subscription = %cloud.subscription_id,
         resource_group = %cloud.resource_group,
         credential = ?cloud.credential,
@@ -189,7 +200,7 @@ async fn main() -> anyhow::Result<()> {
         }
     });
     if flags.bridge {
-        let bridge = bridge(&flags, &azure, &client, &metrics, &shutdown).await?;
+        let bridge = bridge(&flags, serving, &azure, &client, &metrics, &shutdown).await?;
         let (may_write, shutdown) = (may_write.clone(), shutdown.clone());
         let (debounce, interval) = (flags.debounce, flags.bridge_interval);
         tasks.spawn(async move {
@@ -206,6 +217,7 @@ async fn main() -> anyhow::Result<()> {
             immutable: flags.immutable(cloud),
             fallback_scope: (!cloud.resource_group.is_empty())
                 .then(|| (cloud.subscription_id.clone(), cloud.resource_group.clone())),
+            serving,
         });
         let notify = Arc::new(Notify::new());
         let stores = Stores::start(&client, notify.clone(), &shutdown);
@@ -251,6 +263,7 @@ async fn main() -> anyhow::Result<()> {
 /// The bridge with its watches, ARM client and prover; its notifier.
 async fn bridge(
     flags: &Flags,
+    serving: podid_crds::serving::ServingSettings,
     azure: &Azure,
     client: &kube::Client,
     metrics: &Metrics,
@@ -280,6 +293,14 @@ async fn bridge(
         // 2 s, 4 s, 8 s, then 16 s: about two and a half minutes in all.
         proof_attempts: 12,
         proof_interval: Duration::from_secs(2),
+        serving,
+        namespace: Some(
+            flags
+                .operator_namespace
+                .clone()
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| flags.leader_election_namespace.clone()),
+        ),
     };
     // Federated credentials through azure_mgmt_msi: one write at a time per identity, a 409
     // from another writer retried.

@@ -18,11 +18,12 @@ use podid_crds::policy::{
     assigned_identity_namespace,
 };
 use podid_crds::provider::{AssignmentTarget, NodeResource};
+use podid_crds::serving::{Serving, ServingSettings, pod_serving, recorded_serving};
 use podid_crds::{
     ASSIGNED_IDENTITY_FINALIZER, AssignedIdentityState, AzureAssignedIdentity,
     AzureAssignedIdentitySpec, AzureAssignedIdentityStatus, AzureIdentity, AzureIdentityBinding,
     EmbeddedBinding, EmbeddedIdentity, IdentityType, NODENAME_LABEL, PREEXISTING_ANNOTATION,
-    TARGET_ANNOTATION,
+    SERVING_ANNOTATION, TARGET_ANNOTATION,
 };
 
 /// A pod as the planner sees it.
@@ -85,6 +86,9 @@ pub struct PlannerOptions {
     /// Subscription and resource group of nodes without a usable `spec.providerID`: such a node
     /// is taken to be a VM named like the node there (the original's only behaviour).
     pub fallback_scope: Option<(String, String)>,
+    /// `--federated` and `--identity-serving`: how each (pod, identity) is served. Identities
+    /// served `federated` are not assigned to any scale set or VM.
+    pub serving: ServingSettings,
 }
 
 /// Namespace and name of an AzureAssignedIdentity.
@@ -177,15 +181,31 @@ struct Desired<'a> {
     binding: &'a AzureIdentityBinding,
     /// The target and lower-cased resource ID, for user-assigned identities.
     arm: Option<(AssignmentTarget, String)>,
+    /// How the identity is served to this pod ([`pod_serving`]).
+    serving: Serving,
+}
+
+impl Desired<'_> {
+    /// Where the identity must be assigned: its target, unless it is served `federated`.
+    fn assign(&self) -> Option<&(AssignmentTarget, String)> {
+        self.arm
+            .as_ref()
+            .filter(|_| self.serving.needs_assignment())
+    }
 }
 
 /// An existing AzureAssignedIdentity and where its identity was assigned.
 struct Existing<'a> {
     object: &'a AzureAssignedIdentity,
-    /// The target and lower-cased resource ID it records, when known.
+    /// The target and lower-cased resource ID it records, when known. A record served
+    /// `federated` has one only while podid's own earlier assignment for it may still be on
+    /// that target (kept when it flipped from `assigned`, so the removal that follows is not
+    /// forgotten).
     arm: Option<(AssignmentTarget, String)>,
     preexisting: bool,
     terminating: bool,
+    /// What the record says ([`recorded_serving`]; `assigned` when it says nothing).
+    serving: Serving,
 }
 
 struct Analysis<'a> {
@@ -199,7 +219,7 @@ impl Analysis<'_> {
     fn needed(&self) -> BTreeSet<(&AssignmentTarget, &str)> {
         self.desired
             .values()
-            .filter_map(|d| d.arm.as_ref().map(|(t, id)| (t, id.as_str())))
+            .filter_map(|d| d.assign().map(|(t, id)| (t, id.as_str())))
             .collect()
     }
 }
@@ -222,8 +242,16 @@ impl AssignmentPlanner {
         let a = self.analyse(world);
         let mut out = BTreeSet::new();
         for (key, d) in &a.desired {
-            let Some((t, _)) = &d.arm else { continue };
-            let settled = a.existing.get(key).is_some_and(|e| {
+            let existing = a.existing.get(key);
+            let Some((t, _)) = d.assign() else {
+                // Served `federated`: nothing to assign; a record that still remembers podid's
+                // earlier assignment needs its target read (to remove it, then forget it).
+                if let Some((t, _)) = existing.and_then(|e| e.arm.as_ref()) {
+                    out.insert(t.clone());
+                }
+                continue;
+            };
+            let settled = existing.is_some_and(|e| {
                 self.matches(e, d) && e.object.state() == AssignedIdentityState::Assigned
             });
             if full || !settled {
@@ -289,6 +317,9 @@ impl AssignmentPlanner {
                 .iter()
                 .filter(|id| !want.contains(id.as_str()))
                 .filter(|id| recorded.on_target.get(&(t, id.as_str())) == Some(&false))
+                // A record about to say `federated` still says `assigned`: the node agent may
+                // be serving it from here; it is removed once the record says `federated`.
+                .filter(|id| !recorded.flipping.contains(&(t, id.as_str())))
                 .filter(|id| !self.is_immutable(id, state, recorded.client_ids.get(id.as_str())))
                 .cloned()
                 .collect();
@@ -313,6 +344,10 @@ impl AssignmentPlanner {
             let existing = a.existing.get(key);
             if existing.is_some_and(|e| e.terminating) {
                 plan.skipped.push(Skip::Terminating { key: key.clone() });
+                continue;
+            }
+            if !d.serving.needs_assignment() {
+                self.plan_federated(key, d, existing, reads, plan);
                 continue;
             }
             if let Some((t, _)) = &d.arm
@@ -345,7 +380,8 @@ impl AssignmentPlanner {
                     {
                         continue;
                     }
-                    let obj = self.replacement(key, d, e, preexisting);
+                    let placed = d.arm.as_ref().map(|(t, _)| (t, preexisting));
+                    let obj = self.replacement(key, d, e, placed);
                     plan.update.push(Gated { item: obj, after });
                 }
                 None => {
@@ -358,8 +394,9 @@ impl AssignmentPlanner {
                         });
                         AssignedIdentityState::Created
                     };
+                    let placed = d.arm.as_ref().map(|(t, _)| (t, preexisting));
                     plan.create.push(Gated {
-                        item: self.build(key, d, preexisting, status),
+                        item: self.build(key, d, placed, status),
                         after,
                     });
                 }
@@ -367,16 +404,89 @@ impl AssignmentPlanner {
         }
     }
 
+    /// A (pod, identity) served `federated`: its record is created `Assigned` at once (nothing
+    /// to assign); a record that says `assigned` is rewritten to say `federated` first, keeping
+    /// podid's earlier assignment in memory, and a later pass removes that assignment (once no
+    /// other record needs it there) and then forgets it.
+    fn plan_federated(
+        &self,
+        key: &ObjectKey,
+        d: &Desired<'_>,
+        existing: Option<&Existing<'_>>,
+        reads: &mut Reads<'_>,
+        plan: &mut Plan,
+    ) {
+        match existing {
+            Some(e) if self.matches(e, d) => {
+                if let Some((t, id)) = &e.arm {
+                    if !reads.readable(t, plan) {
+                        return;
+                    }
+                    // Forget the assignment once the write removing it succeeded (or at once
+                    // when this pass removes nothing: absent, still needed by another record,
+                    // there before podid, or immutable, and then another record or the
+                    // protection remembers it).
+                    let removed = plan
+                        .writes
+                        .get(t)
+                        .is_some_and(|w| w.remove.iter().any(|r| r == id));
+                    plan.update.push(Gated {
+                        item: self.replacement(key, d, e, None),
+                        after: if removed { vec![t.clone()] } else { Vec::new() },
+                    });
+                } else if e.object.state() != AssignedIdentityState::Assigned {
+                    plan.mark_assigned.push(Gated {
+                        item: key.clone(),
+                        after: Vec::new(),
+                    });
+                }
+            }
+            Some(e) => {
+                let same_identity =
+                    e.arm.as_ref().map(|(_, id)| id) == d.arm.as_ref().map(|(_, id)| id);
+                if same_identity {
+                    // The annotation flips first; podid's assignment is remembered.
+                    let memory = e.arm.as_ref().map(|(t, _)| (t, e.preexisting));
+                    plan.update.push(Gated {
+                        item: self.replacement(key, d, e, memory),
+                        after: Vec::new(),
+                    });
+                    return;
+                }
+                // Another identity than the record's: the old one's removal (planned this pass
+                // from the old record) must be written before the record of it goes.
+                let mut after = Vec::new();
+                if let Some((old, _)) = &e.arm {
+                    if !reads.readable(old, plan) {
+                        return;
+                    }
+                    if plan.writes.contains_key(old) {
+                        after.push(old.clone());
+                    }
+                }
+                plan.update.push(Gated {
+                    item: self.replacement(key, d, e, None),
+                    after,
+                });
+            }
+            None => plan.create.push(Gated {
+                item: self.build(key, d, None, AssignedIdentityState::Assigned),
+                after: Vec::new(),
+            }),
+        }
+    }
+
     /// The record replacing `e` for `d`: same name, with `e`'s resource version, uid, creation
-    /// time and finalizers (podid's added if missing).
+    /// time and finalizers (podid's added if missing). `placed`: the target it records and
+    /// whether the identity was there before podid.
     fn replacement(
         &self,
         key: &ObjectKey,
         d: &Desired<'_>,
         e: &Existing<'_>,
-        preexisting: bool,
+        placed: Option<(&AssignmentTarget, bool)>,
     ) -> AzureAssignedIdentity {
-        let mut obj = self.build(key, d, preexisting, AssignedIdentityState::Assigned);
+        let mut obj = self.build(key, d, placed, AssignedIdentityState::Assigned);
         obj.metadata.resource_version = e.object.metadata.resource_version.clone();
         obj.metadata.uid = e.object.metadata.uid.clone();
         obj.metadata.creation_timestamp = e.object.metadata.creation_timestamp.clone();
@@ -432,7 +542,8 @@ impl AssignmentPlanner {
                 });
                 continue;
             };
-            for g in grants {
+            for g in &grants {
+                let serving = pod_serving(&grants, g.identity, self.options.serving);
                 let arm = if g.identity.spec.type_ == IdentityType::UserAssignedMsi {
                     let Some(t) = self.node_target(node) else {
                         skipped.push(Skip::NoTarget {
@@ -461,6 +572,7 @@ impl AssignmentPlanner {
                         identity: g.identity,
                         binding: g.binding,
                         arm,
+                        serving,
                     },
                 ));
             }
@@ -477,6 +589,7 @@ impl AssignmentPlanner {
     ) -> BTreeMap<ObjectKey, Existing<'a>> {
         let mut existing = BTreeMap::new();
         for obj in assigned {
+            let serving = recorded_serving(obj).unwrap_or_default();
             let arm = obj
                 .spec
                 .azure_identity_ref
@@ -488,10 +601,12 @@ impl AssignmentPlanner {
                         .annotations()
                         .get(TARGET_ANNOTATION)
                         .and_then(|t| AssignmentTarget::from_arm_id(t));
+                    // A `federated` record names a target only to remember podid's assignment.
                     let target = recorded.or_else(|| {
                         nodes
                             .get(obj.spec.node_name.as_str())
                             .and_then(|n| self.node_target(n))
+                            .filter(|_| serving.needs_assignment())
                     })?;
                     Some((target, i.spec.resource_id.to_ascii_lowercase()))
                 });
@@ -505,6 +620,7 @@ impl AssignmentPlanner {
                         .get(PREEXISTING_ANNOTATION)
                         .is_some_and(|v| v == "true"),
                     terminating: obj.metadata.deletion_timestamp.is_some(),
+                    serving,
                 },
             );
         }
@@ -525,7 +641,8 @@ impl AssignmentPlanner {
     }
 
     /// True when the existing object already says what the desired one would: same pod, node,
-    /// identity and binding (their specs; metadata-only edits do not count) and target.
+    /// identity and binding (their specs; metadata-only edits do not count), serving (a record
+    /// without the annotation says `assigned`) and, when assigned, target.
     fn matches(&self, e: &Existing<'_>, d: &Desired<'_>) -> bool {
         let s = &e.object.spec;
         let same_identity = s.azure_identity_ref.as_ref().is_some_and(|i| {
@@ -543,7 +660,8 @@ impl AssignmentPlanner {
             && s.node_name == d.pod.node_name
             && same_identity
             && same_binding
-            && e.arm == d.arm
+            && e.serving == d.serving
+            && (!d.serving.needs_assignment() || e.arm == d.arm)
             && e.object.labels().get(NODENAME_LABEL) == Some(&d.pod.node_name)
     }
 
@@ -559,15 +677,20 @@ impl AssignmentPlanner {
             || recorded_client_ids.is_some_and(|cs| cs.iter().any(|c| imm.contains(c)))
     }
 
+    /// A record for `d`; `placed`: the target it records (where the identity is assigned, or
+    /// was by podid) and whether the identity was there before podid.
     fn build(
         &self,
         key: &ObjectKey,
         d: &Desired<'_>,
-        preexisting: bool,
+        placed: Option<(&AssignmentTarget, bool)>,
         status: AssignedIdentityState,
     ) -> AzureAssignedIdentity {
-        let mut annotations = BTreeMap::new();
-        if let Some((t, _)) = &d.arm {
+        let mut annotations = BTreeMap::from([(
+            SERVING_ANNOTATION.to_string(),
+            d.serving.as_str().to_string(),
+        )]);
+        if let Some((t, preexisting)) = placed {
             annotations.insert(TARGET_ANNOTATION.to_string(), t.arm_id());
             if preexisting {
                 annotations.insert(PREEXISTING_ANNOTATION.to_string(), "true".to_string());
@@ -585,7 +708,7 @@ impl AssignmentPlanner {
                     NODENAME_LABEL.to_string(),
                     d.pod.node_name.clone(),
                 )])),
-                annotations: (!annotations.is_empty()).then_some(annotations),
+                annotations: Some(annotations),
                 finalizers: Some(vec![ASSIGNED_IDENTITY_FINALIZER.to_string()]),
                 ..ObjectMeta::default()
             },
@@ -640,14 +763,26 @@ impl Reads<'_> {
 struct Recorded<'a> {
     on_target: BTreeMap<(&'a AssignmentTarget, &'a str), bool>,
     client_ids: BTreeMap<&'a str, BTreeSet<String>>,
+    /// Assignments whose record still says `assigned` while its pod is now served `federated`
+    /// by the same identity: not removed until the record says so.
+    flipping: BTreeSet<(&'a AssignmentTarget, &'a str)>,
 }
 
 impl<'a> Recorded<'a> {
     fn collect(a: &'a Analysis<'_>) -> Self {
         let mut on_target: BTreeMap<(&AssignmentTarget, &str), bool> = BTreeMap::new();
         let mut client_ids: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
-        for e in a.existing.values() {
+        let mut flipping = BTreeSet::new();
+        for (key, e) in &a.existing {
             if let Some((t, id)) = &e.arm {
+                let to_federated = a.desired.get(key).is_some_and(|d| {
+                    !d.serving.needs_assignment()
+                        && d.arm.as_ref().map(|(_, i)| i) == Some(id)
+                        && e.serving.needs_assignment()
+                });
+                if to_federated && !e.terminating {
+                    flipping.insert((t, id.as_str()));
+                }
                 *on_target.entry((t, id)).or_default() |= e.preexisting;
                 if let Some(c) = embedded_client_id(e.object) {
                     client_ids.entry(id).or_default().insert(c);
@@ -657,6 +792,7 @@ impl<'a> Recorded<'a> {
         Self {
             on_target,
             client_ids,
+            flipping,
         }
     }
 
@@ -670,7 +806,7 @@ impl<'a> Recorded<'a> {
 fn needed_per_target<'a>(a: &'a Analysis<'_>) -> BTreeMap<&'a AssignmentTarget, BTreeSet<&'a str>> {
     let mut needed: BTreeMap<&AssignmentTarget, BTreeSet<&str>> = BTreeMap::new();
     for d in a.desired.values() {
-        if let Some((t, id)) = &d.arm {
+        if let Some((t, id)) = d.assign() {
             needed.entry(t).or_default().insert(id);
         }
     }

@@ -331,3 +331,152 @@ fn with_several_identities_the_named_default_is_annotated() {
         "credentials for both identities, for both ServiceAccounts"
     );
 }
+
+/// `n` workloads, one per namespace `team-<i>`, each bound (binding in `ids`) to identity
+/// `ids/shared`.
+fn spread(n: usize) -> Vec<podid_crds::plan::Assessment> {
+    let workloads: Vec<Workload> = (0..n)
+        .map(|i| {
+            workload(
+                &format!("team-{i:02}"),
+                "Deployment",
+                "app",
+                "app",
+                &format!("sel-{i:02}"),
+            )
+        })
+        .collect();
+    let bindings: Vec<_> = (0..n)
+        .map(|i| {
+            binding(
+                "ids",
+                &format!("b-{i:02}"),
+                "shared",
+                &format!("sel-{i:02}"),
+            )
+        })
+        .collect();
+    assess(
+        &workloads,
+        &[msi("ids", "shared", "client-shared")],
+        &bindings,
+    )
+}
+
+fn sharing(exchanged: bool) -> podid_operator::bridge::Sharing {
+    podid_operator::bridge::Sharing {
+        namespace: Some("podid-system".into()),
+        exchanged: if exchanged {
+            BTreeSet::from([rid("shared").to_ascii_lowercase()])
+        } else {
+            BTreeSet::new()
+        },
+    }
+}
+
+#[test]
+fn an_identity_over_the_limit_served_by_exchange_gets_one_credential_for_its_service_account() {
+    use podid_crds::migration::{identity_service_account, service_account_subject};
+    use podid_operator::bridge::plan_with;
+    let a = spread(25);
+    let id = rid("shared").to_ascii_lowercase();
+    let sa = identity_service_account("ids", "shared");
+    let subject = service_account_subject("podid-system", &sa);
+    let p = plan_with(&a, ISSUER, &observed_with(&id, vec![]), &sharing(true));
+    assert_eq!(p.put.len(), 1, "{:?}", p.put);
+    assert_eq!(p.put[0].1.subject, subject);
+    assert_eq!(
+        p.put[0].1.name,
+        credential_name(ISSUER, "podid-system", &sa)
+    );
+    assert!(p.left_out.is_empty());
+    assert_eq!(p.shared[&id], ("podid-system".to_owned(), sa.clone()));
+    let made = p
+        .service_accounts
+        .iter()
+        .find(|w| w.namespace == "podid-system")
+        .expect("the per-identity ServiceAccount is created");
+    assert_eq!(
+        (made.name.as_str(), made.create, made.client_id.as_deref()),
+        (sa.as_str(), true, Some("client-shared"))
+    );
+    // Every workload's record lists that one credential; the limit still blocks the cutover.
+    assert_eq!(p.workloads.len(), 25);
+    for w in &p.workloads {
+        assert_eq!(w.credentials.len(), 1, "{}", w.namespace);
+        assert_eq!(w.credentials[0].credential.subject, subject);
+        assert!(w.credentials[0].within_budget);
+        assert!(
+            w.blockers
+                .iter()
+                .any(|b| b.code == ReasonCode::FederatedCredentialLimit),
+            "{:?}",
+            w.blockers
+        );
+    }
+
+    // podid's per-workload credentials from before are no longer needed; a foreign one stays.
+    let old = FederatedCredential {
+        name: credential_name(ISSUER, "team-00", "app"),
+        ..foreign("x", "system:serviceaccount:team-00:app")
+    };
+    let hand = foreign("by-hand", "system:serviceaccount:team-01:app");
+    let p = plan_with(
+        &a,
+        ISSUER,
+        &observed_with(&id, vec![old.clone(), hand]),
+        &sharing(true),
+    );
+    assert_eq!(p.delete, [(id.clone(), old.name.clone())]);
+    assert_eq!(p.put.len(), 1);
+
+    // Assigned only (no exchange): the ordinary path, 20 credentials and 5 left out; the
+    // per-identity ServiceAccount and credential made earlier go.
+    let mut o = observed_with(
+        &id,
+        vec![FederatedCredential {
+            name: credential_name(ISSUER, "podid-system", &sa),
+            ..foreign("x", &subject)
+        }],
+    );
+    o.managed_service_accounts
+        .insert(("podid-system".into(), sa.clone()));
+    o.managed_service_accounts
+        .insert(("podid-system".into(), "podid-other".into()));
+    o.service_accounts.insert(
+        ("podid-system".into(), sa.clone()),
+        Some("client-shared".into()),
+    );
+    let p = plan_with(&a, ISSUER, &o, &sharing(false));
+    assert_eq!(p.put.len(), MAX_FEDERATED_CREDENTIALS);
+    assert_eq!(p.left_out[&id].len(), 5);
+    assert!(p.shared.is_empty());
+    assert_eq!(
+        p.delete,
+        [(id.clone(), credential_name(ISSUER, "podid-system", &sa))]
+    );
+    assert_eq!(
+        p.delete_service_accounts,
+        [("podid-system".to_owned(), sa.clone())],
+        "only the per-identity one podid made"
+    );
+}
+
+#[test]
+fn an_identity_within_the_limit_keeps_one_credential_per_service_account() {
+    use podid_operator::bridge::plan_with;
+    let a = spread(20);
+    let id = rid("shared").to_ascii_lowercase();
+    let p = plan_with(&a, ISSUER, &observed_with(&id, vec![]), &sharing(true));
+    assert_eq!(p.put.len(), 20);
+    assert!(p.shared.is_empty() && p.left_out.is_empty());
+    // Without the operator's namespace the path is off.
+    let a = spread(21);
+    let off = podid_operator::bridge::Sharing {
+        namespace: None,
+        ..sharing(true)
+    };
+    let p = plan_with(&a, ISSUER, &observed_with(&id, vec![]), &off);
+    assert!(p.shared.is_empty());
+    assert_eq!(p.left_out[&id].len(), 1);
+}

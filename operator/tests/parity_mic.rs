@@ -643,12 +643,22 @@ fn go_zero_values(record: &mut Value) -> usize {
     n
 }
 
-/// Known difference (docs/parity.md): podid's records of user-assigned identities name the
+/// Known differences (docs/parity.md): podid's records of user-assigned identities name the
 /// scale set or VM they were assigned on (`podid.dev/assignment-target`), so the identity can be
-/// removed even when the node is gone. Checks it and removes it.
+/// removed even when the node is gone; every podid record says how it is served
+/// (`podid.dev/identity-serving`, `assigned` without `--federated`). Checks and removes them.
 fn podid_annotations(name: &str, record: &mut Value) {
     let user_assigned = record["spec"]["azureIdentityRef"]["spec"]["type"] == 0;
     let meta = record["metadata"].as_object_mut().expect("metadata");
+    let serving = meta
+        .get_mut("annotations")
+        .and_then(Value::as_object_mut)
+        .and_then(|a| a.remove("podid.dev/identity-serving"));
+    assert_eq!(
+        serving.as_ref().and_then(Value::as_str),
+        Some("assigned"),
+        "{name}: podid.dev/identity-serving"
+    );
     let target = meta
         .get_mut("annotations")
         .and_then(Value::as_object_mut)

@@ -910,3 +910,149 @@ fn removal_waits_until_no_node_of_the_scale_set_needs_it() {
     assert_eq!(plan.writes[&t].remove, [lrid("id2")]);
     assert_eq!(sim.on(&t), [lrid("id1")]);
 }
+
+fn serve(b: &mut AzureIdentityBinding, serving: &str) {
+    b.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(SERVING_ANNOTATION.into(), serving.into());
+}
+
+fn federated_on() -> PlannerOptions {
+    PlannerOptions {
+        serving: podid_crds::serving::ServingSettings {
+            federated: true,
+            default: podid_crds::serving::Serving::Assigned,
+        },
+        ..Default::default()
+    }
+}
+
+fn serving_of(a: &AzureAssignedIdentity) -> &str {
+    &a.annotations()[SERVING_ANNOTATION]
+}
+
+#[test]
+fn a_federated_identity_is_recorded_assigned_without_any_arm_call() {
+    let (mut sim, t) = one_pool(1);
+    sim.options = federated_on();
+    sim.identities.push(msi("app", "id1"));
+    let mut b = binding("app", "b1", "id1", "sel");
+    serve(&mut b, "federated");
+    sim.bindings.push(b);
+    sim.pods.push(pod("app", "web", "sel", "aks-np-vmss000000"));
+    let plan = sim.pass();
+    assert_eq!((sim.reads, sim.writes), (0, 0), "{plan:?}");
+    assert_eq!(sim.states(), assigned(&["default/web-app-id1"]));
+    let rec = sim.aai("default", "web-app-id1");
+    assert_eq!(serving_of(rec), "federated");
+    assert!(!rec.annotations().contains_key(TARGET_ANNOTATION));
+    assert!(sim.on(&t).is_empty());
+    assert!(sim.pass().is_empty());
+    // The pod goes: its record goes, still without ARM.
+    sim.pods.clear();
+    sim.pass();
+    assert!(sim.aais.is_empty());
+    assert_eq!((sim.reads, sim.writes), (0, 0));
+}
+
+#[test]
+fn without_the_switch_a_federated_binding_is_assigned() {
+    let (mut sim, t) = one_pool(1);
+    sim.identities.push(msi("app", "id1"));
+    let mut b = binding("app", "b1", "id1", "sel");
+    serve(&mut b, "federated");
+    sim.bindings.push(b);
+    sim.pods.push(pod("app", "web", "sel", "aks-np-vmss000000"));
+    sim.pass();
+    assert_eq!(sim.on(&t), [lrid("id1")]);
+    assert_eq!(serving_of(sim.aai("default", "web-app-id1")), "assigned");
+}
+
+#[test]
+fn flips_between_assigned_and_federated_in_the_safe_order() {
+    let (mut sim, t) = one_pool(1);
+    sim.options = federated_on();
+    sim.identities.push(msi("app", "id1"));
+    sim.bindings.push(binding("app", "b1", "id1", "sel"));
+    sim.pods.push(pod("app", "web", "sel", "aks-np-vmss000000"));
+    sim.pass();
+    assert_eq!(sim.on(&t), [lrid("id1")]);
+    let key = "web-app-id1";
+    assert_eq!(serving_of(sim.aai("default", key)), "assigned");
+
+    // assigned -> federated: the record says so first, the identity stays this pass ...
+    serve(&mut sim.bindings[0], "federated");
+    let plan = sim.pass();
+    assert!(plan.writes.is_empty(), "{plan:?}");
+    assert_eq!(serving_of(sim.aai("default", key)), "federated");
+    assert_eq!(sim.on(&t), [lrid("id1")]);
+    // ... and goes on the next, after which the record forgets it.
+    let plan = sim.pass();
+    assert_eq!(plan.writes[&t].remove, [lrid("id1")]);
+    assert!(sim.on(&t).is_empty());
+    assert!(
+        !sim.aai("default", key)
+            .annotations()
+            .contains_key(TARGET_ANNOTATION)
+    );
+    assert!(sim.pass().is_empty());
+    assert_eq!(sim.states(), assigned(&["default/web-app-id1"]));
+
+    // federated -> assigned: the record says `assigned` only once the write succeeded.
+    serve(&mut sim.bindings[0], "assigned");
+    sim.failing.insert(t.clone());
+    sim.pass();
+    assert_eq!(serving_of(sim.aai("default", key)), "federated");
+    sim.failing.clear();
+    sim.pass();
+    assert_eq!(sim.on(&t), [lrid("id1")]);
+    assert_eq!(serving_of(sim.aai("default", key)), "assigned");
+    assert_eq!(
+        sim.aai("default", key).annotations()[TARGET_ANNOTATION],
+        t.arm_id()
+    );
+    assert!(sim.pass().is_empty());
+}
+
+#[test]
+fn a_flip_keeps_what_another_pod_needs_and_never_removes_a_preexisting_assignment() {
+    let (mut sim, t) = one_pool(2);
+    sim.options = federated_on();
+    sim.arm
+        .get_mut(&t)
+        .unwrap()
+        .user_assigned
+        .insert(lrid("kubelet"));
+    sim.identities.push(msi("app", "kubelet"));
+    sim.identities.push(msi("app", "id1"));
+    sim.bindings.push(binding("app", "bk", "kubelet", "k"));
+    sim.bindings.push(binding("app", "b1", "id1", "a"));
+    sim.bindings.push(binding("other", "b2", "id1", "b"));
+    sim.identities.push(msi("other", "id1"));
+    sim.pods.push(pod("app", "k", "k", "aks-np-vmss000000"));
+    sim.pods.push(pod("app", "a", "a", "aks-np-vmss000000"));
+    sim.pods.push(pod("app", "b", "b", "aks-np-vmss000001"));
+    sim.pass();
+    assert_eq!(sim.on(&t), [lrid("id1"), lrid("kubelet")]);
+    // The pre-existing one flips: never removed.
+    serve(&mut sim.bindings[0], "federated");
+    // One of two pods on id1 flips: pod b still needs it on the scale set.
+    serve(&mut sim.bindings[1], "federated");
+    for _ in 0..3 {
+        sim.pass();
+    }
+    assert_eq!(sim.on(&t), [lrid("id1"), lrid("kubelet")]);
+    assert_eq!(serving_of(sim.aai("default", "a-app-id1")), "federated");
+    // The other flips too: podid's own assignment goes; the pre-existing one stays.
+    serve(&mut sim.bindings[2], "federated");
+    for _ in 0..3 {
+        sim.pass();
+    }
+    assert_eq!(sim.on(&t), [lrid("kubelet")]);
+    assert!(sim.pass().is_empty());
+    sim.pods.clear();
+    sim.pass();
+    assert!(sim.aais.is_empty());
+    assert_eq!(sim.on(&t), [lrid("kubelet")]);
+}

@@ -144,6 +144,28 @@ pub async fn start_respecting(
     lease: Duration,
     original_lock: Option<(String, String)>,
 ) -> Replica {
+    start_with(
+        client,
+        emu,
+        identity,
+        lease_ns,
+        lease,
+        original_lock,
+        PlannerOptions::default(),
+    )
+    .await
+}
+
+/// [`start_respecting`] with the planner's options (`--federated`, `--identity-serving`, …).
+pub async fn start_with(
+    client: &kube::Client,
+    emu: &Emulator,
+    identity: &str,
+    lease_ns: &str,
+    lease: Duration,
+    original_lock: Option<(String, String)>,
+    options: PlannerOptions,
+) -> Replica {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "podid_operator=info".into()))
         .with_test_writer()
@@ -160,7 +182,7 @@ pub async fn start_respecting(
     let controller = Controller::new(
         client.clone(),
         arm,
-        AssignmentPlanner::new(PlannerOptions::default()),
+        AssignmentPlanner::new(options),
         stores,
         metrics.clone(),
         identity,
@@ -396,6 +418,8 @@ pub fn bridge(
             match_options: podid_crds::policy::MatchOptions::standard(false),
             proof_attempts: 20,
             proof_interval: Duration::from_millis(250),
+            serving: Default::default(),
+            namespace: None,
         },
         Metrics::new(),
     )
