@@ -225,6 +225,9 @@ pub fn exchange_target(
         })
 }
 
+/// How every per-identity ServiceAccount's name starts ([`identity_service_account`]).
+pub const IDENTITY_SERVICE_ACCOUNT_PREFIX: &str = "podid-identity-";
+
 /// The ServiceAccount, in podid-operator's namespace, through which every pod bound to one
 /// user-assigned identity is served by token exchange when the identity would otherwise need more
 /// federated credentials than Azure allows ([`MAX_FEDERATED_CREDENTIALS`]): one credential for
@@ -232,6 +235,7 @@ pub fn exchange_target(
 /// the AzureIdentities of many namespaces that name one identity share it:
 /// `podid-identity-<identity name>-<hash of the resource ID>`.
 pub fn identity_service_account(resource_id: &str) -> String {
+    let prefix = IDENTITY_SERVICE_ACCOUNT_PREFIX;
     let rid = resource_id.trim().to_ascii_lowercase();
     let name: String = rid
         .rsplit('/')
@@ -242,7 +246,7 @@ pub fn identity_service_account(resource_id: &str) -> String {
         .take(200)
         .collect();
     let name = name.trim_matches('-');
-    format!("podid-identity-{name}-{}", short_hash(&rid, 10))
+    format!("{prefix}{name}-{}", short_hash(&rid, 10))
 }
 
 /// The subject of a ServiceAccount's tokens, as Entra matches it (exactly, case-sensitively).

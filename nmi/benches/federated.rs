@@ -25,7 +25,7 @@ use podid_testkit::{Cluster, NodePool};
 use serde_json::json;
 
 #[path = "../tests/live/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod live;
 
 const WARM_ROUNDS: usize = 20;

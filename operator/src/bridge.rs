@@ -30,8 +30,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use podid_azure::FederatedCredential;
 use podid_crds::DEFAULT_IDENTITY_ANNOTATION;
 use podid_crds::migration::{
-    MAX_FEDERATED_CREDENTIALS, TOKEN_EXCHANGE_AUDIENCE, credential_name, identity_service_account,
-    is_podid_credential, migration_name, service_account_subject,
+    IDENTITY_SERVICE_ACCOUNT_PREFIX, MAX_FEDERATED_CREDENTIALS, TOKEN_EXCHANGE_AUDIENCE,
+    credential_name, identity_service_account, is_podid_credential, migration_name,
+    service_account_subject,
 };
 use podid_crds::plan::{Assessment, Severity, Verdict};
 use podid_crds::reason::ReasonCode;
@@ -60,9 +61,6 @@ pub struct Sharing {
     /// (`--federated` on, and the serving of a binding that grants it exchanges).
     pub exchanged: BTreeSet<String>,
 }
-
-/// Prefix of the per-identity ServiceAccounts ([`identity_service_account`]).
-const IDENTITY_SERVICE_ACCOUNT_PREFIX: &str = "podid-identity-";
 
 /// A ServiceAccount to create or annotate.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -162,26 +160,14 @@ pub fn plan_with(
         out.workloads.push(w);
     }
     // Identities over the limit and served by token exchange: one credential, for the
-    // per-identity ServiceAccount, named after the first AzureIdentity (by namespace and name)
-    // that points at it.
+    // per-identity ServiceAccount, named after the Azure identity (its resource ID).
     if let Some(home) = &sharing.namespace {
         for (identity, subjects) in &mut needed {
             if subjects.len() <= MAX_FEDERATED_CREDENTIALS || !sharing.exchanged.contains(identity)
             {
                 continue;
             }
-            let Some(named) = out
-                .workloads
-                .iter()
-                .flat_map(|w| &w.credentials)
-                .filter(|c| &c.identity == identity)
-                .map(|c| c.azure_identity.as_str())
-                .min()
-            else {
-                continue;
-            };
-            let (ns, name) = named.split_once('/').unwrap_or(("", named));
-            let sa = (home.clone(), identity_service_account(ns, name));
+            let sa = (home.clone(), identity_service_account(identity));
             *subjects = BTreeSet::from([sa.clone()]);
             out.shared.insert(identity.clone(), sa);
         }

@@ -380,7 +380,7 @@ fn an_identity_over_the_limit_served_by_exchange_gets_one_credential_for_its_ser
     use podid_operator::bridge::plan_with;
     let a = spread(25);
     let id = rid("shared").to_ascii_lowercase();
-    let sa = identity_service_account("ids", "shared");
+    let sa = identity_service_account(&id);
     let subject = service_account_subject("podid-system", &sa);
     let p = plan_with(&a, ISSUER, &observed_with(&id, vec![]), &sharing(true));
     assert_eq!(p.put.len(), 1, "{:?}", p.put);

@@ -473,9 +473,10 @@ async fn colliding_record_names_on_the_api_server_serve_each_pod_its_own_identit
 
     // The node agent's view of the node, as podid-nmi builds it.
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let agent = podid_nmi::cluster::KubeView::start(c.clone(), &node, true, shutdown.clone())
-        .await
-        .expect("agent view");
+    let agent =
+        podid_nmi::cluster::KubeView::start(c.clone(), &node, true, false, shutdown.clone())
+            .await
+            .expect("agent view");
     let served = |ns: &str, pod_name: &str| -> Vec<(String, String, bool)> {
         agent
             .assigned_identities(ns, pod_name)

@@ -354,7 +354,7 @@ async fn an_identity_bound_in_25_namespaces_is_served_through_one_credential() {
     }
     assert_eq!(report.errors, 0, "{report:?}");
 
-    let sa = identity_service_account(&ids.name, "shared");
+    let sa = identity_service_account(&shared.id);
     let subject = service_account_subject(&home.name, &sa);
     let creds = common::arm(&emu).list(&shared.id).await.unwrap();
     let podid: Vec<_> = creds
