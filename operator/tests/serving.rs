@@ -219,6 +219,219 @@ async fn a_flip_moves_podids_own_assignment_off_the_scale_set_and_back() {
     replica.stop().await;
 }
 
+/// Operator, bridge and agent together: a pod asks the agent for a token every 20 ms (each time
+/// for a resource not asked before, so every answer is fetched) while its binding flips
+/// assigned -> federated -> assigned. The bridge prepares and proves the pod's credential (on a
+/// dedicated ServiceAccount, the pod running as `default`: the agent's tokens for it are
+/// unbound); the operator moves its assignment off the scale set and back; no request fails.
+#[tokio::test]
+async fn a_pod_asking_throughout_a_flip_gets_every_token() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let _serial = one_controller_at_a_time().await;
+    let cluster = Cluster::shared_async().await;
+    clean_slate(cluster).await;
+    let ns = cluster.namespace("fed-e").await;
+    let c = ns.client.clone();
+    let admin = cluster.client().await.unwrap();
+    let pool = NodePool::aks("fede", 1);
+    cluster.add_nodes(&pool).await.expect("fake node ready");
+    let node = pool.node_name(0);
+    let emu = emulator().await;
+    emu.trust_issuer_ca(cluster.ca_pem());
+    let vmss = emu.add_scale_set(&pool.resource_group, &pool.scale_set, 1);
+    let web = emu.add_identity("rg", "web");
+    identity(&c, &ns.name, "web", 0, &web.id, &web.client_id).await;
+    served_binding(&c, &ns.name, "web", "web", "fed-e-web", None).await;
+    pod(&c, &ns.name, "p", &node, "fed-e-web").await;
+    let running = podid_testkit::wait_for_running_pods(
+        Api::namespaced(c.clone(), &ns.name),
+        "aadpodidbinding=fed-e-web",
+        1,
+        120,
+    )
+    .await
+    .expect("pod running with an IP");
+    let ip: std::net::IpAddr = running[0]
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.as_deref())
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    let replica = start_with(
+        &c,
+        &emu,
+        "fe",
+        &ns.name,
+        Duration::from_secs(15),
+        None,
+        PlannerOptions {
+            serving: FEDERATED_ON,
+            ..Default::default()
+        },
+    )
+    .await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut bridge = common::bridge(cluster, &admin, &emu, &shutdown);
+    bridge.settings.serving = FEDERATED_ON;
+    let bridging = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(60), bridge.stores.ready()).await;
+            while !shutdown.is_cancelled() {
+                bridge.pass().await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+    };
+
+    // The agent for the node, standard mode, --federated, as the binary wires it.
+    let flags = <podid_nmi::config::Flags as clap::Parser>::try_parse_from([
+        "podid-nmi".to_owned(),
+        format!("--node={node}"),
+        "--federated".to_owned(),
+        format!("--entra-authority={}", emu.arm_endpoint()),
+        format!(
+            "--imds-endpoint={}",
+            emu.imds_endpoint(&format!("{}_0", pool.scale_set))
+        ),
+        "--find-identity-retry-interval=1".to_owned(),
+    ])
+    .unwrap();
+    let view =
+        podid_nmi::cluster::KubeView::start(admin.clone(), &node, true, true, shutdown.clone())
+            .await
+            .unwrap();
+    let builder = podid_nmi::agent::AgentBuilder::new(&flags, shutdown.clone())
+        .kube_federation(admin.clone());
+    let agent_metrics = builder.metrics.clone();
+    let credentials = builder
+        .kube_credentials(admin.clone(), Arc::new(view.clone()))
+        .unwrap();
+    let agent = Arc::new(builder.build(Arc::new(view), Arc::new(credentials)));
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], listener.local_addr().unwrap().port()));
+    tokio::spawn(podid_nmi::server::serve(
+        listener,
+        podid_nmi::server::router(agent),
+        shutdown.clone(),
+    ));
+
+    // The bridge has proven the pod's credential.
+    let records: Api<WorkloadMigration> = Api::namespaced(c.clone(), &ns.name);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let proven = records
+            .get_opt("pod-p")
+            .await
+            .unwrap()
+            .and_then(|r| r.status)
+            .and_then(|s| exchange_target(&s, &web.client_id));
+        if let Some(t) = proven {
+            assert_eq!(
+                (t.namespace.as_str(), t.service_account.as_str()),
+                (ns.name.as_str(), "p")
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bridge proved nothing in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let p = format!("p-{}-web", ns.name);
+    wait_assigned(&c, &ns.name, std::slice::from_ref(&p), 60).await;
+    wait_machine(&emu, &vmss, &[&web.id], 30).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .local_address(ip)
+                .no_proxy()
+                .build()
+                .unwrap();
+            let (mut ok, mut failures) = (0u32, Vec::new());
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                i += 1;
+                let resource = format!("https://flip{i}.example.com");
+                let resp = http
+                    .get(format!("http://{addr}/metadata/identity/oauth2/token"))
+                    .query(&[
+                        ("api-version", "2018-02-01"),
+                        ("resource", resource.as_str()),
+                    ])
+                    .header("Metadata", "true")
+                    .send()
+                    .await
+                    .unwrap();
+                let status = resp.status().as_u16();
+                if status == 200 {
+                    ok += 1;
+                } else {
+                    failures.push(format!("{status} {}", resp.text().await.unwrap()));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (ok, failures)
+        })
+    };
+    let exchanged = || {
+        agent_metrics
+            .render()
+            .lines()
+            .find(|l| {
+                l.starts_with("podid_nmi_federated_requests_duration_seconds_count{serving=\"federated\",result=\"ok\"}")
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let imds = || emu.call_count("GET imds.token");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while imds() < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "no IMDS tokens");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    set_serving(&c, &ns.name, "web", "federated").await;
+    wait_serving(&c, &p, "federated", 30).await;
+    wait_machine(&emu, &vmss, &[], 30).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while exchanged() < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "no exchanges");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let imds_after = imds();
+
+    set_serving(&c, &ns.name, "web", "assigned").await;
+    wait_serving(&c, &p, "assigned", 30).await;
+    wait_machine(&emu, &vmss, &[&web.id], 10).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while imds() < imds_after + 3 {
+        assert!(tokio::time::Instant::now() < deadline, "IMDS not back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    stop.store(true, Ordering::SeqCst);
+    let (ok, failures) = poller.await.unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} failed of {}: {failures:?}",
+        failures.len(),
+        ok as usize + failures.len()
+    );
+    assert!(ok >= 9, "{ok}");
+    shutdown.cancel();
+    let _ = bridging.await;
+    replica.stop().await;
+}
+
 #[tokio::test]
 async fn without_federated_a_federated_binding_is_assigned_and_told_why() {
     let _serial = one_controller_at_a_time().await;
