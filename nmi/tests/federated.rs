@@ -464,3 +464,91 @@ async fn standard_mode_follows_the_serving_the_operator_recorded() {
     assert_eq!(emu.call_count("GET imds.token"), 1, "pod-b through IMDS");
     assert_eq!(emu.call_count("POST token"), 1);
 }
+
+/// Attack: a namespace user who may write WorkloadMigrations forges its own workload's record to
+/// name another identity's credential, or another workload's ServiceAccount. The record only
+/// ever chooses which ServiceAccount's token is presented for an identity the pod is already
+/// granted; it never chooses the identity. No forged record yields the victim's identity.
+#[tokio::test]
+async fn a_forged_workload_record_never_yields_another_identity() {
+    use podid_crds::migration::{WorkloadMigration, migration_name, service_account_subject};
+    let s = scene("forge", Some("federated"), &["evil"]).await;
+    // The victim: identity V, its credential for ServiceAccount `victim` of the same namespace.
+    let victim = s.emu.add_identity("rg", "fed-forge-victim");
+    Api::<ServiceAccount>::namespaced(s.client.clone(), &s.ns)
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": "victim"}})),
+        )
+        .await
+        .unwrap();
+    live::bridged(
+        &s.client,
+        Cluster::shared_async().await,
+        &s.emu,
+        &victim,
+        (&s.ns, "Pod", "victim"),
+        "victim",
+    )
+    .await;
+    let ip = s.ips["evil"];
+    let records: Api<WorkloadMigration> = Api::namespaced(s.client.clone(), &s.ns);
+    let forge = async |status: Value| {
+        records
+            .patch_status(
+                &migration_name("Pod", "evil"),
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "status": status })),
+            )
+            .await
+            .unwrap();
+    };
+    // The agent sees a record change within a watch event: ask (for fresh resources) until the
+    // answer is `want`; no answer on the way may carry a token of another identity than E.
+    let settled = async |tag: &str, want: u16| {
+        let mut i = 0;
+        let mut last = (0, String::new());
+        until(10, "the agent sees the forged record", async || {
+            i += 1;
+            last = call_resource(s.addr, ip, &format!("https://{tag}{i}.example.com"), "").await;
+            if last.0 == 200 {
+                assert_eq!(live::token_client(&token_of(&last.1)), s.ident.client_id);
+            }
+            last.0 == want
+        })
+        .await;
+        last
+    };
+    let no_token = |(status, body): (u16, String)| {
+        assert_ne!(status, 200, "{body}");
+        assert!(!body.contains("access_token"), "{body}");
+        (status, body)
+    };
+
+    // 1. The record lists V and V's credential: asking for V is refused before any record is
+    //    read (not bound), and the pod's own identity has no proven credential in it.
+    forge(json!({
+        "identities": [{"azureIdentity": "x/v", "clientID": victim.client_id, "resourceID": victim.id, "tenantID": s.emu.tenant_id()}],
+        "credentials": [{"name": "podid-x", "identity": victim.id, "issuer": "i",
+                         "subject": service_account_subject(&s.ns, "victim"), "ready": true}],
+    }))
+    .await;
+    let q = format!("client_id={}", victim.client_id);
+    let (status, _) = no_token(call_resource(s.addr, ip, "https://vault.azure.net", &q).await);
+    assert_eq!(status, 403);
+    let (status, body) = no_token(settled("one", 503).await);
+    assert_eq!(status, 503, "{body}");
+
+    // 2. The record names the victim's ServiceAccount for the pod's own identity E: the agent
+    //    presents that ServiceAccount's token for E, which has no credential for it: Entra
+    //    refuses (AADSTS70021). Still no token, and never V's.
+    forge(json!({
+        "identities": [{"azureIdentity": "x/e", "clientID": s.ident.client_id, "resourceID": s.ident.id, "tenantID": s.emu.tenant_id()}],
+        "credentials": [{"name": "podid-x", "identity": s.ident.id, "issuer": "i",
+                         "subject": service_account_subject(&s.ns, "victim"), "ready": true}],
+    }))
+    .await;
+    let (status, body) = no_token(settled("two", 403).await);
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("AADSTS70021"), "{body}");
+}
