@@ -82,13 +82,59 @@ pub async fn run(
     may_write: watch::Sender<bool>,
     shutdown: CancellationToken,
 ) {
+    run_reporting(
+        client,
+        election,
+        may_write,
+        watch::Sender::new(None),
+        shutdown,
+    )
+    .await
+}
+
+/// Why this replica can never lead, when the API server refuses it its Lease: every replica
+/// under that role stands by forever and nothing is ever written, so this is said loudly (an
+/// error in the log, not ready, an Event), with the fix.
+pub fn lease_refused(election: &Election, status: &kube::core::Status) -> String {
+    format!(
+        "podid-operator may not use its Lease {}/{} (the API server answered {}: {}), so it never leads and writes nothing. Grant its ServiceAccount get, create and update on leases (coordination.k8s.io) in namespace {}: deploy/podid-operator.yaml's Role podid-operator does; the original MIC's ClusterRole has no such rule",
+        election.namespace, election.name, status.code, status.message, election.namespace
+    )
+}
+
+/// [`run`], also publishing in `problem` why this replica cannot lead (see
+/// [`lease_refused`]), or `None`.
+pub async fn run_reporting(
+    client: kube::Client,
+    election: Election,
+    may_write: watch::Sender<bool>,
+    problem: watch::Sender<Option<String>>,
+    shutdown: CancellationToken,
+) {
     let leases: Api<Lease> = Api::namespaced(client.clone(), &election.namespace);
     let retry = (election.duration / 4).max(Duration::from_millis(100));
     let renew_deadline = election.duration / 2;
     let mut last_renewal: Option<tokio::time::Instant> = None;
     let mut legacy_logged: Option<String> = None;
     loop {
-        let leading = match step(&leases, &election).await {
+        let result = step(&leases, &election).await;
+        let refused = match &result {
+            Err(kube::Error::Api(s)) if s.code == 403 => Some(lease_refused(&election, s)),
+            _ => None,
+        };
+        problem.send_if_modified(|p| {
+            let changed = *p != refused;
+            if changed {
+                match &refused {
+                    Some(why) => tracing::error!("{why}"),
+                    None if p.is_some() => tracing::info!("the Lease is usable again"),
+                    None => {}
+                }
+            }
+            *p = refused.clone();
+            changed
+        });
+        let leading = match result {
             Ok(true) => {
                 last_renewal = Some(tokio::time::Instant::now());
                 true
@@ -98,7 +144,9 @@ pub async fn run(
                 false
             }
             Err(e) => {
-                tracing::warn!(error = %e, lease = %election.name, "lease renewal failed");
+                if refused.is_none() {
+                    tracing::warn!(error = %e, lease = %election.name, "lease renewal failed");
+                }
                 last_renewal.is_some_and(|t| t.elapsed() < renew_deadline)
             }
         };

@@ -24,16 +24,73 @@ use tokio_util::sync::CancellationToken;
 
 /// The admin routes, on both the probe and the Prometheus port. The original answers `/healthz`
 /// with 200 always; the body says whether this replica is the active one.
-fn router(metrics: Metrics, ready: Arc<AtomicBool>, writing: watch::Receiver<bool>) -> Router {
+fn router(
+    metrics: Metrics,
+    ready: Arc<AtomicBool>,
+    writing: watch::Receiver<bool>,
+    lease: watch::Receiver<Option<String>>,
+) -> Router {
     AdminRoutes::new()
         .health(move || *writing.borrow())
-        .readiness(move || ready.load(Ordering::SeqCst), "caches not synced")
+        .readiness(move || {
+            lease
+                .borrow()
+                .clone()
+                .or_else(|| (!ready.load(Ordering::SeqCst)).then(|| "caches not synced".to_owned()))
+        })
         .metrics(move || metrics.render())
         .into_router()
 }
 
 async fn serve(port: u16, app: Router, shutdown: CancellationToken) -> anyhow::Result<()> {
     Ok(podid_telemetry::serve(port, app, shutdown).await?)
+}
+
+/// A Warning Event `LeaseRefused` on this replica's own Pod (env `POD_NAME`, `POD_NAMESPACE`)
+/// each time the Lease becomes unusable, so `kubectl describe pod` shows why nothing happens.
+async fn lease_problem_events(
+    client: kube::Client,
+    mut problem: watch::Receiver<Option<String>>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    let (Ok(name), Ok(namespace)) = (std::env::var("POD_NAME"), std::env::var("POD_NAMESPACE"))
+    else {
+        return Ok(());
+    };
+    let pod = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: Some(name),
+        namespace: Some(namespace),
+        ..Default::default()
+    };
+    let recorder = Recorder::new(
+        client,
+        Reporter {
+            controller: "podid-operator".into(),
+            instance: None,
+        },
+    );
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            changed = problem.changed() => if changed.is_err() { return Ok(()) },
+        }
+        let Some(why) = problem.borrow_and_update().clone() else {
+            continue;
+        };
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "LeaseRefused".into(),
+            note: Some(why),
+            action: "LeaderElection".into(),
+            secondary: None,
+        };
+        if let Err(e) = recorder.publish(&event, &pod).await {
+            tracing::warn!(error = %e, "recording the LeaseRefused Event");
+        }
+    }
 }
 
 /// The Kubernetes client: from `--kubeconfig` when given (and not empty, as the original's
@@ -131,8 +188,14 @@ async fn main() -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let ready = Arc::new(AtomicBool::new(false));
     let (may_write_tx, may_write) = watch::channel(false);
+    let (lease_problem_tx, lease_problem) = watch::channel(None);
     let mut tasks = tokio::task::JoinSet::new();
-    let http = router(metrics.clone(), ready.clone(), may_write.clone());
+    let http = router(
+        metrics.clone(),
+        ready.clone(),
+        may_write.clone(),
+        lease_problem.clone(),
+    );
     tasks.spawn(serve(flags.http_probe_port, http.clone(), shutdown.clone()));
     if flags.prometheus_port != flags.http_probe_port {
         tasks.spawn(serve(flags.prometheus_port, http, shutdown.clone()));
@@ -195,10 +258,15 @@ async fn main() -> anyhow::Result<()> {
         let shutdown = shutdown.clone();
         let client = client.clone();
         async move {
-            leader::run(client, election, may_write_tx, shutdown).await;
+            leader::run_reporting(client, election, may_write_tx, lease_problem_tx, shutdown).await;
             Ok(())
         }
     });
+    tasks.spawn(lease_problem_events(
+        client.clone(),
+        lease_problem,
+        shutdown.clone(),
+    ));
     if flags.bridge {
         let bridge = bridge(&flags, serving, &azure, &client, &metrics, &shutdown).await?;
         let (may_write, shutdown) = (may_write.clone(), shutdown.clone());

@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -26,6 +26,9 @@ use podid_testkit::builders::obj;
 use podid_testkit::{Cluster, NodePool};
 use pretty_assertions::assert_eq;
 use serde_json::{Value, json};
+
+mod common;
+use common::process::{Running, cloud_config, free_port};
 
 /// Identities of the scenario: (name, fixed client ID), so both runs see the same IDs.
 const IDENTITIES: [(&str, &str); 3] = [
@@ -63,68 +66,6 @@ struct Snapshot {
     identity_type: Value,
     /// ARM calls made during the step (`GET vmss`, `PATCH vmss`, `GET operation`, `POST token`, …).
     arm_calls: BTreeMap<String, u64>,
-}
-
-/// A child process that is killed when dropped (so a failing test leaves nothing running).
-struct Running {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Running {
-    fn spawn(mut cmd: Command, log: PathBuf) -> Running {
-        let out = std::fs::File::create(&log).expect("log file");
-        let err = out.try_clone().expect("log file");
-        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
-        Running { child, log }
-    }
-
-    /// SIGTERM (as Kubernetes stops a pod), then wait; SIGKILL after 10 s.
-    fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn assert_alive(&mut self, who: &str) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!(
-                "{who} exited ({status}); its log:\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(60)..].join("\n")
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 fn identity_id(sub: &str, name: &str) -> String {
@@ -257,41 +198,12 @@ impl Run<'_> {
 
     /// The controller as a child process with the same azure.json.
     fn start_controller(&self) -> Running {
-        let azure_json = self.dir.path().join("azure.json");
-        let env_file = self.dir.path().join("environment.json");
-        let ca = self.dir.path().join("emulator-ca.pem");
-        std::fs::write(&ca, self.emu.ca_pem()).unwrap();
-        let https = self.emu.https_endpoint();
-        // A custom cloud, as on Azure Stack: the endpoints come from the environment file.
-        std::fs::write(
-            &env_file,
-            json!({
-                "name": "AzureStackCloud",
-                "resourceManagerEndpoint": format!("{https}/"),
-                "activeDirectoryEndpoint": format!("{https}/"),
-                "tokenAudience": format!("{https}/"),
-                "resourceIdentifiers": {}
-            })
-            .to_string(),
-        )
-        .unwrap();
-        std::fs::write(
-            &azure_json,
-            json!({
-                "cloud": "AzureStackCloud",
-                "tenantId": self.emu.tenant_id(),
-                "subscriptionId": self.emu.subscription_id(),
-                "resourceGroup": self.pool.resource_group,
-                "location": "eastus",
-                "vmType": "vmss",
-                "aadClientId": CONTROLLER_APP.0,
-                "aadClientSecret": CONTROLLER_APP.1,
-                "useManagedIdentityExtension": false,
-                "userAssignedIdentityID": ""
-            })
-            .to_string(),
-        )
-        .unwrap();
+        let (azure_json, env_file, ca) = cloud_config(
+            self.dir.path(),
+            &self.emu,
+            &self.pool.resource_group,
+            CONTROLLER_APP,
+        );
         let probe = free_port().to_string();
         let prom = free_port().to_string();
         let log = out_dir().join(format!("{}.log", self.which.label()));

@@ -39,22 +39,18 @@ impl AdminRoutes {
         )
     }
 
-    /// `/readyz`: 200 `ok` while `ready` holds, else 503 with `not_ready` as the body.
-    pub fn readiness(
-        self,
-        ready: impl Fn() -> bool + Send + Sync + 'static,
-        not_ready: &'static str,
-    ) -> Self {
-        let ready = Arc::new(ready);
+    /// `/readyz`: 200 `ok` while `not_ready` returns `None`, else 503 with the reason it
+    /// returns as the body (what is missing and, where known, the fix).
+    pub fn readiness(self, not_ready: impl Fn() -> Option<String> + Send + Sync + 'static) -> Self {
+        let not_ready = Arc::new(not_ready);
         self.route(
             "/readyz",
             get(move || {
-                let ready = ready.clone();
+                let not_ready = not_ready.clone();
                 async move {
-                    if ready() {
-                        (StatusCode::OK, "ok")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, not_ready)
+                    match not_ready() {
+                        None => (StatusCode::OK, "ok".to_owned()),
+                        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
                     }
                 }
             }),
@@ -151,7 +147,7 @@ mod tests {
         let ready = Arc::new(AtomicBool::new(false));
         let r = ready.clone();
         let router = AdminRoutes::new()
-            .readiness(move || r.load(Ordering::SeqCst), "caches not synced")
+            .readiness(move || (!r.load(Ordering::SeqCst)).then(|| "caches not synced".to_owned()))
             .into_router();
         let (status, _, body) = get(&router, "/readyz").await;
         assert_eq!(

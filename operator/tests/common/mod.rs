@@ -2,6 +2,8 @@
 //! end-to-end tests run it.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::sync::Arc;
 use std::time::Duration;
 
