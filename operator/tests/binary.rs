@@ -114,7 +114,10 @@ async fn without_lease_rights_it_is_not_ready_and_says_why_then_leads_once_grant
         .arg(format!("--kubeconfig={}", kubeconfig.display()))
         .arg("--bridge=false")
         .arg(format!("--leader-election-namespace={}", ns.name))
-        .arg(format!("--original-mic-lock={}/aad-pod-identity-mic", ns.name))
+        .arg(format!(
+            "--original-mic-lock={}/aad-pod-identity-mic",
+            ns.name
+        ))
         .arg(format!("--http-probe-port={probe}"))
         .arg(format!("--prometheus-port={prom}"))
         .env("AZURE_ENVIRONMENT_FILEPATH", &env_file)
