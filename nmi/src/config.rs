@@ -104,9 +104,9 @@ pub struct Flags {
     #[arg(long = "read-timeout-sec", default_value_t = 10)]
     pub read_timeout_sec: u64,
     /// podid: watch each referenced Secret by name (needs list/watch on Secrets) so a token
-    /// fetch reads memory; false reads it with one GET per fetch, as the original does (needs
-    /// only get).
-    #[arg(long = "watch-secrets", default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    /// fetch reads memory; off (the default, as the original), the Secret is read with one GET
+    /// per token fetch (needs only get). A cached token needs no Secret read either way.
+    #[arg(long = "watch-secrets", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub watch_secrets: bool,
     /// podid: at most this many Secrets are watched at once (each watch is a connection to the
     /// API server); beyond it a Secret is read with one GET per fetch.

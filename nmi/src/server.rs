@@ -571,15 +571,16 @@ async fn tokens_for(
     identity: &AzureIdentity,
     resource: &str,
 ) -> Result<Vec<AccessToken>, TokenError> {
-    let sources = agent.credentials.sources(identity).await?;
+    // The key first: a cached token costs no Secret read.
     let key = CacheKey {
-        identity: sources.cache_key.clone(),
+        identity: agent.credentials.cache_key(identity)?,
         resource: resource.to_owned(),
     };
     if let Some(t) = agent.cache.get(&key) {
         tracing::debug!("token served from cache");
         return Ok(t);
     }
+    let sources = agent.credentials.sources(identity).await?;
     let mut tokens = Vec::with_capacity(sources.sources.len());
     for source in &sources.sources {
         let started = Instant::now();

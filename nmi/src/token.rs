@@ -15,15 +15,17 @@ use podid_crds::{AzureIdentity, IdentityType};
 use crate::cache::Clock;
 use crate::view::SecretSource;
 
-/// The token sources for one identity (primary first, then auxiliary tenants) and the key its
-/// tokens are cached under.
+/// The token sources for one identity (primary first, then auxiliary tenants).
 pub struct IdentitySources {
-    pub cache_key: String,
     pub sources: Vec<Arc<dyn TokenSource>>,
 }
 
 /// Turns an AzureIdentity into token sources (reading Secrets for service principals).
 pub trait Credentials: Send + Sync {
+    /// The key the identity's tokens are cached under, decided without any I/O (so a cached
+    /// token is served without reading a Secret); an identity the agent refuses to sign in is
+    /// refused here, before the cache is looked at.
+    fn cache_key(&self, identity: &AzureIdentity) -> Result<String, TokenError>;
     fn sources<'a>(
         &'a self,
         identity: &'a AzureIdentity,
@@ -136,16 +138,39 @@ fn pem_credential(text: &str) -> Result<ClientCredential, String> {
 }
 
 impl Credentials for AzureCredentials {
+    fn cache_key(&self, identity: &AzureIdentity) -> Result<String, TokenError> {
+        let spec = &identity.spec;
+        match spec.type_ {
+            IdentityType::UserAssignedMsi => Ok(msi_cache_key(&spec.client_id)),
+            IdentityType::ServicePrincipal | IdentityType::ServicePrincipalCertificate => {
+                let sign_in = self.policy.check(identity).map_err(TokenError::Refused)?;
+                Ok(format!(
+                    "sp:{}:{}:{}:{}:{}/{}",
+                    sign_in.authority,
+                    spec.tenant_id.to_ascii_lowercase(),
+                    spec.client_id.to_ascii_lowercase(),
+                    spec.auxiliary_tenant_ids
+                        .clone()
+                        .unwrap_or_default()
+                        .join(","),
+                    sign_in.secret.0,
+                    sign_in.secret.1,
+                ))
+            }
+            IdentityType::Unknown(_) => {
+                Err(TokenError::Unavailable("unsupported identity type".into()))
+            }
+        }
+    }
+
     fn sources<'a>(
         &'a self,
         identity: &'a AzureIdentity,
     ) -> BoxFuture<'a, Result<IdentitySources, TokenError>> {
         Box::pin(async move {
             let spec = &identity.spec;
-            let client_id = spec.client_id.to_ascii_lowercase();
             match spec.type_ {
                 IdentityType::UserAssignedMsi => Ok(IdentitySources {
-                    cache_key: msi_cache_key(&client_id),
                     sources: vec![Arc::new(ImdsTokenSource {
                         http: self.http.clone(),
                         endpoint: self.imds_endpoint.clone(),
@@ -184,20 +209,6 @@ impl Credentials for AzureCredentials {
                         })?
                     };
                     let authority = sign_in.authority;
-                    // Secret contents change the key, so a rotated secret is used at once.
-                    let fingerprint = {
-                        use sha2::Digest;
-                        let mut h = sha2::Sha256::new();
-                        for (k, v) in &data {
-                            h.update(k.as_bytes());
-                            h.update(v);
-                        }
-                        let d = h.finalize();
-                        d.iter()
-                            .take(8)
-                            .map(|b| format!("{b:02x}"))
-                            .collect::<String>()
-                    };
                     let sources = sign_in
                         .tenants
                         .into_iter()
@@ -212,18 +223,7 @@ impl Credentials for AzureCredentials {
                             }) as Arc<dyn TokenSource>
                         })
                         .collect();
-                    Ok(IdentitySources {
-                        cache_key: format!(
-                            "sp:{}:{}:{client_id}:{}:{fingerprint}",
-                            authority,
-                            spec.tenant_id.to_ascii_lowercase(),
-                            spec.auxiliary_tenant_ids
-                                .clone()
-                                .unwrap_or_default()
-                                .join(",")
-                        ),
-                        sources,
-                    })
+                    Ok(IdentitySources { sources })
                 }
                 IdentityType::Unknown(_) => {
                     Err(TokenError::Unavailable("unsupported identity type".into()))

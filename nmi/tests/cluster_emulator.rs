@@ -14,6 +14,7 @@ use podid_crds::{
     AzureIdentitySpec, AzurePodIdentityException, AzurePodIdentityExceptionSpec, EmbeddedIdentity,
     IdentityType,
 };
+use podid_nmi::metrics::Metrics;
 use podid_nmi::server::ServerConfig;
 use podid_nmi::wait::RetryPolicy;
 use podid_testkit::{Cluster, NodePool};
@@ -641,4 +642,46 @@ async fn a_secret_the_agent_may_not_read_is_refused_at_once_and_counted() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert_eq!(answer.0, 200, "{}", answer.1);
+
+    // A cached token costs no Secret read: with `get` revoked again, a resource not fetched yet
+    // is refused, and the token already fetched is still served, with no read attempted.
+    Api::<ClusterRole>::all(admin.clone())
+        .patch(
+            &user,
+            &PatchParams::default(),
+            &Patch::Json::<()>(
+                serde_json::from_value(json!([{"op": "remove", "path": "/rules/2"}])).unwrap(),
+            ),
+        )
+        .await
+        .unwrap();
+    let mut refused = false;
+    for i in 0..40 {
+        let fresh = format!("https://fresh{i}.example.com");
+        if live::call_resource(addr, ips["pod-sp"], &fresh, "").await.0 == 503 {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(refused, "the revocation never reached the authorizer");
+    let failed_reads = |m: &Metrics| {
+        m.render()
+            .lines()
+            .find(|l| {
+                l.starts_with(
+                    r#"kubernetes_api_operations_errors_count_total{operation_type="get_secret"}"#,
+                )
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = failed_reads(&metrics);
+    let (status, body) = call(addr, ips["pod-sp"], "").await;
+    assert_eq!(status, 200, "the cached token: {body}");
+    assert_eq!(
+        failed_reads(&metrics),
+        before,
+        "no Secret read for a cached token"
+    );
 }

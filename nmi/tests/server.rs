@@ -62,6 +62,9 @@ impl TokenSource for FakeSource {
 }
 
 impl Credentials for FakeCredentials {
+    fn cache_key(&self, identity: &AzureIdentity) -> Result<String, TokenError> {
+        Ok(format!("msi:{}", identity.spec.client_id))
+    }
     fn sources<'a>(
         &'a self,
         identity: &'a AzureIdentity,
@@ -70,7 +73,6 @@ impl Credentials for FakeCredentials {
         let fetches = self.fetches.clone();
         Box::pin(async move {
             Ok(IdentitySources {
-                cache_key: format!("msi:{client_id}"),
                 sources: vec![Arc::new(FakeSource { client_id, fetches })],
             })
         })

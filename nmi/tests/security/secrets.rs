@@ -574,9 +574,15 @@ async fn secret_watch_closes_when_no_identity_references_it() {
         force_namespaced: true,
         ..Default::default()
     };
-    let (_agent, _) =
-        live::start_agent_with_flags(listener, client, &node, config, &emu.arm_endpoint(), &[])
-            .await;
+    let (_agent, _) = live::start_agent_with_flags(
+        listener,
+        client,
+        &node,
+        config,
+        &emu.arm_endpoint(),
+        &["--watch-secrets"],
+    )
+    .await;
     let (status, body) = call(addr, ips["pod-sp"], "").await;
     assert_eq!(status, 200, "{body}");
     let secret: SecretKey = (ns.name.clone(), "sp-secret".into());
@@ -651,7 +657,7 @@ async fn secret_watches_are_bounded() {
         &node,
         config,
         &emu.arm_endpoint(),
-        &["--max-secret-watches=2"],
+        &["--watch-secrets", "--max-secret-watches=2"],
     )
     .await;
     for i in 0..3 {
