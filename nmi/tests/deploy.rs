@@ -1,7 +1,8 @@
 //! deploy/podid-nmi.yaml: it applies to a real API server, its arguments are flags the agent
 //! accepts (as are the original's manifest and chart arguments, for a swap without manifest
 //! changes), and its ServiceAccount's ClusterRole is enough for the agent — and no more: the
-//! agent runs here with exactly that account's permissions (impersonated) and serves tokens.
+//! agent runs here with exactly that account's permissions (impersonated) and the DaemonSet's
+//! arguments (standard mode, as shipped) and serves tokens.
 
 use std::net::SocketAddr;
 
@@ -194,26 +195,53 @@ async fn the_manifest_applies_and_its_account_is_all_the_agent_needs() {
     )
     .await;
 
+    // The DaemonSet runs the agent in standard mode: the records the operator would write for
+    // these pods, Assigned.
+    let assigned: Api<podid_crds::AzureAssignedIdentity> = Api::namespaced(admin.clone(), &ns.name);
+    for (pod, identity) in [("pod-ua", "ua"), ("pod-sp", "sp")] {
+        let id = Api::<podid_crds::AzureIdentity>::namespaced(admin.clone(), &ns.name)
+            .get(identity)
+            .await
+            .unwrap();
+        let record: podid_crds::AzureAssignedIdentity = live::obj(json!({
+            "apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzureAssignedIdentity",
+            "metadata": {"name": format!("{pod}-{}-{identity}", ns.name), "labels": {"nodename": node}},
+            "spec": {"pod": pod, "podNamespace": ns.name, "nodename": node,
+                     "azureIdentityRef": serde_json::to_value(podid_crds::EmbeddedIdentity::from(&id)).unwrap()},
+            "status": {"status": "Assigned"}
+        }));
+        assigned
+            .create(&kube::api::PostParams::default(), &record)
+            .await
+            .unwrap();
+    }
+
     let as_agent = cluster
         .client_as("system:serviceaccount:default:podid-nmi")
         .await
         .unwrap();
     let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
     let addr = SocketAddr::from(([127, 0, 0, 1], listener.local_addr().unwrap().port()));
-    let server = ServerConfig {
-        mode: Mode::Managed,
-        force_namespaced: true,
-        imds_endpoint: url::Url::parse(&emu.imds_endpoint(&format!("{}_0", pool.scale_set)))
-            .unwrap(),
-        ..Default::default()
-    };
-    // Its token sources as the DaemonSet's arguments make them (e.g. --watch-secrets=false).
+    // Everything as the DaemonSet's arguments make it (standard mode, --watch-secrets=false,
+    // ...); only where IMDS is differs.
     let args = daemonset_args();
     let args: Vec<&str> = args
         .iter()
         .map(String::as_str)
         .filter(|a| !a.starts_with("--node"))
         .collect();
+    let flags = Flags::try_parse_from(
+        ["podid-nmi", "--node=n"]
+            .into_iter()
+            .chain(args.iter().copied()),
+    )
+    .unwrap();
+    assert_eq!(flags.operation_mode, Mode::Standard, "the DaemonSet's mode");
+    let server = ServerConfig {
+        imds_endpoint: url::Url::parse(&emu.imds_endpoint(&format!("{}_0", pool.scale_set)))
+            .unwrap(),
+        ..flags.server_config()
+    };
     let (_agent, metrics) = live::start_agent_with_flags(
         listener,
         as_agent,
