@@ -1,9 +1,8 @@
-//! Prometheus metrics: the original NMI's names, plus `podid_nmi_request_duration_seconds` by
-//! route and result.
+//! Prometheus metrics: the original NMI's names (prefix `aadpodidentity_`, counters without
+//! `_total`), plus podid's own under `podid_nmi_`.
 
 use std::sync::Arc;
 
-use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
@@ -145,22 +144,23 @@ impl Metrics {
         let federated = Family::new_with_constructor(Buckets(REQUEST_BUCKETS));
         let imds_errors = Family::default();
         let kubernetes_errors = Family::default();
-        registry.register(
+        let original = registry.sub_registry_with_prefix("aadpodidentity");
+        original.register(
             "nmi_operations_duration_seconds",
             "Duration of token and host token requests",
             nmi_operations.clone(),
         );
-        registry.register(
+        original.register(
             "imds_operations_duration_seconds",
             "Duration of successful token fetches from IMDS or Entra",
             imds_operations.clone(),
         );
-        registry.register(
+        original.register(
             "imds_operations_errors_count",
             "Failed token fetches from IMDS or Entra",
             imds_errors.clone(),
         );
-        registry.register(
+        original.register(
             "kubernetes_api_operations_errors_count",
             "Failed Kubernetes lookups",
             kubernetes_errors.clone(),
@@ -237,11 +237,9 @@ impl Metrics {
             .inc();
     }
 
-    /// The text exposition.
+    /// The text exposition, with the original's names ([`podid_telemetry::exposition`]).
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        let _ = encode(&mut out, &self.registry);
-        out
+        podid_telemetry::exposition::render(&self.registry)
     }
 }
 
@@ -306,7 +304,7 @@ mod tests {
         let series = m
             .render()
             .lines()
-            .filter(|l| l.starts_with("nmi_operations_duration_seconds_count"))
+            .filter(|l| l.starts_with("aadpodidentity_nmi_operations_duration_seconds_count"))
             .count();
         assert_eq!(series, 1);
     }

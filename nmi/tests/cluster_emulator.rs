@@ -508,7 +508,7 @@ async fn the_binary_serves_reports_health_and_shuts_down_cleanly() {
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("nmi_operations_duration_seconds_count{operation_type=\"/metadata/identity/oauth2/token\",status_code=\"200\""), "{metrics}");
+    assert!(metrics.contains("aadpodidentity_nmi_operations_duration_seconds_count{operation_type=\"/metadata/identity/oauth2/token\",status_code=\"200\""), "{metrics}");
 
     // SIGTERM: finishes and exits 0.
     let pid = child.id().unwrap() as i32;
@@ -611,7 +611,7 @@ async fn a_secret_the_agent_may_not_read_is_refused_at_once_and_counted() {
     let rendered = metrics.render();
     assert!(
         rendered.contains(
-            r#"kubernetes_api_operations_errors_count_total{operation_type="get_secret"} 1"#
+            r#"aadpodidentity_kubernetes_api_operations_errors_count{operation_type="get_secret"} 1"#
         ),
         "{rendered}"
     );
@@ -670,7 +670,7 @@ async fn a_secret_the_agent_may_not_read_is_refused_at_once_and_counted() {
             .lines()
             .find(|l| {
                 l.starts_with(
-                    r#"kubernetes_api_operations_errors_count_total{operation_type="get_secret"}"#,
+                    r#"aadpodidentity_kubernetes_api_operations_errors_count{operation_type="get_secret"}"#,
                 )
             })
             .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())

@@ -260,7 +260,7 @@ async fn the_manifest_applies_and_its_account_is_all_the_agent_needs() {
     assert!(
         !metrics
             .render()
-            .contains("kubernetes_api_operations_errors_count_total{"),
+            .contains("aadpodidentity_kubernetes_api_operations_errors_count{"),
         "no API call was refused: {}",
         metrics.render()
     );

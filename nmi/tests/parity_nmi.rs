@@ -345,8 +345,16 @@ async fn the_original_nmi_and_podid_nmi_answer_the_same_requests_alike() {
         },
         ..Default::default()
     };
-    let (ours, _agent) =
-        start_agent(client.clone(), &node, config.clone(), &emu.arm_endpoint()).await;
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let ours = SocketAddr::from(([127, 0, 0, 1], listener.local_addr().unwrap().port()));
+    let (_agent, our_metrics) = live::start_agent_with_metrics(
+        listener,
+        client.clone(),
+        &node,
+        config.clone(),
+        &emu.arm_endpoint(),
+    )
+    .await;
 
     // The requests: every pod asks for every identity by every selector form, plus malformed
     // requests, the legacy API, proxied paths and a caller that is no pod.
@@ -461,7 +469,36 @@ async fn the_original_nmi_and_podid_nmi_answer_the_same_requests_alike() {
         send(None, &ours, None, &reqs),
         send(None, &waiting, None, &unbound),
     );
+    let original_metrics = String::from_utf8(
+        tokio::process::Command::new("ip")
+            .args(["netns", "exec", &ns_name, "python3", "-c"])
+            .arg("import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9095/metrics').read().decode())")
+            .output()
+            .await
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
     let _ = peer.kill().await;
+    // The same requests leave the same metric families, types and label names on both sides
+    // (dashboards and alerts written for the original keep working).
+    let metric_differences = podid_testkit::exposition::differences(
+        &original_metrics,
+        &our_metrics.render(),
+        "aadpodidentity_",
+    );
+    assert!(
+        podid_testkit::exposition::families(&original_metrics)
+            .keys()
+            .filter(|f| f.starts_with("aadpodidentity_"))
+            .count()
+            >= 4,
+        "the original exposed its metrics: {original_metrics}"
+    );
+    assert!(
+        metric_differences.is_empty(),
+        "metrics unlike the original's: {metric_differences:#?}"
+    );
 
     let mut table = String::new();
     let mut unexplained = Vec::new();

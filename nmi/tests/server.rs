@@ -525,10 +525,10 @@ async fn metrics_use_the_original_names() {
     let (status, body) = h.get("127.0.0.1", "/metrics", false).await;
     assert_eq!(status, 200);
     for needle in [
-        "nmi_operations_duration_seconds_count{operation_type=\"/metadata/identity/oauth2/token\",status_code=\"200\",namespace=\"ns\",resource=\"https://vault.azure.net\"} 1",
-        "imds_operations_duration_seconds_count{operation_type=\"adal_token_msi_userassignedid\"} 1",
+        "aadpodidentity_nmi_operations_duration_seconds_count{operation_type=\"/metadata/identity/oauth2/token\",status_code=\"200\",namespace=\"ns\",resource=\"https://vault.azure.net\"} 1",
+        "aadpodidentity_imds_operations_duration_seconds_count{operation_type=\"adal_token_msi_userassignedid\"} 1",
         "podid_nmi_request_duration_seconds_count{route=\"token\",result=\"unknown_pod\"} 1",
-        "kubernetes_api_operations_errors_count_total{operation_type=\"get_pod_list\"} 1",
+        "aadpodidentity_kubernetes_api_operations_errors_count{operation_type=\"get_pod_list\"} 1",
     ] {
         assert!(body.contains(needle), "missing {needle} in\n{body}");
     }

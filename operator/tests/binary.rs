@@ -147,10 +147,14 @@ async fn without_lease_rights_it_is_not_ready_and_says_why_then_leads_once_grant
     assert_eq!(status, 200);
     assert!(
         ct.as_deref()
-            .is_some_and(|c| c.starts_with("application/openmetrics-text")),
+            .is_some_and(|c| c.starts_with("text/plain; version=0.0.4")),
         "{ct:?}"
     );
-    assert!(body.ends_with("# EOF\n"), "{body}");
+    assert!(
+        body.lines()
+            .any(|l| l == "# TYPE aadpodidentity_mic_cycle_count counter"),
+        "{body}"
+    );
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
         text.lines()

@@ -11,9 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Error;
 
-/// What `/metrics` answers with: prometheus-client renders the OpenMetrics text format.
-pub const OPENMETRICS_CONTENT_TYPE: &str =
-    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+use crate::exposition::PROMETHEUS_CONTENT_TYPE;
 
 /// Builds an admin router route by route; a route not added is not served (404).
 #[derive(Default)]
@@ -57,14 +55,15 @@ impl AdminRoutes {
         )
     }
 
-    /// `/metrics`: what `render` returns, as [`OPENMETRICS_CONTENT_TYPE`].
+    /// `/metrics`: what `render` returns (see [`crate::exposition::render`]), as
+    /// [`PROMETHEUS_CONTENT_TYPE`].
     pub fn metrics(self, render: impl Fn() -> String + Send + Sync + 'static) -> Self {
         let render = Arc::new(render);
         self.route(
             "/metrics",
             get(move || {
                 let render = render.clone();
-                async move { ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], render()) }
+                async move { ([(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)], render()) }
             }),
         )
     }
@@ -160,14 +159,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn metrics_are_openmetrics() {
+    async fn metrics_are_prometheus_text() {
         let router = AdminRoutes::new()
-            .metrics(|| "# EOF\n".to_owned())
+            .metrics(|| "m 1\n".to_owned())
             .into_router();
         let (status, ct, body) = get(&router, "/metrics").await;
         assert_eq!(status, StatusCode::OK);
-        assert_eq!(ct.as_deref(), Some(OPENMETRICS_CONTENT_TYPE));
-        assert_eq!(body, "# EOF\n");
+        assert_eq!(ct.as_deref(), Some(PROMETHEUS_CONTENT_TYPE));
+        assert_eq!(body, "m 1\n");
     }
 
     #[tokio::test]

@@ -6,9 +6,11 @@
 
 pub mod admin;
 pub mod cluster;
+pub mod exposition;
 pub mod watch;
 
-pub use admin::{AdminRoutes, OPENMETRICS_CONTENT_TYPE, serve, serve_on};
+pub use admin::{AdminRoutes, serve, serve_on};
+pub use exposition::{ORIGINAL_PREFIX, PROMETHEUS_CONTENT_TYPE};
 
 use clap::{ArgAction, Args, ValueEnum};
 use prometheus_client::metrics::family::MetricConstructor;

@@ -257,7 +257,7 @@ async fn unbounded_resource_values_do_not_grow_metrics() {
     let metrics = agent.metrics().await;
     let resources: BTreeSet<&str> = metrics
         .lines()
-        .filter(|l| l.starts_with("nmi_operations_duration_seconds_count"))
+        .filter(|l| l.starts_with("aadpodidentity_nmi_operations_duration_seconds_count"))
         .filter_map(|l| l.split("resource=\"").nth(1)?.split('"').next())
         .collect();
     eprintln!(

@@ -12,6 +12,7 @@
 //! ```
 
 pub mod builders;
+pub mod exposition;
 mod pki;
 pub mod prereq;
 mod process;
