@@ -344,8 +344,12 @@ impl<A: NodePoolIdentities> Controller<A> {
                 .iter()
                 .map(|c| async move {
                     let obj = &c.item;
+                    let started = std::time::Instant::now();
                     match self.api(obj).create(&PostParams::default(), obj).await {
                         Ok(o) => {
+                            self.metrics
+                                .assigned_identity_addition_duration
+                                .observe(started.elapsed().as_secs_f64());
                             self.metrics.assigned_identity_addition_count.inc();
                             if c.after.is_empty() {
                                 self.applied_event(obj).await;
@@ -466,12 +470,16 @@ impl<A: NodePoolIdentities> Controller<A> {
                 }
                 continue;
             }
+            let started = std::time::Instant::now();
             match self
                 .api(&u.item)
                 .replace(&u.item.name_any(), &PostParams::default(), &u.item)
                 .await
             {
                 Ok(_) => {
+                    self.metrics
+                        .assigned_identity_update_duration
+                        .observe(started.elapsed().as_secs_f64());
                     self.metrics.assigned_identity_update_count.inc();
                     self.applied_event(&u.item).await;
                 }
@@ -519,7 +527,11 @@ impl<A: NodePoolIdentities> Controller<A> {
                     {
                         return false;
                     }
+                    let started = std::time::Instant::now();
                     if self.remove(obj).await {
+                        self.metrics
+                            .assigned_identity_deletion_duration
+                            .observe(started.elapsed().as_secs_f64());
                         self.metrics.assigned_identity_deletion_count.inc();
                         true
                     } else {

@@ -54,8 +54,10 @@ async fn lease_problem_events(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    // Like every task of the binary, this one ends only at shutdown.
     let (Ok(name), Ok(namespace)) = (std::env::var("POD_NAME"), std::env::var("POD_NAMESPACE"))
     else {
+        shutdown.cancelled().await;
         return Ok(());
     };
     let pod = k8s_openapi::api::core::v1::ObjectReference {
@@ -75,7 +77,10 @@ async fn lease_problem_events(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            changed = problem.changed() => if changed.is_err() { return Ok(()) },
+            changed = problem.changed() => if changed.is_err() {
+                shutdown.cancelled().await;
+                return Ok(());
+            },
         }
         let Some(why) = problem.borrow_and_update().clone() else {
             continue;

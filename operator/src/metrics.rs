@@ -14,6 +14,10 @@ pub use podid_telemetry::{Buckets, Labels};
 const CYCLE_BUCKETS: &[f64] = &[
     0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1200.0,
 ];
+/// The original's buckets for the AzureAssignedIdentity write durations.
+const RECORD_BUCKETS: &[f64] = &[
+    0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 2.0, 3.0, 4.0, 5.0, 10.0,
+];
 const RECONCILE_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0];
 
 /// All metrics of the controller.
@@ -26,6 +30,9 @@ pub struct Metrics {
     pub assigned_identity_addition_count: Counter,
     pub assigned_identity_deletion_count: Counter,
     pub assigned_identity_update_count: Counter,
+    pub assigned_identity_addition_duration: Histogram,
+    pub assigned_identity_deletion_duration: Histogram,
+    pub assigned_identity_update_duration: Histogram,
     pub cloud_operations: Family<Labels, Histogram, Buckets>,
     pub cloud_errors: Family<Labels, Counter>,
     pub kubernetes_errors: Family<Labels, Counter>,
@@ -54,6 +61,9 @@ impl Metrics {
             assigned_identity_addition_count: Counter::default(),
             assigned_identity_deletion_count: Counter::default(),
             assigned_identity_update_count: Counter::default(),
+            assigned_identity_addition_duration: Histogram::new(RECORD_BUCKETS.iter().copied()),
+            assigned_identity_deletion_duration: Histogram::new(RECORD_BUCKETS.iter().copied()),
+            assigned_identity_update_duration: Histogram::new(RECORD_BUCKETS.iter().copied()),
             cloud_operations: Family::new_with_constructor(Buckets(CYCLE_BUCKETS)),
             cloud_errors: Family::default(),
             kubernetes_errors: Family::default(),
@@ -92,6 +102,21 @@ impl Metrics {
             "assigned_identity_update_count",
             "AzureAssignedIdentities updated",
             m.assigned_identity_update_count.clone(),
+        );
+        original.register(
+            "assigned_identity_addition_duration_seconds",
+            "Duration of AzureAssignedIdentity creations",
+            m.assigned_identity_addition_duration.clone(),
+        );
+        original.register(
+            "assigned_identity_deletion_duration_seconds",
+            "Duration of AzureAssignedIdentity deletions",
+            m.assigned_identity_deletion_duration.clone(),
+        );
+        original.register(
+            "assigned_identity_update_duration_seconds",
+            "Duration of AzureAssignedIdentity updates",
+            m.assigned_identity_update_duration.clone(),
         );
         original.register(
             "cloud_provider_operations_duration_seconds",

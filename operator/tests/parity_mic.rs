@@ -196,8 +196,8 @@ impl Run<'_> {
         snap
     }
 
-    /// The controller as a child process with the same azure.json.
-    fn start_controller(&self) -> Running {
+    /// The controller as a child process with the same azure.json, and its metrics port.
+    fn start_controller(&self) -> (Running, u16) {
         let (azure_json, env_file, ca) = cloud_config(
             self.dir.path(),
             &self.emu,
@@ -205,7 +205,8 @@ impl Run<'_> {
             CONTROLLER_APP,
         );
         let probe = free_port().to_string();
-        let prom = free_port().to_string();
+        let prom_port = free_port();
+        let prom = prom_port.to_string();
         let log = out_dir().join(format!("{}.log", self.which.label()));
         let cmd = match self.which {
             Which::Original => {
@@ -244,7 +245,7 @@ impl Run<'_> {
                 cmd
             }
         };
-        Running::spawn(cmd, log)
+        (Running::spawn(cmd, log), prom_port)
     }
 }
 
@@ -278,8 +279,9 @@ fn strip_server_fields(v: &mut Value) {
     }
 }
 
-/// Runs the whole scenario with one controller; returns the snapshots after each step.
-async fn scenario(which: Which, cluster: &Cluster) -> Vec<Snapshot> {
+/// Runs the whole scenario with one controller; returns the snapshots after each step and the
+/// controller's `/metrics` at the end.
+async fn scenario(which: Which, cluster: &Cluster) -> (Vec<Snapshot>, String) {
     let ns = cluster
         .namespace(&format!("parity-{}", which.label()))
         .await;
@@ -388,7 +390,7 @@ async fn scenario(which: Which, cluster: &Cluster) -> Vec<Snapshot> {
     }
 
     let started = Instant::now();
-    let mut controller = run.start_controller();
+    let (mut controller, prom) = run.start_controller();
     let mut snaps = Vec::new();
     let rec = |pod: &str, id: &str| format!("{pod}-NS-{id}");
     snaps.push(
@@ -460,13 +462,19 @@ async fn scenario(which: Which, cluster: &Cluster) -> Vec<Snapshot> {
         )
         .await,
     );
+    let metrics = reqwest::get(format!("http://127.0.0.1:{prom}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     controller.stop();
     eprintln!(
         "[{}] scenario done in {:?}",
         which.label(),
         started.elapsed()
     );
-    snaps
+    (snaps, metrics)
 }
 
 #[tokio::test]
@@ -477,9 +485,25 @@ async fn podid_operator_matches_the_original_mic() {
     }
     let cluster = Cluster::shared_async().await;
     let t0 = Instant::now();
-    let original = scenario(Which::Original, cluster).await;
-    let ours = scenario(Which::Podid, cluster).await;
+    let (original, original_metrics) = scenario(Which::Original, cluster).await;
+    let (ours, our_metrics) = scenario(Which::Podid, cluster).await;
     eprintln!("parity run took {:?}", t0.elapsed());
+    // The same scenario leaves the same metric families, types and label names on both sides
+    // (dashboards and alerts written for the original keep working).
+    assert!(
+        podid_testkit::exposition::families(&original_metrics)
+            .keys()
+            .filter(|f| f.starts_with("aadpodidentity_"))
+            .count()
+            >= 5,
+        "the original exposed its metrics: {original_metrics}"
+    );
+    let metric_differences =
+        podid_testkit::exposition::differences(&original_metrics, &our_metrics, "aadpodidentity_");
+    assert!(
+        metric_differences.is_empty(),
+        "metrics unlike the original's: {metric_differences:#?}\noriginal:\n{original_metrics}"
+    );
     // Both sides on disk, for `diff` when something differs.
     let out = out_dir();
     for (name, snaps) in [("mic.json", &original), ("podid.json", &ours)] {
