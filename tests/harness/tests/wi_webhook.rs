@@ -152,6 +152,55 @@ async fn labelled_pod_gets_identity_env_and_token_volume() {
     assert_eq!(token.path, "token/azure-identity-token");
 }
 
+/// The webhook does not look for the client-id annotation before mutating: a labelled pod whose
+/// ServiceAccount lacks it gets everything but AZURE_CLIENT_ID (the SDK then has no identity).
+/// So a cutover annotates the ServiceAccount before it labels pods.
+#[tokio::test]
+async fn labelled_pod_of_unannotated_service_account_gets_no_client_id() {
+    need_binaries();
+    let cluster = Cluster::shared_async().await;
+    let ns = cluster.namespace("wi-noclient").await;
+    let sa: ServiceAccount = obj(json!({"metadata": {"name": "bare"}}));
+    Api::<ServiceAccount>::namespaced(ns.client.clone(), &ns.name)
+        .create(&PostParams::default(), &sa)
+        .await
+        .expect("create ServiceAccount");
+    let _wh = WorkloadIdentityWebhook::start(cluster, TENANT)
+        .await
+        .expect("start the webhook");
+
+    let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
+    let created = pods
+        .create(&PostParams::default(), &pod("bare", "bare", true))
+        .await
+        .expect("create labelled pod");
+    let spec = created.spec.expect("spec");
+    for c in &spec.containers {
+        let env = env_of(c);
+        assert_eq!(env.get("AZURE_CLIENT_ID"), None, "{}", c.name);
+        assert_eq!(
+            env.get("AZURE_TENANT_ID").map(String::as_str),
+            Some(TENANT),
+            "{}",
+            c.name
+        );
+        assert_eq!(
+            env.get("AZURE_FEDERATED_TOKEN_FILE").map(String::as_str),
+            Some(TOKEN_FILE),
+            "{}",
+            c.name
+        );
+    }
+    assert!(
+        spec.volumes
+            .iter()
+            .flatten()
+            .any(|v| v.name == volume_name("bare")),
+        "{:?}",
+        spec.volumes
+    );
+}
+
 #[tokio::test]
 async fn unlabelled_pod_is_left_alone() {
     need_binaries();
