@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every podid test on this machine: builds (once, cached) what the tests need outside Cargo
-# — a real Kubernetes control plane and the original aad-pod-identity components from the Go
-# module proxy, a Python venv with azure-identity —
+# — a real Kubernetes control plane, the original aad-pod-identity components and the Azure
+# Workload ID webhook from the Go module proxy, a Python venv with azure-identity —
 # then `cargo test --workspace`. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +15,8 @@ if [ -x tests/cluster/build.sh ]; then
   export PODID_K8S_BIN
 fi
 
-# The original aad-pod-identity MIC, NMI and demo (v1.8.17), for the side-by-side parity tests.
+# The original aad-pod-identity MIC, NMI and demo (v1.8.17), for the side-by-side parity tests,
+# and the real Azure Workload ID webhook and azwi (v1.6.0), found by tests under PODID_CACHE_DIR.
 if [ -x tests/peers/build.sh ]; then
   PODID_PEERS_BIN="$(tests/peers/build.sh | tail -n 1)"
   export PODID_PEERS_BIN

@@ -3,7 +3,8 @@
 # demo program, at the version the wrapper module tests/peers/aad-pod-identity/go.mod requires —
 # from the Go module proxy into a cache outside the repository. Nothing of theirs is committed:
 # the wrapper module only names them. Does nothing when they are already built.
-# Prints the bin directory on its last line (tests read it from PODID_PEERS_BIN).
+# Then builds the Azure Workload ID webhook and azwi (build-workload-identity.sh beside this file).
+# Prints the aad-pod-identity bin directory on its last line (tests read it from PODID_PEERS_BIN).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 
@@ -22,4 +23,6 @@ for name in mic nmi demo; do
   mv "$bin/$name.tmp" "$bin/$name"
   echo "built $name in $((SECONDS - t0))s" >&2
 done
+# The real Azure Workload ID webhook and azwi (tests find them under PODID_CACHE_DIR or PODID_WI_BIN).
+"$here/build-workload-identity.sh" >&2
 echo "$bin"

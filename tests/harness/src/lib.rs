@@ -17,6 +17,7 @@ mod pki;
 pub mod prereq;
 mod process;
 pub mod sdk;
+pub mod webhook;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
@@ -42,6 +43,10 @@ pub enum Error {
         "original aad-pod-identity binary {0} not found; run tests/peers/build.sh (or tests/run.sh) first, or set PODID_PEERS_BIN to its bin directory"
     )]
     MissingPeer(String),
+    #[error(
+        "Azure Workload ID binary {0} not found; run tests/peers/build-workload-identity.sh (or tests/run.sh) first, or set PODID_WI_BIN to its bin directory"
+    )]
+    MissingWorkloadIdentity(String),
     #[error("generating test PKI: {0}")]
     Pki(#[from] rcgen::Error),
     #[error("I/O: {0}")]

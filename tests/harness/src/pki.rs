@@ -97,3 +97,24 @@ fn sa_signing_key() -> Result<String, Error> {
         _ => Ok(KeyPair::generate()?.serialize_pem()),
     }
 }
+
+/// A throwaway CA and a serving certificate signed by it for `names` (DNS names or IP
+/// addresses), for servers the API server calls (admission webhooks):
+/// (CA PEM, certificate PEM, key PEM).
+pub fn serving_pair(cn: &str, names: &[&str]) -> Result<(String, String, String), Error> {
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.distinguished_name = dn(&format!("{cn}-ca"), None);
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca, ca_key);
+
+    let key = KeyPair::generate()?;
+    let mut params =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+    params.distinguished_name = dn(cn, None);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok((ca_cert.pem(), cert.pem(), key.serialize_pem()))
+}
