@@ -177,6 +177,42 @@ impl TemplateChange {
     }
 }
 
+/// A JSON merge patch (RFC 7386) that turns `current` into `wanted` exactly: changed values
+/// replaced, keys `wanted` lacks set to `null` (removed), arrays replaced whole. `None` when they
+/// are equal.
+pub fn merge_patch_to(current: &Value, wanted: &Value) -> Option<Value> {
+    if current == wanted {
+        return None;
+    }
+    match (current, wanted) {
+        (Value::Object(c), Value::Object(w)) => {
+            let mut p = serde_json::Map::new();
+            for k in c.keys().filter(|k| !w.contains_key(*k)) {
+                p.insert(k.clone(), Value::Null);
+            }
+            for (k, wv) in w {
+                match c.get(k) {
+                    Some(cv) => {
+                        if let Some(d) = merge_patch_to(cv, wv) {
+                            p.insert(k.clone(), d);
+                        }
+                    }
+                    None => {
+                        p.insert(k.clone(), wv.clone());
+                    }
+                }
+            }
+            Some(Value::Object(p))
+        }
+        _ => Some(wanted.clone()),
+    }
+}
+
+/// The patch of a workload of `kind` that restores its pod template to `recorded` exactly.
+pub fn restore_patch(kind: &str, current_template: &Value, recorded: &Value) -> Option<Value> {
+    at_template_path(kind, merge_patch_to(current_template, recorded)?)
+}
+
 /// The `apiVersion` of a workload kind the cutover changes.
 pub fn api_version(kind: &str) -> &'static str {
     match kind {
@@ -349,6 +385,15 @@ pub fn rollout(kind: &str, obj: &Value) -> Rollout {
                 .pointer("/spec/replicas")
                 .and_then(Value::as_i64)
                 .unwrap_or(1);
+            let (updated, total, available) = (
+                int("/status/updatedReplicas"),
+                int("/status/replicas"),
+                int("/status/availableReplicas"),
+            );
+            // Done wins over a deadline condition the controller has not yet replaced.
+            if updated >= want && total == want && available >= want {
+                return Rollout::Done;
+            }
             let deadline = obj
                 .pointer("/status/conditions")
                 .and_then(Value::as_array)
@@ -361,18 +406,9 @@ pub fn rollout(kind: &str, obj: &Value) -> Rollout {
                     c["message"].as_str().unwrap_or_default()
                 ));
             }
-            let (updated, total, available) = (
-                int("/status/updatedReplicas"),
-                int("/status/replicas"),
-                int("/status/availableReplicas"),
-            );
-            if updated >= want && total == want && available >= want {
-                Rollout::Done
-            } else {
-                Rollout::Progressing(format!(
-                    "{updated} of {want} updated, {available} available, {total} in all"
-                ))
-            }
+            Rollout::Progressing(format!(
+                "{updated} of {want} updated, {available} available, {total} in all"
+            ))
         }
         "StatefulSet" => {
             let want = obj
@@ -555,5 +591,37 @@ mod tests {
         assert_eq!(template_of("Deployment", &cj), None);
         assert_eq!(template_kind("Job"), TemplateKind::NotInPlace);
         assert_eq!(template_kind("DaemonSet"), TemplateKind::Rollout);
+    }
+
+    #[test]
+    fn a_restore_patch_gives_back_the_recorded_template_exactly() {
+        fn apply(target: &mut Value, patch: &Value) {
+            match (target.as_object_mut(), patch.as_object()) {
+                (Some(t), Some(p)) => {
+                    for (k, v) in p {
+                        if v.is_null() {
+                            t.remove(k);
+                        } else {
+                            apply(t.entry(k.clone()).or_insert(Value::Null), v);
+                        }
+                    }
+                }
+                _ => *target = patch.clone(),
+            }
+        }
+        let recorded = json!({"metadata": {"labels": {"app": "web", "aadpodidbinding": "web"}},
+            "spec": {"containers": [{"name": "c", "env": [{"name": "A", "value": "1"}]}]}});
+        let mut now = recorded.clone();
+        apply(
+            &mut now,
+            &TemplateChange::for_template(&recorded, "web").template_patch(),
+        );
+        now["spec"]["containers"][0]["env"] = json!([]);
+        assert_ne!(now, recorded);
+        let patch = restore_patch("Deployment", &now, &recorded).unwrap();
+        let mut obj = json!({"spec": {"template": now}});
+        apply(&mut obj, &patch);
+        assert_eq!(obj["spec"]["template"], recorded);
+        assert_eq!(restore_patch("Deployment", &recorded, &recorded), None);
     }
 }
