@@ -129,6 +129,12 @@ pub async fn check_webhook(client: &Client, probes: &[(String, String)]) -> Resu
         };
         let mutated = match pods.create(&pp, &probe).await {
             Ok(p) => p,
+            Err(kube::Error::Api(e)) if !e.message.contains(WI_WEBHOOK_NAME) => {
+                return Err(Error::Refused(format!(
+                    "a dry-run create of a labelled pod in namespace {ns} was refused by something other than the Workload ID webhook ({}: {}), so whether the webhook answers cannot be told: fix that first; nothing was changed",
+                    e.code, e.message
+                )));
+            }
             Err(kube::Error::Api(e)) => {
                 return Err(Error::Refused(format!(
                     "the Workload ID webhook is registered but not answering in namespace {ns}: a dry-run create of a labelled pod failed ({}: {}); it fails closed, so switching now would stop every new labelled pod: nothing was changed",
