@@ -1,6 +1,7 @@
 //! The `aadpodidentity.k8s.io/v1` custom resources and the pure pod-identity rules shared by
 //! podid-operator, podid-nmi and the podid CLI. No I/O lives here.
 
+pub mod cutover;
 pub mod index;
 pub mod migration;
 pub mod names;

@@ -18,6 +18,10 @@ use sha2::{Digest, Sha256};
 /// The field manager of the bridge's server-side applies.
 pub const BRIDGE_MANAGER: &str = "podid-bridge";
 
+/// The field manager of `podid cutover`'s server-side applies: it owns `spec.stage` and
+/// `spec.recordedTemplate`, never the status.
+pub const CUTOVER_MANAGER: &str = "podid-cutover";
+
 /// The audience of every Workload ID federated credential and of the ServiceAccount tokens
 /// exchanged for it.
 pub const TOKEN_EXCHANGE_AUDIENCE: &str = "api://AzureADTokenExchange";
@@ -115,6 +119,20 @@ pub struct WorkloadMigrationSpec {
     /// The stage the cutover asks for; the bridge alone never moves a workload past `Bridged`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage: Option<Stage>,
+    /// The workload's pod template exactly as it was before `podid cutover switch` first changed
+    /// it (raw JSON, as the API server returned it). Written once, before the first change, and
+    /// never overwritten; `podid cutover rollback` restores it and then removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserved_template")]
+    pub recorded_template: Option<serde_json::Value>,
+}
+
+/// A pod template kept verbatim (any field, any version of the API).
+fn preserved_template(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
 }
 
 /// An identity the workload uses through pod identity.

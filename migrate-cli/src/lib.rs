@@ -1,6 +1,8 @@
 //! podid's migration CLI as a library: read a cluster (live or from snapshot files), decide per
 //! workload whether it can move from pod identity to Workload ID, and render the report.
 
+pub mod cutover;
+pub mod cutover_run;
 pub mod inventory;
 pub mod live;
 pub mod render;
@@ -24,6 +26,12 @@ pub enum Error {
         field: String,
         message: String,
     },
+    /// A usage error (exit code 2).
+    #[error("{0}")]
+    Usage(String),
+    /// The cutover refuses to start (the Workload ID webhook is missing or not answering).
+    #[error("{0}")]
+    Refused(String),
     #[error("label selector {selector:?}: {message}")]
     Selector { selector: String, message: String },
     #[error("Kubernetes API: {0}")]

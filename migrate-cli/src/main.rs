@@ -6,6 +6,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use podid_cli::cutover::{
+    Action, CutoverPlan, Scope as CutoverScope, build_plan, build_status, kustomize_patch,
+    outcome_table, patch_file_name, plan_table, status_table, status_troubled,
+};
+use podid_cli::cutover_run::{Outcome, RunOptions, check_webhook, rollback, switch};
 use podid_cli::inventory::{ContextFromInventory, Inventory};
 use podid_cli::live::{Scope, scan};
 use podid_cli::render::{Format, render};
@@ -75,6 +80,12 @@ enum Command {
         #[arg(long)]
         force_namespaced: bool,
     },
+    /// Move workloads from pod identity to Workload ID in stages, resumable and reversible
+    /// (docs/cutover.md).
+    Cutover {
+        #[command(subcommand)]
+        command: CutoverCommand,
+    },
     /// Write a snapshot of everything the report reads (never Secrets) to a file.
     Snapshot {
         #[command(flatten)]
@@ -83,6 +94,292 @@ enum Command {
         #[arg(short, long, default_value = "-")]
         output: PathBuf,
     },
+}
+
+#[derive(clap::Args)]
+struct CutoverSource {
+    #[command(flatten)]
+    source: Source,
+    /// One workload, as kind/name (for example deployment/web; repeatable).
+    #[arg(long = "workload", value_name = "KIND/NAME")]
+    workloads: Vec<String>,
+    /// Treat workloads managed by Argo CD, Flux or Helm like any other (a live change to them
+    /// is reverted or lost at their next sync: prefer `plan --patches`).
+    #[arg(long)]
+    allow_managed: bool,
+}
+
+#[derive(clap::Args)]
+struct Change {
+    /// Send every write as a server-side dry run; change nothing, wait for no rollout.
+    #[arg(long)]
+    dry_run: bool,
+    /// Change more than one workload without asking.
+    #[arg(short = 'y', long)]
+    yes: bool,
+    /// How long each workload's rollout may take (e.g. 300s, 5m).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    timeout: std::time::Duration,
+    /// Workloads rolled out at once.
+    #[arg(long, default_value_t = 1)]
+    max_parallel: usize,
+}
+
+/// Output formats of `podid cutover plan` and `status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum CutoverFormat {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Subcommand)]
+enum CutoverCommand {
+    /// Per workload: target ServiceAccount, credentials, ServiceAccount annotations, the
+    /// template change, the rollout it triggers, what holds it back. Changes nothing.
+    /// Exit code 3 when a workload in scope is held back.
+    Plan {
+        #[command(flatten)]
+        scope: CutoverSource,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: CutoverFormat,
+        /// Also write the plan (YAML, or JSON with -o json) to FILE.
+        #[arg(long, value_name = "FILE")]
+        write: Option<PathBuf>,
+        /// Write one kustomize strategic-merge patch per workload whose only hold is GitOps or
+        /// Helm management (or that can switch) into DIR, to commit instead of switching live.
+        #[arg(long, value_name = "DIR")]
+        patches: Option<PathBuf>,
+    },
+    /// Where every workload in scope stands, from the WorkloadMigrations and the live workloads.
+    Status {
+        #[command(flatten)]
+        scope: CutoverSource,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: CutoverFormat,
+    },
+    /// Check the Workload ID webhook; then per workload record the template, change it and wait
+    /// for the rollout, stopping at the first failure.
+    Switch {
+        #[command(flatten)]
+        scope: CutoverSource,
+        #[command(flatten)]
+        change: Change,
+    },
+    /// Restore each switched workload's recorded template exactly and clear its stage.
+    Rollback {
+        #[command(flatten)]
+        scope: CutoverSource,
+        #[command(flatten)]
+        change: Change,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (n, unit) = match s.strip_suffix('m') {
+        Some(n) => (n, 60),
+        None => (s.strip_suffix('s').unwrap_or(s), 1),
+    };
+    n.parse::<u64>()
+        .map(|n| std::time::Duration::from_secs(n * unit))
+        .map_err(|_| format!("{s:?}: expected seconds (300, 300s) or minutes (5m)"))
+}
+
+/// Asks before changing more than one workload, unless `--yes`; without a terminal to ask on,
+/// refuses.
+fn confirm(verb: &str, n: usize, yes: bool) -> anyhow::Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if yes || n <= 1 {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(podid_cli::Error::Usage(format!(
+            "{verb} would change {n} workloads and there is no terminal to confirm on: pass --yes"
+        ))
+        .into());
+    }
+    eprint!("{verb} {n} workloads? [y/N] ");
+    std::io::stderr().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    if matches!(line.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        anyhow::bail!("not confirmed: nothing was changed")
+    }
+}
+
+/// The cutover's view: the report's inventory of the whole cluster (the plan's cross-workload
+/// rules need every namespace, as the bridge sees them), its WorkloadMigrations, the scope.
+async fn cutover_view(
+    cs: &CutoverSource,
+) -> anyhow::Result<(
+    kube::Client,
+    CutoverPlan,
+    Inventory,
+    ClusterContext,
+    Vec<podid_crds::migration::WorkloadMigration>,
+    CutoverScope,
+)> {
+    let selector = cs
+        .source
+        .selector
+        .as_deref()
+        .map(LabelSelector::parse)
+        .transpose()?;
+    let workloads = cs
+        .workloads
+        .iter()
+        .map(|w| CutoverScope::parse_workload(w))
+        .collect::<Result<Vec<_>, _>>()?;
+    let c = client(cs.source.context.as_ref()).await?;
+    let mut inv = scan(
+        &c,
+        &Scope::default(),
+        cs.source.context.clone(),
+        cs.source.quiet,
+    )
+    .await?;
+    override_issuer(&mut inv, &cs.source);
+    let ctx = ClusterContext::from_inventory(&inv, MatchOptions::standard(false));
+    let api: kube::Api<podid_crds::migration::WorkloadMigration> = kube::Api::all(c.clone());
+    let records = match api.list(&Default::default()).await {
+        Ok(l) => l.items,
+        Err(kube::Error::Api(e)) if e.code == 404 => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    let scope = CutoverScope {
+        namespaces: cs.source.namespaces.clone(),
+        selector,
+        workloads,
+    };
+    let plan = build_plan(&inv, &ctx, &records, &scope, cs.allow_managed);
+    Ok((c, plan, inv, ctx, records, scope))
+}
+
+fn render_doc<T: serde::Serialize>(v: &T, format: CutoverFormat) -> anyhow::Result<String> {
+    Ok(match format {
+        CutoverFormat::Json => serde_json::to_string_pretty(v)? + "\n",
+        _ => serde_yaml::to_string(v)?,
+    })
+}
+
+async fn run_cutover(command: CutoverCommand) -> anyhow::Result<ExitCode> {
+    let code = |troubled: bool| {
+        if troubled {
+            ExitCode::from(EXIT_BLOCKED)
+        } else {
+            ExitCode::SUCCESS
+        }
+    };
+    match command {
+        CutoverCommand::Plan {
+            scope,
+            output,
+            write,
+            patches,
+        } => {
+            let (_, plan, ..) = cutover_view(&scope).await?;
+            match output {
+                CutoverFormat::Table => print!("{}", plan_table(&plan)),
+                f => print!("{}", render_doc(&plan, f)?),
+            }
+            if let Some(file) = write {
+                let f = if output == CutoverFormat::Json {
+                    CutoverFormat::Json
+                } else {
+                    CutoverFormat::Yaml
+                };
+                std::fs::write(&file, render_doc(&plan, f)?)
+                    .with_context(|| format!("writing {}", file.display()))?;
+                eprintln!("wrote {}", file.display());
+            }
+            if let Some(dir) = patches {
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                let mut n = 0;
+                for e in plan.workloads.iter().filter(|e| e.patchable()) {
+                    if let Some(p) = kustomize_patch(e) {
+                        let path = dir.join(patch_file_name(e));
+                        std::fs::write(&path, serde_yaml::to_string(&p)?)
+                            .with_context(|| format!("writing {}", path.display()))?;
+                        n += 1;
+                    }
+                }
+                eprintln!("wrote {n} patch(es) to {}", dir.display());
+            }
+            Ok(code(plan.has_held()))
+        }
+        CutoverCommand::Status { scope, output } => {
+            let (_, _, inv, ctx, records, scope) = cutover_view(&scope).await?;
+            let status = build_status(&inv, &ctx, &records, &scope);
+            match output {
+                CutoverFormat::Table => print!("{}", status_table(&status)),
+                f => print!("{}", render_doc(&status, f)?),
+            }
+            Ok(code(status.iter().any(status_troubled)))
+        }
+        CutoverCommand::Switch { scope, change } => {
+            let (c, plan, ..) = cutover_view(&scope).await?;
+            let entries: Vec<_> = plan
+                .workloads
+                .iter()
+                .filter(|e| matches!(e.action, Action::Switch | Action::Switched))
+                .collect();
+            if entries.is_empty() {
+                print!("{}", outcome_table(&[], Some(&plan)));
+                eprintln!("nothing to switch");
+                return Ok(code(plan.has_held()));
+            }
+            confirm("switch", entries.len(), change.yes)?;
+            let mut probes: Vec<(String, String)> = Vec::new();
+            for e in &entries {
+                if !probes.iter().any(|(ns, _)| *ns == e.namespace) {
+                    probes.push((
+                        e.namespace.clone(),
+                        e.target_service_account.clone().unwrap_or_default(),
+                    ));
+                }
+            }
+            check_webhook(&c, &probes).await?;
+            let opts = RunOptions {
+                dry_run: change.dry_run,
+                timeout: change.timeout,
+                max_parallel: change.max_parallel,
+                quiet: scope.source.quiet,
+            };
+            let outcomes = switch(&c, &entries, &opts).await;
+            print!("{}", outcome_table(&outcomes, Some(&plan)));
+            Ok(code(
+                plan.has_held()
+                    || outcomes
+                        .iter()
+                        .any(|o| o.result != "switched" && o.result != "dry-run"),
+            ))
+        }
+        CutoverCommand::Rollback { scope, change } => {
+            let (c, plan, ..) = cutover_view(&scope).await?;
+            let entries: Vec<_> = plan
+                .workloads
+                .iter()
+                .filter(|e| e.stage.is_some() || e.recorded)
+                .collect();
+            if entries.is_empty() {
+                eprintln!("nothing to roll back: no workload in scope has a cutover stage");
+                return Ok(ExitCode::SUCCESS);
+            }
+            confirm("roll back", entries.len(), change.yes)?;
+            let opts = RunOptions {
+                dry_run: change.dry_run,
+                timeout: change.timeout,
+                max_parallel: change.max_parallel,
+                quiet: scope.source.quiet,
+            };
+            let outcomes = rollback(&c, &entries, &opts).await;
+            print!("{}", outcome_table(&outcomes, None));
+            Ok(code(outcomes.iter().any(Outcome::failed)))
+        }
+    }
 }
 
 async fn client(context: Option<&String>) -> anyhow::Result<kube::Client> {
@@ -148,6 +445,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
+        Command::Cutover { command } => run_cutover(command).await,
         Command::Snapshot { source, output } => {
             let inv = live(&source).await?;
             let yaml = inv.to_snapshot_yaml()?;
@@ -174,14 +472,13 @@ pub async fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            // A malformed -l is a usage error, like clap's own.
-            if matches!(
-                e.downcast_ref::<podid_cli::Error>(),
-                Some(podid_cli::Error::Selector { .. })
-            ) {
-                ExitCode::from(EXIT_USAGE)
-            } else {
-                ExitCode::FAILURE
+            // A malformed -l is a usage error, like clap's own; a refusal is a block.
+            match e.downcast_ref::<podid_cli::Error>() {
+                Some(podid_cli::Error::Selector { .. } | podid_cli::Error::Usage(_)) => {
+                    ExitCode::from(EXIT_USAGE)
+                }
+                Some(podid_cli::Error::Refused(_)) => ExitCode::from(EXIT_BLOCKED),
+                _ => ExitCode::FAILURE,
             }
         }
     }

@@ -47,7 +47,7 @@ fn reasons(a: &Assessment, sev: Severity) -> Vec<&str> {
         .collect()
 }
 
-fn columns(rows: &[Vec<String>]) -> String {
+pub(crate) fn columns(rows: &[Vec<String>]) -> String {
     let widths: Vec<usize> = (0..rows[0].len())
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
         .collect();

@@ -82,8 +82,8 @@ pub struct Report {
     pub skipped_kinds: BTreeMap<String, usize>,
 }
 
-/// The plan for every workload of the inventory.
-fn assess(inv: &Inventory, ctx: &ClusterContext) -> Vec<Assessment> {
+/// The plan for every workload of the inventory (`podid_crds::plan::plan`, as the bridge decides).
+pub fn assess(inv: &Inventory, ctx: &ClusterContext) -> Vec<Assessment> {
     let index = IdentityIndex::from_objects(&inv.bindings, &inv.identities, &inv.exceptions);
     let workloads = workloads(&inv.workload_objects());
     let service_accounts: Vec<&ServiceAccount> = inv.service_accounts.iter().collect();

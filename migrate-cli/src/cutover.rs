@@ -1,0 +1,614 @@
+//! `podid cutover`: the plan of the move and where every workload stands, from the same plan the
+//! report and the bridge use (`podid_crds::plan::plan`) and the `WorkloadMigration` records.
+//! The decisions are `podid_crds::cutover`'s; this module puts them together per workload and
+//! renders them. The live steps (switch, rollback) are in [`crate::cutover_run`].
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use podid_crds::cutover::{
+    Hold, HoldCode, ManagedBy, Rollout, TemplateChange, TemplateKind, api_version, holds,
+    managed_by, rollout, template_kind, template_of,
+};
+use podid_crds::migration::{
+    Stage, WorkloadMigration, credential_name, migration_name, service_account_subject,
+};
+use podid_crds::plan::{Assessment, ClusterContext, Finding, IdentityRef, Verdict};
+use podid_crds::{WI_CLIENT_ID_ANNOTATION, WI_TENANT_ID_ANNOTATION};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::Error;
+use crate::inventory::{ClusterFacts, Inventory};
+use crate::render::columns;
+use crate::report::assess;
+use crate::selector::LabelSelector;
+
+/// Which workloads a cutover command acts on.
+#[derive(Clone, Debug, Default)]
+pub struct Scope {
+    /// Namespaces (empty: all).
+    pub namespaces: Vec<String>,
+    pub selector: Option<LabelSelector>,
+    /// `kind/name` pairs (kind case-insensitive); empty: every workload.
+    pub workloads: Vec<(String, String)>,
+}
+
+impl Scope {
+    /// Parses `--workload kind/name`.
+    pub fn parse_workload(s: &str) -> Result<(String, String), Error> {
+        match s.split_once('/') {
+            Some((k, n)) if !k.is_empty() && !n.is_empty() && !n.contains('/') => {
+                Ok((k.to_ascii_lowercase(), n.to_owned()))
+            }
+            _ => Err(Error::Usage(format!(
+                "--workload {s:?}: expected kind/name, for example deployment/web"
+            ))),
+        }
+    }
+
+    fn contains(&self, a: &Assessment) -> bool {
+        let w = &a.workload;
+        (self.namespaces.is_empty() || self.namespaces.contains(&w.namespace))
+            && self.selector.as_ref().is_none_or(|s| s.matches(&w.labels))
+            && (self.workloads.is_empty()
+                || self
+                    .workloads
+                    .iter()
+                    .any(|(k, n)| *k == w.kind.to_ascii_lowercase() && *n == w.name))
+    }
+}
+
+/// What the cutover will do with a workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// `switch` changes its template and waits for the rollout.
+    Switch,
+    /// Already switched (its record says `spec.stage: Switched`); `switch` only makes sure.
+    Switched,
+    /// Held back (see `holds`).
+    Hold,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Switch => "switch",
+            Self::Switched => "switched",
+            Self::Hold => "hold",
+        }
+    }
+}
+
+/// A federated credential the workload needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedCredential {
+    /// `<namespace>/<name>` of the AzureIdentity, or the identity's resource ID (from the
+    /// bridge's record).
+    pub identity: String,
+    pub subject: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// Proven by a token exchange (the bridge's record says so).
+    pub ready: bool,
+}
+
+/// The plan for one workload.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanEntry {
+    pub namespace: String,
+    pub kind: String,
+    pub name: String,
+    /// Its `WorkloadMigration`.
+    pub record: String,
+    pub verdict: Verdict,
+    pub service_account: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_service_account: Option<String>,
+    pub identities: Vec<IdentityRef>,
+    pub credentials: Vec<PlannedCredential>,
+    /// Workload ID's annotations on the target ServiceAccount as they are now.
+    pub service_account_annotations: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_change: Option<TemplateChange>,
+    pub template_kind: TemplateKind,
+    /// True when applying the change restarts the workload's pods.
+    pub triggers_rollout: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed_by: Option<ManagedBy>,
+    /// The bridge's stage (`status.stage`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge_stage: Option<Stage>,
+    /// The cutover's stage (`spec.stage`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<Stage>,
+    /// The record holds the template from before the switch (`spec.recordedTemplate`).
+    pub recorded: bool,
+    pub action: Action,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holds: Vec<Hold>,
+    /// The plan's findings (docs/report.md).
+    pub findings: Vec<Finding>,
+}
+
+impl PlanEntry {
+    /// `kind/name` as kubectl writes it.
+    pub fn workload(&self) -> String {
+        format!("{}/{}", self.kind.to_ascii_lowercase(), self.name)
+    }
+
+    /// True when only GitOps/Helm management holds it (a patch to commit is the way).
+    pub fn patchable(&self) -> bool {
+        self.template_change.as_ref().is_some_and(|c| !c.is_empty())
+            && self.template_kind != TemplateKind::NotInPlace
+            && self.holds.iter().all(|h| h.code == HoldCode::Managed)
+    }
+}
+
+/// `podid cutover plan`'s document.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CutoverPlan {
+    pub api_version: String,
+    pub kind: String,
+    pub cluster: ClusterFacts,
+    pub workloads: Vec<PlanEntry>,
+}
+
+impl CutoverPlan {
+    pub fn has_held(&self) -> bool {
+        self.workloads.iter().any(|e| e.action == Action::Hold)
+    }
+}
+
+/// A workload of the inventory as JSON (what the cutover's pure decisions read).
+pub fn object_json(inv: &Inventory, kind: &str, ns: &str, name: &str) -> Option<Value> {
+    fn find<T: kube::Resource + Serialize>(items: &[T], ns: &str, name: &str) -> Option<Value> {
+        items
+            .iter()
+            .find(|o| {
+                o.meta().namespace.as_deref() == Some(ns) && o.meta().name.as_deref() == Some(name)
+            })
+            .and_then(|o| serde_json::to_value(o).ok())
+    }
+    match kind {
+        "Deployment" => find(&inv.deployments, ns, name),
+        "StatefulSet" => find(&inv.stateful_sets, ns, name),
+        "DaemonSet" => find(&inv.daemon_sets, ns, name),
+        "CronJob" => find(&inv.cron_jobs, ns, name),
+        "Job" => find(&inv.jobs, ns, name),
+        "ReplicaSet" => find(&inv.replica_sets, ns, name),
+        "Pod" => find(&inv.pods, ns, name),
+        _ => None,
+    }
+}
+
+fn meta_of(obj: Option<&Value>) -> ObjectMeta {
+    obj.and_then(|o| o.get("metadata"))
+        .and_then(|m| serde_json::from_value(m.clone()).ok())
+        .unwrap_or_default()
+}
+
+/// The records by (namespace, name).
+pub fn records_by_key(
+    records: &[WorkloadMigration],
+) -> BTreeMap<(String, String), &WorkloadMigration> {
+    records
+        .iter()
+        .map(|r| {
+            (
+                (
+                    r.metadata.namespace.clone().unwrap_or_default(),
+                    r.metadata.name.clone().unwrap_or_default(),
+                ),
+                r,
+            )
+        })
+        .collect()
+}
+
+/// The cutover plan of every workload in `scope` that uses pod identity.
+pub fn build_plan(
+    inv: &Inventory,
+    ctx: &ClusterContext,
+    records: &[WorkloadMigration],
+    scope: &Scope,
+    allow_managed: bool,
+) -> CutoverPlan {
+    let by_key = records_by_key(records);
+    let mut out = Vec::new();
+    for a in assess(inv, ctx) {
+        if !a.uses_pod_identity || !scope.contains(&a) {
+            continue;
+        }
+        let w = &a.workload;
+        let record_name = migration_name(&w.kind, &w.name);
+        let record = by_key
+            .get(&(w.namespace.clone(), record_name.clone()))
+            .copied();
+        let obj = object_json(inv, &w.kind, &w.namespace, &w.name);
+        let meta = meta_of(obj.as_ref());
+        let managed = managed_by(
+            &meta.labels.clone().unwrap_or_default(),
+            &meta.annotations.clone().unwrap_or_default(),
+        );
+        let target = a.target_service_account.clone();
+        let mut hold = holds(&a, record, managed.as_ref(), allow_managed);
+        if let (Some(t), Some(rt)) = (
+            &target,
+            record
+                .and_then(|r| r.status.as_ref())
+                .and_then(|s| s.target_service_account.as_ref()),
+        ) && t != rt
+        {
+            hold.push(Hold {
+                code: HoldCode::NotBridged,
+                message: format!("the bridge's record names ServiceAccount {rt}, the plan {t}: wait for the bridge's next pass"),
+            });
+        }
+        let change = TemplateChange::for_assessment(&a);
+        let credentials = match record.and_then(|r| r.status.as_ref()) {
+            Some(s) if !s.credentials.is_empty() => s
+                .credentials
+                .iter()
+                .map(|c| PlannedCredential {
+                    identity: c.identity.clone(),
+                    subject: c.subject.clone(),
+                    name: c.name.clone(),
+                    ready: c.ready,
+                })
+                .collect(),
+            _ => {
+                let t = target.clone().unwrap_or_default();
+                a.identities
+                    .iter()
+                    .map(|i| PlannedCredential {
+                        identity: format!("{}/{}", i.namespace, i.name),
+                        subject: service_account_subject(&w.namespace, &t),
+                        name: ctx
+                            .oidc_issuer
+                            .as_deref()
+                            .map(|iss| credential_name(iss, &w.namespace, &t))
+                            .unwrap_or_default(),
+                        ready: false,
+                    })
+                    .collect()
+            }
+        };
+        let service_account_annotations = target
+            .as_ref()
+            .and_then(|t| {
+                inv.service_accounts.iter().find(|s| {
+                    s.metadata.namespace.as_deref() == Some(&w.namespace)
+                        && s.metadata.name.as_deref() == Some(t)
+                })
+            })
+            .and_then(|s| s.metadata.annotations.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(k, _)| k == WI_CLIENT_ID_ANNOTATION || k == WI_TENANT_ID_ANNOTATION)
+            .collect();
+        let kind = template_kind(&w.kind);
+        let stage = record.and_then(|r| r.spec.stage);
+        let action = if stage == Some(Stage::Switched) {
+            Action::Switched
+        } else if !hold.is_empty() {
+            Action::Hold
+        } else {
+            Action::Switch
+        };
+        out.push(PlanEntry {
+            namespace: w.namespace.clone(),
+            kind: w.kind.clone(),
+            name: w.name.clone(),
+            record: record_name,
+            verdict: a.verdict,
+            service_account: w.service_account.clone(),
+            target_service_account: target,
+            identities: a.identities.clone(),
+            credentials,
+            service_account_annotations,
+            triggers_rollout: kind == TemplateKind::Rollout
+                && change.as_ref().is_some_and(|c| !c.is_empty()),
+            template_change: change,
+            template_kind: kind,
+            managed_by: managed,
+            bridge_stage: record.and_then(|r| r.status.as_ref()).and_then(|s| s.stage),
+            stage,
+            recorded: record.is_some_and(|r| r.spec.recorded_template.is_some()),
+            action,
+            holds: hold,
+            findings: a.findings.clone(),
+        });
+    }
+    CutoverPlan {
+        api_version: crate::report::REPORT_API_VERSION.into(),
+        kind: "CutoverPlan".into(),
+        cluster: inv.cluster.clone(),
+        workloads: out,
+    }
+}
+
+fn change_text(e: &PlanEntry) -> String {
+    let Some(c) = &e.template_change else {
+        return "-".into();
+    };
+    let mut parts = Vec::new();
+    if let Some(sa) = &c.service_account_name {
+        parts.push(format!("serviceAccountName {}->{sa}", e.service_account));
+    }
+    for (k, v) in &c.labels {
+        parts.push(format!("+{k}={v}"));
+    }
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// The plan as a table: one line per workload, then why each held one is held.
+pub fn plan_table(p: &CutoverPlan) -> String {
+    if p.workloads.is_empty() {
+        return "No workload in scope uses pod identity.\n".into();
+    }
+    let mut rows = vec![
+        [
+            "NAMESPACE",
+            "WORKLOAD",
+            "TARGET-SA",
+            "CHANGE",
+            "ROLLOUT",
+            "MANAGED-BY",
+            "ACTION",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for e in &p.workloads {
+        rows.push(vec![
+            e.namespace.clone(),
+            e.workload(),
+            e.target_service_account.clone().unwrap_or("-".into()),
+            change_text(e),
+            match (e.template_kind, e.triggers_rollout) {
+                (TemplateKind::Rollout, true) => "yes".into(),
+                (TemplateKind::NextRun, _) => "next run".into(),
+                (TemplateKind::NotInPlace, _) => "re-create".into(),
+                _ => "no".into(),
+            },
+            e.managed_by
+                .as_ref()
+                .map_or("-".into(), |m| format!("{}:{}", m.tool, m.name)),
+            e.action.as_str().into(),
+        ]);
+    }
+    let mut out = columns(&rows);
+    let held: Vec<&PlanEntry> = p.workloads.iter().filter(|e| !e.holds.is_empty()).collect();
+    if !held.is_empty() {
+        out.push('\n');
+        for e in held {
+            for h in &e.holds {
+                let code = serde_json::to_value(h.code)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "{}/{}: {code}: {}",
+                    e.namespace,
+                    e.workload(),
+                    h.message
+                );
+            }
+        }
+    }
+    let n = |a: Action| p.workloads.iter().filter(|e| e.action == a).count();
+    let _ = writeln!(
+        out,
+        "\n{} to switch, {} switched, {} held.",
+        n(Action::Switch),
+        n(Action::Switched),
+        n(Action::Hold)
+    );
+    out
+}
+
+/// Where one workload stands.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusEntry {
+    pub namespace: String,
+    pub kind: String,
+    pub name: String,
+    pub record: String,
+    /// The bridge's stage and proofs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge_stage: Option<Stage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proven: Option<String>,
+    /// The cutover's stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<Stage>,
+    /// The record holds the template from before the switch.
+    pub recorded: bool,
+    /// The live template carries the cutover's change.
+    pub template_switched: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
+    /// One word: `no-record`, `pod-identity`, `blocked`, `bridged`, `switching`, `rolling-out`,
+    /// `switched`, `failed`, `recorded`.
+    pub state: String,
+}
+
+/// Where every workload in scope stands, from the records and the live workloads.
+pub fn build_status(
+    inv: &Inventory,
+    ctx: &ClusterContext,
+    records: &[WorkloadMigration],
+    scope: &Scope,
+) -> Vec<StatusEntry> {
+    let by_key = records_by_key(records);
+    let mut out = Vec::new();
+    for a in assess(inv, ctx) {
+        let w = &a.workload;
+        let record_name = migration_name(&w.kind, &w.name);
+        let record = by_key
+            .get(&(w.namespace.clone(), record_name.clone()))
+            .copied();
+        if !(a.uses_pod_identity || record.is_some()) || !scope.contains(&a) {
+            continue;
+        }
+        let obj = object_json(inv, &w.kind, &w.namespace, &w.name);
+        let status = record.and_then(|r| r.status.as_ref());
+        let stage = record.and_then(|r| r.spec.stage);
+        let recorded = record.is_some_and(|r| r.spec.recorded_template.is_some());
+        let target = status
+            .and_then(|s| s.target_service_account.clone())
+            .or(a.target_service_account.clone())
+            .unwrap_or_default();
+        let template_switched = obj
+            .as_ref()
+            .and_then(|o| template_of(&w.kind, o))
+            .is_some_and(|t| TemplateChange::for_template(t, &target).is_empty());
+        let roll = (stage.is_some() || recorded)
+            .then(|| obj.as_ref().map(|o| rollout(&w.kind, o)))
+            .flatten();
+        let state = match (record, stage) {
+            (None, _) => "no-record",
+            (Some(_), Some(Stage::Switched)) if !template_switched => "switching",
+            (Some(_), Some(Stage::Switched)) => match &roll {
+                Some(Rollout::Failed(_)) => "failed",
+                Some(Rollout::Progressing(_)) => "rolling-out",
+                _ => "switched",
+            },
+            (Some(_), _) if recorded => "recorded",
+            (Some(_), _) => match status.and_then(|s| s.stage) {
+                Some(Stage::Blocked) => "blocked",
+                Some(Stage::Bridged) => "bridged",
+                _ => "pod-identity",
+            },
+        };
+        out.push(StatusEntry {
+            namespace: w.namespace.clone(),
+            kind: w.kind.clone(),
+            name: w.name.clone(),
+            record: record_name,
+            bridge_stage: status.and_then(|s| s.stage),
+            proven: status.and_then(|s| s.proven.clone()),
+            stage,
+            recorded,
+            template_switched,
+            rollout: roll,
+            state: state.into(),
+        });
+    }
+    out
+}
+
+/// The status as a table.
+pub fn status_table(entries: &[StatusEntry]) -> String {
+    if entries.is_empty() {
+        return "No workload in scope uses pod identity.\n".into();
+    }
+    let mut rows = vec![
+        [
+            "NAMESPACE",
+            "WORKLOAD",
+            "BRIDGE",
+            "PROVEN",
+            "STAGE",
+            "TEMPLATE",
+            "STATE",
+            "ROLLOUT",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for e in entries {
+        rows.push(vec![
+            e.namespace.clone(),
+            format!("{}/{}", e.kind.to_ascii_lowercase(), e.name),
+            e.bridge_stage.map_or("-", Stage::as_str).into(),
+            e.proven.clone().unwrap_or("-".into()),
+            e.stage.map_or("-", Stage::as_str).into(),
+            if e.template_switched {
+                "workload-id"
+            } else {
+                "pod-identity"
+            }
+            .into(),
+            e.state.clone(),
+            match &e.rollout {
+                None => "-".into(),
+                Some(Rollout::Done) => "done".into(),
+                Some(Rollout::Progressing(m)) => m.clone(),
+                Some(Rollout::Failed(m)) => m.clone(),
+            },
+        ]);
+    }
+    columns(&rows)
+}
+
+/// True when a status entry is blocked or failed (exit code 3).
+pub fn status_troubled(e: &StatusEntry) -> bool {
+    matches!(e.state.as_str(), "blocked" | "failed")
+}
+
+/// A file name for a workload's patch: `<namespace>.<kind>.<name>.yaml`.
+pub fn patch_file_name(e: &PlanEntry) -> String {
+    format!(
+        "{}.{}.{}.yaml",
+        e.namespace,
+        e.kind.to_ascii_lowercase(),
+        e.name
+    )
+}
+
+/// The kustomize patch of a plan entry (see [`PlanEntry::patchable`]).
+pub fn kustomize_patch(e: &PlanEntry) -> Option<Value> {
+    e.template_change.as_ref()?.kustomize_patch(
+        api_version(&e.kind),
+        &e.kind,
+        &e.namespace,
+        &e.name,
+    )
+}
+
+/// What a `switch` or `rollback` did, one line per workload, then (with the plan) the ones held.
+pub fn outcome_table(
+    outcomes: &[crate::cutover_run::Outcome],
+    plan: Option<&CutoverPlan>,
+) -> String {
+    let mut rows = vec![
+        ["NAMESPACE", "WORKLOAD", "RESULT", "MESSAGE"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for o in outcomes {
+        rows.push(vec![
+            o.namespace.clone(),
+            o.workload.clone(),
+            o.result.clone(),
+            o.message.clone(),
+        ]);
+    }
+    for e in plan
+        .iter()
+        .flat_map(|p| &p.workloads)
+        .filter(|e| e.action == Action::Hold)
+    {
+        let why: Vec<&str> = e.holds.iter().map(|h| h.message.as_str()).collect();
+        rows.push(vec![
+            e.namespace.clone(),
+            e.workload(),
+            "held".into(),
+            why.join("; "),
+        ]);
+    }
+    columns(&rows)
+}
