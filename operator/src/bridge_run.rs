@@ -678,6 +678,7 @@ impl<F: FederatedCredentials> Bridge<F> {
                         name: w.name.clone(),
                     },
                     stage: None,
+                    recorded_template: None,
                 },
             );
             record.metadata.labels = Some(BTreeMap::from([(
