@@ -170,3 +170,103 @@ async fn entra_certificate_from_pkcs12_and_pem() {
         .unwrap();
     assert_eq!(claims(&t.access_token)["appid"], app);
 }
+
+/// Service principals with a certificate (type 2) through the agent, end to end: the Secret in
+/// the real API server holds a PKCS#12 archive with its password (as the original stored it) or
+/// a PEM bundle; a pod bound to each gets its token from the emulator's Entra, signed in with
+/// that certificate; a wrong password is a 503 naming the Secret, not a token.
+#[tokio::test]
+async fn certificate_identities_are_served_to_their_pods_through_the_agent() {
+    use k8s_openapi::api::core::v1::{Pod, Secret};
+    use kube::api::{Api, PostParams};
+    use podid_crds::policy::Mode;
+    use podid_nmi::server::ServerConfig;
+    use serde_json::json;
+
+    let Some((pem, p12)) = openssl_material("p@ss") else {
+        podid_testkit::prereq::skip(
+            "certificate_identities_are_served_to_their_pods_through_the_agent",
+            "the openssl command is not available",
+        );
+        return;
+    };
+    let cert_pem = pem[pem.find("-----BEGIN CERTIFICATE-----").unwrap()..].to_owned();
+    let cluster = podid_testkit::Cluster::shared_async().await;
+    let ns = cluster.namespace("nmi-cert").await;
+    let client = ns.client.clone();
+    let pool = podid_testkit::NodePool::aks("nmicert", 1);
+    cluster.add_nodes(&pool).await.expect("fake node ready");
+    let node = pool.node_name(0);
+    let emu = Emulator::start(Settings::default()).await.unwrap();
+    emu.add_scale_set(&pool.resource_group, &pool.scale_set, 1);
+    let app = "0a0a0a0a-0000-0000-0000-0000000000c2";
+    emu.add_app(app, None, Some(&cert_pem));
+
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    for (name, data) in [
+        (
+            "p12",
+            json!({"certificate": b64(&p12), "password": b64(b"p@ss")}),
+        ),
+        ("pem", json!({"certificate": b64(pem.as_bytes())})),
+        (
+            "wrong",
+            json!({"certificate": b64(&p12), "password": b64(b"nope")}),
+        ),
+    ] {
+        secrets
+            .create(
+                &PostParams::default(),
+                &live::obj(json!({"metadata": {"name": format!("sp-{name}")}, "data": data})),
+            )
+            .await
+            .unwrap();
+        live::bound_identity(
+            &client,
+            &ns.name,
+            name,
+            json!({"type": 2, "clientID": app, "tenantID": emu.tenant_id(),
+                   "adEndpoint": format!("{}/", emu.arm_endpoint()),
+                   "clientPassword": {"name": format!("sp-{name}"), "namespace": ns.name}}),
+            &format!("cert-{name}"),
+        )
+        .await;
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let ips = live::run_pods(
+        &pods,
+        &node,
+        &[
+            ("pod-p12", json!({"aadpodidbinding": "cert-p12"})),
+            ("pod-pem", json!({"aadpodidbinding": "cert-pem"})),
+            ("pod-wrong", json!({"aadpodidbinding": "cert-wrong"})),
+        ],
+    )
+    .await;
+    let config = ServerConfig {
+        mode: Mode::Managed,
+        force_namespaced: true,
+        ..Default::default()
+    };
+    let (addr, _agent) =
+        live::start_agent(client.clone(), &node, config, &emu.arm_endpoint()).await;
+    for pod in ["pod-p12", "pod-pem"] {
+        let (status, body) = live::call(addr, ips[pod], "").await;
+        assert_eq!(status, 200, "{pod}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            claims(v["access_token"].as_str().unwrap())["appid"],
+            app,
+            "{pod}"
+        );
+    }
+    let (status, body) = live::call(addr, ips["pod-wrong"], "").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains(&format!("secret {}/sp-wrong", ns.name)),
+        "{body}"
+    );
+    assert!(!body.contains("access_token"), "{body}");
+}
