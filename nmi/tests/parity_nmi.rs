@@ -512,7 +512,19 @@ async fn the_original_nmi_and_podid_nmi_answer_the_same_requests_alike() {
         let verdict = if t == o {
             "same"
         } else {
-            deliberate(&r.label, &t, &o).unwrap_or_else(|| {
+            // Whether the request names an identity the pod's bindings grant (Assigned or
+            // still Created): only one they do not grant may be refused at once.
+            let named = r.label.split_once(' ').and_then(|(pod, q)| {
+                let name = q
+                    .strip_prefix("client_id=")
+                    .or_else(|| q.strip_prefix("msi_res_id="))?;
+                let granted = layout
+                    .iter()
+                    .find(|(p, _, _)| *p == pod)
+                    .is_some_and(|(_, _, a)| a.iter().any(|(i, _)| *i == name));
+                Some(granted)
+            });
+            deliberate(&r.label, named, &t, &o).unwrap_or_else(|| {
                 unexplained.push(r.label.clone());
                 "UNEXPLAINED"
             })
@@ -543,7 +555,13 @@ async fn the_original_nmi_and_podid_nmi_answer_the_same_requests_alike() {
 
 /// The differences docs/parity.md ("Node agent (NMI)") lists as deliberate, recognised by what
 /// each side answers; `None` for anything else.
-fn deliberate(label: &str, original: &str, ours: &str) -> Option<&'static str> {
+/// `named_granted`: for a request naming an identity, whether the pod's bindings grant it.
+fn deliberate(
+    label: &str,
+    named_granted: Option<bool>,
+    original: &str,
+    ours: &str,
+) -> Option<&'static str> {
     // "<status> (<content type>) <body>" -> "<status> <body>"
     let drop_type = |s: &str| {
         let (status, rest) = s.split_once(' ').unwrap_or((s, ""));
@@ -552,7 +570,10 @@ fn deliberate(label: &str, original: &str, ours: &str) -> Option<&'static str> {
     };
     let (original, ours) = (&drop_type(original)[..], &drop_type(ours)[..]);
     let waited = |s: &str| s.starts_with("404 ") && s.contains("in CREATED state failed after");
-    if waited(original)
+    // Only for an identity the pod is not bound to: a bound one still waiting for its
+    // assignment must be answered as the original answers it.
+    if named_granted == Some(false)
+        && waited(original)
         && original.contains("clientID in request:")
         && ours.starts_with("403 the requested identity is not bound to pod ")
     {
