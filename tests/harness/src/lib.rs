@@ -140,8 +140,11 @@ fn binary(name: &str) -> Result<PathBuf, Error> {
 pub struct NodePool {
     pub subscription: String,
     pub resource_group: String,
+    /// The scale set's name; for an availability-set pool, the prefix of its VMs' names.
     pub scale_set: String,
     pub count: usize,
+    /// Standalone VMs (an availability set, AKS's `vmType: standard`) instead of a scale set.
+    pub standalone_vms: bool,
 }
 
 impl NodePool {
@@ -152,19 +155,55 @@ impl NodePool {
             resource_group: "MC_podid_test_eastus".into(),
             scale_set: format!("aks-{name}-12345678-vmss"),
             count,
+            standalone_vms: false,
         }
     }
 
-    /// Node name of instance `i`, as AKS names VMSS nodes.
+    /// `aks-<name>-12345678-<i>`: standalone VMs of an availability set, as AKS named the nodes
+    /// of `vmType: standard` clusters, in the same resource group.
+    pub fn availability_set(name: &str, count: usize) -> Self {
+        Self {
+            scale_set: format!("aks-{name}-12345678"),
+            standalone_vms: true,
+            ..Self::aks(name, count)
+        }
+    }
+
+    /// Node name of instance `i`, as AKS names VMSS nodes (or standalone VMs).
     pub fn node_name(&self, i: usize) -> String {
-        format!("{}{i:06}", self.scale_set)
+        if self.standalone_vms {
+            format!("{}-{i}", self.scale_set)
+        } else {
+            format!("{}{i:06}", self.scale_set)
+        }
     }
 
     /// `spec.providerID` of instance `i`.
     pub fn provider_id(&self, i: usize) -> String {
+        if self.standalone_vms {
+            return format!(
+                "azure:///subscriptions/{}/resourceGroups/{}/providers/Microsoft.Compute/virtualMachines/{}",
+                self.subscription,
+                self.resource_group,
+                self.node_name(i)
+            );
+        }
         format!(
             "azure:///subscriptions/{}/resourceGroups/{}/providers/Microsoft.Compute/virtualMachineScaleSets/{}/virtualMachines/{i}",
             self.subscription, self.resource_group, self.scale_set
+        )
+    }
+
+    /// The ARM id of the machine instance `i` runs on: its VM, or the scale set.
+    pub fn machine_id(&self, i: usize) -> String {
+        let kind = if self.standalone_vms {
+            format!("virtualMachines/{}", self.node_name(i))
+        } else {
+            format!("virtualMachineScaleSets/{}", self.scale_set)
+        };
+        format!(
+            "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Compute/{kind}",
+            self.subscription, self.resource_group
         )
     }
 }
