@@ -942,3 +942,147 @@ async fn prepare_switch_verify_finalize_end_on_workload_id_and_roll_back_exactly
     }
     println!("figures: switch {switch_took:?}, verify {verify_took:?}");
 }
+
+/// Each stage's command killed (SIGKILL) at its boundary — as soon as it has recorded the
+/// stage, before it finished — and run again ends with the same objects as an uninterrupted run;
+/// rollback from Verified restores the template exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_stage_killed_at_its_boundary_converges_and_rollback_from_verified_is_exact() {
+    use podid_azure_emulator::{Emulator, FederatedCredential, Settings};
+    use podid_crds::migration::{Stage, TOKEN_EXCHANGE_AUDIENCE, credential_name};
+    let cluster = cluster().await;
+    let emu = Emulator::start(Settings::default()).await.unwrap();
+    emu.trust_issuer_ca(cluster.ca_pem());
+    let ident = emu.add_identity("rg", "cutover-kill");
+    let tenant = emu.tenant_id();
+    let _wh = webhook(cluster, &tenant).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("emulator-ca.pem");
+    std::fs::write(&ca, emu.ca_pem()).unwrap();
+    let id = Ident {
+        client_id: ident.client_id.clone(),
+        resource_id: ident.id.clone(),
+        tenant: tenant.clone(),
+        issuer: cluster.issuer().to_owned(),
+    };
+    // Two namespaces alike: one run straight through, one killed at every boundary.
+    let straight = cluster.namespace("cutover-straight").await;
+    let killed = cluster.namespace("cutover-killed").await;
+    let mut before = Vec::new();
+    for ns in [&straight, &killed] {
+        let (c, n) = (&ns.client, ns.name.as_str());
+        apply(c, n, json!({"apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzureIdentity",
+            "metadata": {"name": "app-id"}, "spec": {"type": 0, "clientID": ident.client_id, "resourceID": ident.id}}))
+        .await;
+        apply(c, n, json!({"apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzureIdentityBinding",
+            "metadata": {"name": "app-binding"}, "spec": {"azureIdentity": "app-id", "selector": "app"}}))
+        .await;
+        workload(c, n, "Deployment", "web", 1, "app", None).await;
+        emu.add_federated_credential(
+            &ident.id,
+            FederatedCredential {
+                name: &credential_name(cluster.issuer(), n, "web"),
+                issuer: cluster.issuer(),
+                subject: &format!("system:serviceaccount:{n}:web"),
+                audience: TOKEN_EXCHANGE_AUDIENCE,
+            },
+        )
+        .unwrap();
+        bridged_as(c, n, "Deployment", "web", "web", &id).await;
+        before.push(tmpl(
+            &rolled_out(c, n, "Deployment", "web", 90).await,
+            "Deployment",
+        ));
+    }
+    let authority = emu.authority_host();
+    let stages: [(&[&str], Stage); 3] = [
+        (&["switch", "--yes", "--timeout", "120s"], Stage::Switched),
+        (
+            &[
+                "verify",
+                "--timeout",
+                "120s",
+                "--authority",
+                &authority,
+                "--extra-ca-file",
+                ca.to_str().unwrap(),
+            ],
+            Stage::Verified,
+        ),
+        (
+            &["finalize", "--yes", "--timeout", "120s"],
+            Stage::Completed,
+        ),
+    ];
+    let args = |cmd: &[&str], n: &str| {
+        let mut a = vec!["cutover".to_owned()];
+        a.extend(cmd.iter().map(|s| s.to_string()));
+        a.extend(["-n".into(), n.to_owned(), "-q".into()]);
+        a
+    };
+    let (sc, sn) = (&straight.client, straight.name.as_str());
+    let (kc, kn) = (&killed.client, killed.name.as_str());
+    for (i, (cmd, stage)) in stages.iter().enumerate() {
+        let a = args(cmd, sn);
+        let out = podid(cluster, &a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_podid"))
+            .args(args(cmd, kn))
+            .env("KUBECONFIG", cluster.kubeconfig())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while record(kc, kn, "deployment-web").await.spec.stage != Some(*stage) {
+            assert!(
+                Instant::now() < deadline,
+                "{cmd:?} never recorded {stage:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = child.kill();
+        child.wait().unwrap();
+        let a = args(cmd, kn);
+        let out = podid(cluster, &a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "rerun of {cmd:?}: {}",
+            text(&out)
+        );
+        let s = rolled_out(sc, sn, "Deployment", "web", 60).await;
+        let k = rolled_out(kc, kn, "Deployment", "web", 60).await;
+        assert_eq!(
+            tmpl(&k, "Deployment"),
+            tmpl(&s, "Deployment"),
+            "after {cmd:?}"
+        );
+        let (rs, rk) = (
+            record(sc, sn, "deployment-web").await,
+            record(kc, kn, "deployment-web").await,
+        );
+        assert_eq!(rk.spec, rs.spec, "after {cmd:?}");
+        assert_eq!(rk.spec.stage, Some(*stage));
+        assert_eq!(rk.spec.recorded_template.as_ref(), Some(&before[1]));
+
+        // Rollback from Verified, then on again.
+        if i == 1 {
+            let out = podid(cluster, &["cutover", "rollback", "-n", sn, "-q", "--yes"]);
+            assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+            let o = rolled_out(sc, sn, "Deployment", "web", 60).await;
+            assert_eq!(
+                tmpl(&o, "Deployment"),
+                before[0],
+                "restored exactly from Verified"
+            );
+            for (cmd, _) in &stages[..2] {
+                let a = args(cmd, sn);
+                let out = podid(cluster, &a.iter().map(String::as_str).collect::<Vec<_>>());
+                assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+            }
+        }
+    }
+}
