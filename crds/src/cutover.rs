@@ -213,6 +213,111 @@ pub fn restore_patch(kind: &str, current_template: &Value, recorded: &Value) -> 
     at_template_path(kind, merge_patch_to(current_template, recorded)?)
 }
 
+/// The patch of a workload of `kind` that removes `aadpodidbinding` from its pod template (what
+/// `podid cutover finalize` applies once verify passed): a JSON merge patch. `None` when the
+/// template has no such label (or the kind has no template).
+pub fn finalize_patch(kind: &str, template: &Value) -> Option<Value> {
+    template.pointer("/metadata/labels")?.get(POD_LABEL)?;
+    at_template_path(kind, json!({"metadata": {"labels": {POD_LABEL: null}}}))
+}
+
+/// The environment variables the Workload ID webhook injects into every container of a labelled
+/// pod (v1.6.0).
+pub const WEBHOOK_ENV: [&str; 4] = [
+    "AZURE_CLIENT_ID",
+    "AZURE_TENANT_ID",
+    "AZURE_FEDERATED_TOKEN_FILE",
+    "AZURE_AUTHORITY_HOST",
+];
+
+/// What of the Workload ID webhook's injection a pod (its `spec` as JSON) lacks: in every
+/// container [`WEBHOOK_ENV`] (`AZURE_CLIENT_ID` equal to `client_id` when given), and
+/// `AZURE_FEDERATED_TOKEN_FILE` inside a mounted projected volume whose ServiceAccount token has
+/// the audience `api://AzureADTokenExchange`. Empty: injected.
+pub fn injection_problems(pod_spec: &Value, client_id: Option<&str>) -> Vec<String> {
+    let mut out = Vec::new();
+    let empty = Vec::new();
+    let arr = |v: &Value, k: &str| v.get(k).and_then(Value::as_array).cloned();
+    // (volume name, file path inside it) of every exchange-audience token projection.
+    let tokens: Vec<(String, String)> = arr(pod_spec, "volumes")
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|v| {
+            let name = v["name"].as_str().unwrap_or_default().to_owned();
+            v.pointer("/projected/sources")
+                .and_then(Value::as_array)
+                .unwrap_or(&empty)
+                .iter()
+                .filter_map(|s| s.get("serviceAccountToken"))
+                .filter(|t| t["audience"] == crate::migration::TOKEN_EXCHANGE_AUDIENCE)
+                .map(|t| {
+                    (
+                        name.clone(),
+                        t["path"].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    if tokens.is_empty() {
+        out.push(format!(
+            "no projected ServiceAccount token volume with audience {}",
+            crate::migration::TOKEN_EXCHANGE_AUDIENCE
+        ));
+    }
+    let containers = arr(pod_spec, "containers").unwrap_or_default();
+    if containers.is_empty() {
+        out.push("no containers".into());
+    }
+    for c in &containers {
+        let name = c["name"].as_str().unwrap_or_default();
+        let env: BTreeMap<&str, &str> = c
+            .get("env")
+            .and_then(Value::as_array)
+            .unwrap_or(&empty)
+            .iter()
+            .filter_map(|e| Some((e["name"].as_str()?, e["value"].as_str().unwrap_or_default())))
+            .collect();
+        let missing: Vec<&str> = WEBHOOK_ENV
+            .iter()
+            .copied()
+            .filter(|k| env.get(k).is_none_or(|v| v.is_empty()))
+            .collect();
+        if !missing.is_empty() {
+            out.push(format!("container {name}: no {}", missing.join(", ")));
+        }
+        if let (Some(want), Some(got)) = (client_id, env.get("AZURE_CLIENT_ID"))
+            && want != *got
+        {
+            out.push(format!(
+                "container {name}: AZURE_CLIENT_ID is {got}, its ServiceAccount names {want}"
+            ));
+        }
+        if let Some(file) = env.get("AZURE_FEDERATED_TOKEN_FILE") {
+            let mounted = c
+                .get("volumeMounts")
+                .and_then(Value::as_array)
+                .unwrap_or(&empty)
+                .iter()
+                .any(|m| {
+                    let dir = m["mountPath"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .trim_end_matches('/');
+                    tokens.iter().any(|(vol, path)| {
+                        m["name"] == vol.as_str() && *file == format!("{dir}/{path}")
+                    })
+                });
+            if !mounted && !tokens.is_empty() {
+                out.push(format!(
+                    "container {name}: AZURE_FEDERATED_TOKEN_FILE {file} is in no mounted token volume"
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// The `apiVersion` of a workload kind the cutover changes.
 pub fn api_version(kind: &str) -> &'static str {
     match kind {
@@ -579,6 +684,54 @@ mod tests {
         s["status"]["currentRevision"] = "b".into();
         assert_eq!(rollout("StatefulSet", &s), Rollout::Done);
         assert_eq!(rollout("CronJob", &json!({})), Rollout::Done);
+    }
+
+    #[test]
+    fn finalize_removes_only_the_binding_label() {
+        let t = json!({"metadata": {"labels": {"app": "web", "aadpodidbinding": "web"}}});
+        assert_eq!(
+            finalize_patch("CronJob", &t),
+            Some(json!({"spec": {"jobTemplate": {"spec": {"template":
+                {"metadata": {"labels": {"aadpodidbinding": null}}}}}}}))
+        );
+        assert_eq!(
+            finalize_patch(
+                "Deployment",
+                &json!({"metadata": {"labels": {"app": "web"}}})
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn the_webhooks_injection_is_checked_env_volume_and_mount() {
+        let env = |client: &str| {
+            json!([{"name": "AZURE_CLIENT_ID", "value": client},
+                   {"name": "AZURE_TENANT_ID", "value": "t"},
+                   {"name": "AZURE_FEDERATED_TOKEN_FILE", "value": "/var/run/secrets/azure/wi/token/azure-identity-token"},
+                   {"name": "AZURE_AUTHORITY_HOST", "value": "https://login.microsoftonline.com/"}])
+        };
+        let spec = json!({
+            "containers": [{"name": "app", "env": env("c"),
+                "volumeMounts": [{"name": "azure-workload-identity-reserved-x", "mountPath": "/var/run/secrets/azure/wi", "readOnly": true}]}],
+            "volumes": [{"name": "azure-workload-identity-reserved-x", "projected": {"sources": [
+                {"serviceAccountToken": {"audience": "api://AzureADTokenExchange", "expirationSeconds": 3600, "path": "token/azure-identity-token"}}]}}]});
+        assert_eq!(injection_problems(&spec, Some("c")), Vec::<String>::new());
+        let p = injection_problems(&spec, Some("d"));
+        assert!(p[0].contains("AZURE_CLIENT_ID is c"), "{p:?}");
+        let mut bare = spec.clone();
+        bare["containers"][0]["env"] = json!([]);
+        bare["volumes"] = json!([]);
+        let p = injection_problems(&bare, None);
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p[0].contains("no projected"), "{p:?}");
+        assert!(
+            p[1].contains("no AZURE_CLIENT_ID, AZURE_TENANT_ID"),
+            "{p:?}"
+        );
+        let mut unmounted = spec;
+        unmounted["containers"][0]["volumeMounts"] = json!([]);
+        assert!(injection_problems(&unmounted, None)[0].contains("in no mounted token volume"));
     }
 
     #[test]

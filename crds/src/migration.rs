@@ -60,6 +60,9 @@ pub enum Stage {
     Bridged,
     /// The workload's pods run on Workload ID.
     Switched,
+    /// `podid cutover verify` saw its pods Ready on the new template, with the webhook's
+    /// environment and token, and a token exchange for its ServiceAccount succeed.
+    Verified,
     /// Pod identity's objects for this workload are gone.
     Completed,
 }
@@ -71,6 +74,7 @@ impl Stage {
             Self::Blocked => "Blocked",
             Self::Bridged => "Bridged",
             Self::Switched => "Switched",
+            Self::Verified => "Verified",
             Self::Completed => "Completed",
         }
     }

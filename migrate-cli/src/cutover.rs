@@ -66,7 +66,8 @@ impl Scope {
 pub enum Action {
     /// `switch` changes its template and waits for the rollout.
     Switch,
-    /// Already switched (its record says `spec.stage: Switched`); `switch` only makes sure.
+    /// Already switched (its record's `spec.stage` is `Switched`, `Verified` or `Completed`);
+    /// `switch` only makes sure of a `Switched` one.
     Switched,
     /// Held back (see `holds`).
     Hold,
@@ -222,14 +223,17 @@ pub fn build_plan(
     let by_key = records_by_key(records);
     let mut out = Vec::new();
     for a in assess(inv, ctx) {
-        if !a.uses_pod_identity || !scope.contains(&a) {
-            continue;
-        }
         let w = &a.workload;
         let record_name = migration_name(&w.kind, &w.name);
         let record = by_key
             .get(&(w.namespace.clone(), record_name.clone()))
             .copied();
+        // A finalized workload no longer uses pod identity, but stays the cutover's (rollback).
+        let cutover_owned =
+            record.is_some_and(|r| r.spec.stage.is_some() || r.spec.recorded_template.is_some());
+        if !(a.uses_pod_identity || cutover_owned) || !scope.contains(&a) {
+            continue;
+        }
         let obj = object_json(inv, &w.kind, &w.namespace, &w.name);
         let meta = meta_of(obj.as_ref());
         let managed = managed_by(
@@ -251,6 +255,32 @@ pub fn build_plan(
             });
         }
         let change = TemplateChange::for_assessment(&a);
+        let sa_annotations = target
+            .as_ref()
+            .and_then(|t| {
+                inv.service_accounts.iter().find(|s| {
+                    s.metadata.namespace.as_deref() == Some(&w.namespace)
+                        && s.metadata.name.as_deref() == Some(t)
+                })
+            })
+            .and_then(|s| s.metadata.annotations.clone())
+            .unwrap_or_default();
+        // The webhook does not look at the ServiceAccount before it mutates: without the
+        // client-id annotation the pods would get no AZURE_CLIENT_ID.
+        if let Some(t) = &target
+            && hold.iter().all(|h| h.code != HoldCode::NotBridged)
+            && sa_annotations
+                .get(WI_CLIENT_ID_ANNOTATION)
+                .is_none_or(|v| v.is_empty())
+        {
+            hold.push(Hold {
+                code: HoldCode::NotBridged,
+                message: format!(
+                    "its target ServiceAccount {}/{t} has no {WI_CLIENT_ID_ANNOTATION} annotation (the bridge writes it; see `podid cutover prepare`): the webhook would inject no AZURE_CLIENT_ID",
+                    w.namespace
+                ),
+            });
+        }
         let credentials = match record.and_then(|r| r.status.as_ref()) {
             Some(s) if !s.credentials.is_empty() => s
                 .credentials
@@ -279,22 +309,13 @@ pub fn build_plan(
                     .collect()
             }
         };
-        let service_account_annotations = target
-            .as_ref()
-            .and_then(|t| {
-                inv.service_accounts.iter().find(|s| {
-                    s.metadata.namespace.as_deref() == Some(&w.namespace)
-                        && s.metadata.name.as_deref() == Some(t)
-                })
-            })
-            .and_then(|s| s.metadata.annotations.clone())
-            .unwrap_or_default()
+        let service_account_annotations = sa_annotations
             .into_iter()
             .filter(|(k, _)| k == WI_CLIENT_ID_ANNOTATION || k == WI_TENANT_ID_ANNOTATION)
             .collect();
         let kind = template_kind(&w.kind);
         let stage = record.and_then(|r| r.spec.stage);
-        let action = if stage == Some(Stage::Switched) {
+        let action = if stage.is_some_and(|s| s >= Stage::Switched) {
             Action::Switched
         } else if !hold.is_empty() {
             Action::Hold
@@ -441,7 +462,7 @@ pub struct StatusEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<Rollout>,
     /// One word: `no-record`, `pod-identity`, `blocked`, `bridged`, `switching`, `rolling-out`,
-    /// `switched`, `failed`, `recorded`.
+    /// `switched`, `verified`, `finalizing`, `completed`, `failed`, `recorded`.
     pub state: String,
 }
 
@@ -486,6 +507,21 @@ pub fn build_status(
                 Some(Rollout::Progressing(_)) => "rolling-out",
                 _ => "switched",
             },
+            (Some(_), Some(s @ (Stage::Verified | Stage::Completed))) => {
+                let binding_label = obj
+                    .as_ref()
+                    .and_then(|o| template_of(&w.kind, o))
+                    .and_then(|t| t.pointer("/metadata/labels"))
+                    .and_then(|l| l.get(podid_crds::POD_LABEL))
+                    .is_some();
+                match (&roll, s) {
+                    (Some(Rollout::Failed(_)), _) => "failed",
+                    (Some(Rollout::Progressing(_)), _) => "rolling-out",
+                    (_, Stage::Completed) if binding_label => "finalizing",
+                    (_, Stage::Completed) => "completed",
+                    _ => "verified",
+                }
+            }
             (Some(_), _) if recorded => "recorded",
             (Some(_), _) => match status.and_then(|s| s.stage) {
                 Some(Stage::Blocked) => "blocked",
@@ -611,4 +647,89 @@ pub fn outcome_table(
         ]);
     }
     columns(&rows)
+}
+
+/// What `finalize --delete-bindings` deletes and keeps: `(namespace, name, why)`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Unused {
+    pub bindings: Vec<(String, String, String)>,
+    pub identities: Vec<(String, String, String)>,
+    /// `(namespace, name, kind, why)` of what another workload still needs.
+    pub kept: Vec<(String, String, String, String)>,
+}
+
+/// The AzureIdentityBindings (and AzureIdentities) the `finalized` workloads used (from the plan
+/// made before finalize) that no workload still on pod identity in the cluster needs, from a
+/// fresh view of the cluster (`inv`, `ctx`): a binding stays while any workload's template (or a
+/// bare pod) still matches it; an identity stays while any binding not deleted names it.
+pub fn unused_bindings(finalized: &[&PlanEntry], inv: &Inventory, ctx: &ClusterContext) -> Unused {
+    use std::collections::BTreeSet;
+    let mut needed: BTreeMap<(String, String), String> = BTreeMap::new();
+    for a in assess(inv, ctx).iter().filter(|a| a.uses_pod_identity) {
+        for i in &a.identities {
+            needed
+                .entry((i.namespace.clone(), i.binding.clone()))
+                .or_insert_with(|| {
+                    format!(
+                        "still matched by {}/{}/{}",
+                        a.workload.namespace,
+                        a.workload.kind.to_ascii_lowercase(),
+                        a.workload.name
+                    )
+                });
+        }
+    }
+    let exists = |ns: &str, name: &str| {
+        inv.bindings.iter().any(|b| {
+            b.metadata.namespace.as_deref() == Some(ns) && b.metadata.name.as_deref() == Some(name)
+        })
+    };
+    let mut out = Unused::default();
+    let mut gone: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut identities: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut seen = BTreeSet::new();
+    for i in finalized.iter().flat_map(|e| &e.identities) {
+        let key = (i.namespace.clone(), i.binding.clone());
+        if i.binding.is_empty() || !seen.insert(key.clone()) || !exists(&key.0, &key.1) {
+            continue;
+        }
+        identities.insert((i.namespace.clone(), i.name.clone()));
+        match needed.get(&key) {
+            Some(why) => out
+                .kept
+                .push((key.0, key.1, "AzureIdentityBinding".into(), why.clone())),
+            None => {
+                out.bindings.push((
+                    key.0.clone(),
+                    key.1.clone(),
+                    "no workload on pod identity matches it any more".into(),
+                ));
+                gone.insert(key);
+            }
+        }
+    }
+    for (ns, name) in identities {
+        let users: Vec<String> = inv
+            .bindings
+            .iter()
+            .filter(|b| {
+                b.metadata.namespace.as_deref() == Some(&ns)
+                    && b.spec.azure_identity == name
+                    && !gone.contains(&(ns.clone(), b.metadata.name.clone().unwrap_or_default()))
+            })
+            .map(|b| b.metadata.name.clone().unwrap_or_default())
+            .collect();
+        if users.is_empty() {
+            out.identities
+                .push((ns, name, "no AzureIdentityBinding names it any more".into()));
+        } else {
+            out.kept.push((
+                ns,
+                name,
+                "AzureIdentity".into(),
+                format!("still named by AzureIdentityBinding {}", users.join(", ")),
+            ));
+        }
+    }
+    out
 }

@@ -4,6 +4,7 @@
 //! each workload's `WorkloadMigration` (`spec.stage`, `spec.recordedTemplate`, field manager
 //! `podid-cutover`), never in a local file.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -11,13 +12,20 @@ use futures::stream::FuturesUnordered;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
-use podid_crds::cutover::{Rollout, TemplateChange, restore_patch, rollout, template_of};
-use podid_crds::migration::{CUTOVER_MANAGER, Stage, WorkloadMigration};
-use podid_crds::{WI_USE_LABEL, WI_WEBHOOK_NAME};
+use podid_azure::token::{SystemClock, TokenError, TokenSource, WorkloadIdentitySource};
+use podid_crds::cutover::{
+    Rollout, TemplateChange, TemplateKind, finalize_patch, injection_problems, restore_patch,
+    rollout, template_kind, template_of,
+};
+use podid_crds::migration::{CUTOVER_MANAGER, Stage, TOKEN_EXCHANGE_AUDIENCE, WorkloadMigration};
+use podid_crds::{
+    POD_LABEL, WI_CLIENT_ID_ANNOTATION, WI_TENANT_ID_ANNOTATION, WI_USE_LABEL, WI_WEBHOOK_NAME,
+};
 use serde_json::{Value, json};
 
 use crate::Error;
@@ -300,18 +308,24 @@ async fn switch_one(
     let template = template_of(&e.kind, &obj)
         .cloned()
         .ok_or("the workload has no pod template")?;
+    // 0. The webhook does not look at the ServiceAccount: without the client-id annotation the
+    // pods would come up without AZURE_CLIENT_ID. The bridge writes it; refuse until it has.
+    let change = TemplateChange::for_template(&template, &target);
+    if !change.is_empty() {
+        client_id_of(client, &e.namespace, &target).await?;
+    }
     // 1. The template from before the first change, written once and never overwritten.
     let recorded = match &record.spec.recorded_template {
         Some(t) => t.clone(),
         None => template.clone(),
     };
-    if record.spec.recorded_template.is_none() || record.spec.stage != Some(Stage::Switched) {
+    if record.spec.recorded_template.is_none() || record.spec.stage.is_none() {
         progress.say("recording the current template");
         apply_record(
             client,
             e,
             record.metadata.resource_version.clone(),
-            Some(Stage::Switched),
+            Some(record.spec.stage.unwrap_or(Stage::Switched)),
             Some(&recorded),
             opts.dry_run,
         )
@@ -319,7 +333,6 @@ async fn switch_one(
         .map_err(fail)?;
     }
     // 2. The template change (nothing when already applied).
-    let change = TemplateChange::for_template(&template, &target);
     if !change.is_empty() {
         progress.say("changing the template");
         let patch = change
@@ -500,6 +513,558 @@ pub async fn rollback(client: &Client, entries: &[&PlanEntry], opts: &RunOptions
             })
             .await,
         );
+    }
+    out
+}
+
+/// The client ID the Workload ID webhook would inject for pods running as `ns/sa`: its
+/// `azure.workload.identity/client-id` annotation. An error naming the ServiceAccount when it
+/// is missing or lacks the annotation.
+pub async fn client_id_of(client: &Client, ns: &str, sa: &str) -> Result<String, String> {
+    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let found = api
+        .get_opt(sa)
+        .await
+        .map_err(|x| format!("reading ServiceAccount {ns}/{sa}: {x}"))?
+        .ok_or_else(|| {
+            format!("its target ServiceAccount {ns}/{sa} does not exist yet (the bridge creates it; see `podid cutover prepare`)")
+        })?;
+    found
+        .metadata
+        .annotations
+        .unwrap_or_default()
+        .remove(WI_CLIENT_ID_ANNOTATION)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| {
+            format!("its target ServiceAccount {ns}/{sa} has no {WI_CLIENT_ID_ANNOTATION} annotation: the webhook would inject no AZURE_CLIENT_ID, so nothing was changed (the bridge writes it; see `podid cutover prepare`)")
+        })
+}
+
+/// How far the bridge has got with one workload: `Ok` when every credential is proven and the
+/// target ServiceAccount carries the client ID, else what is missing and why.
+async fn prepared(client: &Client, e: &PlanEntry) -> Result<String, String> {
+    let records: Api<WorkloadMigration> = Api::namespaced(client.clone(), &e.namespace);
+    let record = records
+        .get_opt(&e.record)
+        .await
+        .map_err(|x| format!("reading its WorkloadMigration {}: {x}", e.record))?
+        .ok_or("no WorkloadMigration yet: the bridge has not seen it")?;
+    let status = record
+        .status
+        .ok_or("its WorkloadMigration has no status yet: the bridge has not finished its side")?;
+    let unready: Vec<String> = status
+        .credentials
+        .iter()
+        .filter(|c| !c.ready)
+        .map(|c| format!("{} ({})", c.name, c.subject))
+        .collect();
+    let blocked: Vec<String> = status
+        .conditions
+        .iter()
+        .filter(|c| (c.status == "True" && c.type_ == "Blocked") || c.status == "False")
+        .map(|c| format!("{}: {} ({})", c.type_, c.message, c.reason))
+        .collect();
+    if status.credentials.is_empty() || !unready.is_empty() {
+        let mut why = format!(
+            "credentials proven {} (stage {})",
+            status.proven.as_deref().unwrap_or("0/0"),
+            status.stage.map_or("-", Stage::as_str)
+        );
+        if !unready.is_empty() {
+            why += &format!("; not proven yet: {}", unready.join(", "));
+        }
+        if !blocked.is_empty() {
+            why += &format!("; {}", blocked.join("; "));
+        }
+        return Err(why);
+    }
+    let target = status
+        .target_service_account
+        .clone()
+        .or(e.target_service_account.clone())
+        .ok_or("the record names no target ServiceAccount")?;
+    let client_id = client_id_of(client, &e.namespace, &target).await?;
+    Ok(format!(
+        "credentials proven {}; ServiceAccount {target} annotated with client ID {client_id}",
+        status.proven.as_deref().unwrap_or("-")
+    ))
+}
+
+/// `podid cutover prepare`: the bridge of podid-operator builds each workload's ServiceAccount,
+/// federated credentials and annotations and proves them with a token exchange; this waits
+/// (up to `opts.timeout` in all) until every workload's record shows its credentials proven,
+/// and says what is still unproven and why. It writes nothing; pods are untouched.
+pub async fn prepare(client: &Client, entries: &[&PlanEntry], opts: &RunOptions) -> Vec<Outcome> {
+    let multi = (!opts.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .then(MultiProgress::new);
+    let deadline = Instant::now() + opts.timeout;
+    let mut pending: Vec<(&PlanEntry, Progress, String)> = entries
+        .iter()
+        .map(|e| {
+            let p = Progress::new(multi.as_ref(), format!("{}/{}", e.namespace, e.workload()));
+            (*e, p, String::new())
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    loop {
+        let mut still = Vec::new();
+        for (e, progress, last) in pending {
+            let outcome = |result: &str, message: String| Outcome {
+                namespace: e.namespace.clone(),
+                workload: e.workload(),
+                result: result.into(),
+                message,
+            };
+            match prepared(client, e).await {
+                Ok(m) => {
+                    progress.done(&format!("prepared: {m}"));
+                    outcomes.push(outcome("prepared", m));
+                }
+                Err(m) if opts.dry_run || Instant::now() >= deadline => {
+                    progress.done(&format!("unproven: {m}"));
+                    outcomes.push(outcome("unproven", m));
+                }
+                Err(m) => {
+                    if m != last {
+                        progress.say(&format!("waiting for the bridge: {m}"));
+                    }
+                    still.push((e, progress, m));
+                }
+            }
+        }
+        if still.is_empty() {
+            break;
+        }
+        pending = still;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let order = |o: &Outcome| {
+        entries
+            .iter()
+            .position(|e| e.namespace == o.namespace && e.workload() == o.workload)
+    };
+    outcomes.sort_by_key(order);
+    outcomes
+}
+
+/// What `verify` needs for its token exchange.
+#[derive(Clone)]
+pub struct Exchange {
+    pub http: reqwest::Client,
+    /// Entra's authority (`https://login.microsoftonline.com/`).
+    pub authority: url::Url,
+    /// The tenant; `None`: the ServiceAccount's tenant-id annotation, else the record's.
+    pub tenant_id: Option<String>,
+    /// The resource a token is asked for.
+    pub resource: String,
+}
+
+/// A ServiceAccount token for `ns/sa` with the exchange audience (TokenRequest, 10 minutes).
+pub async fn exchange_token(client: &Client, ns: &str, sa: &str) -> Result<String, String> {
+    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let tr: TokenRequest = serde_json::from_value(json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+        "spec": {"audiences": [TOKEN_EXCHANGE_AUDIENCE], "expirationSeconds": 600}
+    }))
+    .map_err(|x| x.to_string())?;
+    api.create_subresource::<TokenRequest, TokenRequest>("token", sa, &PostParams::default(), &tr)
+        .await
+        .map_err(|x| format!("TokenRequest for {ns}/{sa}: {x}"))?
+        .status
+        .map(|s| s.token)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| format!("TokenRequest for {ns}/{sa} returned no token"))
+}
+
+/// The pods of a rollout workload, once all are Running and Ready on the new template
+/// (`serviceAccountName` `target` and the Workload ID label); else where they stand.
+async fn ready_pods(
+    client: &Client,
+    e: &PlanEntry,
+    obj: &Value,
+    target: &str,
+) -> Result<Vec<Pod>, String> {
+    if let Rollout::Progressing(m) | Rollout::Failed(m) = rollout(&e.kind, obj) {
+        return Err(format!("rollout not done: {m}"));
+    }
+    let want = match e.kind.as_str() {
+        "DaemonSet" => obj
+            .pointer("/status/desiredNumberScheduled")
+            .and_then(Value::as_i64)
+            .unwrap_or(0),
+        _ => obj
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .unwrap_or(1),
+    };
+    let selector: Vec<String> = obj
+        .pointer("/spec/selector/matchLabels")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &e.namespace);
+    let list = pods
+        .list(&ListParams::default().labels(&selector.join(",")))
+        .await
+        .map_err(|x| format!("listing its pods: {x}"))?
+        .items;
+    let mut ready = Vec::new();
+    for p in list
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+    {
+        let name = p.metadata.name.clone().unwrap_or_default();
+        let spec = p.spec.as_ref();
+        let on_new = spec.and_then(|s| s.service_account_name.as_deref()) == Some(target)
+            && p.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(WI_USE_LABEL))
+                .is_some_and(|v| v == "true");
+        if !on_new {
+            return Err(format!("pod {name} still runs the old template"));
+        }
+        let status = p.status.as_ref();
+        let running = status.and_then(|s| s.phase.as_deref()) == Some("Running");
+        let is_ready = status
+            .and_then(|s| s.conditions.as_ref())
+            .into_iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        if !(running && is_ready) {
+            return Err(format!("pod {name} is not Running and Ready yet"));
+        }
+        ready.push(p);
+    }
+    if (ready.len() as i64) < want {
+        return Err(format!("{} of {want} pods Running and Ready", ready.len()));
+    }
+    Ok(ready)
+}
+
+/// A CronJob's next pod: a server-side dry-run create of a pod from its template, as the
+/// webhook mutates it.
+async fn next_run_pod(client: &Client, e: &PlanEntry, template: &Value) -> Result<Pod, String> {
+    let mut meta = template.get("metadata").cloned().unwrap_or(json!({}));
+    meta["generateName"] = format!("{}-verify-", e.name).into();
+    let pod: Pod = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": meta, "spec": template.get("spec").cloned().unwrap_or(json!({}))}))
+    .map_err(|x| format!("its template as a pod: {x}"))?;
+    Api::<Pod>::namespaced(client.clone(), &e.namespace)
+        .create(
+            &PostParams {
+                dry_run: true,
+                ..Default::default()
+            },
+            &pod,
+        )
+        .await
+        .map_err(|x| format!("a dry-run pod from its template: {x}"))
+}
+
+/// Verifies one switched workload; records `spec.stage: Verified` when it passes.
+async fn verify_one(
+    client: &Client,
+    e: &PlanEntry,
+    opts: &RunOptions,
+    ex: &Exchange,
+    progress: &Progress,
+) -> Result<String, String> {
+    let fail = |x: Error| x.to_string();
+    let api = workload_api(client, e).map_err(fail)?;
+    let records: Api<WorkloadMigration> = Api::namespaced(client.clone(), &e.namespace);
+    let record = records
+        .get(&e.record)
+        .await
+        .map_err(|x| format!("reading its WorkloadMigration {}: {x}", e.record))?;
+    if record.spec.stage.is_none_or(|s| s < Stage::Switched) {
+        return Err("not switched: run `podid cutover switch` first".into());
+    }
+    let start = Instant::now();
+    let deadline = start + opts.timeout;
+    // 1. Its pods Running and Ready on the new template.
+    progress.say("checking its pods");
+    let (pods, target, what) = loop {
+        let obj = get_json(&api, &e.name).await.map_err(fail)?;
+        let template = template_of(&e.kind, &obj)
+            .cloned()
+            .ok_or("the workload has no pod template")?;
+        let target = template
+            .pointer("/spec/serviceAccountName")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .unwrap_or("default")
+            .to_owned();
+        let labelled = template
+            .pointer("/metadata/labels")
+            .and_then(|l| l.get(WI_USE_LABEL))
+            .is_some_and(|v| v == "true");
+        if !labelled {
+            return Err(format!(
+                "its template lacks the label {WI_USE_LABEL}: \"true\" (changed after the switch?)"
+            ));
+        }
+        if let Some(t) = e.target_service_account.as_deref().filter(|t| *t != target) {
+            return Err(format!(
+                "its template runs as ServiceAccount {target}, the plan says {t}"
+            ));
+        }
+        let got = if template_kind(&e.kind) == TemplateKind::NextRun {
+            next_run_pod(client, e, &template)
+                .await
+                .map(|p| (vec![p], "a dry-run pod of its next run".to_owned()))
+        } else {
+            ready_pods(client, e, &obj, &target).await.map(|p| {
+                let n = p.len();
+                (p, format!("{n} pod(s) Running and Ready"))
+            })
+        };
+        match got {
+            Ok((pods, what)) => break (pods, target, what),
+            Err(m)
+                if Instant::now() < deadline && template_kind(&e.kind) != TemplateKind::NextRun =>
+            {
+                progress.tick(&m);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(m) => return Err(m),
+        }
+    };
+    // 2. The webhook's environment and projected token in those pods.
+    let client_id = client_id_of(client, &e.namespace, &target).await?;
+    for p in &pods {
+        let spec = serde_json::to_value(&p.spec).map_err(|x| x.to_string())?;
+        let problems = injection_problems(&spec, Some(&client_id));
+        if !problems.is_empty() {
+            return Err(format!(
+                "pod {}: the Workload ID webhook's injection is incomplete: {}",
+                p.metadata
+                    .name
+                    .as_deref()
+                    .or(p.metadata.generate_name.as_deref())
+                    .unwrap_or_default(),
+                problems.join("; ")
+            ));
+        }
+    }
+    // 3. A token exchange for its ServiceAccount.
+    progress.say("exchanging a token of its ServiceAccount");
+    let sa_tenant = Api::<ServiceAccount>::namespaced(client.clone(), &e.namespace)
+        .get(&target)
+        .await
+        .ok()
+        .and_then(|s| s.metadata.annotations)
+        .and_then(|mut a| a.remove(WI_TENANT_ID_ANNOTATION));
+    let status = record.status.clone().unwrap_or_default();
+    let record_tenant = status
+        .identities
+        .iter()
+        .find(|i| i.client_id == client_id && !i.tenant_id.is_empty())
+        .or(status.identities.iter().find(|i| !i.tenant_id.is_empty()))
+        .map(|i| i.tenant_id.clone());
+    let tenant = ex
+        .tenant_id
+        .clone()
+        .or(sa_tenant)
+        .or(record_tenant)
+        .ok_or("no tenant known: its ServiceAccount has no tenant-id annotation and its record no tenant; pass --tenant-id")?;
+    let token = exchange_token(client, &e.namespace, &target).await?;
+    let source = WorkloadIdentitySource {
+        http: ex.http.clone(),
+        authority: ex.authority.clone(),
+        tenant_id: tenant.clone(),
+        client_id: client_id.clone(),
+        assertion: Arc::new(move || {
+            let token = token.clone();
+            async move { Ok::<_, TokenError>(token) }
+        }),
+        clock: Arc::new(SystemClock),
+    };
+    source
+        .fetch(&ex.resource)
+        .await
+        .map_err(|x| format!("the token exchange for ServiceAccount {target} failed: {x}"))?;
+    // 4. Recorded, so finalize can require it.
+    if record.spec.stage == Some(Stage::Switched) {
+        apply_record(
+            client,
+            e,
+            record.metadata.resource_version.clone(),
+            Some(Stage::Verified),
+            record.spec.recorded_template.as_ref(),
+            opts.dry_run,
+        )
+        .await
+        .map_err(fail)?;
+    }
+    Ok(format!(
+        "{what} with the webhook's environment and token; ServiceAccount {target} exchanged a token as {client_id} in tenant {tenant}; verified in {:.1}s",
+        start.elapsed().as_secs_f64()
+    ))
+}
+
+/// `podid cutover verify` for these switched workloads. Goes on past a failure.
+pub async fn verify(
+    client: &Client,
+    entries: &[&PlanEntry],
+    opts: &RunOptions,
+    ex: &Exchange,
+) -> Vec<Outcome> {
+    let mut out = Vec::new();
+    for chunk in entries.chunks(opts.max_parallel.max(1)) {
+        out.extend(
+            run_all(chunk, opts, "verified", |e, progress| async move {
+                let r = verify_one(client, e, opts, ex, &progress).await;
+                progress.done(match &r {
+                    Ok(m) => m,
+                    Err(m) => m,
+                });
+                r
+            })
+            .await,
+        );
+    }
+    out
+}
+
+/// Finalizes one verified workload: removes `aadpodidbinding` from its template, waits for the
+/// rollout, records `spec.stage: Completed` (the recorded template stays, for rollback).
+async fn finalize_one(
+    client: &Client,
+    e: &PlanEntry,
+    opts: &RunOptions,
+    progress: &Progress,
+) -> Result<String, String> {
+    let fail = |x: Error| x.to_string();
+    let api = workload_api(client, e).map_err(fail)?;
+    let records: Api<WorkloadMigration> = Api::namespaced(client.clone(), &e.namespace);
+    let record = records
+        .get(&e.record)
+        .await
+        .map_err(|x| format!("reading its WorkloadMigration {}: {x}", e.record))?;
+    match record.spec.stage {
+        Some(Stage::Verified | Stage::Completed) => {}
+        _ => return Err("not verified: run `podid cutover verify` first".into()),
+    }
+    let obj = get_json(&api, &e.name).await.map_err(fail)?;
+    let template = template_of(&e.kind, &obj)
+        .cloned()
+        .ok_or("the workload has no pod template")?;
+    let patch = finalize_patch(&e.kind, &template);
+    if let Some(patch) = &patch {
+        progress.say(&format!("removing {POD_LABEL} from the template"));
+        api.patch(&e.name, &write_params(opts.dry_run), &Patch::Merge(patch))
+            .await
+            .map_err(|x| format!("removing {POD_LABEL}: {x}"))?;
+    }
+    if opts.dry_run {
+        return Ok(format!(
+            "would remove {POD_LABEL} and record Completed (server-side dry run passed)"
+        ));
+    }
+    progress.say("rolling out");
+    let start = Instant::now();
+    wait_rollout(&api, e, opts.timeout, progress).await?;
+    if record.spec.stage != Some(Stage::Completed) {
+        let record = records
+            .get(&e.record)
+            .await
+            .map_err(|x| format!("reading its WorkloadMigration {}: {x}", e.record))?;
+        apply_record(
+            client,
+            e,
+            record.metadata.resource_version.clone(),
+            Some(Stage::Completed),
+            record.spec.recorded_template.as_ref(),
+            false,
+        )
+        .await
+        .map_err(fail)?;
+    }
+    Ok(match patch {
+        Some(_) => format!(
+            "{POD_LABEL} removed, rolled out in {}s; Completed",
+            start.elapsed().as_secs()
+        ),
+        None => format!("{POD_LABEL} already gone; Completed"),
+    })
+}
+
+/// `podid cutover finalize` for these verified workloads. Goes on past a failure.
+pub async fn finalize(client: &Client, entries: &[&PlanEntry], opts: &RunOptions) -> Vec<Outcome> {
+    let mut out = Vec::new();
+    for chunk in entries.chunks(opts.max_parallel.max(1)) {
+        out.extend(
+            run_all(chunk, opts, "completed", |e, progress| async move {
+                let r = finalize_one(client, e, opts, &progress).await;
+                progress.done(match &r {
+                    Ok(m) => m,
+                    Err(m) => m,
+                });
+                r
+            })
+            .await,
+        );
+    }
+    out
+}
+
+fn pod_identity_api(client: &Client, ns: &str, kind: &str, plural: &str) -> Api<DynamicObject> {
+    let ar = ApiResource {
+        group: podid_crds::GROUP.into(),
+        version: podid_crds::VERSION.into(),
+        api_version: format!("{}/{}", podid_crds::GROUP, podid_crds::VERSION),
+        kind: kind.into(),
+        plural: plural.into(),
+    };
+    Api::namespaced_with(client.clone(), ns, &ar)
+}
+
+/// Deletes what [`crate::cutover::unused_bindings`] found: each binding, then each identity.
+pub async fn delete_bindings(
+    client: &Client,
+    unused: &crate::cutover::Unused,
+    dry_run: bool,
+) -> Vec<Outcome> {
+    let dp = kube::api::DeleteParams {
+        dry_run,
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    let targets = unused
+        .bindings
+        .iter()
+        .map(|b| ("AzureIdentityBinding", "azureidentitybindings", b))
+        .chain(
+            unused
+                .identities
+                .iter()
+                .map(|i| ("AzureIdentity", "azureidentities", i)),
+        );
+    for (kind, plural, (ns, name, why)) in targets {
+        let api = pod_identity_api(client, ns, kind, plural);
+        let (result, message) = match api.delete(name, &dp).await {
+            Ok(_) if dry_run => ("dry-run".into(), format!("would delete: {why}")),
+            Ok(_) => ("deleted".into(), why.clone()),
+            Err(kube::Error::Api(e)) if e.code == 404 => ("deleted".into(), "already gone".into()),
+            Err(x) => ("failed".into(), format!("deleting: {x}")),
+        };
+        out.push(Outcome {
+            namespace: ns.clone(),
+            workload: format!("{}/{name}", kind.to_ascii_lowercase()),
+            result,
+            message,
+        });
+    }
+    for (ns, name, kind, why) in &unused.kept {
+        out.push(Outcome {
+            namespace: ns.clone(),
+            workload: format!("{}/{name}", kind.to_ascii_lowercase()),
+            result: "kept".into(),
+            message: why.clone(),
+        });
     }
     out
 }

@@ -10,12 +10,17 @@ use podid_cli::cutover::{
     Action, CutoverPlan, Scope as CutoverScope, build_plan, build_status, kustomize_patch,
     outcome_table, patch_file_name, plan_table, status_table, status_troubled,
 };
-use podid_cli::cutover_run::{Outcome, RunOptions, check_webhook, rollback, switch};
+use podid_cli::cutover_run::{
+    Exchange, Outcome, RunOptions, check_webhook, delete_bindings, finalize, prepare, rollback,
+    switch, verify,
+};
 use podid_cli::inventory::{ContextFromInventory, Inventory};
 use podid_cli::live::{Scope, scan};
 use podid_cli::render::{Format, render};
 use podid_cli::report::Report;
 use podid_cli::selector::LabelSelector;
+use podid_crds::cutover::HoldCode;
+use podid_crds::migration::Stage;
 use podid_crds::plan::ClusterContext;
 use podid_crds::policy::MatchOptions;
 
@@ -157,6 +162,57 @@ enum CutoverCommand {
         scope: CutoverSource,
         #[arg(short, long, value_enum, default_value = "table")]
         output: CutoverFormat,
+    },
+    /// Wait until podid-operator's bridge has built and proven each workload's ServiceAccount,
+    /// federated credentials and annotations; say what is still unproven and why. Writes
+    /// nothing; pods are untouched.
+    Prepare {
+        #[command(flatten)]
+        scope: CutoverSource,
+        /// Report where each workload stands now; do not wait.
+        #[arg(long)]
+        dry_run: bool,
+        /// How long to wait for the bridge in all (e.g. 300s, 5m).
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Per switched workload: pods Running and Ready on the new template, the webhook's
+    /// environment and projected token in them, and a token exchange for its ServiceAccount;
+    /// records the stage Verified.
+    Verify {
+        #[command(flatten)]
+        scope: CutoverSource,
+        /// Verify, but record nothing (the record's write is a server-side dry run).
+        #[arg(long)]
+        dry_run: bool,
+        /// How long each workload's pods may take to be Ready (e.g. 120s, 2m).
+        #[arg(long, default_value = "2m", value_parser = parse_duration)]
+        timeout: std::time::Duration,
+        /// Entra's authority for the token exchange.
+        #[arg(long, default_value = "https://login.microsoftonline.com/")]
+        authority: url::Url,
+        /// The tenant (default: the ServiceAccount's tenant-id annotation, else the record's).
+        #[arg(long)]
+        tenant_id: Option<String>,
+        /// The resource a token is asked for.
+        #[arg(long, default_value = "https://management.azure.com/")]
+        resource: String,
+        /// PEM file of CA certificates to trust for the authority besides the system's.
+        #[arg(long, value_name = "FILE")]
+        extra_ca_file: Option<PathBuf>,
+    },
+    /// Per verified workload: remove aadpodidbinding from its template and wait for the
+    /// rollout; records the stage Completed. With --delete-bindings, delete the
+    /// AzureIdentityBindings and AzureIdentities no workload still on pod identity needs.
+    Finalize {
+        #[command(flatten)]
+        scope: CutoverSource,
+        #[command(flatten)]
+        change: Change,
+        /// Also delete the bindings (and identities) of the finalized workloads that no
+        /// workload still on pod identity matches.
+        #[arg(long)]
+        delete_bindings: bool,
     },
     /// Check the Workload ID webhook; then per workload record the template, change it and wait
     /// for the rollout, stopping at the first failure.
@@ -324,7 +380,7 @@ async fn run_cutover(command: CutoverCommand) -> anyhow::Result<ExitCode> {
             let entries: Vec<_> = plan
                 .workloads
                 .iter()
-                .filter(|e| matches!(e.action, Action::Switch | Action::Switched))
+                .filter(|e| e.action == Action::Switch || e.stage == Some(Stage::Switched))
                 .collect();
             if entries.is_empty() {
                 print!("{}", outcome_table(&[], Some(&plan)));
@@ -355,6 +411,169 @@ async fn run_cutover(command: CutoverCommand) -> anyhow::Result<ExitCode> {
                     || outcomes
                         .iter()
                         .any(|o| o.result != "switched" && o.result != "dry-run"),
+            ))
+        }
+        CutoverCommand::Prepare {
+            scope,
+            dry_run,
+            timeout,
+        } => {
+            let (c, plan, _, _, records, _) = cutover_view(&scope).await?;
+            if records.is_empty() {
+                return Err(podid_cli::Error::Refused(
+                    "no WorkloadMigration exists in the cluster: prepare works through podid-operator's bridge, which has written no record (is podid-operator running, with --bridge?); preparing directly through ARM without the operator is not supported".into(),
+                )
+                .into());
+            }
+            let mut outcomes = Vec::new();
+            let mut entries = Vec::new();
+            for e in &plan.workloads {
+                let blocked: Vec<&str> = e
+                    .holds
+                    .iter()
+                    .filter(|h| h.code == HoldCode::Blocked)
+                    .map(|h| h.message.as_str())
+                    .collect();
+                if e.stage.is_some() {
+                    outcomes.push(Outcome {
+                        namespace: e.namespace.clone(),
+                        workload: e.workload(),
+                        result: "switched".into(),
+                        message: format!(
+                            "past prepare (stage {})",
+                            e.stage.map_or("-", Stage::as_str)
+                        ),
+                    });
+                } else if !blocked.is_empty() {
+                    outcomes.push(Outcome {
+                        namespace: e.namespace.clone(),
+                        workload: e.workload(),
+                        result: "blocked".into(),
+                        message: blocked.join("; "),
+                    });
+                } else {
+                    entries.push(e);
+                }
+            }
+            let opts = RunOptions {
+                dry_run,
+                timeout,
+                max_parallel: 1,
+                quiet: scope.source.quiet,
+            };
+            let mut done = prepare(&c, &entries, &opts).await;
+            done.append(&mut outcomes);
+            print!("{}", outcome_table(&done, None));
+            Ok(code(
+                done.iter()
+                    .any(|o| o.result == "unproven" || o.result == "blocked"),
+            ))
+        }
+        CutoverCommand::Verify {
+            scope,
+            dry_run,
+            timeout,
+            authority,
+            tenant_id,
+            resource,
+            extra_ca_file,
+        } => {
+            let (c, plan, ..) = cutover_view(&scope).await?;
+            let entries: Vec<_> = plan
+                .workloads
+                .iter()
+                .filter(|e| e.stage.is_some_and(|s| s >= Stage::Switched))
+                .collect();
+            if entries.is_empty() {
+                eprintln!("nothing to verify: no workload in scope is switched");
+                return Ok(code(!plan.workloads.is_empty()));
+            }
+            let mut http = reqwest::Client::builder()
+                .no_proxy()
+                .redirect(reqwest::redirect::Policy::none())
+                .connect_timeout(std::time::Duration::from_secs(5))
+                .timeout(std::time::Duration::from_secs(60));
+            if let Some(path) = &extra_ca_file {
+                let pem =
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                    .with_context(|| format!("parsing {}", path.display()))?
+                {
+                    http = http.add_root_certificate(cert);
+                }
+            }
+            let ex = Exchange {
+                http: http.build().context("HTTP client")?,
+                authority,
+                tenant_id,
+                resource,
+            };
+            let opts = RunOptions {
+                dry_run,
+                timeout,
+                max_parallel: 1,
+                quiet: scope.source.quiet,
+            };
+            let outcomes = verify(&c, &entries, &opts, &ex).await;
+            print!("{}", outcome_table(&outcomes, None));
+            Ok(code(outcomes.iter().any(Outcome::failed)))
+        }
+        CutoverCommand::Finalize {
+            scope,
+            change,
+            delete_bindings: delete,
+        } => {
+            let (c, plan, ..) = cutover_view(&scope).await?;
+            let entries: Vec<_> = plan
+                .workloads
+                .iter()
+                .filter(|e| matches!(e.stage, Some(Stage::Verified | Stage::Completed)))
+                .collect();
+            let unverified: Vec<Outcome> = plan
+                .workloads
+                .iter()
+                .filter(|e| e.stage == Some(Stage::Switched))
+                .map(|e| Outcome {
+                    namespace: e.namespace.clone(),
+                    workload: e.workload(),
+                    result: "held".into(),
+                    message: "switched but not verified: run `podid cutover verify` first".into(),
+                })
+                .collect();
+            if entries.is_empty() {
+                print!("{}", outcome_table(&unverified, None));
+                eprintln!("nothing to finalize: no workload in scope passed verify");
+                return Ok(code(!unverified.is_empty()));
+            }
+            confirm("finalize", entries.len(), change.yes)?;
+            let opts = RunOptions {
+                dry_run: change.dry_run,
+                timeout: change.timeout,
+                max_parallel: change.max_parallel,
+                quiet: scope.source.quiet,
+            };
+            let mut outcomes = finalize(&c, &entries, &opts).await;
+            if delete {
+                let done: Vec<_> = entries
+                    .iter()
+                    .filter(|e| {
+                        outcomes.iter().any(|o| {
+                            o.namespace == e.namespace
+                                && o.workload == e.workload()
+                                && matches!(o.result.as_str(), "completed" | "dry-run")
+                        })
+                    })
+                    .copied()
+                    .collect();
+                // A fresh view: the finalized templates no longer carry the label.
+                let (_, _, inv, ctx, ..) = cutover_view(&scope).await?;
+                let unused = podid_cli::cutover::unused_bindings(&done, &inv, &ctx);
+                outcomes.extend(delete_bindings(&c, &unused, change.dry_run).await);
+            }
+            outcomes.extend(unverified.iter().cloned());
+            print!("{}", outcome_table(&outcomes, None));
+            Ok(code(
+                !unverified.is_empty() || outcomes.iter().any(|o| o.failed()),
             ))
         }
         CutoverCommand::Rollback { scope, change } => {

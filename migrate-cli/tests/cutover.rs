@@ -1,7 +1,8 @@
 //! `podid cutover` on the real API server with kube-controller-manager, so Deployments and
-//! StatefulSets really roll out onto kwok nodes. The Workload ID webhook is a stand-in
-//! registered under the real name (tests/support/cutover.rs): these tests show the cutover's
-//! mechanics; the injection itself must be checked again with the real webhook.
+//! StatefulSets really roll out onto kwok nodes, with the real Azure Workload ID webhook
+//! (v1.6.0, `podid_testkit::webhook`) mutating the switched pods, and the Azure emulator
+//! answering the token exchanges. One binary: the tests take turns on the webhook's lock (its
+//! configuration is cluster-wide).
 
 #[path = "support/cutover.rs"]
 mod support;
@@ -17,7 +18,8 @@ fn tmpl(o: &Value, kind: &str) -> Value {
 
 #[tokio::test]
 async fn plan_switch_status_rerun_and_rollback() {
-    let cluster = cluster(true).await;
+    let cluster = cluster().await;
+    let _wh = webhook(cluster, TENANT).await;
     let ns = cluster.namespace("cutover").await;
     let (c, n) = (&ns.client, ns.name.as_str());
     identity(c, n).await;
@@ -202,7 +204,7 @@ async fn plan_switch_status_rerun_and_rollback() {
             "the bridge's status is left alone"
         );
     }
-    // The switched pods went through the (stand-in) webhook.
+    // The switched pods went through the real webhook: its environment and projected token.
     let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(c.clone(), n);
     let web_pods = podid_testkit::wait_for_running_pods(
         pods,
@@ -212,13 +214,27 @@ async fn plan_switch_status_rerun_and_rollback() {
     )
     .await
     .unwrap();
-    assert!(web_pods.iter().all(|p| {
-        p.spec.as_ref().unwrap().containers[0]
-            .env
-            .iter()
-            .flatten()
-            .any(|e| e.name == "AZURE_FEDERATED_TOKEN_FILE")
-    }));
+    for p in &web_pods {
+        let spec = serde_json::to_value(p.spec.as_ref().unwrap()).unwrap();
+        assert_eq!(
+            podid_crds::cutover::injection_problems(&spec, Some(CLIENT_ID)),
+            Vec::<String>::new(),
+            "{spec}"
+        );
+        let env: std::collections::BTreeMap<String, String> = p.spec.as_ref().unwrap().containers
+            [0]
+        .env
+        .iter()
+        .flatten()
+        .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+        .collect();
+        assert_eq!(env["AZURE_CLIENT_ID"], CLIENT_ID);
+        assert_eq!(env["AZURE_TENANT_ID"], TENANT);
+        assert_eq!(
+            env["AZURE_FEDERATED_TOKEN_FILE"],
+            "/var/run/secrets/azure/wi/token/azure-identity-token"
+        );
+    }
     let b = &before.iter().find(|(w, _)| w == "broken").unwrap().1;
     let now = get(c, n, "Deployment", "broken").await;
     assert_eq!(tmpl(&now, "Deployment"), tmpl(b, "Deployment"));
@@ -303,7 +319,8 @@ async fn plan_switch_status_rerun_and_rollback() {
 
 #[tokio::test]
 async fn a_switch_killed_midway_converges_on_rerun() {
-    let cluster = cluster(true).await;
+    let cluster = cluster().await;
+    let _wh = webhook(cluster, TENANT).await;
     let ns = cluster.namespace("cutover-kill").await;
     let (c, n) = (&ns.client, ns.name.as_str());
     identity(c, n).await;
@@ -395,7 +412,8 @@ async fn a_switch_killed_midway_converges_on_rerun() {
 
 #[tokio::test]
 async fn a_rollout_that_never_becomes_ready_stops_the_switch_and_rolls_back() {
-    let cluster = cluster(true).await;
+    let cluster = cluster().await;
+    let _wh = webhook(cluster, TENANT).await;
     // A node of its own, cordoned once the workloads run: a rolling update (maxSurge 1,
     // maxUnavailable 0) then never gets a new pod scheduled, so the rollout stalls and passes
     // its progress deadline (15 s) while the old pods keep serving.
@@ -476,4 +494,595 @@ async fn a_rollout_that_never_becomes_ready_stops_the_switch_and_rolls_back() {
     assert_eq!(tmpl(&a, "Deployment"), tmpl(&before[0], "Deployment"));
     let r = record(c, n, "deployment-a-stuck").await;
     assert_eq!((r.spec.stage, r.spec.recorded_template), (None, None));
+}
+
+async fn untouched(c: &kube::Client, n: &str, before: &[Value]) {
+    for b in before {
+        let name = b["metadata"]["name"].as_str().unwrap();
+        let now = get(c, n, "Deployment", name).await;
+        assert_eq!(
+            now["metadata"]["generation"], b["metadata"]["generation"],
+            "{name}"
+        );
+        assert_eq!(now["spec"]["template"], b["spec"]["template"], "{name}");
+        let r = record(c, n, &format!("deployment-{name}")).await;
+        assert_eq!(
+            (r.spec.stage, r.spec.recorded_template),
+            (None, None),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn switch_refuses_without_a_registered_and_answering_webhook() {
+    let cluster = cluster().await;
+    let ns = cluster.namespace("cutover-refuse").await;
+    let (c, n) = (&ns.client, ns.name.as_str());
+    identity(c, n).await;
+    let mut before = Vec::new();
+    for w in ["one", "two"] {
+        workload(c, n, "Deployment", w, 1, "app", None).await;
+        bridged(c, n, "Deployment", w, w).await;
+    }
+    // Bridged, but its ServiceAccount lacks the client-id annotation: the webhook would still
+    // mutate its pods, without AZURE_CLIENT_ID. Held, named.
+    workload(c, n, "Deployment", "three", 1, "app", None).await;
+    bridged(c, n, "Deployment", "three", "three").await;
+    apply_as(
+        c,
+        n,
+        serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": "three", "annotations": {}}}),
+        podid_crds::migration::BRIDGE_MANAGER,
+    )
+    .await;
+    for w in ["one", "two", "three"] {
+        before.push(rolled_out(c, n, "Deployment", w, 90).await);
+    }
+    // No webhook configuration while this lock is held.
+    let lock = podid_testkit::webhook::lock().await;
+
+    // No terminal, two workloads, no --yes: a usage error, nothing asked, nothing changed.
+    let out = podid(cluster, &["cutover", "switch", "-n", n, "-q"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("pass --yes"), "{}", text(&out));
+    untouched(c, n, &before).await;
+
+    // No webhook registered.
+    let out = podid(cluster, &["cutover", "switch", "-n", n, "-q", "--yes"]);
+    println!("{}", text(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        text(&out).contains("the Workload ID webhook is not registered"),
+        "{}",
+        text(&out)
+    );
+    untouched(c, n, &before).await;
+
+    // Registered, but stopped: the configuration stays, the dry-run probe fails closed.
+    drop(lock);
+    let mut wh = webhook(cluster, TENANT).await;
+    wh.stop().await.unwrap();
+    let out = podid(cluster, &["cutover", "switch", "-n", n, "-q", "--yes"]);
+    println!("{}", text(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        text(&out).contains("registered but not answering"),
+        "{}",
+        text(&out)
+    );
+    untouched(c, n, &before).await;
+
+    // Once it answers, the same command goes through; the unannotated one stays held.
+    drop(wh);
+    let _wh = webhook(cluster, TENANT).await;
+    let out = podid(
+        cluster,
+        &[
+            "cutover",
+            "switch",
+            "-n",
+            n,
+            "-q",
+            "--yes",
+            "--timeout",
+            "120s",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "its target ServiceAccount {n}/three has no azure.workload.identity/client-id annotation"
+        )),
+        "{stdout}"
+    );
+    untouched(c, n, &before[2..]).await;
+    for w in ["one", "two"] {
+        let r = record(c, n, &format!("deployment-{w}")).await;
+        assert_eq!(r.spec.stage, Some(podid_crds::migration::Stage::Switched));
+    }
+}
+
+/// Adds `wave: one` to a workload's pod template (the scope of the e2e test's commands).
+async fn in_wave(c: &kube::Client, n: &str, kind: &str, name: &str) {
+    let patch = podid_crds::cutover::at_template_path(
+        kind,
+        json!({"metadata": {"labels": {"wave": "one"}}}),
+    )
+    .unwrap();
+    let api: kube::Api<kube::api::DynamicObject> =
+        kube::Api::namespaced_with(c.clone(), n, &ar(kind));
+    api.patch(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .unwrap();
+}
+
+fn env_of(p: &k8s_openapi::api::core::v1::Pod) -> std::collections::BTreeMap<String, String> {
+    p.spec.as_ref().unwrap().containers[0]
+        .env
+        .iter()
+        .flatten()
+        .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+        .collect()
+}
+
+// Multi-threaded: the emulator serves from this process while a test thread waits for the CLI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepare_switch_verify_finalize_end_on_workload_id_and_roll_back_exactly() {
+    use podid_azure_emulator::{Emulator, FederatedCredential, Settings};
+    use podid_crds::migration::{Stage, TOKEN_EXCHANGE_AUDIENCE, credential_name};
+    let cluster = cluster().await;
+    let emu = Emulator::start(Settings::default()).await.unwrap();
+    emu.trust_issuer_ca(cluster.ca_pem());
+    let ident = emu.add_identity("rg", "cutover-app");
+    let tenant = emu.tenant_id();
+    let _wh = webhook(cluster, &tenant).await;
+    let ns = cluster.namespace("cutover-e2e").await;
+    let (c, n) = (&ns.client, ns.name.as_str());
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("emulator-ca.pem");
+    std::fs::write(&ca, emu.ca_pem()).unwrap();
+
+    // Pod identity: one identity, two bindings (pods labelled app, pods labelled cron).
+    apply(c, n, json!({"apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzureIdentity",
+        "metadata": {"name": "app-id"}, "spec": {"type": 0, "clientID": ident.client_id, "resourceID": ident.id}}))
+    .await;
+    for (b, sel) in [("app-binding", "app"), ("cron-binding", "cron")] {
+        apply(
+            c,
+            n,
+            json!({"apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzureIdentityBinding",
+            "metadata": {"name": b}, "spec": {"azureIdentity": "app-id", "selector": sel}}),
+        )
+        .await;
+    }
+    apply(
+        c,
+        n,
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "db"}}),
+    )
+    .await;
+    workload(c, n, "Deployment", "web", 2, "app", None).await;
+    workload(c, n, "StatefulSet", "db", 1, "app", Some("db")).await;
+    cron_job(c, n, "report", "cron").await;
+    workload(c, n, "Deployment", "broken", 1, "nomatch", None).await;
+    // Not in this wave: still on pod identity through app-binding when the others finalize.
+    workload(c, n, "Deployment", "keeper", 1, "app", None).await;
+    let wave = [
+        ("Deployment", "web", "web"),
+        ("StatefulSet", "db", "db"),
+        ("CronJob", "report", "report"),
+    ];
+    for (k, w) in [
+        ("Deployment", "web"),
+        ("StatefulSet", "db"),
+        ("CronJob", "report"),
+        ("Deployment", "broken"),
+    ] {
+        in_wave(c, n, k, w).await;
+    }
+    // What the bridge builds: a credential per target ServiceAccount in the emulator, the
+    // ServiceAccounts annotated, the records; proven only later.
+    let id = Ident {
+        client_id: ident.client_id.clone(),
+        resource_id: ident.id.clone(),
+        tenant: tenant.clone(),
+        issuer: cluster.issuer().to_owned(),
+    };
+    for (kind, name, target) in wave.iter().chain([&("Deployment", "keeper", "keeper")]) {
+        let subject = format!("system:serviceaccount:{n}:{target}");
+        emu.add_federated_credential(
+            &ident.id,
+            FederatedCredential {
+                name: &credential_name(cluster.issuer(), n, target),
+                issuer: cluster.issuer(),
+                subject: &subject,
+                audience: TOKEN_EXCHANGE_AUDIENCE,
+            },
+        )
+        .unwrap();
+        apply_as(
+            c,
+            n,
+            json!({"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": target, "annotations": {
+                "azure.workload.identity/client-id": id.client_id,
+                "azure.workload.identity/tenant-id": tenant}}}),
+            podid_crds::migration::BRIDGE_MANAGER,
+        )
+        .await;
+        unproven_record(c, n, kind, name, target, &id).await;
+    }
+    prove(c, n, "Deployment", "keeper", "keeper", &id).await;
+    blocked(c, n, "Deployment", "broken").await;
+    let mut before = std::collections::BTreeMap::new();
+    for (k, w) in [
+        ("Deployment", "web"),
+        ("StatefulSet", "db"),
+        ("CronJob", "report"),
+        ("Deployment", "broken"),
+    ] {
+        let o = if k == "CronJob" {
+            get(c, n, k, w).await
+        } else {
+            rolled_out(c, n, k, w, 90).await
+        };
+        before.insert(w, o);
+    }
+    let scope = ["-n", n, "-l", "wave=one", "-q"];
+    let run = |args: &[&str]| {
+        let mut a: Vec<&str> = vec!["cutover"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&scope);
+        podid(cluster, &a)
+    };
+
+    // Prepare, dry run: where each stands, no waiting; unproven ones say why.
+    let out = run(&["prepare", "--dry-run"]);
+    println!("prepare --dry-run:\n{}", text(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.matches("unproven").count(), 3, "{stdout}");
+    assert!(stdout.contains("AADSTS70021"), "{stdout}");
+    assert!(stdout.contains("blocked"), "{stdout}");
+
+    // Prepare waits for the bridge's proofs.
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_podid"))
+        .args(["cutover", "prepare", "--timeout", "90s"])
+        .args(scope)
+        .env("KUBECONFIG", cluster.kubeconfig())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for (kind, name, target) in wave {
+        prove(c, n, kind, name, target, &id).await;
+    }
+    let out = child.wait_with_output().unwrap();
+    println!("prepare:\n{}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "the blocked one: {}",
+        text(&out)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.matches(" prepared ").count(), 3, "{stdout}");
+    for (k, w) in [("Deployment", "web"), ("StatefulSet", "db")] {
+        assert_eq!(
+            get(c, n, k, w).await["metadata"]["generation"],
+            before[w]["metadata"]["generation"],
+            "prepare leaves pods alone"
+        );
+    }
+
+    // Switch.
+    let start = Instant::now();
+    let out = run(&["switch", "--yes", "--timeout", "120s"]);
+    let switch_took = start.elapsed();
+    println!("switch took {switch_took:?}\n{}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "the blocked one: {}",
+        text(&out)
+    );
+
+    // Verify: pods Ready on the new template, the webhook's injection, a real exchange.
+    emu.reset_calls();
+    let start = Instant::now();
+    let out = run(&[
+        "verify",
+        "--timeout",
+        "120s",
+        "--authority",
+        &emu.authority_host(),
+        "--extra-ca-file",
+        ca.to_str().unwrap(),
+    ]);
+    let verify_took = start.elapsed();
+    println!("verify took {verify_took:?}\n{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(emu.call_count("POST token"), 3, "{:?}", emu.calls());
+    for (kind, name, _) in wave {
+        let r = record(c, n, &format!("{}-{name}", kind.to_lowercase())).await;
+        assert_eq!(r.spec.stage, Some(Stage::Verified), "{name}");
+    }
+
+    // The SDK in a switched pod's environment: its injected variables, the authority host
+    // pointed at the emulator, a token minted for its ServiceAccount as the token file.
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(c.clone(), n);
+    let web_pod = podid_testkit::wait_for_running_pods(
+        pods.clone(),
+        "app=web,azure.workload.identity/use=true",
+        2,
+        30,
+    )
+    .await
+    .unwrap()
+    .remove(0);
+    let env = env_of(&web_pod);
+    assert_eq!(env["AZURE_CLIENT_ID"], ident.client_id);
+    assert_eq!(env["AZURE_TENANT_ID"], tenant);
+    let token_file = dir.path().join("azure-identity-token");
+    std::fs::write(
+        &token_file,
+        podid_testkit::projected_token(c, n, "web", TOKEN_EXCHANGE_AUDIENCE)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let mut cmd = tokio::process::Command::new(podid_testkit::sdk::python());
+    podid_testkit::sdk::clear_azure_env(&mut cmd);
+    let out = cmd
+        .arg("-c")
+        .arg("from azure.identity import WorkloadIdentityCredential\nimport base64, json\nt = WorkloadIdentityCredential().get_token('https://storage.azure.com/.default').token.split('.')[1]\nprint(json.loads(base64.urlsafe_b64decode(t + '=' * (-len(t) % 4)))['xms_mirid'])")
+        .env("AZURE_CLIENT_ID", &env["AZURE_CLIENT_ID"])
+        .env("AZURE_TENANT_ID", &env["AZURE_TENANT_ID"])
+        .env("AZURE_AUTHORITY_HOST", emu.authority_host())
+        .env("AZURE_FEDERATED_TOKEN_FILE", &token_file)
+        .env("REQUESTS_CA_BUNDLE", &ca)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        ident.id,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Finalize: aadpodidbinding goes; cron-binding with it (no one else matches it), while
+    // app-binding and app-id stay (keeper still uses them).
+    let out = run(&[
+        "finalize",
+        "--yes",
+        "--delete-bindings",
+        "--timeout",
+        "120s",
+    ]);
+    println!("finalize:\n{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for (kind, name, target) in wave {
+        let o = if kind == "CronJob" {
+            get(c, n, kind, name).await
+        } else {
+            rolled_out(c, n, kind, name, 5).await
+        };
+        let t = tmpl(&o, kind);
+        assert_eq!(
+            t["metadata"]["labels"]["aadpodidbinding"],
+            Value::Null,
+            "{name}"
+        );
+        assert_eq!(
+            t["metadata"]["labels"]["azure.workload.identity/use"],
+            "true"
+        );
+        assert_eq!(t["spec"]["serviceAccountName"], target);
+        let r = record(c, n, &format!("{}-{name}", kind.to_lowercase())).await;
+        assert_eq!(r.spec.stage, Some(Stage::Completed), "{name}");
+    }
+    let bindings: kube::Api<kube::api::DynamicObject> =
+        kube::Api::namespaced_with(c.clone(), n, &ar("AzureIdentityBinding"));
+    assert!(bindings.get_opt("cron-binding").await.unwrap().is_none());
+    assert!(bindings.get_opt("app-binding").await.unwrap().is_some());
+    let identities: kube::Api<kube::api::DynamicObject> =
+        kube::Api::namespaced_with(c.clone(), n, &ar("AzureIdentity"));
+    assert!(identities.get_opt("app-id").await.unwrap().is_some());
+    let broken = get(c, n, "Deployment", "broken").await;
+    assert_eq!(
+        tmpl(&broken, "Deployment"),
+        tmpl(&before["broken"], "Deployment"),
+        "the blocked one is untouched"
+    );
+    let status = podid(cluster, &["cutover", "status", "-n", n, "-q"]);
+    println!("status:\n{}", String::from_utf8_lossy(&status.stdout));
+
+    // The report afterwards: the three no longer use pod identity, the blocked one still does.
+    let out = podid(cluster, &["report", "-n", n, "-q", "-o", "json"]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let by = |name: &str| {
+        report["workloads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["name"] == name)
+            .cloned()
+    };
+    for (_, name, _) in wave {
+        assert!(
+            by(name).is_none_or(|w| w["usesPodIdentity"] == false),
+            "{name}: {report}"
+        );
+    }
+    assert_eq!(by("broken").unwrap()["verdict"], "blocked", "{report}");
+    assert_eq!(out.status.code(), Some(3));
+
+    // Rollback from Completed restores each recorded template (with aadpodidbinding) exactly.
+    let out = run(&["rollback", "--yes", "--timeout", "120s"]);
+    println!("rollback:\n{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for (kind, name, _) in wave {
+        let o = if kind == "CronJob" {
+            get(c, n, kind, name).await
+        } else {
+            rolled_out(c, n, kind, name, 5).await
+        };
+        assert_eq!(tmpl(&o, kind), tmpl(&before[name], kind), "{name}");
+        let r = record(c, n, &format!("{}-{name}", kind.to_lowercase())).await;
+        assert_eq!((r.spec.stage, r.spec.recorded_template), (None, None));
+    }
+    println!("figures: switch {switch_took:?}, verify {verify_took:?}");
+}
+
+/// Each stage's command killed (SIGKILL) at its boundary — as soon as it has recorded the
+/// stage, before it finished — and run again ends with the same objects as an uninterrupted run;
+/// rollback from Verified restores the template exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_stage_killed_at_its_boundary_converges_and_rollback_from_verified_is_exact() {
+    use podid_azure_emulator::{Emulator, FederatedCredential, Settings};
+    use podid_crds::migration::{Stage, TOKEN_EXCHANGE_AUDIENCE, credential_name};
+    let cluster = cluster().await;
+    let emu = Emulator::start(Settings::default()).await.unwrap();
+    emu.trust_issuer_ca(cluster.ca_pem());
+    let ident = emu.add_identity("rg", "cutover-kill");
+    let tenant = emu.tenant_id();
+    let _wh = webhook(cluster, &tenant).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("emulator-ca.pem");
+    std::fs::write(&ca, emu.ca_pem()).unwrap();
+    let id = Ident {
+        client_id: ident.client_id.clone(),
+        resource_id: ident.id.clone(),
+        tenant: tenant.clone(),
+        issuer: cluster.issuer().to_owned(),
+    };
+    // Two namespaces alike: one run straight through, one killed at every boundary.
+    let straight = cluster.namespace("cutover-straight").await;
+    let killed = cluster.namespace("cutover-killed").await;
+    let mut before = Vec::new();
+    for ns in [&straight, &killed] {
+        let (c, n) = (&ns.client, ns.name.as_str());
+        apply(c, n, json!({"apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzureIdentity",
+            "metadata": {"name": "app-id"}, "spec": {"type": 0, "clientID": ident.client_id, "resourceID": ident.id}}))
+        .await;
+        apply(c, n, json!({"apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzureIdentityBinding",
+            "metadata": {"name": "app-binding"}, "spec": {"azureIdentity": "app-id", "selector": "app"}}))
+        .await;
+        workload(c, n, "Deployment", "web", 1, "app", None).await;
+        emu.add_federated_credential(
+            &ident.id,
+            FederatedCredential {
+                name: &credential_name(cluster.issuer(), n, "web"),
+                issuer: cluster.issuer(),
+                subject: &format!("system:serviceaccount:{n}:web"),
+                audience: TOKEN_EXCHANGE_AUDIENCE,
+            },
+        )
+        .unwrap();
+        bridged_as(c, n, "Deployment", "web", "web", &id).await;
+        before.push(tmpl(
+            &rolled_out(c, n, "Deployment", "web", 90).await,
+            "Deployment",
+        ));
+    }
+    let authority = emu.authority_host();
+    let stages: [(&[&str], Stage); 3] = [
+        (&["switch", "--yes", "--timeout", "120s"], Stage::Switched),
+        (
+            &[
+                "verify",
+                "--timeout",
+                "120s",
+                "--authority",
+                &authority,
+                "--extra-ca-file",
+                ca.to_str().unwrap(),
+            ],
+            Stage::Verified,
+        ),
+        (
+            &["finalize", "--yes", "--timeout", "120s"],
+            Stage::Completed,
+        ),
+    ];
+    let args = |cmd: &[&str], n: &str| {
+        let mut a = vec!["cutover".to_owned()];
+        a.extend(cmd.iter().map(|s| s.to_string()));
+        a.extend(["-n".into(), n.to_owned(), "-q".into()]);
+        a
+    };
+    let (sc, sn) = (&straight.client, straight.name.as_str());
+    let (kc, kn) = (&killed.client, killed.name.as_str());
+    for (i, (cmd, stage)) in stages.iter().enumerate() {
+        let a = args(cmd, sn);
+        let out = podid(cluster, &a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_podid"))
+            .args(args(cmd, kn))
+            .env("KUBECONFIG", cluster.kubeconfig())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while record(kc, kn, "deployment-web").await.spec.stage != Some(*stage) {
+            assert!(
+                Instant::now() < deadline,
+                "{cmd:?} never recorded {stage:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = child.kill();
+        child.wait().unwrap();
+        let a = args(cmd, kn);
+        let out = podid(cluster, &a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "rerun of {cmd:?}: {}",
+            text(&out)
+        );
+        let s = rolled_out(sc, sn, "Deployment", "web", 60).await;
+        let k = rolled_out(kc, kn, "Deployment", "web", 60).await;
+        assert_eq!(
+            tmpl(&k, "Deployment"),
+            tmpl(&s, "Deployment"),
+            "after {cmd:?}"
+        );
+        let (rs, rk) = (
+            record(sc, sn, "deployment-web").await,
+            record(kc, kn, "deployment-web").await,
+        );
+        assert_eq!(rk.spec, rs.spec, "after {cmd:?}");
+        assert_eq!(rk.spec.stage, Some(*stage));
+        assert_eq!(rk.spec.recorded_template.as_ref(), Some(&before[1]));
+
+        // Rollback from Verified, then on again.
+        if i == 1 {
+            let out = podid(cluster, &["cutover", "rollback", "-n", sn, "-q", "--yes"]);
+            assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+            let o = rolled_out(sc, sn, "Deployment", "web", 60).await;
+            assert_eq!(
+                tmpl(&o, "Deployment"),
+                before[0],
+                "restored exactly from Verified"
+            );
+            for (cmd, _) in &stages[..2] {
+                let a = args(cmd, sn);
+                let out = podid(cluster, &a.iter().map(String::as_str).collect::<Vec<_>>());
+                assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+            }
+        }
+    }
 }

@@ -1,22 +1,17 @@
-//! Set-up for the cutover tests on the real API server: workloads on pod identity, the records
-//! podid-operator's bridge would write for them, and a stand-in for the Workload ID webhook.
-//!
-//! The stand-in is a real mutating admission webhook served over TLS and registered under the
-//! real webhook's name (`mutation.azure-workload-identity.io`), so `podid cutover switch` runs
-//! its production check unchanged; it injects only `AZURE_FEDERATED_TOKEN_FILE` (no token
-//! volume). Tests that need the real webhook's injection must run against it instead.
+//! Set-up for the cutover tests on the real API server: workloads on pod identity and the
+//! records podid-operator's bridge would write for them. The Workload ID webhook is the real
+//! one (`podid_testkit::webhook`), one per test at a time (its lock).
 
 #![allow(dead_code)]
 
 use std::process::{Command, Output};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use base64::Engine;
 use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::discovery::ApiResource;
 use podid_crds::migration::{BRIDGE_MANAGER, WorkloadMigration};
+use podid_testkit::webhook::WorkloadIdentityWebhook;
 use podid_testkit::{Cluster, NodePool};
 use serde_json::{Value, json};
 
@@ -26,6 +21,7 @@ pub const RID: &str = "/subscriptions/s/resourcegroups/rg/providers/Microsoft.Ma
 pub fn ar(kind: &str) -> ApiResource {
     let (group, version) = match kind {
         "Deployment" | "StatefulSet" => ("apps", "v1"),
+        "CronJob" => ("batch", "v1"),
         "AzureIdentity" | "AzureIdentityBinding" => ("aadpodidentity.k8s.io", "v1"),
         "WorkloadMigration" => ("podid.dev", "v1alpha1"),
         _ => ("", "v1"),
@@ -154,24 +150,103 @@ pub async fn workload_with(
 /// with the identity, and the record (spec by server-side apply, then status, both as
 /// `podid-bridge`) saying `Bridged` with a ready credential.
 pub async fn bridged(client: &Client, ns: &str, kind: &str, name: &str, target: &str) {
+    let id = Ident {
+        client_id: CLIENT_ID.into(),
+        resource_id: RID.into(),
+        tenant: String::new(),
+        issuer: "https://issuer.example/".into(),
+    };
+    bridged_as(client, ns, kind, name, target, &id).await;
+}
+
+/// An identity as the bridge's records name it.
+#[derive(Clone, Debug)]
+pub struct Ident {
+    pub client_id: String,
+    pub resource_id: String,
+    /// Empty: none recorded.
+    pub tenant: String,
+    pub issuer: String,
+}
+
+/// [`bridged`] for identity `id`.
+pub async fn bridged_as(
+    client: &Client,
+    ns: &str,
+    kind: &str,
+    name: &str,
+    target: &str,
+    id: &Ident,
+) {
+    let mut annotations = json!({"azure.workload.identity/client-id": id.client_id,
+                                 "podid.dev/federated-credentials": id.client_id});
+    if !id.tenant.is_empty() {
+        annotations["azure.workload.identity/tenant-id"] = id.tenant.clone().into();
+    }
     apply_as(
         client,
         ns,
         json!({"apiVersion": "v1", "kind": "ServiceAccount",
-        "metadata": {"name": target, "annotations": {
-            "azure.workload.identity/client-id": CLIENT_ID,
-            "podid.dev/federated-credentials": CLIENT_ID}}}),
+               "metadata": {"name": target, "annotations": annotations}}),
         BRIDGE_MANAGER,
     )
     .await;
+    unproven_record(client, ns, kind, name, target, id).await;
+    prove(client, ns, kind, name, target, id).await;
+}
+
+/// A record whose credential is not proven yet (the bridge still retrying the exchange).
+pub async fn unproven_record(
+    client: &Client,
+    ns: &str,
+    kind: &str,
+    name: &str,
+    target: &str,
+    id: &Ident,
+) {
+    bridge_record(client, ns, kind, name, record_status(ns, target, id, false)).await;
+}
+
+/// The bridge's record once the credential is proven.
+pub async fn prove(client: &Client, ns: &str, kind: &str, name: &str, target: &str, id: &Ident) {
+    bridge_record(client, ns, kind, name, record_status(ns, target, id, true)).await;
+}
+
+fn record_status(ns: &str, target: &str, id: &Ident, ready: bool) -> Value {
     let subject = format!("system:serviceaccount:{ns}:{target}");
-    bridge_record(client, ns, kind, name, json!({
-        "identities": [{"azureIdentity": format!("{ns}/app-id"), "clientID": CLIENT_ID, "resourceID": RID}],
+    let mut identity = json!({"azureIdentity": format!("{ns}/app-id"), "clientID": id.client_id,
+                              "resourceID": id.resource_id});
+    if !id.tenant.is_empty() {
+        identity["tenantID"] = id.tenant.clone().into();
+    }
+    let mut status = json!({
+        "identities": [identity],
         "targetServiceAccount": target,
-        "credentials": [{"name": format!("podid-{ns}-{target}-0123456789"), "identity": RID,
-                         "issuer": "https://issuer.example/", "subject": subject, "ready": true}],
-        "proven": "1/1", "stage": "Bridged"}))
-    .await;
+        "credentials": [{"name": podid_crds::migration::credential_name(&id.issuer, ns, target),
+                         "identity": id.resource_id, "issuer": id.issuer, "subject": subject,
+                         "ready": ready}],
+        "proven": if ready { "1/1" } else { "0/1" },
+        "stage": if ready { "Bridged" } else { "PodIdentity" }});
+    if !ready {
+        status["conditions"] = json!([{"type": "Proven", "status": "False", "reason": "ExchangeFailed",
+            "message": "AADSTS70021: no matching federated identity record found",
+            "lastTransitionTime": "2026-01-01T00:00:00Z"}]);
+    }
+    status
+}
+
+/// A CronJob on pod identity (`aadpodidbinding: <binding>`) that never runs during a test.
+pub async fn cron_job(client: &Client, ns: &str, name: &str, binding: &str) -> Value {
+    apply(
+        client,
+        ns,
+        json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": name},
+        "spec": {"schedule": "0 0 1 1 *", "suspend": false, "jobTemplate": {"spec": {"template": {
+            "metadata": {"labels": {"app": name, "aadpodidbinding": binding}},
+            "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 0,
+                     "containers": [{"name": "app", "image": "registry.invalid/app:1"}]}}}}}}),
+    )
+    .await
 }
 
 /// The record the bridge writes for a workload it will not bridge.
@@ -224,17 +299,23 @@ pub async fn rolled_out(client: &Client, ns: &str, kind: &str, name: &str, secs:
     }
 }
 
-/// The cluster with controllers, a fake node and (when `webhook`) the stand-in webhook.
-pub async fn cluster(webhook: bool) -> &'static Cluster {
+pub const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+
+/// The cluster with controllers and a fake node.
+pub async fn cluster() -> &'static Cluster {
     let cluster = Cluster::shared_async().await;
     cluster
         .add_nodes(&NodePool::aks("cutover", 1))
         .await
         .expect("fake node ready");
-    if webhook {
-        register_stand_in(&cluster.client().await.unwrap()).await;
-    }
     cluster
+}
+
+/// The real Workload ID webhook, registered and mutating (waits for the other tests' turn).
+pub async fn webhook(cluster: &Cluster, tenant: &str) -> WorkloadIdentityWebhook {
+    WorkloadIdentityWebhook::start(cluster, tenant)
+        .await
+        .expect("start the Workload ID webhook (tests/peers/build-workload-identity.sh)")
 }
 
 pub fn podid(cluster: &Cluster, args: &[&str]) -> Output {
@@ -253,163 +334,4 @@ pub fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
-}
-
-/// The stand-in's port and CA, served from a thread of its own for the whole test binary.
-fn stand_in() -> &'static (u16, String) {
-    static SERVER: OnceLock<(u16, String)> = OnceLock::new();
-    SERVER.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let (ca, acceptor) = tls();
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                tx.send((listener.local_addr().unwrap().port(), ca))
-                    .unwrap();
-                loop {
-                    let Ok((tcp, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    let acceptor = acceptor.clone();
-                    tokio::spawn(async move {
-                        let Ok(tls) = acceptor.accept(tcp).await else {
-                            return;
-                        };
-                        let svc = hyper::service::service_fn(
-                            |req: hyper::Request<hyper::body::Incoming>| async move {
-                                let body = axum::body::to_bytes(
-                                    axum::body::Body::new(req.into_body()),
-                                    1 << 22,
-                                )
-                                .await
-                                .unwrap_or_default();
-                                let review: Value =
-                                    serde_json::from_slice(&body).unwrap_or_default();
-                                let out = serde_json::to_vec(&mutate(&review)).unwrap();
-                                Ok::<_, std::convert::Infallible>(
-                                    hyper::Response::builder()
-                                        .header("content-type", "application/json")
-                                        .body(axum::body::Body::from(out))
-                                        .unwrap(),
-                                )
-                            },
-                        );
-                        let _ = hyper_util::server::conn::auto::Builder::new(
-                            hyper_util::rt::TokioExecutor::new(),
-                        )
-                        .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
-                        .await;
-                    });
-                }
-            });
-        });
-        rx.recv().unwrap()
-    })
-}
-
-/// The stand-in's answer: `AZURE_FEDERATED_TOKEN_FILE` added to every container.
-fn mutate(review: &Value) -> Value {
-    let req = &review["request"];
-    let containers = req["object"]["spec"]["containers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let var = json!({"name": "AZURE_FEDERATED_TOKEN_FILE",
-                     "value": "/var/run/secrets/azure/tokens/azure-identity-token"});
-    let ops: Vec<Value> = containers
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            if c["env"].is_array() {
-                json!({"op": "add", "path": format!("/spec/containers/{i}/env/-"), "value": var})
-            } else {
-                json!({"op": "add", "path": format!("/spec/containers/{i}/env"), "value": [var]})
-            }
-        })
-        .collect();
-    let patch = base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(&ops).unwrap());
-    json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-           "response": {"uid": req["uid"], "allowed": true, "patchType": "JSONPatch", "patch": patch}})
-}
-
-fn tls() -> (String, tokio_rustls::TlsAcceptor) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    let chain = vec![leaf.der().clone(), ca_cert.der().clone()];
-    let key = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .unwrap();
-    (
-        ca_cert.pem(),
-        tokio_rustls::TlsAcceptor::from(Arc::new(config)),
-    )
-}
-
-/// Registers the stand-in as the chart registers the real webhook: labelled pods, CREATE,
-/// fails closed, no side effects (so dry runs reach it). Only test namespaces.
-pub async fn register_stand_in(client: &Client) {
-    let (port, ca) = stand_in();
-    register(
-        client,
-        &format!("https://127.0.0.1:{port}/mutate-v1-pod"),
-        ca,
-    )
-    .await;
-}
-
-/// Registers a webhook under the real name at `url` (a dead `url` makes a broken webhook).
-pub async fn register(client: &Client, url: &str, ca_pem: &str) {
-    let bundle = base64::engine::general_purpose::STANDARD.encode(ca_pem);
-    let cfg = json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": "azure-wi-webhook-mutating-webhook-configuration"},
-        "webhooks": [{"name": "mutation.azure-workload-identity.io",
-            "admissionReviewVersions": ["v1"], "sideEffects": "None", "failurePolicy": "Fail",
-            "timeoutSeconds": 5, "matchPolicy": "Equivalent",
-            "clientConfig": {"url": url, "caBundle": bundle},
-            "namespaceSelector": {"matchExpressions": [{"key": "podid.dev/test", "operator": "Exists"}]},
-            "objectSelector": {"matchLabels": {"azure.workload.identity/use": "true"}},
-            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
-                       "resources": ["pods"], "scope": "*"}]}]});
-    let api: Api<DynamicObject> = Api::all_with(
-        client.clone(),
-        &ApiResource {
-            group: "admissionregistration.k8s.io".into(),
-            version: "v1".into(),
-            api_version: "admissionregistration.k8s.io/v1".into(),
-            kind: "MutatingWebhookConfiguration".into(),
-            plural: "mutatingwebhookconfigurations".into(),
-        },
-    );
-    let o: DynamicObject = serde_json::from_value(cfg).unwrap();
-    api.patch(
-        o.metadata.name.as_deref().unwrap(),
-        &PatchParams::apply("test").force(),
-        &Patch::Apply(&o),
-    )
-    .await
-    .unwrap();
-}
-
-/// The CA of the stand-in (to register a broken webhook with a valid bundle).
-pub fn stand_in_ca() -> String {
-    stand_in().1.clone()
 }
