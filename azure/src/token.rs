@@ -62,12 +62,17 @@ pub struct MsiResponse {
     pub not_before: String,
     pub resource: String,
     pub token_type: String,
+    /// The identity's client ID, as IMDS itself answers; set only on answers the node agent
+    /// got by token exchange (the original's answers have no such field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
 }
 
 impl AccessToken {
     /// The IMDS-shaped answer at `now` (`expires_in` counts down while a token is cached).
     pub fn to_msi_response(&self, now: u64) -> MsiResponse {
         MsiResponse {
+            client_id: None,
             access_token: self.access_token.clone(),
             refresh_token: String::new(),
             expires_in: self.expires_on.saturating_sub(now).to_string(),

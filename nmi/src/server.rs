@@ -392,7 +392,15 @@ async fn serve_pod(
         }
     };
     let now = agent.clock.now_unix();
-    let msi: Vec<_> = tokens.iter().map(|t| t.to_msi_response(now)).collect();
+    let msi: Vec<_> = tokens
+        .iter()
+        .map(|t| crate::token::MsiResponse {
+            // An identity served by exchange is answered as IMDS answers, naming the identity
+            // (whichever source the token came from, cache and fallback included).
+            client_id: serving.exchanges().then(|| identity.spec.client_id.clone()),
+            ..t.to_msi_response(now)
+        })
+        .collect();
     match render(&msi, &identity) {
         Ok(body) => Outcome::new(Reply::json(body), "ok"),
         Err(e) => Outcome::new(Reply::text(500, e.to_string()), "internal"),

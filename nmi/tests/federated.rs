@@ -150,6 +150,18 @@ async fn a_deleted_credential_fails_clearly_under_federated_and_falls_back_under
     assert_eq!(status, 200, "{body}");
     assert_eq!(live::token_client(&token_of(&body)), s.ident.client_id);
     assert_eq!(s.emu.call_count("GET imds.token"), 0, "exchanged, not IMDS");
+    // IMDS's shape, naming the identity as IMDS does.
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    for field in [
+        "access_token",
+        "expires_in",
+        "expires_on",
+        "resource",
+        "token_type",
+    ] {
+        assert!(answer[field].is_string(), "{field}: {body}");
+    }
+    assert_eq!(answer["client_id"], s.ident.client_id.as_str(), "{body}");
 
     // Someone deletes the credential in Azure: the next exchange (a resource not cached) fails,
     // in IMDS's error shape, naming Entra's code.
@@ -176,6 +188,8 @@ async fn a_deleted_credential_fails_clearly_under_federated_and_falls_back_under
     let (status, body) = call_resource(s.addr, ip, "https://storage.azure.com/", "").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(token_of(&body)["appid"], s.ident.client_id.as_str());
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["client_id"], s.ident.client_id.as_str(), "{body}");
     assert!(s.emu.call_count("GET imds.token") >= 1);
     let metrics = s.metrics.render();
     assert!(
