@@ -167,6 +167,7 @@ pub async fn check_webhook(client: &Client, probes: &[(String, String)]) -> Resu
 }
 
 /// One line of progress per workload: a spinner on a terminal, plain lines otherwise.
+#[derive(Clone)]
 struct Progress {
     bar: Option<ProgressBar>,
     label: String,
@@ -363,12 +364,14 @@ async fn switch_one(
     ))
 }
 
-/// Runs `one` over `entries`, at most `max_parallel` at once, in order; after the first
-/// failure no further workload is started (those are reported `not-started`).
+/// Runs `one` over `entries`, at most `max_parallel` at once, in order, closing each workload's
+/// progress line with its outcome; with `stop_on_failure`, after the first failure no further
+/// workload is started (those are reported `not-started`).
 async fn run_all<'a, F, Fut>(
     entries: &'a [&'a PlanEntry],
     opts: &RunOptions,
     ok_result: &str,
+    stop_on_failure: bool,
     one: F,
 ) -> Vec<Outcome>
 where
@@ -386,8 +389,15 @@ where
             let Some(e) = pending.next() else { break };
             let label = format!("{}/{}", e.namespace, e.workload());
             let progress = Progress::new(multi.as_ref(), label);
-            let fut = one(e, progress);
-            running.push(async move { (*e, fut.await) });
+            let fut = one(e, progress.clone());
+            running.push(async move {
+                let r = fut.await;
+                progress.done(match &r {
+                    Ok(m) => m,
+                    Err(m) => m,
+                });
+                (*e, r)
+            });
         }
         let Some((e, result)) = running.next().await else {
             break;
@@ -398,7 +408,7 @@ where
                 m,
             ),
             Err(m) => {
-                stopped = true;
+                stopped |= stop_on_failure;
                 ("failed".to_owned(), m)
             }
         };
@@ -422,13 +432,8 @@ where
 
 /// `podid cutover switch` for these workloads (checked by [`check_webhook`] first).
 pub async fn switch(client: &Client, entries: &[&PlanEntry], opts: &RunOptions) -> Vec<Outcome> {
-    run_all(entries, opts, "switched", |e, progress| async move {
-        let r = switch_one(client, e, opts, &progress).await;
-        progress.done(match &r {
-            Ok(m) => m,
-            Err(m) => m,
-        });
-        r
+    run_all(entries, opts, "switched", true, |e, progress| async move {
+        switch_one(client, e, opts, &progress).await
     })
     .await
 }
@@ -500,21 +505,14 @@ async fn rollback_one(
 /// `podid cutover rollback` for these workloads. Unlike `switch` it goes on after a failure:
 /// each workload is independent, and leaving more of them switched helps no one.
 pub async fn rollback(client: &Client, entries: &[&PlanEntry], opts: &RunOptions) -> Vec<Outcome> {
-    let mut out = Vec::new();
-    for chunk in entries.chunks(opts.max_parallel.max(1)) {
-        out.extend(
-            run_all(chunk, opts, "rolled-back", |e, progress| async move {
-                let r = rollback_one(client, e, opts, &progress).await;
-                progress.done(match &r {
-                    Ok(m) => m,
-                    Err(m) => m,
-                });
-                r
-            })
-            .await,
-        );
-    }
-    out
+    run_all(
+        entries,
+        opts,
+        "rolled-back",
+        false,
+        |e, progress| async move { rollback_one(client, e, opts, &progress).await },
+    )
+    .await
 }
 
 /// The client ID the Workload ID webhook would inject for pods running as `ns/sa`: its
@@ -912,21 +910,10 @@ pub async fn verify(
     opts: &RunOptions,
     ex: &Exchange,
 ) -> Vec<Outcome> {
-    let mut out = Vec::new();
-    for chunk in entries.chunks(opts.max_parallel.max(1)) {
-        out.extend(
-            run_all(chunk, opts, "verified", |e, progress| async move {
-                let r = verify_one(client, e, opts, ex, &progress).await;
-                progress.done(match &r {
-                    Ok(m) => m,
-                    Err(m) => m,
-                });
-                r
-            })
-            .await,
-        );
-    }
-    out
+    run_all(entries, opts, "verified", false, |e, progress| async move {
+        verify_one(client, e, opts, ex, &progress).await
+    })
+    .await
 }
 
 /// Finalizes one verified workload: removes `aadpodidbinding` from its template, waits for the
@@ -994,21 +981,14 @@ async fn finalize_one(
 
 /// `podid cutover finalize` for these verified workloads. Goes on past a failure.
 pub async fn finalize(client: &Client, entries: &[&PlanEntry], opts: &RunOptions) -> Vec<Outcome> {
-    let mut out = Vec::new();
-    for chunk in entries.chunks(opts.max_parallel.max(1)) {
-        out.extend(
-            run_all(chunk, opts, "completed", |e, progress| async move {
-                let r = finalize_one(client, e, opts, &progress).await;
-                progress.done(match &r {
-                    Ok(m) => m,
-                    Err(m) => m,
-                });
-                r
-            })
-            .await,
-        );
-    }
-    out
+    run_all(
+        entries,
+        opts,
+        "completed",
+        false,
+        |e, progress| async move { finalize_one(client, e, opts, &progress).await },
+    )
+    .await
 }
 
 fn pod_identity_api(client: &Client, ns: &str, kind: &str, plural: &str) -> Api<DynamicObject> {
