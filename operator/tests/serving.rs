@@ -33,6 +33,23 @@ const FEDERATED_ON: ServingSettings = ServingSettings {
     default: Serving::Assigned,
 };
 
+/// A controller replica with `--federated` (Lease in `lease_ns`).
+async fn start_federated(c: &kube::Client, emu: &Emulator, id: &str, lease_ns: &str) -> Replica {
+    start_with(
+        c,
+        emu,
+        id,
+        lease_ns,
+        Duration::from_secs(15),
+        None,
+        PlannerOptions {
+            serving: FEDERATED_ON,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
 async fn emulator() -> Emulator {
     let emu = Emulator::start(Settings::default()).await.unwrap();
     emu.add_app(APP.0, Some(APP.1), None);
@@ -125,19 +142,7 @@ async fn a_federated_identity_is_on_no_scale_set_and_its_record_is_assigned() {
     // Standard mode matches bindings in every namespace: a selector of this test's own.
     served_binding(&c, &ns.name, "web", "web", "fed-a-web", Some("federated")).await;
     pod(&c, &ns.name, "p", &pool.node_name(0), "fed-a-web").await;
-    let replica = start_with(
-        &c,
-        &emu,
-        "fa",
-        &ns.name,
-        Duration::from_secs(15),
-        None,
-        PlannerOptions {
-            serving: FEDERATED_ON,
-            ..Default::default()
-        },
-    )
-    .await;
+    let replica = start_federated(&c, &emu, "fa", &ns.name).await;
     let name = format!("p-{}-web", ns.name);
     wait_assigned(&c, &ns.name, std::slice::from_ref(&name), 60).await;
     let r = record(&c, &name).await;
@@ -169,19 +174,7 @@ async fn a_flip_moves_podids_own_assignment_off_the_scale_set_and_back() {
     served_binding(&c, &ns.name, "kubelet", "kubelet", "fed-b-k", None).await;
     pod(&c, &ns.name, "p", &node, "fed-b-web").await;
     pod(&c, &ns.name, "k", &node, "fed-b-k").await;
-    let replica = start_with(
-        &c,
-        &emu,
-        "fb",
-        &ns.name,
-        Duration::from_secs(15),
-        None,
-        PlannerOptions {
-            serving: FEDERATED_ON,
-            ..Default::default()
-        },
-    )
-    .await;
+    let replica = start_federated(&c, &emu, "fb", &ns.name).await;
     let (p, k) = (
         format!("p-{}-web", ns.name),
         format!("k-{}-kubelet", ns.name),
@@ -261,19 +254,7 @@ async fn a_pod_asking_throughout_a_flip_gets_every_token() {
         .parse()
         .unwrap();
 
-    let replica = start_with(
-        &c,
-        &emu,
-        "fe",
-        &ns.name,
-        Duration::from_secs(15),
-        None,
-        PlannerOptions {
-            serving: FEDERATED_ON,
-            ..Default::default()
-        },
-    )
-    .await;
+    let replica = start_federated(&c, &emu, "fe", &ns.name).await;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let mut bridge = common::bridge(cluster, &admin, &emu, &shutdown);
     bridge.settings.serving = FEDERATED_ON;
