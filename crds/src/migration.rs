@@ -129,6 +129,21 @@ pub struct WorkloadMigrationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "preserved_template")]
     pub recorded_template: Option<serde_json::Value>,
+    /// The AzureIdentityBindings and AzureIdentities this workload used that
+    /// `podid cutover finalize --delete-bindings` deleted, each as it was (`apiVersion`, `kind`,
+    /// name, namespace, labels, annotations, `spec`). Written before the deletion;
+    /// `podid cutover rollback` re-creates the missing ones, then removes the list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "preserved_objects")]
+    pub removed_pod_identity: Vec<serde_json::Value>,
+}
+
+/// Objects kept verbatim.
+fn preserved_objects(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
+    })
 }
 
 /// A pod template kept verbatim (any field, any version of the API).

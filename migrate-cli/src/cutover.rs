@@ -733,3 +733,159 @@ pub fn unused_bindings(finalized: &[&PlanEntry], inv: &Inventory, ctx: &ClusterC
     }
     out
 }
+
+impl Unused {
+    /// What of this deletion `e` used: `(kind, namespace, name)` of its bindings, then of its
+    /// identities, the order rollback re-creates them in reverse.
+    pub fn used_by(&self, e: &PlanEntry) -> Vec<(&'static str, String, String)> {
+        let mut out = Vec::new();
+        for (ns, name, _) in &self.bindings {
+            if e.identities
+                .iter()
+                .any(|i| &i.namespace == ns && &i.binding == name)
+            {
+                out.push(("AzureIdentityBinding", ns.clone(), name.clone()));
+            }
+        }
+        for (ns, name, _) in &self.identities {
+            if e.identities
+                .iter()
+                .any(|i| &i.namespace == ns && &i.name == name)
+            {
+                out.push(("AzureIdentity", ns.clone(), name.clone()));
+            }
+        }
+        out
+    }
+}
+
+/// A pod-identity object as rollback re-creates it: `apiVersion`, `kind`, name, namespace,
+/// labels, annotations and `spec` of `object` (its status and server fields left out).
+pub fn removed_manifest(kind: &str, object: &Value) -> Value {
+    let meta = &object["metadata"];
+    let mut metadata = serde_json::json!({"name": meta["name"], "namespace": meta["namespace"]});
+    for field in ["labels", "annotations"] {
+        if let Some(v) = meta.get(field).filter(|v| !v.is_null()) {
+            metadata[field] = v.clone();
+        }
+    }
+    serde_json::json!({
+        "apiVersion": format!("{}/{}", podid_crds::GROUP, podid_crds::VERSION),
+        "kind": kind,
+        "metadata": metadata,
+        "spec": object.get("spec").cloned().unwrap_or(Value::Null),
+    })
+}
+
+/// `(kind, namespace, name)` of a manifest made by [`removed_manifest`].
+pub fn manifest_key(m: &Value) -> (String, String, String) {
+    let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    (
+        s(&m["kind"]),
+        s(&m["metadata"]["namespace"]),
+        s(&m["metadata"]["name"]),
+    )
+}
+
+/// `existing` with `added` appended where not already present (by kind, namespace and name):
+/// a rerun of finalize records nothing twice, and the first copy (from before any deletion)
+/// wins.
+pub fn merge_removed(existing: &[Value], added: Vec<Value>) -> Vec<Value> {
+    let mut out = existing.to_vec();
+    for m in added {
+        if !out.iter().any(|o| manifest_key(o) == manifest_key(&m)) {
+            out.push(m);
+        }
+    }
+    out
+}
+
+/// The order rollback re-creates removed objects in: identities before the bindings that
+/// name them.
+pub fn recreate_order(removed: &[Value]) -> Vec<&Value> {
+    let mut out: Vec<&Value> = removed.iter().collect();
+    out.sort_by_key(|m| m["kind"] != "AzureIdentity");
+    out
+}
+
+/// A workload's `spec.selector` (matchLabels and matchExpressions) as the API server's
+/// label-selector query, so its pods are listed exactly as its controller selects them.
+pub fn selector_query(selector: &Value) -> String {
+    let mut parts: Vec<String> = selector["matchLabels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect();
+    for x in selector["matchExpressions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let key = x["key"].as_str().unwrap_or_default();
+        let values: Vec<&str> = x["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        parts.push(match x["operator"].as_str().unwrap_or_default() {
+            "In" => format!("{key} in ({})", values.join(",")),
+            "NotIn" => format!("{key} notin ({})", values.join(",")),
+            "DoesNotExist" => format!("!{key}"),
+            _ => key.to_owned(),
+        });
+    }
+    parts.join(",")
+}
+
+#[cfg(test)]
+mod removed_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn binding() -> Value {
+        json!({"apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzureIdentityBinding",
+            "metadata": {"name": "b", "namespace": "n", "uid": "u", "resourceVersion": "7",
+                         "labels": {"team": "a"}, "managedFields": []},
+            "spec": {"azureIdentity": "id", "selector": "sel"}, "status": {"x": 1}})
+    }
+
+    #[test]
+    fn a_removed_object_keeps_what_recreates_it_and_drops_server_fields() {
+        let m = removed_manifest("AzureIdentityBinding", &binding());
+        assert_eq!(
+            m,
+            json!({"apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzureIdentityBinding",
+                "metadata": {"name": "b", "namespace": "n", "labels": {"team": "a"}},
+                "spec": {"azureIdentity": "id", "selector": "sel"}})
+        );
+    }
+
+    #[test]
+    fn merging_records_each_object_once_and_keeps_the_first_copy() {
+        let first = removed_manifest("AzureIdentityBinding", &binding());
+        let mut changed = binding();
+        changed["spec"]["selector"] = "other".into();
+        let again = removed_manifest("AzureIdentityBinding", &changed);
+        let id = json!({"kind": "AzureIdentity", "metadata": {"name": "id", "namespace": "n"}});
+        let merged = merge_removed(std::slice::from_ref(&first), vec![again, id.clone()]);
+        assert_eq!(merged, vec![first.clone(), id.clone()]);
+        let order: Vec<&Value> = recreate_order(&merged);
+        assert_eq!(order, vec![&id, &first], "identities first");
+    }
+
+    #[test]
+    fn a_selector_with_expressions_lists_what_its_controller_selects() {
+        let s = json!({"matchLabels": {"app": "web"}, "matchExpressions": [
+            {"key": "tier", "operator": "In", "values": ["a", "b"]},
+            {"key": "canary", "operator": "DoesNotExist"},
+            {"key": "zone", "operator": "NotIn", "values": ["x"]},
+            {"key": "owner", "operator": "Exists"}]});
+        assert_eq!(
+            selector_query(&s),
+            "app=web,tier in (a,b),!canary,zone notin (x),owner"
+        );
+        assert_eq!(selector_query(&json!({})), "");
+    }
+}

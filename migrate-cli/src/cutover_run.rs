@@ -236,8 +236,8 @@ async fn wait_rollout(
     }
 }
 
-/// Writes the cutover's part of a record (`spec.stage`, `spec.recordedTemplate`) by
-/// server-side apply. Every apply names all the fields the cutover keeps: a field left out is a
+/// Writes the cutover's part of a record (`spec.stage`, `spec.recordedTemplate`,
+/// `spec.removedPodIdentity`) by server-side apply. Every apply names all the fields the cutover keeps: a field left out is a
 /// field removed.
 async fn apply_record(
     client: &Client,
@@ -245,6 +245,7 @@ async fn apply_record(
     resource_version: Option<String>,
     stage: Option<Stage>,
     recorded: Option<&Value>,
+    removed: &[Value],
     dry_run: bool,
 ) -> Result<(), Error> {
     let api: Api<WorkloadMigration> = Api::namespaced(client.clone(), &e.namespace);
@@ -254,6 +255,9 @@ async fn apply_record(
     }
     if let Some(t) = recorded {
         spec["recordedTemplate"] = t.clone();
+    }
+    if !removed.is_empty() {
+        spec["removedPodIdentity"] = removed.into();
     }
     let mut meta = json!({"name": e.record, "namespace": e.namespace});
     if let Some(rv) = resource_version {
@@ -328,6 +332,7 @@ async fn switch_one(
             record.metadata.resource_version.clone(),
             Some(record.spec.stage.unwrap_or(Stage::Switched)),
             Some(&recorded),
+            &record.spec.removed_pod_identity,
             opts.dry_run,
         )
         .await
@@ -458,6 +463,11 @@ async fn rollback_one(
     let template = template_of(&e.kind, &obj)
         .cloned()
         .ok_or("the workload has no pod template")?;
+    let recreated =
+        recreate_removed(client, &record.spec.removed_pod_identity, opts.dry_run).await?;
+    if !recreated.is_empty() {
+        progress.say(&format!("re-created {}", recreated.join(", ")));
+    }
     let mut restored = false;
     if let Some(recorded) = &record.spec.recorded_template {
         if let Some(patch) = restore_patch(&e.kind, &template, recorded) {
@@ -488,18 +498,54 @@ async fn rollback_one(
         record.metadata.resource_version.clone(),
         None,
         None,
+        &[],
         opts.dry_run,
     )
     .await
     .map_err(fail)?;
-    Ok(match (opts.dry_run, restored) {
+    let done: String = match (opts.dry_run, restored) {
         (true, _) => {
             "would restore the recorded template and clear the stage (server-side dry run passed)"
                 .into()
         }
         (false, true) => "template restored exactly, rolled out, stage cleared".into(),
         (false, false) => "template already as recorded; stage cleared".into(),
+    };
+    Ok(match recreated.is_empty() {
+        true => done,
+        false => format!("re-created {}; {done}", recreated.join(", ")),
     })
+}
+
+/// Creates the pod-identity objects finalize deleted for this workload that are missing now
+/// (identities first); returns what it created, as `kind ns/name`.
+async fn recreate_removed(
+    client: &Client,
+    removed: &[Value],
+    dry_run: bool,
+) -> Result<Vec<String>, String> {
+    let pp = PostParams {
+        dry_run,
+        ..Default::default()
+    };
+    let mut created = Vec::new();
+    for m in crate::cutover::recreate_order(removed) {
+        let (kind, ns, name) = crate::cutover::manifest_key(m);
+        let plural = if kind == "AzureIdentity" {
+            "azureidentities"
+        } else {
+            "azureidentitybindings"
+        };
+        let api = pod_identity_api(client, &ns, &kind, plural);
+        let obj: DynamicObject =
+            serde_json::from_value(m.clone()).map_err(|x| format!("{kind} {ns}/{name}: {x}"))?;
+        match api.create(&pp, &obj).await {
+            Ok(_) => created.push(format!("{kind} {ns}/{name}")),
+            Err(kube::Error::Api(x)) if x.code == 409 => {}
+            Err(x) => return Err(format!("re-creating {kind} {ns}/{name}: {x}")),
+        }
+    }
+    Ok(created)
 }
 
 /// `podid cutover rollback` for these workloads. Unlike `switch` it goes on after a failure:
@@ -695,16 +741,13 @@ async fn ready_pods(
             .and_then(Value::as_i64)
             .unwrap_or(1),
     };
-    let selector: Vec<String> = obj
-        .pointer("/spec/selector/matchLabels")
-        .and_then(Value::as_object)
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-        .collect();
+    let selector = obj
+        .pointer("/spec/selector")
+        .map(crate::cutover::selector_query)
+        .unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &e.namespace);
     let list = pods
-        .list(&ListParams::default().labels(&selector.join(",")))
+        .list(&ListParams::default().labels(&selector))
         .await
         .map_err(|x| format!("listing its pods: {x}"))?
         .items;
@@ -892,6 +935,7 @@ async fn verify_one(
             record.metadata.resource_version.clone(),
             Some(Stage::Verified),
             record.spec.recorded_template.as_ref(),
+            &record.spec.removed_pod_identity,
             opts.dry_run,
         )
         .await
@@ -965,6 +1009,7 @@ async fn finalize_one(
             record.metadata.resource_version.clone(),
             Some(Stage::Completed),
             record.spec.recorded_template.as_ref(),
+            &record.spec.removed_pod_identity,
             false,
         )
         .await
@@ -1002,12 +1047,82 @@ fn pod_identity_api(client: &Client, ns: &str, kind: &str, plural: &str) -> Api<
     Api::namespaced_with(client.clone(), ns, &ar)
 }
 
-/// Deletes what [`crate::cutover::unused_bindings`] found: each binding, then each identity.
+/// Copies into each finalized workload's record the objects of `unused` it used, as they are
+/// now, so rollback can re-create them: written before anything is deleted.
+async fn record_removed(
+    client: &Client,
+    unused: &crate::cutover::Unused,
+    done: &[&PlanEntry],
+    dry_run: bool,
+) -> Result<(), String> {
+    for e in done {
+        let mut added = Vec::new();
+        for (kind, ns, name) in unused.used_by(e) {
+            let plural = if kind == "AzureIdentity" {
+                "azureidentities"
+            } else {
+                "azureidentitybindings"
+            };
+            let api = pod_identity_api(client, &ns, kind, plural);
+            if let Some(o) = api
+                .get_opt(&name)
+                .await
+                .map_err(|x| format!("reading {kind} {ns}/{name}: {x}"))?
+            {
+                let o = serde_json::to_value(o).map_err(|x| x.to_string())?;
+                added.push(crate::cutover::removed_manifest(kind, &o));
+            }
+        }
+        if added.is_empty() {
+            continue;
+        }
+        let records: Api<WorkloadMigration> = Api::namespaced(client.clone(), &e.namespace);
+        let record = records
+            .get(&e.record)
+            .await
+            .map_err(|x| format!("reading its WorkloadMigration {}: {x}", e.record))?;
+        let removed = crate::cutover::merge_removed(&record.spec.removed_pod_identity, added);
+        if removed == record.spec.removed_pod_identity {
+            continue;
+        }
+        apply_record(
+            client,
+            e,
+            record.metadata.resource_version.clone(),
+            record.spec.stage,
+            record.spec.recorded_template.as_ref(),
+            &removed,
+            dry_run,
+        )
+        .await
+        .map_err(|x| {
+            format!(
+                "recording what {}/{} used in its WorkloadMigration: {x}",
+                e.namespace,
+                e.workload()
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Deletes what [`crate::cutover::unused_bindings`] found: each binding, then each identity,
+/// once a copy of each is in the records of the finalized workloads (`done`) that used it.
 pub async fn delete_bindings(
     client: &Client,
     unused: &crate::cutover::Unused,
+    done: &[&PlanEntry],
     dry_run: bool,
 ) -> Vec<Outcome> {
+    if let Err(message) = record_removed(client, unused, done, dry_run).await {
+        // Nothing is deleted that rollback could not bring back.
+        return vec![Outcome {
+            namespace: String::new(),
+            workload: "bindings".into(),
+            result: "failed".into(),
+            message: format!("{message}; nothing deleted"),
+        }];
+    }
     let dp = kube::api::DeleteParams {
         dry_run,
         ..Default::default()

@@ -568,7 +568,7 @@ async fn run_cutover(command: CutoverCommand) -> anyhow::Result<ExitCode> {
                 // A fresh view: the finalized templates no longer carry the label.
                 let (_, _, inv, ctx, ..) = cutover_view(&scope).await?;
                 let unused = podid_cli::cutover::unused_bindings(&done, &inv, &ctx);
-                outcomes.extend(delete_bindings(&c, &unused, change.dry_run).await);
+                outcomes.extend(delete_bindings(&c, &unused, &done, change.dry_run).await);
             }
             outcomes.extend(unverified.iter().cloned());
             print!("{}", outcome_table(&outcomes, None));

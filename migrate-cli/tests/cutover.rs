@@ -938,9 +938,116 @@ async fn prepare_switch_verify_finalize_end_on_workload_id_and_roll_back_exactly
         };
         assert_eq!(tmpl(&o, kind), tmpl(&before[name], kind), "{name}");
         let r = record(c, n, &format!("{}-{name}", kind.to_lowercase())).await;
-        assert_eq!((r.spec.stage, r.spec.recorded_template), (None, None));
+        assert_eq!(
+            (
+                r.spec.stage,
+                r.spec.recorded_template,
+                r.spec.removed_pod_identity
+            ),
+            (None, None, vec![])
+        );
     }
+    // The binding finalize deleted is back as it was, so the CronJob's next pods match it.
+    let back = bindings.get("cron-binding").await.unwrap();
+    assert_eq!(
+        (
+            back.data["spec"]["azureIdentity"].as_str(),
+            back.data["spec"]["selector"].as_str()
+        ),
+        (Some("app-id"), Some("cron"))
+    );
+    assert!(
+        stdout_of(&out).contains("re-created AzureIdentityBinding"),
+        "{}",
+        text(&out)
+    );
+
+    // And the rolled-back pods get tokens through pod identity again: the node agent (managed
+    // mode, which reads the bindings directly) serves a web pod its identity from the node's
+    // scale set.
+    let pool = podid_testkit::NodePool::aks("cutover", 1);
+    let vmss = emu.add_scale_set(&pool.resource_group, &pool.scale_set, 1);
+    emu.preassign(&vmss, &ident.id);
+    let web =
+        podid_testkit::wait_for_running_pods(pods.clone(), "app=web,aadpodidbinding=app", 2, 60)
+            .await
+            .unwrap();
+    assert!(
+        web.iter()
+            .all(|p| p.spec.as_ref().unwrap().service_account_name.as_deref() != Some("web"))
+    );
+    let ip: std::net::IpAddr = web[0]
+        .status
+        .as_ref()
+        .unwrap()
+        .pod_ip
+        .as_deref()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    let flags = <podid_nmi::config::Flags as clap::Parser>::try_parse_from([
+        "podid-nmi".to_owned(),
+        format!("--node={}", pool.node_name(0)),
+        "--operation-mode=managed".to_owned(),
+        "--forceNamespaced".to_owned(),
+        format!(
+            "--imds-endpoint={}",
+            emu.imds_endpoint(&format!("{}_0", pool.scale_set))
+        ),
+    ])
+    .unwrap();
+    let view = podid_nmi::cluster::KubeView::start(
+        c.clone(),
+        &pool.node_name(0),
+        false,
+        false,
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let builder = podid_nmi::agent::AgentBuilder::new(&flags, shutdown.clone());
+    let credentials = builder
+        .kube_credentials(c.clone(), std::sync::Arc::new(view.clone()))
+        .unwrap();
+    let agent = std::sync::Arc::new(
+        builder.build(std::sync::Arc::new(view), std::sync::Arc::new(credentials)),
+    );
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(podid_nmi::server::serve(
+        listener,
+        podid_nmi::server::router(agent),
+        shutdown.clone(),
+    ));
+    let http = reqwest::Client::builder()
+        .local_address(ip)
+        .no_proxy()
+        .build()
+        .unwrap();
+    let resp = http
+        .get(format!(
+            "http://127.0.0.1:{port}/metadata/identity/oauth2/token"
+        ))
+        .query(&[
+            ("api-version", "2018-02-01"),
+            ("resource", "https://vault.azure.net"),
+        ])
+        .header("Metadata", "true")
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let claims = podid_testkit::sdk::claims(body["access_token"].as_str().unwrap());
+    assert_eq!(claims["xms_mirid"], ident.id, "{claims}");
     println!("figures: switch {switch_took:?}, verify {verify_took:?}");
+}
+
+fn stdout_of(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// Each stage's command killed (SIGKILL) at its boundary — as soon as it has recorded the

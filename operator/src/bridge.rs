@@ -130,6 +130,56 @@ pub struct BridgePlan {
     pub delete_service_accounts: Vec<(String, String)>,
 }
 
+impl BridgePlan {
+    /// This plan for the workloads in `scope` only, as (namespace, kind, name): their records,
+    /// the credentials and ServiceAccounts they need; no deletion (what is out of scope is not
+    /// looked at, so nothing can be known unneeded).
+    pub fn restrict(&self, scope: &BTreeSet<(String, String, String)>) -> BridgePlan {
+        let workloads: Vec<WorkloadBridge> = self
+            .workloads
+            .iter()
+            .filter(|w| scope.contains(&(w.namespace.clone(), w.kind.clone(), w.name.clone())))
+            .cloned()
+            .collect();
+        let needed: BTreeSet<(&str, &str)> = workloads
+            .iter()
+            .flat_map(|w| &w.credentials)
+            .map(|c| (c.identity.as_str(), c.credential.name.as_str()))
+            .collect();
+        let accounts: BTreeSet<(String, String)> = workloads
+            .iter()
+            .flat_map(|w| {
+                let own = (w.namespace.clone(), w.target_service_account.clone());
+                let shared = w
+                    .credentials
+                    .iter()
+                    .filter_map(|c| subject_parts(&c.credential.subject))
+                    .map(|(ns, sa)| (ns.to_owned(), sa.to_owned()));
+                std::iter::once(own).chain(shared)
+            })
+            .collect();
+        BridgePlan {
+            put: self
+                .put
+                .iter()
+                .filter(|(id, c)| needed.contains(&(id.as_str(), c.name.as_str())))
+                .cloned()
+                .collect(),
+            delete: Vec::new(),
+            service_accounts: self
+                .service_accounts
+                .iter()
+                .filter(|w| accounts.contains(&(w.namespace.clone(), w.name.clone())))
+                .cloned()
+                .collect(),
+            left_out: self.left_out.clone(),
+            shared: self.shared.clone(),
+            delete_service_accounts: Vec::new(),
+            workloads,
+        }
+    }
+}
+
 /// Decides one pass. `issuer` is the cluster's usable OIDC issuer; without one the caller
 /// writes nothing to Azure (every workload is blocked by `no-oidc-issuer` in the plan).
 pub fn plan(assessments: &[Assessment], issuer: &str, observed: &Observed) -> BridgePlan {

@@ -73,6 +73,9 @@ pub struct BridgeSettings {
     /// podid-operator's own namespace, where per-identity ServiceAccounts are made (`None`: not
     /// made).
     pub namespace: Option<String>,
+    /// Only these workloads, as (namespace, kind, name): a pass then writes what they need and
+    /// removes nothing (`podid cutover prepare --direct`). `None`: every workload.
+    pub scope: Option<BTreeSet<(String, String, String)>>,
 }
 
 /// The watched objects the bridge decides from.
@@ -280,12 +283,17 @@ impl<F: FederatedCredentials> Bridge<F> {
         let assessments = self.assess(&issuer);
         let Ok(issuer) = issuer else {
             // No usable issuer: nothing goes to Azure; the records say why.
-            let plan = bridge::plan(&assessments, "", &Observed::default());
+            let mut plan = bridge::plan(&assessments, "", &Observed::default());
+            if let Some(scope) = &self.settings.scope {
+                plan = plan.restrict(scope);
+            }
             report.workloads = plan.workloads.len();
             self.write_records(&plan.workloads, &BTreeSet::new(), &mut report)
                 .await;
-            self.remove_stale_records(&record_keys(&plan.workloads), &mut report)
-                .await;
+            if self.settings.scope.is_none() {
+                self.remove_stale_records(&record_keys(&plan.workloads), &mut report)
+                    .await;
+            }
             return report;
         };
         let mut observed = self.observe_kubernetes();
@@ -295,7 +303,10 @@ impl<F: FederatedCredentials> Bridge<F> {
             namespace: self.settings.namespace.clone(),
             exchanged: self.exchanged(&assessments),
         };
-        let plan = bridge::plan_with(&assessments, &issuer, &observed, &sharing);
+        let mut plan = bridge::plan_with(&assessments, &issuer, &observed, &sharing);
+        if let Some(scope) = &self.settings.scope {
+            plan = plan.restrict(scope);
+        }
         report.workloads = plan.workloads.len();
         self.write_service_accounts(&plan, &mut report).await;
         self.write_credentials(&plan, &mut report).await;
@@ -305,8 +316,10 @@ impl<F: FederatedCredentials> Bridge<F> {
             .await;
         self.write_records(&plan.workloads, &ready, &mut report)
             .await;
-        self.remove_stale_records(&record_keys(&plan.workloads), &mut report)
-            .await;
+        if self.settings.scope.is_none() {
+            self.remove_stale_records(&record_keys(&plan.workloads), &mut report)
+                .await;
+        }
         report
     }
 
@@ -679,6 +692,7 @@ impl<F: FederatedCredentials> Bridge<F> {
                     },
                     stage: None,
                     recorded_template: None,
+                    removed_pod_identity: Vec::new(),
                 },
             );
             record.metadata.labels = Some(BTreeMap::from([(
@@ -1000,6 +1014,70 @@ impl Prover for ExchangeProver {
                 .map_err(|e| e.to_string())
         })
     }
+}
+
+/// What the production bridge needs from Azure.
+pub struct BridgeAzure<'a> {
+    pub cloud: &'a podid_azure::CloudConfig,
+    pub credential: Arc<dyn podid_azure::TokenCredential>,
+    /// For the token exchange (trusting any extra CA the caller was given).
+    pub http: reqwest::Client,
+    /// For `--aks-cluster-id`'s issuer lookup.
+    pub arm: &'a podid_azure::Arm,
+}
+
+/// The bridge as podid-operator runs it (and `podid cutover prepare --direct` for one pass):
+/// watches started, federated credentials through azure_mgmt_msi one write at a time per
+/// identity (a 409 from another writer retried), each proven by a real token exchange. The
+/// issuer is `issuer_flag`, else the AKS cluster's, else the API server's; the tenant the
+/// cloud configuration's. Returns the bridge and the notifier its watches wake.
+pub async fn production_bridge(
+    client: &Client,
+    azure: BridgeAzure<'_>,
+    issuer_flag: Option<&str>,
+    aks_cluster_id: Option<&str>,
+    mut settings: BridgeSettings,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> Result<
+    (
+        Bridge<podid_azure::SerialCredentials<podid_azure::MsiCredentials>>,
+        Arc<Notify>,
+    ),
+    podid_azure::Error,
+> {
+    let endpoints = &azure.cloud.endpoints;
+    settings.issuer =
+        resolve_issuer(issuer_flag, aks_cluster_id.map(|c| (azure.arm, c)), client).await;
+    tracing::info!(issuer = ?settings.issuer, "bridge: OIDC issuer");
+    settings.tenant_id = Some(azure.cloud.tenant_id.clone()).filter(|t| !t.is_empty());
+    let notify = Arc::new(Notify::new());
+    let stores = BridgeStores::start(client, notify.clone(), shutdown);
+    let prover = ExchangeProver::new(
+        client.clone(),
+        azure.http.clone(),
+        &endpoints.authority_host,
+        &azure.cloud.tenant_id,
+        &endpoints.arm_audience,
+    );
+    let mut msi = podid_azure::MsiCredentials::new(
+        &endpoints.arm,
+        &endpoints.arm_audience,
+        azure.credential.clone(),
+    )?;
+    let m = metrics.clone();
+    msi.observer = Some(Arc::new(move |op, result, took| {
+        m.observe_arm(op, result, took)
+    }));
+    let bridge = Bridge::new(
+        client.clone(),
+        podid_azure::SerialCredentials::new(msi),
+        Arc::new(prover),
+        stores,
+        settings,
+        metrics.clone(),
+    );
+    Ok((bridge, notify))
 }
 
 /// The OIDC issuer the bridge puts in credentials: `flag` (`--oidc-issuer`) when set; else the

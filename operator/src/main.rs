@@ -10,9 +10,7 @@ use axum::Router;
 use clap::Parser;
 use podid_azure::{Arm, MsiCredentials, SerialCredentials};
 use podid_crds::policy::Mode;
-use podid_operator::bridge_run::{
-    Bridge, BridgeSettings, BridgeStores, ExchangeProver, resolve_issuer,
-};
+use podid_operator::bridge_run::{Bridge, BridgeAzure, BridgeSettings, production_bridge};
 use podid_operator::config::Flags;
 use podid_operator::controller::{Controller, LoopSettings, Stores};
 use podid_operator::leader::{self, Election};
@@ -343,25 +341,9 @@ async fn bridge(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<(Bridge<SerialCredentials<MsiCredentials>>, Arc<Notify>)> {
     let arm = azure.arm(flags, metrics);
-    let issuer = resolve_issuer(
-        flags.oidc_issuer.as_deref(),
-        flags.aks_cluster_id.as_deref().map(|c| (&arm, c)),
-        client,
-    )
-    .await;
-    tracing::info!(issuer = ?issuer, "bridge: OIDC issuer");
-    let notify = Arc::new(Notify::new());
-    let stores = BridgeStores::start(client, notify.clone(), shutdown);
-    let prover = ExchangeProver::new(
-        client.clone(),
-        azure.http.clone(),
-        &azure.cloud.endpoints.authority_host,
-        &azure.cloud.tenant_id,
-        &azure.cloud.endpoints.arm_audience,
-    );
     let settings = BridgeSettings {
-        issuer,
-        tenant_id: Some(azure.cloud.tenant_id.clone()).filter(|t| !t.is_empty()),
+        issuer: None,
+        tenant_id: None,
         match_options: flags.mode.match_options(flags.force_namespaced),
         // 2 s, 4 s, 8 s, then 16 s: about two and a half minutes in all.
         proof_attempts: 12,
@@ -374,26 +356,22 @@ async fn bridge(
                 .filter(|n| !n.is_empty())
                 .unwrap_or_else(|| flags.leader_election_namespace.clone()),
         ),
+        scope: None,
     };
-    // Federated credentials through azure_mgmt_msi: one write at a time per identity, a 409
-    // from another writer retried.
-    let mut msi = MsiCredentials::new(
-        &azure.cloud.endpoints.arm,
-        &azure.cloud.endpoints.arm_audience,
-        azure.credential.clone(),
-    )
-    .context("ARM client for federated credentials")?;
-    let m = metrics.clone();
-    msi.observer = Some(Arc::new(move |op, result, took| {
-        m.observe_arm(op, result, took)
-    }));
-    let bridge = Bridge::new(
-        client.clone(),
-        SerialCredentials::new(msi),
-        Arc::new(prover),
-        stores,
+    production_bridge(
+        client,
+        BridgeAzure {
+            cloud: &azure.cloud,
+            credential: azure.credential.clone(),
+            http: azure.http.clone(),
+            arm: &arm,
+        },
+        flags.oidc_issuer.as_deref(),
+        flags.aks_cluster_id.as_deref(),
         settings,
-        metrics.clone(),
-    );
-    Ok((bridge, notify))
+        metrics,
+        shutdown,
+    )
+    .await
+    .context("ARM client for federated credentials")
 }

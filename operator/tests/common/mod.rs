@@ -422,6 +422,7 @@ pub fn bridge(
             proof_interval: Duration::from_millis(250),
             serving: Default::default(),
             namespace: None,
+            scope: None,
         },
         Metrics::new(),
     )
