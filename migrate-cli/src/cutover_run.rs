@@ -691,6 +691,133 @@ pub async fn prepare(client: &Client, entries: &[&PlanEntry], opts: &RunOptions)
     outcomes
 }
 
+/// What `prepare --direct` needs: Azure, and the issuer as podid-operator would find it.
+pub struct Direct {
+    pub cloud: podid_azure::CloudConfig,
+    pub credential: Arc<dyn podid_azure::TokenCredential>,
+    /// Trusting any `--extra-ca-file`.
+    pub http: reqwest::Client,
+    pub oidc_issuer: Option<String>,
+    pub aks_cluster_id: Option<String>,
+    pub match_options: podid_crds::policy::MatchOptions,
+}
+
+/// `podid cutover prepare --direct`: one pass of podid-operator's bridge, here, over these
+/// workloads only: the same decisions (`podid_operator::bridge`), the same writes
+/// (ServiceAccounts, federated credentials through ARM, a proof of each by a real token
+/// exchange, the records) and no deletion. With `dry_run` it writes nothing and returns what a
+/// pass would write. Bounded by `timeout`.
+pub async fn prepare_direct(
+    client: &Client,
+    entries: &[&PlanEntry],
+    direct: &Direct,
+    dry_run: bool,
+    timeout: Duration,
+) -> Result<Vec<Outcome>, Error> {
+    use podid_operator::bridge_run::{BridgeAzure, BridgeSettings, production_bridge};
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    let scope = entries
+        .iter()
+        .map(|e| (e.namespace.clone(), e.kind.clone(), e.name.clone()))
+        .collect();
+    let arm = podid_azure::Arm::new(
+        &direct.cloud.endpoints.arm,
+        direct.credential.clone(),
+        direct.http.clone(),
+    );
+    let settings = BridgeSettings {
+        issuer: None,
+        tenant_id: None,
+        match_options: direct.match_options,
+        proof_attempts: 12,
+        proof_interval: Duration::from_secs(2),
+        serving: Default::default(),
+        namespace: None,
+        scope: Some(scope),
+    };
+    let metrics = podid_operator::metrics::Metrics::new();
+    let (bridge, _) = production_bridge(
+        client,
+        BridgeAzure {
+            cloud: &direct.cloud,
+            credential: direct.credential.clone(),
+            http: direct.http.clone(),
+            arm: &arm,
+        },
+        direct.oidc_issuer.as_deref(),
+        direct.aks_cluster_id.as_deref(),
+        settings,
+        &metrics,
+        &shutdown,
+    )
+    .await?;
+    let deadline = Instant::now() + timeout;
+    tokio::time::timeout_at(deadline.into(), bridge.stores.ready())
+        .await
+        .map_err(|_| Error::Refused("the cluster's objects were not listed in time".into()))?;
+    let outcome = |ns: &str, workload: String, result: &str, message: String| Outcome {
+        namespace: ns.to_owned(),
+        workload,
+        result: result.into(),
+        message,
+    };
+    if dry_run {
+        let (issuer, plan, report) = bridge.decide().await;
+        let mut out = Vec::new();
+        if let Err(why) = issuer {
+            return Err(Error::Refused(format!("nothing can be prepared: {why}")));
+        }
+        for w in &plan.service_accounts {
+            let what = match (w.create, &w.client_id) {
+                (true, Some(id)) => format!("would create it, annotated with client ID {id}"),
+                (true, None) => "would create it".into(),
+                (false, Some(id)) => format!("would annotate it with client ID {id}"),
+                (false, None) => continue,
+            };
+            out.push(outcome(
+                &w.namespace,
+                format!("serviceaccount/{}", w.name),
+                "dry-run",
+                what,
+            ));
+        }
+        for (identity, c) in &plan.put {
+            out.push(outcome(
+                "",
+                format!("credential/{}", c.name),
+                "dry-run",
+                format!(
+                    "would create it on {identity} (issuer {}, subject {})",
+                    c.issuer, c.subject
+                ),
+            ));
+        }
+        if report.errors > 0 {
+            out.push(outcome(
+                "",
+                "arm".into(),
+                "failed",
+                format!(
+                    "{} identities' credentials could not be listed (see the log)",
+                    report.errors
+                ),
+            ));
+        }
+        return Ok(out);
+    }
+    let report = tokio::time::timeout_at(deadline.into(), bridge.pass())
+        .await
+        .map_err(|_| {
+            Error::Refused(format!(
+                "the pass did not finish within {}s",
+                timeout.as_secs()
+            ))
+        })?;
+    tracing::info!(?report, "prepare --direct: bridge pass");
+    Ok(Vec::new())
+}
+
 /// What `verify` needs for its token exchange.
 #[derive(Clone)]
 pub struct Exchange {

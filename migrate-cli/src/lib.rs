@@ -40,4 +40,6 @@ pub enum Error {
     Json(#[from] serde_json::Error),
     #[error("YAML: {0}")]
     Yaml(#[from] serde_yaml::Error),
+    #[error("Azure: {0}")]
+    Azure(#[from] podid_azure::Error),
 }

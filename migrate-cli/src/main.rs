@@ -11,8 +11,8 @@ use podid_cli::cutover::{
     outcome_table, patch_file_name, plan_table, status_table, status_troubled,
 };
 use podid_cli::cutover_run::{
-    Exchange, Outcome, RunOptions, check_webhook, delete_bindings, finalize, prepare, rollback,
-    switch, verify,
+    Exchange, Outcome, RunOptions, check_webhook, delete_bindings, finalize, prepare,
+    prepare_direct, rollback, switch, verify,
 };
 use podid_cli::inventory::{ContextFromInventory, Inventory};
 use podid_cli::live::{Scope, scan};
@@ -130,6 +130,93 @@ struct Change {
     max_parallel: usize,
 }
 
+/// `podid cutover prepare --direct`: Azure as podid-operator is given it.
+#[derive(clap::Args)]
+struct DirectFlags {
+    /// Build the Workload ID side here, through ARM and the API server, when podid-operator is
+    /// not running: one pass of its bridge over the workloads in scope (ServiceAccounts,
+    /// federated credentials, a proof of each by token exchange, the records); nothing is
+    /// deleted.
+    #[arg(long)]
+    direct: bool,
+    /// azure.json, as podid-operator reads it (with --direct); the flags and AZURE_* variables
+    /// below win over it.
+    #[arg(long = "cloud-config", value_name = "FILE", env = "AZURE_CLOUD_CONFIG")]
+    cloud_config: Option<PathBuf>,
+    /// The Entra tenant (with --direct).
+    #[arg(long = "azure-tenant-id", env = "AZURE_TENANT_ID")]
+    tenant_id: Option<String>,
+    #[arg(long = "azure-subscription-id", env = "AZURE_SUBSCRIPTION_ID")]
+    subscription_id: Option<String>,
+    /// The service principal that writes federated credentials (with --direct); its secret only
+    /// from the environment, AZURE_CLIENT_SECRET, never a flag.
+    #[arg(long = "azure-client-id", env = "AZURE_CLIENT_ID")]
+    client_id: Option<String>,
+    #[arg(long = "azure-client-secret", env = "AZURE_CLIENT_SECRET", hide = true)]
+    client_secret: Option<String>,
+    /// The cloud's name (AzurePublicCloud, AzureChinaCloud, AzureUSGovernmentCloud,
+    /// AzureStackCloud with AZURE_ENVIRONMENT_FILEPATH).
+    #[arg(long = "azure-cloud")]
+    cloud: Option<String>,
+    /// ARM id of the AKS cluster, whose oidcIssuerProfile gives the issuer when --oidc-issuer
+    /// is not given (default: the API server's).
+    #[arg(long = "aks-cluster-id")]
+    aks_cluster_id: Option<String>,
+    /// PEM file of CA certificates to trust for ARM and Entra besides the system's.
+    #[arg(long = "azure-extra-ca-file", value_name = "FILE")]
+    extra_ca_file: Option<PathBuf>,
+}
+
+impl DirectFlags {
+    fn direct(
+        &self,
+        oidc_issuer: Option<String>,
+        match_options: podid_crds::policy::MatchOptions,
+    ) -> anyhow::Result<podid_cli::cutover_run::Direct> {
+        use anyhow::Context;
+        if self.cloud_config.is_none() && self.tenant_id.is_none() {
+            return Err(podid_cli::Error::Usage(
+                "--direct needs Azure: --cloud-config FILE (azure.json), or --azure-tenant-id, --azure-subscription-id, --azure-client-id and AZURE_CLIENT_SECRET".into(),
+            )
+            .into());
+        }
+        let overrides = podid_azure::Overrides {
+            tenant_id: self.tenant_id.clone(),
+            subscription_id: self.subscription_id.clone(),
+            client_id: self.client_id.clone(),
+            client_secret: self.client_secret.clone(),
+            cloud: self.cloud.clone(),
+            environment_file: std::env::var("AZURE_ENVIRONMENT_FILEPATH").ok(),
+            ..Default::default()
+        };
+        let cloud = podid_azure::CloudConfig::load(self.cloud_config.as_deref(), &overrides)
+            .context("--cloud-config")?;
+        let mut http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60));
+        if let Some(path) = &self.extra_ca_file {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("--azure-extra-ca-file {}", path.display()))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("--azure-extra-ca-file {}: not PEM", path.display()))?
+            {
+                http = http.add_root_certificate(cert);
+            }
+        }
+        let http = http.build()?;
+        let credential = cloud
+            .credential
+            .build(http.clone())
+            .context("Azure credential")?;
+        Ok(podid_cli::cutover_run::Direct {
+            cloud,
+            credential,
+            http,
+            oidc_issuer,
+            aks_cluster_id: self.aks_cluster_id.clone(),
+            match_options,
+        })
+    }
+}
+
 /// Output formats of `podid cutover plan` and `status`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum CutoverFormat {
@@ -175,6 +262,8 @@ enum CutoverCommand {
         /// How long to wait for the bridge in all (e.g. 300s, 5m).
         #[arg(long, default_value = "5m", value_parser = parse_duration)]
         timeout: std::time::Duration,
+        #[command(flatten)]
+        direct: DirectFlags,
     },
     /// Per switched workload: pods Running and Ready on the new template, the webhook's
     /// environment and projected token in them, and a token exchange for its ServiceAccount;
@@ -417,11 +506,12 @@ async fn run_cutover(command: CutoverCommand) -> anyhow::Result<ExitCode> {
             scope,
             dry_run,
             timeout,
+            direct,
         } => {
-            let (c, plan, _, _, records, _) = cutover_view(&scope).await?;
-            if records.is_empty() {
+            let (c, plan, _, ctx, records, _) = cutover_view(&scope).await?;
+            if !direct.direct && records.is_empty() {
                 return Err(podid_cli::Error::Refused(
-                    "no WorkloadMigration exists in the cluster: prepare works through podid-operator's bridge, which has written no record (is podid-operator running, with --bridge?); preparing directly through ARM without the operator is not supported".into(),
+                    "no WorkloadMigration exists in the cluster: prepare works through podid-operator's bridge, which has written no record (is podid-operator running, with --bridge?); without it, `podid cutover prepare --direct` builds them through ARM".into(),
                 )
                 .into());
             }
@@ -455,12 +545,27 @@ async fn run_cutover(command: CutoverCommand) -> anyhow::Result<ExitCode> {
                     entries.push(e);
                 }
             }
-            let opts = RunOptions {
+            let mut opts = RunOptions {
                 dry_run,
                 timeout,
                 max_parallel: 1,
                 quiet: scope.source.quiet,
             };
+            if direct.direct {
+                let azure = direct.direct(scope.source.oidc_issuer.clone(), ctx.match_options)?;
+                let started = std::time::Instant::now();
+                let built = prepare_direct(&c, &entries, &azure, dry_run, timeout).await?;
+                if dry_run {
+                    let mut done = built;
+                    done.append(&mut outcomes);
+                    print!("{}", outcome_table(&done, None));
+                    return Ok(code(done.iter().any(|o| o.failed())));
+                }
+                // The pass has written the records: what remains is reading them.
+                opts.timeout = timeout
+                    .saturating_sub(started.elapsed())
+                    .min(std::time::Duration::from_secs(10));
+            }
             let mut done = prepare(&c, &entries, &opts).await;
             done.append(&mut outcomes);
             print!("{}", outcome_table(&done, None));

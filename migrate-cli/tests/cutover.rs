@@ -1193,3 +1193,147 @@ async fn each_stage_killed_at_its_boundary_converges_and_rollback_from_verified_
         }
     }
 }
+
+/// `prepare --direct` with no podid-operator anywhere: one pass of the bridge's code, here,
+/// over the scope only: the target ServiceAccount annotated, a federated credential in ARM, a
+/// real token exchange proving it, the record written; a dry run first writes nothing, and a
+/// rerun writes nothing new. A workload outside the scope gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepare_direct_builds_and_proves_without_the_operator() {
+    use podid_azure_emulator::{Emulator, Settings};
+    let cluster = cluster().await;
+    let emu = Emulator::start(Settings::default()).await.unwrap();
+    emu.trust_issuer_ca(cluster.ca_pem());
+    let ident = emu.add_identity("rg", "direct-app");
+    let other = emu.add_identity("rg", "direct-other");
+    let (app, secret) = ("d1rec700-0000-0000-0000-00000000a11d", "direct-s3cret");
+    emu.add_app(app, Some(secret), None);
+    let ns = cluster.namespace("cutover-direct").await;
+    let (c, n) = (&ns.client, ns.name.as_str());
+    for (name, id, sel) in [("api-id", &ident, "api"), ("other-id", &other, "other")] {
+        apply(c, n, json!({"apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzureIdentity",
+            "metadata": {"name": name}, "spec": {"type": 0, "clientID": id.client_id, "resourceID": id.id}}))
+        .await;
+        apply(c, n, json!({"apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzureIdentityBinding",
+            "metadata": {"name": format!("{sel}-binding")}, "spec": {"azureIdentity": name, "selector": sel}}))
+        .await;
+    }
+    let api = workload(c, n, "Deployment", "api", 1, "api", None).await;
+    workload(c, n, "Deployment", "other", 1, "other", None).await;
+
+    // Azure as podid-operator is given it: azure.json with a service principal, the cloud's
+    // endpoints pointing at the emulator.
+    let dir = tempfile::tempdir().unwrap();
+    let env_file = dir.path().join("environment.json");
+    let arm = format!("{}/", emu.arm_endpoint());
+    std::fs::write(
+        &env_file,
+        json!({"name": "AzureStackCloud", "resourceManagerEndpoint": arm,
+               "activeDirectoryEndpoint": arm, "tokenAudience": "https://management.azure.com/",
+               "resourceIdentifiers": {}})
+        .to_string(),
+    )
+    .unwrap();
+    let azure_json = dir.path().join("azure.json");
+    std::fs::write(
+        &azure_json,
+        json!({"cloud": "AzureStackCloud", "tenantId": emu.tenant_id(),
+               "subscriptionId": emu.subscription_id(), "resourceGroup": "rg",
+               "aadClientId": app, "aadClientSecret": secret})
+        .to_string(),
+    )
+    .unwrap();
+    let prepare = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_podid"))
+            .args([
+                "cutover",
+                "prepare",
+                "-n",
+                n,
+                "--workload",
+                "deployment/api",
+                "-q",
+            ])
+            .args(extra)
+            .env("KUBECONFIG", cluster.kubeconfig())
+            .env("AZURE_ENVIRONMENT_FILEPATH", &env_file)
+            .env_remove("AZURE_CLIENT_SECRET")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let cloud = format!("--cloud-config={}", azure_json.display());
+
+    // Without the operator and without --direct: refused, naming --direct.
+    let out = prepare(&["--timeout", "5s"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("--direct"), "{}", text(&out));
+    // --direct without Azure: a usage error naming the flags.
+    let out = prepare(&["--direct"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("--cloud-config"), "{}", text(&out));
+
+    // Dry run: what a pass would write; nothing written.
+    let out = prepare(&["--direct", &cloud, "--dry-run"]);
+    println!("prepare --direct --dry-run:\n{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(stdout.contains("would create it on"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("system:serviceaccount:{n}:")),
+        "{stdout}"
+    );
+    assert!(emu.federated_credentials(&ident.id).is_empty());
+    let records: kube::Api<podid_crds::migration::WorkloadMigration> =
+        kube::Api::namespaced(c.clone(), n);
+    assert!(
+        records
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+
+    // The pass: built, proven by a real exchange, recorded.
+    let start = Instant::now();
+    let out = prepare(&["--direct", &cloud, "--timeout", "120s"]);
+    let took = start.elapsed();
+    println!("prepare --direct ({took:?}):\n{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(" prepared "),
+        "{}",
+        text(&out)
+    );
+    let creds = emu.federated_credentials(&ident.id);
+    assert_eq!(creds.len(), 1, "{creds:?}");
+    assert!(
+        emu.federated_credentials(&other.id).is_empty(),
+        "out of scope: nothing"
+    );
+    let r = record(c, n, "deployment-api").await;
+    let status = r.status.expect("the record's status");
+    assert_eq!(status.proven.as_deref(), Some("1/1"), "{status:?}");
+    let target = status.target_service_account.clone().unwrap();
+    let sa: k8s_openapi::api::core::v1::ServiceAccount = kube::Api::namespaced(c.clone(), n)
+        .get(&target)
+        .await
+        .unwrap();
+    assert_eq!(
+        sa.metadata.annotations.unwrap()["azure.workload.identity/client-id"],
+        ident.client_id
+    );
+    assert!(records.get_opt("deployment-other").await.unwrap().is_none());
+    assert_eq!(
+        get(c, n, "Deployment", "api").await["metadata"]["generation"],
+        api["metadata"]["generation"],
+        "pods untouched"
+    );
+
+    // Again: nothing new.
+    let out = prepare(&["--direct", &cloud, "--timeout", "120s"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(emu.federated_credentials(&ident.id), creds);
+    println!("figures: prepare --direct {took:?}");
+}

@@ -278,16 +278,9 @@ impl<F: FederatedCredentials> Bridge<F> {
 
     /// One pass over the current cache contents.
     pub async fn pass(&self) -> BridgeReport {
-        let mut report = BridgeReport::default();
-        let issuer = self.issuer();
-        let assessments = self.assess(&issuer);
+        let (issuer, plan, mut report) = self.decide().await;
         let Ok(issuer) = issuer else {
             // No usable issuer: nothing goes to Azure; the records say why.
-            let mut plan = bridge::plan(&assessments, "", &Observed::default());
-            if let Some(scope) = &self.settings.scope {
-                plan = plan.restrict(scope);
-            }
-            report.workloads = plan.workloads.len();
             self.write_records(&plan.workloads, &BTreeSet::new(), &mut report)
                 .await;
             if self.settings.scope.is_none() {
@@ -296,18 +289,6 @@ impl<F: FederatedCredentials> Bridge<F> {
             }
             return report;
         };
-        let mut observed = self.observe_kubernetes();
-        self.observe_arm(&assessments, &mut observed, &mut report)
-            .await;
-        let sharing = Sharing {
-            namespace: self.settings.namespace.clone(),
-            exchanged: self.exchanged(&assessments),
-        };
-        let mut plan = bridge::plan_with(&assessments, &issuer, &observed, &sharing);
-        if let Some(scope) = &self.settings.scope {
-            plan = plan.restrict(scope);
-        }
-        report.workloads = plan.workloads.len();
         self.write_service_accounts(&plan, &mut report).await;
         self.write_credentials(&plan, &mut report).await;
         self.delete_service_accounts(&plan, &mut report).await;
@@ -321,6 +302,33 @@ impl<F: FederatedCredentials> Bridge<F> {
                 .await;
         }
         report
+    }
+
+    /// What a pass would write, from the caches and ARM's lists of credentials (read only): the
+    /// issuer (or why there is none), the bridge's plan (restricted to the scope, if any), and
+    /// the reads' errors.
+    pub async fn decide(&self) -> (Result<String, String>, BridgePlan, BridgeReport) {
+        let mut report = BridgeReport::default();
+        let issuer = self.issuer();
+        let assessments = self.assess(&issuer);
+        let mut plan = match &issuer {
+            Err(_) => bridge::plan(&assessments, "", &Observed::default()),
+            Ok(issuer) => {
+                let mut observed = self.observe_kubernetes();
+                self.observe_arm(&assessments, &mut observed, &mut report)
+                    .await;
+                let sharing = Sharing {
+                    namespace: self.settings.namespace.clone(),
+                    exchanged: self.exchanged(&assessments),
+                };
+                bridge::plan_with(&assessments, issuer, &observed, &sharing)
+            }
+        };
+        if let Some(scope) = &self.settings.scope {
+            plan = plan.restrict(scope);
+        }
+        report.workloads = plan.workloads.len();
+        (issuer, plan, report)
     }
 
     /// The issuer to use, or why there is none.

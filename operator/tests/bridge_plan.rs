@@ -480,3 +480,52 @@ fn an_identity_within_the_limit_keeps_one_credential_per_service_account() {
     assert!(p.shared.is_empty());
     assert_eq!(p.left_out[&id].len(), 1);
 }
+
+/// `prepare --direct`'s pass: only the scope's workloads, their credentials and ServiceAccounts,
+/// and no deletion even of a podid credential no one needs.
+#[test]
+fn a_scoped_plan_writes_only_for_its_workloads_and_deletes_nothing() {
+    let ids = [msi("shop", "cart", "client-cart")];
+    let bindings = [binding("shop", "cart-b", "cart", "cart")];
+    let a = assess(
+        &[
+            workload("shop", "Deployment", "web", "web", "cart"),
+            workload("shop", "Deployment", "api", "api", "cart"),
+        ],
+        &ids,
+        &bindings,
+    );
+    let stale = foreign(
+        &credential_name(ISSUER, "shop", "old"),
+        "system:serviceaccount:shop:old",
+    );
+    let o = observed_with(&rid("cart"), vec![stale.clone()]);
+    let full = plan(&a, ISSUER, &o);
+    assert_eq!(full.put.len(), 2);
+    assert_eq!(
+        full.delete.len(),
+        1,
+        "the whole-cluster pass removes the stale one"
+    );
+    let scope = BTreeSet::from([("shop".to_owned(), "Deployment".to_owned(), "web".to_owned())]);
+    let p = full.restrict(&scope);
+    let names: Vec<(&str, &str)> = p
+        .workloads
+        .iter()
+        .map(|w| (w.kind.as_str(), w.name.as_str()))
+        .collect();
+    assert_eq!(names, [("Deployment", "web")]);
+    assert_eq!(
+        p.put
+            .iter()
+            .map(|(_, c)| c.subject.as_str())
+            .collect::<Vec<_>>(),
+        ["system:serviceaccount:shop:web"]
+    );
+    assert!(
+        p.service_accounts.iter().all(|s| s.name == "web"),
+        "{:?}",
+        p.service_accounts
+    );
+    assert!(p.delete.is_empty() && p.delete_service_accounts.is_empty());
+}
