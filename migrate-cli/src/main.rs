@@ -67,6 +67,8 @@ struct Source {
     oidc_issuer: Option<String>,
 }
 
+// Parsed once per run: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Report, per workload, whether it can move to Workload ID and what stands in the way.
