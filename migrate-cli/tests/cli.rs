@@ -571,3 +571,14 @@ fn a_fleet_of_snapshots_is_one_report_with_the_credential_limit_counted_over_all
         stderr(&out)
     );
 }
+
+#[test]
+fn the_cutover_works_on_one_context() {
+    let out = podid(&["cutover", "plan", "--context", "one", "--context", "two"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("one cluster at a time"),
+        "{}",
+        stderr(&out)
+    );
+}
