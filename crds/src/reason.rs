@@ -14,6 +14,7 @@ pub enum ReasonCode {
     SharedServiceAccount,
     FederatedCredentialLimit,
     NoOidcIssuer,
+    OidcIssuerUnknown,
     NoMatchingBinding,
     BindingWithoutIdentity,
     IdentityMissing,
@@ -33,12 +34,13 @@ pub enum ReasonCode {
 
 impl ReasonCode {
     /// Every code, in the order docs/report.md lists them.
-    pub const ALL: [Self; 20] = [
+    pub const ALL: [Self; 21] = [
         Self::ServicePrincipalIdentity,
         Self::MultipleIdentities,
         Self::SharedServiceAccount,
         Self::FederatedCredentialLimit,
         Self::NoOidcIssuer,
+        Self::OidcIssuerUnknown,
         Self::NoMatchingBinding,
         Self::BindingWithoutIdentity,
         Self::IdentityMissing,
@@ -64,6 +66,7 @@ impl ReasonCode {
             Self::SharedServiceAccount => "shared-service-account",
             Self::FederatedCredentialLimit => "federated-credential-limit",
             Self::NoOidcIssuer => "no-oidc-issuer",
+            Self::OidcIssuerUnknown => "oidc-issuer-unknown",
             Self::NoMatchingBinding => "no-matching-binding",
             Self::BindingWithoutIdentity => "binding-without-identity",
             Self::IdentityMissing => "identity-missing",
@@ -80,6 +83,17 @@ impl ReasonCode {
             Self::KubenetNetRaw => "kubenet-net-raw",
             Self::UnsupportedOwner => "unsupported-owner",
         }
+    }
+}
+
+impl ReasonCode {
+    /// True for a fact of the cluster rather than of a workload (its OIDC issuer, the Workload
+    /// ID webhook): the plan gives it to every workload it concerns, the report says it once.
+    pub fn is_cluster_wide(self) -> bool {
+        matches!(
+            self,
+            Self::NoOidcIssuer | Self::OidcIssuerUnknown | Self::WebhookNotInstalled
+        )
     }
 }
 

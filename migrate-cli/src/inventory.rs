@@ -59,6 +59,9 @@ pub struct Inventory {
     pub nodes: Vec<Node>,
     /// Kinds seen in input but not used (`apiVersion/kind` → count), reported as a note.
     pub skipped_kinds: std::collections::BTreeMap<String, usize>,
+    /// The cluster-wide facts were recorded (a snapshot header, or a live scan): without them
+    /// (plain `kubectl get` output) the OIDC issuer is unknown rather than absent.
+    pub facts_recorded: bool,
 }
 
 fn typed<T: serde::de::DeserializeOwned>(
@@ -84,14 +87,24 @@ pub trait ContextFromInventory {
 
 impl ContextFromInventory for ClusterContext {
     fn from_inventory(inv: &Inventory, match_options: MatchOptions) -> Self {
-        ClusterContext::new(
+        let mut ctx = ClusterContext::new(
             inv.cluster.oidc_issuer.as_deref(),
             inv.cluster.network_plugin.as_deref(),
             &inv.webhooks,
             &inv.nodes,
             match_options,
-        )
+        );
+        ctx.issuer_unknown = !inv.facts_recorded && inv.cluster.oidc_issuer.is_none();
+        ctx
     }
+}
+
+/// True for a `podid snapshot` header document.
+fn is_header(v: &serde_json::Value) -> bool {
+    v.get("kind").and_then(|k| k.as_str()) == Some(SNAPSHOT_KIND)
+        && v.get("apiVersion")
+            .and_then(|a| a.as_str())
+            .is_some_and(|a| a.split('/').next() == Some(SNAPSHOT_GROUP))
 }
 
 impl Inventory {
@@ -161,6 +174,7 @@ impl Inventory {
                     &what,
                 )?;
                 self.cluster = cluster;
+                self.facts_recorded = true;
             }
             ("v1", "Pod") => self.pods.push(typed(v, file, doc, &what)?),
             ("v1", "ServiceAccount") => self.service_accounts.push(typed(v, file, doc, &what)?),
@@ -202,6 +216,107 @@ impl Inventory {
 
     /// Reads one snapshot text (YAML, multi-document YAML, or JSON). `file` names it in errors.
     pub fn add_text(&mut self, text: &str, file: &str) -> Result<(), Error> {
+        for (doc_no, v) in documents(text, file)? {
+            self.add(v, file, doc_no)?;
+        }
+        Ok(())
+    }
+
+    /// Adds everything `other` holds; `other`'s recorded facts win when it has some.
+    pub fn merge(&mut self, other: Inventory) {
+        if other.facts_recorded {
+            self.cluster = other.cluster;
+            self.facts_recorded = true;
+        }
+        self.pods.extend(other.pods);
+        self.service_accounts.extend(other.service_accounts);
+        self.deployments.extend(other.deployments);
+        self.replica_sets.extend(other.replica_sets);
+        self.stateful_sets.extend(other.stateful_sets);
+        self.daemon_sets.extend(other.daemon_sets);
+        self.jobs.extend(other.jobs);
+        self.cron_jobs.extend(other.cron_jobs);
+        self.identities.extend(other.identities);
+        self.bindings.extend(other.bindings);
+        self.assigned.extend(other.assigned);
+        self.exceptions.extend(other.exceptions);
+        self.webhooks.extend(other.webhooks);
+        self.nodes.extend(other.nodes);
+        for (k, n) in other.skipped_kinds {
+            *self.skipped_kinds.entry(k).or_default() += n;
+        }
+    }
+
+    /// Reads snapshot files of one cluster or of several: each `ClusterSnapshot` header starts
+    /// the objects of the cluster it names (documents before a file's first header belong to
+    /// it), and headers naming the same cluster add up. Files without a header belong to the
+    /// one cluster the others name (or form it); with several named clusters they are an error,
+    /// as nothing says which cluster they came from. Clusters in order of first appearance.
+    pub fn clusters_from_files(paths: &[impl AsRef<Path>]) -> Result<Vec<Self>, Error> {
+        let mut clusters: Vec<Inventory> = Vec::new();
+        let mut loose: Vec<(String, Inventory)> = Vec::new();
+        for p in paths {
+            let p = p.as_ref();
+            let file = p.display().to_string();
+            let text = std::fs::read_to_string(p).map_err(|e| Error::Read {
+                file: file.clone(),
+                source: e,
+            })?;
+            let mut sections = vec![Inventory::default()];
+            for (doc_no, v) in documents(&text, &file)? {
+                if is_header(&v) && sections.last().is_some_and(|s| s.facts_recorded) {
+                    sections.push(Inventory::default());
+                }
+                if let Some(s) = sections.last_mut() {
+                    s.add(v, &file, doc_no)?;
+                }
+            }
+            for s in sections {
+                if !s.facts_recorded {
+                    loose.push((file.clone(), s));
+                } else if let Some(c) = clusters
+                    .iter_mut()
+                    .find(|c| c.cluster.name == s.cluster.name)
+                {
+                    c.merge(s);
+                } else {
+                    clusters.push(s);
+                }
+            }
+        }
+        if clusters.len() > 1
+            && let Some((file, _)) = loose.first()
+        {
+            let names: Vec<&str> = clusters
+                .iter()
+                .map(|c| c.cluster.name.as_deref().unwrap_or("(unnamed)"))
+                .collect();
+            return Err(Error::Snapshot {
+                file: file.clone(),
+                document: 1,
+                object: "file".into(),
+                field: "ClusterSnapshot".into(),
+                message: format!(
+                    "no header says which cluster these objects come from, and the files name several ({}): start the file with a ClusterSnapshot header naming its cluster",
+                    names.join(", ")
+                ),
+            });
+        }
+        if clusters.is_empty() {
+            clusters.push(Inventory::default());
+        }
+        for (_, s) in loose {
+            clusters[0].merge(s);
+        }
+        Ok(clusters)
+    }
+}
+
+/// The documents of one snapshot text (YAML, multi-document YAML, or JSON), numbered from 1;
+/// empty documents skipped.
+fn documents(text: &str, file: &str) -> Result<Vec<(usize, serde_json::Value)>, Error> {
+    let mut out = Vec::new();
+    {
         for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
             let doc_no = i + 1;
             let v: serde_json::Value =
@@ -217,7 +332,7 @@ impl Inventory {
                 })?;
             match v {
                 serde_json::Value::Null => continue,
-                serde_json::Value::Object(_) => self.add(v, file, doc_no)?,
+                serde_json::Value::Object(_) => out.push((doc_no, v)),
                 _ => {
                     return Err(Error::Snapshot {
                         file: file.into(),
@@ -229,9 +344,11 @@ impl Inventory {
                 }
             }
         }
-        Ok(())
     }
+    Ok(out)
+}
 
+impl Inventory {
     /// Reads snapshot files into one inventory.
     pub fn from_files(paths: &[impl AsRef<Path>]) -> Result<Self, Error> {
         let mut inv = Inventory::default();

@@ -136,6 +136,7 @@ pub async fn scan(
         network_plugin: None,
         captured_at: Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
     };
+    inv.facts_recorded = true;
     bar.finish_and_clear();
     Ok(inv)
 }

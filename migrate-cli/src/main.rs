@@ -45,9 +45,13 @@ struct Cli {
 
 #[derive(clap::Args)]
 struct Source {
-    /// kubeconfig context to use (default: the current one).
-    #[arg(long)]
-    context: Option<String>,
+    /// kubeconfig context to use (default: the current one). `report` and `snapshot` take
+    /// several (repeatable): one report over the fleet.
+    #[arg(long = "context", value_name = "NAME")]
+    contexts: Vec<String>,
+    /// Every context of the kubeconfig (`report`, `snapshot`).
+    #[arg(long, conflicts_with = "contexts")]
+    all_contexts: bool,
     /// Namespace to report on (repeatable). Bindings and identities are still read cluster-wide.
     #[arg(short = 'n', long = "namespace")]
     namespaces: Vec<String>,
@@ -62,9 +66,43 @@ struct Source {
     #[arg(short, long)]
     quiet: bool,
     /// The cluster's OIDC issuer URL (AKS: `az aks show --query oidcIssuerProfile.issuerUrl`),
-    /// overriding what the API server announces or the snapshot records.
-    #[arg(long, value_name = "URL")]
-    oidc_issuer: Option<String>,
+    /// overriding what the API server announces or the snapshot records. With several
+    /// clusters, `CLUSTER=URL` for each (repeatable).
+    #[arg(long = "oidc-issuer", value_name = "[CLUSTER=]URL")]
+    oidc_issuers: Vec<String>,
+}
+
+impl Source {
+    /// The one context of a command that works on one cluster (`cutover`).
+    fn single_context(&self) -> anyhow::Result<Option<&String>> {
+        if self.all_contexts || self.contexts.len() > 1 {
+            return Err(podid_cli::Error::Usage(
+                "podid cutover works on one cluster at a time: pass at most one --context".into(),
+            )
+            .into());
+        }
+        Ok(self.contexts.first())
+    }
+
+    /// The contexts to read (`None`: the current one).
+    fn contexts(&self) -> anyhow::Result<Vec<Option<String>>> {
+        if self.all_contexts {
+            let kc = kube::config::Kubeconfig::read().context("reading the kubeconfig")?;
+            let names: Vec<Option<String>> =
+                kc.contexts.into_iter().map(|c| Some(c.name)).collect();
+            if names.is_empty() {
+                return Err(podid_cli::Error::Usage(
+                    "--all-contexts: the kubeconfig has no context".into(),
+                )
+                .into());
+            }
+            return Ok(names);
+        }
+        if self.contexts.is_empty() {
+            return Ok(vec![None]);
+        }
+        Ok(self.contexts.iter().cloned().map(Some).collect())
+    }
 }
 
 // Parsed once per run: the size of the largest variant does not matter.
@@ -379,15 +417,10 @@ async fn cutover_view(
         .iter()
         .map(|w| CutoverScope::parse_workload(w))
         .collect::<Result<Vec<_>, _>>()?;
-    let c = client(cs.source.context.as_ref()).await?;
-    let mut inv = scan(
-        &c,
-        &Scope::default(),
-        cs.source.context.clone(),
-        cs.source.quiet,
-    )
-    .await?;
-    override_issuer(&mut inv, &cs.source);
+    let context = cs.source.single_context()?;
+    let c = client(context).await?;
+    let mut inv = scan(&c, &Scope::default(), context.cloned(), cs.source.quiet).await?;
+    override_issuers(std::slice::from_mut(&mut inv), &cs.source)?;
     let ctx = ClusterContext::from_inventory(&inv, MatchOptions::standard(false));
     let api: kube::Api<podid_crds::migration::WorkloadMigration> = kube::Api::all(c.clone());
     let records = match api.list(&Default::default()).await {
@@ -722,20 +755,65 @@ async fn client(context: Option<&String>) -> anyhow::Result<kube::Client> {
     Ok(kube::Client::try_from(cfg)?)
 }
 
-async fn live(source: &Source) -> anyhow::Result<Inventory> {
-    let c = client(source.context.as_ref()).await?;
+/// Reads every context of `source` (one, several, or all of the kubeconfig's).
+async fn live(source: &Source) -> anyhow::Result<Vec<Inventory>> {
     let scope = Scope {
         namespaces: source.namespaces.clone(),
     };
-    let mut inv = scan(&c, &scope, source.context.clone(), source.quiet).await?;
-    override_issuer(&mut inv, source);
-    Ok(inv)
+    let mut out = Vec::new();
+    for context in source.contexts()? {
+        let name = context.as_deref().unwrap_or("(current)");
+        let c = client(context.as_ref())
+            .await
+            .with_context(|| format!("context {name}"))?;
+        let inv = scan(&c, &scope, context.clone(), source.quiet)
+            .await
+            .with_context(|| format!("context {name}"))?;
+        out.push(inv);
+    }
+    override_issuers(&mut out, source)?;
+    Ok(out)
 }
 
-fn override_issuer(inv: &mut Inventory, source: &Source) {
-    if let Some(issuer) = &source.oidc_issuer {
-        inv.cluster.oidc_issuer = Some(issuer.clone()).filter(|i| !i.is_empty());
+/// Applies `--oidc-issuer`: a bare URL to the one cluster, `CLUSTER=URL` to the cluster so
+/// named. An empty URL says the cluster has none.
+fn override_issuers(clusters: &mut [Inventory], source: &Source) -> anyhow::Result<()> {
+    for value in &source.oidc_issuers {
+        let named = (!value.contains("://"))
+            .then(|| value.split_once('='))
+            .flatten();
+        let (target, url) = match named {
+            Some((name, url)) => {
+                let Some(inv) = clusters
+                    .iter_mut()
+                    .find(|c| c.cluster.name.as_deref() == Some(name))
+                else {
+                    let names: Vec<&str> = clusters
+                        .iter()
+                        .filter_map(|c| c.cluster.name.as_deref())
+                        .collect();
+                    return Err(podid_cli::Error::Usage(format!(
+                        "--oidc-issuer {value}: no cluster named {name} (read: {})",
+                        names.join(", ")
+                    ))
+                    .into());
+                };
+                (inv, url)
+            }
+            None => match clusters {
+                [one] => (one, value.as_str()),
+                _ => {
+                    return Err(podid_cli::Error::Usage(format!(
+                        "--oidc-issuer {value}: several clusters are read; name the cluster (--oidc-issuer CLUSTER=URL)"
+                    ))
+                    .into());
+                }
+            },
+        };
+        target.cluster.oidc_issuer = Some(url.to_owned()).filter(|i| !i.is_empty());
+        target.facts_recorded = true;
     }
+    Ok(())
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -751,19 +829,31 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .as_deref()
                 .map(LabelSelector::parse)
                 .transpose()?;
-            let inv = if from_file.is_empty() {
+            let clusters = if from_file.is_empty() {
                 live(&source).await?
             } else {
-                let mut inv = Inventory::from_files(&from_file)?;
-                override_issuer(&mut inv, &source);
-                inv
+                if source.all_contexts || !source.contexts.is_empty() {
+                    return Err(podid_cli::Error::Usage(
+                        "--from-file reads snapshot files, not kubeconfig contexts: drop --context/--all-contexts".into(),
+                    )
+                    .into());
+                }
+                let mut clusters = Inventory::clusters_from_files(&from_file)?;
+                override_issuers(&mut clusters, &source)?;
+                clusters
             };
-            for (kind, n) in &inv.skipped_kinds {
+            let contexts: Vec<ClusterContext> = clusters
+                .iter()
+                .map(|inv| {
+                    ClusterContext::from_inventory(inv, MatchOptions::standard(force_namespaced))
+                })
+                .collect();
+            let pairs: Vec<(&Inventory, &ClusterContext)> =
+                clusters.iter().zip(contexts.iter()).collect();
+            let report = Report::build_fleet(&pairs, &source.namespaces, selector.as_ref());
+            for (kind, n) in &report.skipped_kinds {
                 eprintln!("note: skipped {n} object(s) of kind {kind} (not used by the report)");
             }
-            let ctx =
-                ClusterContext::from_inventory(&inv, MatchOptions::standard(force_namespaced));
-            let report = Report::build_selected(&inv, &ctx, &source.namespaces, selector.as_ref());
             print!("{}", render(&report, output)?);
             Ok(if report.has_blocked() {
                 ExitCode::from(EXIT_BLOCKED)
@@ -773,8 +863,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Cutover { command } => run_cutover(command).await,
         Command::Snapshot { source, output } => {
-            let inv = live(&source).await?;
-            let yaml = inv.to_snapshot_yaml()?;
+            let mut yaml = String::new();
+            for inv in live(&source).await? {
+                yaml.push_str(&inv.to_snapshot_yaml()?);
+            }
             if output.as_os_str() == "-" {
                 print!("{yaml}");
             } else {

@@ -5,7 +5,7 @@ use std::fmt::Write;
 use podid_crds::plan::{Assessment, Severity, Verdict};
 
 use crate::Error;
-use crate::report::Report;
+use crate::report::{ClusterReport, Report, ReportWorkload};
 
 /// Output formats of `podid report -o`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -64,23 +64,53 @@ pub(crate) fn columns(rows: &[Vec<String>]) -> String {
     out
 }
 
+/// The cluster-wide findings, one line each (`cluster aks-a: ...` with several clusters).
+fn cluster_lines(r: &Report) -> String {
+    let mut out = String::new();
+    for c in r.all_clusters() {
+        let who = if r.cluster.is_some() {
+            "cluster".to_string()
+        } else {
+            format!("cluster {}", c.facts.name.as_deref().unwrap_or("-"))
+        };
+        for f in &c.findings {
+            let sev = match f.severity {
+                Severity::Blocker => "blocker",
+                Severity::Step => "step",
+                Severity::Note => "note",
+            };
+            let _ = writeln!(out, "{who}: {} ({sev}): {}", f.code, f.message);
+        }
+    }
+    out
+}
+
+fn workload_cell(a: &ReportWorkload) -> String {
+    format!("{}/{}", a.workload.kind.to_lowercase(), a.workload.name)
+}
+
 fn table(r: &Report) -> String {
-    let mut rows = vec![vec![
+    let fleet = r.cluster.is_none();
+    let mut header = vec![
         "NAMESPACE".to_string(),
         "WORKLOAD".into(),
         "SERVICEACCOUNT".into(),
         "IDENTITIES".into(),
         "VERDICT".into(),
         "REASONS".into(),
-    ]];
+    ];
+    if fleet {
+        header.insert(0, "CLUSTER".into());
+    }
+    let mut rows = vec![header];
     for a in r.workloads.iter().filter(|a| a.uses_pod_identity) {
         let mut why = reasons(a, Severity::Blocker);
         if why.is_empty() {
             why = reasons(a, Severity::Step);
         }
-        rows.push(vec![
+        let mut row = vec![
             a.workload.namespace.clone(),
-            format!("{}/{}", a.workload.kind.to_lowercase(), a.workload.name),
+            workload_cell(a),
             a.workload.service_account.clone(),
             identities(a),
             a.verdict.as_str().into(),
@@ -89,13 +119,21 @@ fn table(r: &Report) -> String {
             } else {
                 why.join(",")
             },
-        ]);
+        ];
+        if fleet {
+            row.insert(0, a.cluster.clone().unwrap_or_default());
+        }
+        rows.push(row);
     }
-    let mut out = if rows.len() > 1 {
-        columns(&rows)
+    let mut out = cluster_lines(r);
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    if rows.len() > 1 {
+        out.push_str(&columns(&rows));
     } else {
-        "No workload uses pod identity.\n".to_string()
-    };
+        out.push_str("No workload uses pod identity.\n");
+    }
     let v = &r.summary.verdicts;
     let _ = writeln!(
         out,
@@ -106,22 +144,67 @@ fn table(r: &Report) -> String {
         v.blocked,
         v.not_using
     );
-    if !r.summary.identities.is_empty() {
+    if let Some(c) = &r.cluster
+        && c.has_blocker()
+        && v.using() > 0
+    {
+        out.push_str("The cluster itself blocks the move (see above): no workload can move before that is resolved.\n");
+    }
+    if fleet {
         let mut rows = vec![vec![
+            "CLUSTER".to_string(),
+            "OIDC ISSUER".into(),
+            "USING".into(),
+            "READY".into(),
+            "NEEDS CHANGES".into(),
+            "BLOCKED".into(),
+            "CLUSTER FINDINGS".into(),
+        ]];
+        for c in &r.clusters {
+            let s = c.summary.clone().unwrap_or_default();
+            rows.push(vec![
+                c.facts.name.clone().unwrap_or_default(),
+                c.facts.oidc_issuer.clone().unwrap_or_else(|| "-".into()),
+                s.verdicts.using().to_string(),
+                s.verdicts.ready.to_string(),
+                s.verdicts.needs_changes.to_string(),
+                s.verdicts.blocked.to_string(),
+                cluster_codes(c),
+            ]);
+        }
+        out.push('\n');
+        out.push_str(&columns(&rows));
+    }
+    if !r.summary.identities.is_empty() {
+        let mut header = vec![
             "IDENTITY".to_string(),
             "TYPE".into(),
             "CLIENTID".into(),
             "WORKLOADS".into(),
+            "CREDENTIALS".into(),
             "BLOCKED".into(),
-        ]];
+        ];
+        if fleet {
+            header.push("CLUSTERS".into());
+        }
+        let mut rows = vec![header];
         for i in &r.summary.identities {
-            rows.push(vec![
+            let mut row = vec![
                 format!("{}/{}", i.namespace, i.name),
                 i.type_.clone(),
                 i.client_id.clone(),
                 i.workloads.to_string(),
+                format!(
+                    "{}/{}",
+                    i.federated_credentials,
+                    podid_crds::plan::MAX_FEDERATED_CREDENTIALS
+                ),
                 i.counts.blocked.to_string(),
-            ]);
+            ];
+            if fleet {
+                row.push(i.clusters.join(","));
+            }
+            rows.push(row);
         }
         out.push('\n');
         out.push_str(&columns(&rows));
@@ -129,20 +212,72 @@ fn table(r: &Report) -> String {
     out
 }
 
+fn cluster_codes(c: &ClusterReport) -> String {
+    if c.findings.is_empty() {
+        return "-".into();
+    }
+    c.findings
+        .iter()
+        .map(|f| f.code.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn markdown(r: &Report) -> String {
     let v = &r.summary.verdicts;
     let mut out = String::from("# Pod identity → Workload ID migration report\n\n");
-    if let Some(name) = &r.cluster.name {
-        let _ = writeln!(out, "Cluster: `{name}`  ");
+    let fleet = r.cluster.is_none();
+    if let Some(c) = &r.cluster {
+        if let Some(name) = &c.facts.name {
+            let _ = writeln!(out, "Cluster: `{name}`  ");
+        }
+        let _ = writeln!(
+            out,
+            "OIDC issuer: {}\n",
+            c.facts
+                .oidc_issuer
+                .as_deref()
+                .map_or("**none**".to_string(), |i| format!("`{i}`"))
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "## Clusters\n\n| Cluster | OIDC issuer | Using | Ready | Needs changes | Blocked |\n|---|---|---:|---:|---:|---:|"
+        );
+        for c in &r.clusters {
+            let s = c.summary.clone().unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} |",
+                c.facts.name.as_deref().unwrap_or("-"),
+                c.facts
+                    .oidc_issuer
+                    .as_deref()
+                    .map_or("**none**".to_string(), |i| format!("`{i}`")),
+                s.verdicts.using(),
+                s.verdicts.ready,
+                s.verdicts.needs_changes,
+                s.verdicts.blocked
+            );
+        }
+        out.push('\n');
     }
-    let _ = writeln!(
-        out,
-        "OIDC issuer: {}\n",
-        r.cluster
-            .oidc_issuer
-            .as_deref()
-            .map_or("**none**".to_string(), |i| format!("`{i}`"))
-    );
+    let findings: Vec<String> = r
+        .all_clusters()
+        .flat_map(|c| {
+            c.findings.iter().map(move |f| {
+                let who = if fleet {
+                    format!("{}: ", c.facts.name.as_deref().unwrap_or("-"))
+                } else {
+                    String::new()
+                };
+                format!("- {who}`{}` {}", f.code, f.message)
+            })
+        })
+        .collect();
+    if !findings.is_empty() {
+        let _ = writeln!(out, "## Cluster-wide findings\n\n{}\n", findings.join("\n"));
+    }
     let _ = writeln!(out, "| Verdict | Workloads |\n|---|---:|");
     let _ = writeln!(
         out,
@@ -159,10 +294,14 @@ fn markdown(r: &Report) -> String {
             .iter()
             .map(|f| format!("`{}` {}", f.code, f.message.replace('|', "\\|")))
             .collect();
+        let ns = match &a.cluster {
+            Some(c) => format!("{c}/{}", a.workload.namespace),
+            None => a.workload.namespace.clone(),
+        };
         let _ = writeln!(
             out,
             "| {} | {}/{} | {} | {} | **{}** | {} |",
-            a.workload.namespace,
+            ns,
             a.workload.kind,
             a.workload.name,
             a.workload.service_account,
@@ -173,13 +312,20 @@ fn markdown(r: &Report) -> String {
     }
     let _ = writeln!(
         out,
-        "\n## Identities\n\n| Identity | Type | Client ID | Workloads | Blocked |\n|---|---|---|---:|---:|"
+        "\n## Identities\n\n| Identity | Type | Client ID | Workloads | Federated credentials | Blocked | Clusters |\n|---|---|---|---:|---:|---:|---|"
     );
     for i in &r.summary.identities {
         let _ = writeln!(
             out,
-            "| {}/{} | {} | `{}` | {} | {} |",
-            i.namespace, i.name, i.type_, i.client_id, i.workloads, i.counts.blocked
+            "| {}/{} | {} | `{}` | {} | {} | {} | {} |",
+            i.namespace,
+            i.name,
+            i.type_,
+            i.client_id,
+            i.workloads,
+            i.federated_credentials,
+            i.counts.blocked,
+            i.clusters.join(", ")
         );
     }
     let _ = writeln!(
@@ -255,10 +401,14 @@ fn html(r: &Report) -> String {
                 )
             })
             .collect();
+        let ns = match &a.cluster {
+            Some(c) => format!("{c}/{}", a.workload.namespace),
+            None => a.workload.namespace.clone(),
+        };
         let _ = write!(
             rows,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><span class=\"v\" style=\"background:{}\">{}</span></td><td><ul>{}</ul></td></tr>",
-            esc(&a.workload.namespace),
+            esc(&ns),
             esc(&a.workload.kind),
             esc(&a.workload.name),
             esc(&a.workload.service_account),
@@ -272,13 +422,15 @@ fn html(r: &Report) -> String {
     for i in &r.summary.identities {
         let _ = write!(
             id_rows,
-            "<tr><td>{}/{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}/{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&i.namespace),
             esc(&i.name),
             esc(&i.type_),
             esc(&i.client_id),
             i.workloads,
-            i.counts.blocked
+            i.federated_credentials,
+            i.counts.blocked,
+            esc(&i.clusters.join(", "))
         );
     }
     let mut ns_rows = String::new();
@@ -293,16 +445,41 @@ fn html(r: &Report) -> String {
             c.not_using
         );
     }
-    let issuer = r
-        .cluster
-        .oidc_issuer
-        .as_deref()
-        .map_or("none".to_string(), esc);
-    let cluster = r
-        .cluster
-        .name
-        .as_deref()
-        .map_or("(unnamed)".to_string(), esc);
+    let named = |c: &ClusterReport| {
+        format!(
+            "<b>{}</b> (OIDC issuer: <code>{}</code>)",
+            c.facts.name.as_deref().map_or("(unnamed)".to_string(), esc),
+            c.facts
+                .oidc_issuer
+                .as_deref()
+                .map_or("none".to_string(), esc)
+        )
+    };
+    let cluster = r.all_clusters().map(named).collect::<Vec<_>>().join(", ");
+    let cluster_findings: String = r
+        .all_clusters()
+        .flat_map(|c| {
+            c.findings.iter().map(move |f| {
+                format!(
+                    "<li>{}<code>{}</code> {}</li>",
+                    if r.cluster.is_none() {
+                        format!("{}: ", esc(c.facts.name.as_deref().unwrap_or("-")))
+                    } else {
+                        String::new()
+                    },
+                    esc(f.code.as_str()),
+                    esc(&f.message)
+                )
+            })
+        })
+        .collect();
+    let cluster_findings = if cluster_findings.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "<h2>Cluster-wide findings</h2>\n<ul id=\"cluster-findings\">{cluster_findings}</ul>"
+        )
+    };
     format!(
         r#"<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>podid migration report</title>
@@ -313,13 +490,14 @@ th{{background:#f0f0f0;cursor:pointer;user-select:none}}th:after{{content:" \219
 .v{{color:#fff;border-radius:3px;padding:1px 6px}}ul{{margin:0;padding-left:1.2em}}code{{font-size:90%}}
 </style></head><body>
 <h1>Pod identity → Workload ID migration report</h1>
-<p>Cluster: <b>{cluster}</b> · OIDC issuer: <code>{issuer}</code> · {n} workloads use pod identity</p>
+<p>Cluster: {cluster} · {n} workloads use pod identity</p>
+{cluster_findings}
 {chart}
 <h2>Workloads</h2>
 <table class="sortable"><thead><tr><th>Namespace</th><th>Kind</th><th>Name</th><th>ServiceAccount</th><th>Identities</th><th>Verdict</th><th>Reasons and steps</th></tr></thead><tbody>
 {rows}</tbody></table>
 <h2>Identities</h2>
-<table class="sortable"><thead><tr><th>Identity</th><th>Type</th><th>Client ID</th><th>Workloads</th><th>Blocked</th></tr></thead><tbody>
+<table class="sortable"><thead><tr><th>Identity</th><th>Type</th><th>Client ID</th><th>Workloads</th><th>Federated credentials</th><th>Blocked</th><th>Clusters</th></tr></thead><tbody>
 {id_rows}</tbody></table>
 <h2>Namespaces</h2>
 <table class="sortable"><thead><tr><th>Namespace</th><th>Ready</th><th>Needs changes</th><th>Blocked</th><th>Not using</th></tr></thead><tbody>

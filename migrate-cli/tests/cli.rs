@@ -22,6 +22,10 @@ fn example(name: &str) -> String {
         .to_string()
 }
 
+fn plain_list(items: Vec<serde_json::Value>) -> String {
+    serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string()
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -64,14 +68,26 @@ fn exit_0_when_nothing_is_blocked() {
 fn the_examples_cover_every_reason_code_and_verdict() {
     let mut codes = BTreeSet::new();
     let mut verdicts = BTreeSet::new();
-    for f in ["cluster-snapshot.yaml", "legacy-cluster-snapshot.yaml"] {
-        let out = podid(&["report", "--from-file", &example(f), "-o", "json"]);
+    // The legacy cluster's objects as plain `kubectl get -o json` output: no header, so its
+    // issuer is unknown (`oidc-issuer-unknown`).
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("plain.json");
+    std::fs::write(&plain, plain_list(support::synth::legacy_example_objects())).unwrap();
+    for f in [
+        example("cluster-snapshot.yaml"),
+        example("legacy-cluster-snapshot.yaml"),
+        plain.display().to_string(),
+    ] {
+        let out = podid(&["report", "--from-file", &f, "-o", "json"]);
         let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         for w in r["workloads"].as_array().unwrap() {
             verdicts.insert(w["verdict"].as_str().unwrap().to_string());
             for f in w["findings"].as_array().unwrap() {
                 codes.insert(f["code"].as_str().unwrap().to_string());
             }
+        }
+        for f in r["cluster"]["findings"].as_array().into_iter().flatten() {
+            codes.insert(f["code"].as_str().unwrap().to_string());
         }
     }
     let documented = std::fs::read_to_string(
@@ -84,7 +100,11 @@ fn the_examples_cover_every_reason_code_and_verdict() {
             "reason code {code} is not documented in docs/report.md"
         );
     }
-    assert_eq!(codes.len(), 20, "{codes:?}");
+    assert_eq!(
+        codes.len(),
+        podid_crds::reason::ReasonCode::ALL.len(),
+        "{codes:?}"
+    );
     assert_eq!(
         verdicts,
         ["blocked", "needs-changes", "not-using", "ready"]
@@ -307,4 +327,258 @@ fn the_bundled_examples_are_what_the_generator_writes() {
             "examples/{file} differs from what the generator writes: run `cargo run -p podid-cli --example write-example-snapshots`"
         );
     }
+}
+
+#[test]
+fn a_cluster_wide_fact_is_said_once_above_the_table() {
+    // The legacy cluster records that it has no issuer and lacks the webhook: said once, for the
+    // cluster; the workload's own verdict stays about the workload; the cluster blocks: exit 3.
+    let legacy = example("legacy-cluster-snapshot.yaml");
+    let out = podid(&["report", "--from-file", &legacy]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let table = stdout(&out);
+    assert!(
+        table.starts_with(
+            "cluster: no-oidc-issuer (blocker): the cluster has no public OIDC issuer"
+        ),
+        "{table}"
+    );
+    assert_eq!(table.matches("no-oidc-issuer").count(), 1, "{table}");
+    assert_eq!(table.matches("webhook-not-installed").count(), 1, "{table}");
+    assert!(
+        table.contains("The cluster itself blocks the move"),
+        "{table}"
+    );
+    let out = podid(&["report", "--from-file", &legacy, "-o", "yaml"]);
+    let v: serde_json::Value = serde_yaml::from_slice(&out.stdout).unwrap();
+    let codes: Vec<&str> = v["cluster"]["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, ["no-oidc-issuer", "webhook-not-installed"]);
+    assert_eq!(v["cluster"]["findings"][0]["severity"], "blocker");
+    let demo = &v["workloads"].as_array().unwrap()[0];
+    assert_eq!(demo["verdict"], "needs-changes", "{demo}");
+    assert!(
+        !demo.to_string().contains("no-oidc-issuer"),
+        "not repeated per workload: {demo}"
+    );
+
+    // The same objects as a plain kubectl export: the issuer is unknown, not absent.
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("plain.json");
+    std::fs::write(&plain, plain_list(support::synth::legacy_example_objects())).unwrap();
+    let out = podid(&["report", "--from-file", plain.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let table = stdout(&out);
+    assert!(
+        table.starts_with("cluster: oidc-issuer-unknown (step): the input does not record the cluster's OIDC issuer"),
+        "{table}"
+    );
+    assert!(table.contains("pass --oidc-issuer URL"), "{table}");
+    assert!(!table.contains("no-oidc-issuer"), "{table}");
+    assert!(table.contains("default     deployment/demo"), "{table}");
+    // Supplying it says no more about it.
+    let out = podid(&[
+        "report",
+        "--from-file",
+        plain.to_str().unwrap(),
+        "--oidc-issuer",
+        "https://westeurope.oic.prod-aks.azure.com/t/c/",
+        "-o",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["cluster"]["findings"][0]["code"], "webhook-not-installed");
+    assert_eq!(v["cluster"]["findings"].as_array().unwrap().len(), 1);
+}
+
+/// `n` namespaces, each with a Deployment on the identity `shared` (one resource ID in every
+/// cluster, under a cluster-specific AzureIdentity name) and its own ServiceAccount.
+fn shared_identity_cluster(identity_name: &str, n: usize) -> Vec<serde_json::Value> {
+    let mut o = vec![
+        support::uami_in("s", "rg", "default", identity_name, "c-shared"),
+        support::binding("default", "shared-binding", identity_name, "shared"),
+    ];
+    // The resource ID names the one Azure identity, whatever the AzureIdentity is called.
+    o[0]["spec"]["resourceID"] = "/subscriptions/s/resourcegroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/shared".into();
+    for i in 0..n {
+        let ns = format!("team-{i:02}");
+        o.push(support::sa(&ns, "app", serde_json::json!({})));
+        o.push(serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "app", "namespace": ns},
+            "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "app"}},
+                     "template": {"metadata": {"labels": {"app": "app", "aadpodidbinding": "shared"}},
+                                  "spec": {"serviceAccountName": "app", "containers": [{"name": "c", "image": "app:1"}]}}}}));
+    }
+    o
+}
+
+fn snapshot_of(name: &str, issuer: &str, objects: Vec<serde_json::Value>) -> String {
+    support::inventory(
+        objects,
+        podid_cli::inventory::ClusterFacts {
+            name: Some(name.into()),
+            oidc_issuer: Some(issuer.into()),
+            ..Default::default()
+        },
+    )
+    .to_snapshot_yaml()
+    .unwrap()
+}
+
+#[test]
+fn a_fleet_of_snapshots_is_one_report_with_the_credential_limit_counted_over_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("aks-a.yaml");
+    let b = dir.path().join("aks-b.yaml");
+    std::fs::write(
+        &a,
+        snapshot_of(
+            "aks-a",
+            "https://eastus.oic.prod-aks.azure.com/t/a/",
+            shared_identity_cluster("shared-id", 12),
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        &b,
+        snapshot_of(
+            "aks-b",
+            "https://westeurope.oic.prod-aks.azure.com/t/b/",
+            shared_identity_cluster("payments-id", 10),
+        ),
+    )
+    .unwrap();
+    let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+
+    // Each cluster alone is under the limit.
+    for f in [a, b] {
+        let out = podid(&["report", "--from-file", f, "-o", "json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert!(!stdout(&out).contains("federated-credential-limit"));
+    }
+
+    // Together: 12 + 10 credentials on one identity.
+    let out = podid(&["report", "--from-file", a, "--from-file", b, "-o", "json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v.get("cluster").is_none(), "{v}");
+    let clusters = v["clusters"].as_array().unwrap();
+    let names: Vec<&str> = clusters
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["aks-a", "aks-b"]);
+    assert_eq!(clusters[0]["summary"]["verdicts"]["blocked"], 12);
+    assert_eq!(clusters[1]["summary"]["verdicts"]["blocked"], 10);
+    let ids = v["summary"]["identities"].as_array().unwrap();
+    assert_eq!(
+        ids.len(),
+        1,
+        "matched across clusters by resource ID: {ids:?}"
+    );
+    assert_eq!(ids[0]["federatedCredentials"], 22);
+    assert_eq!(ids[0]["workloads"], 22);
+    assert_eq!(ids[0]["clusters"], serde_json::json!(["aks-a", "aks-b"]));
+    let w = &v["workloads"][0];
+    assert_eq!(w["cluster"], "aks-a");
+    let limit = w["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["code"] == "federated-credential-limit")
+        .expect("limit counted over the fleet");
+    let m = limit["message"].as_str().unwrap();
+    assert!(
+        m.contains("22 federated credentials over 2 cluster(s) (aks-a 12, aks-b 10"),
+        "{m}"
+    );
+    assert!(v["summary"]["namespaces"].get("aks-b/team-03").is_some());
+
+    let table = stdout(&podid(&["report", "--from-file", a, "--from-file", b]));
+    assert!(
+        table.starts_with("cluster aks-a: webhook-not-installed (step)"),
+        "{table}"
+    );
+    assert!(table.contains("\n\nCLUSTER   NAMESPACE"), "{table}");
+    assert!(table.contains("aks-b     team-09"), "{table}");
+    assert!(table.contains("CLUSTER FINDINGS"), "{table}");
+    assert!(table.contains("22/20"), "{table}");
+
+    // One file holding both (`podid snapshot --all-contexts` writes that) reads the same.
+    let both = dir.path().join("fleet.yaml");
+    std::fs::write(
+        &both,
+        std::fs::read_to_string(a).unwrap() + &std::fs::read_to_string(b).unwrap(),
+    )
+    .unwrap();
+    let one = podid(&[
+        "report",
+        "--from-file",
+        both.to_str().unwrap(),
+        "-o",
+        "json",
+    ]);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&one.stdout).unwrap(),
+        v
+    );
+
+    // A bare --oidc-issuer cannot say which cluster; CLUSTER=URL can.
+    let bare = podid(&[
+        "report",
+        "--from-file",
+        a,
+        "--from-file",
+        b,
+        "--oidc-issuer",
+        "https://x.example/",
+    ]);
+    assert_eq!(bare.status.code(), Some(2), "{}", stderr(&bare));
+    let named = podid(&[
+        "report",
+        "--from-file",
+        a,
+        "--from-file",
+        b,
+        "--oidc-issuer",
+        "aks-b=",
+        "-o",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&named.stdout).unwrap();
+    assert_eq!(v["clusters"][1]["findings"][0]["code"], "no-oidc-issuer");
+
+    // An export without a header among several named clusters: which cluster is it?
+    let loose = dir.path().join("loose.json");
+    std::fs::write(&loose, plain_list(shared_identity_cluster("x", 1))).unwrap();
+    let out = podid(&[
+        "report",
+        "--from-file",
+        a,
+        "--from-file",
+        b,
+        "--from-file",
+        loose.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("loose.json") && stderr(&out).contains("aks-a, aks-b"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn the_cutover_works_on_one_context() {
+    let out = podid(&["cutover", "plan", "--context", "one", "--context", "two"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("one cluster at a time"),
+        "{}",
+        stderr(&out)
+    );
 }

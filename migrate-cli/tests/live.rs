@@ -166,3 +166,169 @@ async fn live_report_equals_report_of_its_snapshot() {
         .map(|(x, y)| (x.to_string(), y.to_string()))
     );
 }
+
+/// A kubeconfig with two contexts, `one` and `two`, onto the same cluster.
+fn two_contexts(cluster: &Cluster, dir: &std::path::Path) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(cluster.kubeconfig()).unwrap();
+    let mut kc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let first = kc["contexts"][0].clone();
+    let mut contexts = Vec::new();
+    for name in ["one", "two"] {
+        let mut c = first.clone();
+        c["name"] = name.into();
+        contexts.push(c);
+    }
+    kc["contexts"] = serde_yaml::Value::Sequence(contexts);
+    kc["current-context"] = "one".into();
+    let path = dir.join("kubeconfig");
+    std::fs::write(&path, serde_yaml::to_string(&kc).unwrap()).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn a_fleet_of_contexts_is_one_report_and_one_cluster_reached_twice_counts_once() {
+    let cluster = tokio::task::spawn_blocking(Cluster::shared).await.unwrap();
+    let ns = cluster.namespace("fleet").await;
+    let (c, n) = (&ns.client, ns.name.as_str());
+    apply(c, n, serde_json::json!({"apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzureIdentity",
+        "metadata": {"name": "app-id"}, "spec": {"type": 0, "clientID": "11111111-0000-0000-0000-0000000000f1",
+        "resourceID": "/subscriptions/s/resourcegroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/fleet-app-id"}})).await;
+    apply(c, n, serde_json::json!({"apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzureIdentityBinding",
+        "metadata": {"name": "app-binding"}, "spec": {"azureIdentity": "app-id", "selector": "fleet-app"}})).await;
+    for name in ["web", "api"] {
+        apply(c, n, serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}})).await;
+        apply(c, n, serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+            "spec": {"replicas": 0, "selector": {"matchLabels": {"app": name}},
+                     "template": {"metadata": {"labels": {"app": name, "aadpodidbinding": "fleet-app"}},
+                                  "spec": {"serviceAccountName": name, "containers": [{"name": "c", "image": "registry.invalid/x:1"}]}}}})).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = two_contexts(cluster, dir.path());
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_podid"))
+            .args(args)
+            .env("KUBECONFIG", &kubeconfig)
+            .output()
+            .unwrap()
+    };
+    let parse = |o: &std::process::Output| {
+        assert!(
+            o.status.code() == Some(0) || o.status.code() == Some(3),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let mut v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        for c in v["clusters"].as_array_mut().into_iter().flatten() {
+            c.as_object_mut().unwrap().remove("capturedAt");
+        }
+        v
+    };
+
+    let fleet = parse(&run(&[
+        "report",
+        "--context",
+        "one",
+        "--context",
+        "two",
+        "-n",
+        n,
+        "-o",
+        "json",
+        "-q",
+    ]));
+    let names: Vec<&str> = fleet["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["one", "two"]);
+    for c in fleet["clusters"].as_array().unwrap() {
+        assert_eq!(c["oidcIssuer"], cluster.issuer());
+        assert_eq!(c["summary"]["workloads"], 2, "{c}");
+    }
+    let listed: Vec<(&str, &str)> = fleet["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| (w["cluster"].as_str().unwrap(), w["name"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("one", "api"),
+            ("one", "web"),
+            ("two", "api"),
+            ("two", "web")
+        ]
+    );
+    let ids = fleet["summary"]["identities"].as_array().unwrap();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(ids[0]["workloads"], 4);
+    assert_eq!(
+        ids[0]["federatedCredentials"], 2,
+        "one issuer: the same cluster's subjects count once"
+    );
+    assert_eq!(ids[0]["clusters"], serde_json::json!(["one", "two"]));
+
+    // --all-contexts reads the same two; a snapshot of them reads back the same.
+    assert_eq!(
+        parse(&run(&[
+            "report",
+            "--all-contexts",
+            "-n",
+            n,
+            "-o",
+            "json",
+            "-q"
+        ])),
+        fleet
+    );
+    let snap = dir.path().join("fleet.yaml");
+    let out = run(&[
+        "snapshot",
+        "--all-contexts",
+        "-n",
+        n,
+        "-o",
+        snap.to_str().unwrap(),
+        "-q",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let offline = parse(&run(&[
+        "report",
+        "--from-file",
+        snap.to_str().unwrap(),
+        "-n",
+        n,
+        "-o",
+        "json",
+    ]));
+    assert_eq!(offline, fleet);
+
+    // The table: a CLUSTER column and the clusters' summaries.
+    let table = String::from_utf8(
+        run(&[
+            "report",
+            "--context",
+            "one",
+            "--context",
+            "two",
+            "-n",
+            n,
+            "-q",
+        ])
+        .stdout,
+    )
+    .unwrap();
+    assert!(
+        table.lines().any(|l| l.starts_with("CLUSTER   NAMESPACE")),
+        "{table}"
+    );
+    assert!(table.contains(&format!("two       {n}")), "{table}");
+    assert!(table.contains("CLUSTER FINDINGS"), "{table}");
+}

@@ -40,10 +40,12 @@ fn inventory(objects: Vec<Value>, issuer: Option<&str>) -> Inventory {
     )
 }
 
+/// The plan of every workload, as the bridge and the cutover see it (cluster-wide codes
+/// included).
 fn assess(objects: Vec<Value>) -> Vec<Assessment> {
     let inv = inventory(objects, Some(ISSUER));
     let ctx = ClusterContext::from_inventory(&inv, MatchOptions::standard(false));
-    Report::build(&inv, &ctx, &[]).workloads
+    podid_cli::report::assess(&inv, &ctx)
 }
 
 fn one(objects: Vec<Value>, name: &str) -> Assessment {
@@ -158,15 +160,58 @@ fn webhook_not_installed_is_a_step() {
 }
 
 #[test]
+fn webhook_not_installed_is_said_once_for_the_cluster() {
+    let mut objs = prepared();
+    objs.remove(0);
+    let inv = inventory(objs, Some(ISSUER));
+    let ctx = ClusterContext::from_inventory(&inv, MatchOptions::standard(false));
+    let r = Report::build(&inv, &ctx, &[]);
+    let cluster = r.cluster.as_ref().unwrap();
+    assert_eq!(cluster.findings.len(), 1);
+    assert_eq!(cluster.findings[0].code, "webhook-not-installed");
+    assert_eq!(r.workloads[0].verdict, Verdict::Ready, "about the workload");
+    assert!(r.workloads[0].findings.is_empty());
+    assert!(!r.has_blocked());
+}
+
+#[test]
 fn no_oidc_issuer_blocks() {
     let inv = inventory(prepared(), None);
     let ctx = ClusterContext::from_inventory(&inv, MatchOptions::standard(false));
+    // The plan (the bridge's, the cutover's) blocks every workload.
+    let plan = podid_cli::report::assess(&inv, &ctx);
+    assert_eq!(plan[0].verdict, Verdict::Blocked);
+    assert_eq!(codes(&plan[0], Severity::Blocker), ["no-oidc-issuer"]);
+    // The report says it once, for the cluster, and keeps the workload's own verdict.
     let r = Report::build(&inv, &ctx, &[]);
-    assert_eq!(r.workloads[0].verdict, Verdict::Blocked);
+    let cluster = r.cluster.as_ref().unwrap();
+    assert_eq!(cluster.findings[0].code, "no-oidc-issuer");
+    assert_eq!(cluster.findings[0].severity, Severity::Blocker);
+    assert!(cluster.findings[0].message.contains("--oidc-issuer"));
+    assert_eq!(r.workloads[0].verdict, Verdict::Ready);
+    assert!(r.has_blocked(), "the cluster blocks the move: exit code 3");
+}
+
+#[test]
+fn an_export_without_header_has_an_unknown_issuer_not_none() {
+    let mut inv = inventory(prepared(), None);
+    inv.facts_recorded = false;
+    let ctx = ClusterContext::from_inventory(&inv, MatchOptions::standard(false));
+    assert!(ctx.issuer_unknown);
+    let plan = podid_cli::report::assess(&inv, &ctx);
     assert_eq!(
-        codes(&r.workloads[0], Severity::Blocker),
-        ["no-oidc-issuer"]
+        plan[0].verdict,
+        Verdict::Blocked,
+        "nothing moves without one"
     );
+    let r = Report::build(&inv, &ctx, &[]);
+    let f = &r.cluster.as_ref().unwrap().findings;
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0].code, "oidc-issuer-unknown");
+    assert_eq!(f[0].severity, Severity::Step);
+    assert!(f[0].message.contains("--oidc-issuer"), "{}", f[0].message);
+    assert_eq!(r.workloads[0].verdict, Verdict::Ready);
+    assert!(!r.has_blocked());
 }
 
 #[test]
@@ -412,6 +457,19 @@ fn a_reason_repeated_over_many_bindings_is_said_once() {
         "{}",
         note.message
     );
+    assert_eq!(
+        note.message
+            .matches("pod identity keeps only the first")
+            .count(),
+        1,
+        "said once, listing the bindings: {}",
+        note.message
+    );
+    assert!(
+        note.message.starts_with("24 bindings ("),
+        "{}",
+        note.message
+    );
 }
 
 #[test]
@@ -495,13 +553,16 @@ fn an_in_cluster_issuer_is_no_oidc_issuer() {
     ] {
         let inv = inventory(prepared(), Some(issuer));
         let ctx = ClusterContext::from_inventory(&inv, MatchOptions::standard(false));
-        let r = Report::build(&inv, &ctx, &[]);
-        let a = &r.workloads[0];
+        let plan = podid_cli::report::assess(&inv, &ctx);
+        let a = &plan[0];
         assert_eq!(codes(a, Severity::Blocker), ["no-oidc-issuer"], "{issuer}");
         let f = a.findings.iter().find(|f| f.code == "no-oidc-issuer");
         assert!(f.unwrap().message.contains(issuer), "{issuer}");
+        let r = Report::build(&inv, &ctx, &[]);
+        let cluster = r.cluster.as_ref().unwrap();
+        assert!(cluster.findings[0].message.contains(issuer), "{issuer}");
         assert_eq!(
-            r.cluster.oidc_issuer.as_deref(),
+            cluster.facts.oidc_issuer.as_deref(),
             Some(issuer),
             "recorded as read"
         );

@@ -368,6 +368,7 @@ impl<F: FederatedCredentials> Bridge<F> {
         let context = ClusterContext {
             oidc_issuer: issuer.as_ref().ok().cloned(),
             issuer_problem: issuer.as_ref().err().cloned(),
+            issuer_unknown: false,
             webhook_installed: true,
             kubenet: false,
             match_options: self.settings.match_options,

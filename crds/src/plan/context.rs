@@ -40,6 +40,10 @@ pub struct ClusterContext {
     pub oidc_issuer: Option<String>,
     /// Why the recorded issuer was not usable (shown in `no-oidc-issuer`).
     pub issuer_problem: Option<String>,
+    /// The input does not say whether the cluster has an issuer (a plain `kubectl get` export
+    /// without a snapshot header): `oidc_issuer` is `None` for want of the fact, which the
+    /// report asks for once (`oidc-issuer-unknown`) instead of blocking every workload.
+    pub issuer_unknown: bool,
     pub webhook_installed: bool,
     pub kubenet: bool,
     pub match_options: MatchOptions,
@@ -78,6 +82,7 @@ impl ClusterContext {
         Self {
             oidc_issuer: recorded.filter(|_| issuer_problem.is_none()),
             issuer_problem,
+            issuer_unknown: false,
             webhook_installed,
             kubenet,
             match_options,

@@ -13,6 +13,7 @@
 //! verdict.
 
 mod context;
+mod fleet;
 mod workload;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -31,6 +32,9 @@ use crate::{
 };
 
 pub use context::{ClusterContext, issuer_problem};
+pub use fleet::{
+    ClusterAssessments, FleetCredentials, apply_fleet_limit, fleet_credentials, identity_key,
+};
 pub use workload::{Workload, WorkloadObjects, pod_workload_candidates, workloads};
 
 pub use crate::migration::MAX_FEDERATED_CREDENTIALS;
@@ -209,8 +213,51 @@ fn binding_findings(w: &Workload, label: &str, matched: &PodIdentities<'_>) -> V
             format!("label {POD_LABEL}={label} matches no AzureIdentityBinding, so the workload gets no identity today; fix or remove the label"),
         ));
     }
+    // Same-named identities: one finding per name, listing the bindings (a label matched by 25
+    // copies of a binding says so once, not 24 times).
+    let mut duplicates: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for (b, skip) in &matched.skipped {
-        findings.push(grant_skip_finding(w, b, skip, sev));
+        match skip {
+            GrantSkip::DuplicateIdentityName { identity } => duplicates
+                .entry(identity.as_str())
+                .or_default()
+                .push(format!(
+                    "{}/{}",
+                    b.namespace().unwrap_or_default(),
+                    b.name_any()
+                )),
+            _ => findings.push(grant_skip_finding(w, b, skip, sev)),
+        }
+    }
+    for (identity, mut bindings) in duplicates {
+        bindings.sort();
+        bindings.dedup();
+        let kept = matched
+            .grants
+            .iter()
+            .find(|g| g.identity.name_any() == identity)
+            .map(|g| {
+                format!(
+                    " (binding {}/{})",
+                    g.binding.namespace().unwrap_or_default(),
+                    g.binding.name_any()
+                )
+            })
+            .unwrap_or_default();
+        let what = if bindings.len() == 1 {
+            format!("binding {} grants a second identity", bindings[0])
+        } else {
+            format!(
+                "{} bindings ({}) grant further identities",
+                bindings.len(),
+                bindings.join(", ")
+            )
+        };
+        findings.push(finding(
+            ReasonCode::DuplicateIdentityName,
+            sev,
+            format!("{what} named {identity}; pod identity keeps only the first{kept}"),
+        ));
     }
     findings
 }
@@ -298,17 +345,7 @@ fn pod_identity_findings(w: &Workload, excepted: bool, ctx: &ClusterContext) -> 
         ));
     }
     if ctx.oidc_issuer.is_none() {
-        findings.push(finding(
-            ReasonCode::NoOidcIssuer,
-            Severity::Blocker,
-            format!(
-                "the cluster has no public OIDC issuer{}; enable it (az aks update --enable-oidc-issuer; self-managed: --service-account-issuer with public discovery) so Entra can verify ServiceAccount tokens",
-                ctx.issuer_problem
-                    .as_deref()
-                    .map(|p| format!(" ({p})"))
-                    .unwrap_or_default()
-            ),
-        ));
+        findings.push(no_issuer_finding(ctx));
     }
     if w.host_network {
         findings.push(finding(
@@ -332,6 +369,73 @@ fn pod_identity_findings(w: &Workload, excepted: bool, ctx: &ClusterContext) -> 
         ));
     }
     findings
+}
+
+/// The workload-level `no-oidc-issuer` blocker: without an issuer Entra can reach (or one known
+/// to the caller) nothing moves.
+fn no_issuer_finding(ctx: &ClusterContext) -> Finding {
+    let message = if ctx.issuer_unknown {
+        "no OIDC issuer is known for the cluster (the input does not say; pass --oidc-issuer), and Entra needs one to verify ServiceAccount tokens".to_string()
+    } else {
+        format!(
+            "the cluster has no public OIDC issuer{}; enable it (az aks update --enable-oidc-issuer; self-managed: --service-account-issuer with public discovery) so Entra can verify ServiceAccount tokens",
+            ctx.issuer_problem
+                .as_deref()
+                .map(|p| format!(" ({p})"))
+                .unwrap_or_default()
+        )
+    };
+    finding(ReasonCode::NoOidcIssuer, Severity::Blocker, message)
+}
+
+/// What the cluster itself lacks, said once for all its workloads (the plan also gives each
+/// workload the codes, so the bridge and the cutover hold every workload back): no OIDC issuer
+/// Entra can reach (a blocker), an issuer the input does not record (a step: supply it with
+/// `--oidc-issuer`), no Workload ID webhook (a step).
+pub fn cluster_findings(ctx: &ClusterContext) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    if ctx.oidc_issuer.is_none() {
+        if ctx.issuer_unknown {
+            findings.push(finding(
+                ReasonCode::OidcIssuerUnknown,
+                Severity::Step,
+                "the input does not record the cluster's OIDC issuer (a plain kubectl export has no snapshot header): pass --oidc-issuer URL (AKS: az aks show --query oidcIssuerProfile.issuerUrl -o tsv), or report from `podid snapshot` or the live cluster; the verdicts assume the cluster has a public issuer",
+            ));
+        } else {
+            let mut f = no_issuer_finding(ctx);
+            f.message.push_str(
+                "; every workload on pod identity waits on it (if the cluster has a public issuer that was not discovered, pass --oidc-issuer)",
+            );
+            findings.push(f);
+        }
+    }
+    if !ctx.webhook_installed {
+        findings.push(webhook_finding());
+    }
+    findings
+}
+
+fn webhook_finding() -> Finding {
+    finding(
+        ReasonCode::WebhookNotInstalled,
+        Severity::Step,
+        "install the Workload ID mutating webhook (az aks update --enable-workload-identity, or the azure-workload-identity Helm chart)",
+    )
+}
+
+impl Assessment {
+    /// The assessment as it concerns the workload itself: without the cluster-wide findings
+    /// ([`ReasonCode::is_cluster_wide`], said once by [`cluster_findings`]), the verdict settled
+    /// again from what is left. What the report lists per workload; the bridge and the cutover
+    /// keep the whole assessment.
+    pub fn about_the_workload(&self) -> Assessment {
+        let mut a = self.clone();
+        a.findings.retain(|f| !f.code.is_cluster_wide());
+        if a.uses_pod_identity {
+            settle_verdict(&mut a);
+        }
+        a
+    }
 }
 
 /// (namespace, ServiceAccount).
@@ -576,11 +680,7 @@ fn step_findings(
         ));
     }
     if !ctx.webhook_installed {
-        findings.push(finding(
-            ReasonCode::WebhookNotInstalled,
-            Severity::Step,
-            "install the Workload ID mutating webhook (az aks update --enable-workload-identity, or the azure-workload-identity Helm chart)",
-        ));
+        findings.push(webhook_finding());
     }
     findings
 }
@@ -610,4 +710,85 @@ fn settle_verdict(a: &mut Assessment) {
     } else {
         Verdict::Ready
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(issuer: Option<&str>, unknown: bool, webhook: bool) -> ClusterContext {
+        let mut c = ClusterContext::new(
+            issuer,
+            None,
+            std::iter::empty(),
+            std::iter::empty(),
+            Default::default(),
+        );
+        c.issuer_unknown = unknown;
+        c.webhook_installed = webhook;
+        c
+    }
+
+    fn codes(f: &[Finding]) -> Vec<(&str, Severity)> {
+        f.iter().map(|f| (f.code.as_str(), f.severity)).collect()
+    }
+
+    #[test]
+    fn the_cluster_says_once_what_it_lacks() {
+        let issuer = "https://eastus.oic.prod-aks.azure.com/t/c/";
+        assert!(cluster_findings(&ctx(Some(issuer), false, true)).is_empty());
+        let unknown = cluster_findings(&ctx(None, true, true));
+        assert_eq!(codes(&unknown), [("oidc-issuer-unknown", Severity::Step)]);
+        assert!(unknown[0].message.contains("--oidc-issuer"));
+        let absent = cluster_findings(&ctx(None, false, false));
+        assert_eq!(
+            codes(&absent),
+            [
+                ("no-oidc-issuer", Severity::Blocker),
+                ("webhook-not-installed", Severity::Step)
+            ]
+        );
+        let in_cluster =
+            cluster_findings(&ctx(Some("https://kubernetes.default.svc"), false, true));
+        assert!(
+            in_cluster[0]
+                .message
+                .contains("https://kubernetes.default.svc is the in-cluster default"),
+            "{:?}",
+            in_cluster
+        );
+    }
+
+    #[test]
+    fn a_workload_keeps_its_own_verdict_and_the_plan_still_blocks_it() {
+        let w = Workload {
+            namespace: "apps".into(),
+            kind: "Deployment".into(),
+            name: "web".into(),
+            service_account: "web".into(),
+            ..Default::default()
+        };
+        let mut a = Assessment {
+            workload: w,
+            uses_pod_identity: true,
+            identities: Vec::new(),
+            verdict: Verdict::NotUsing,
+            findings: vec![
+                no_issuer_finding(&ctx(None, true, true)),
+                webhook_finding(),
+                finding(ReasonCode::PodLabel, Severity::Step, "label it"),
+            ],
+            bridge: BridgeState::default(),
+            target_service_account: Some("web".into()),
+        };
+        settle_verdict(&mut a);
+        assert_eq!(
+            a.verdict,
+            Verdict::Blocked,
+            "the bridge and cutover hold it"
+        );
+        let own = a.about_the_workload();
+        assert_eq!(own.verdict, Verdict::NeedsChanges);
+        assert_eq!(codes(&own.findings), [("pod-label", Severity::Step)]);
+    }
 }

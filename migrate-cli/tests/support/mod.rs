@@ -39,5 +39,6 @@ pub fn inventory(objects: Vec<Value>, cluster: ClusterFacts) -> Inventory {
     )
     .expect("generated objects parse");
     inv.cluster = cluster;
+    inv.facts_recorded = true;
     inv
 }
