@@ -587,7 +587,11 @@ async fn run_cutover(command: CutoverCommand) -> anyhow::Result<ExitCode> {
                 quiet: scope.source.quiet,
             };
             if direct.direct {
-                let azure = direct.direct(scope.source.oidc_issuer.clone(), ctx.match_options)?;
+                // --oidc-issuer as given (already applied to the view); else the bridge finds it.
+                let issuer = (!scope.source.oidc_issuers.is_empty())
+                    .then(|| ctx.oidc_issuer.clone())
+                    .flatten();
+                let azure = direct.direct(issuer, ctx.match_options)?;
                 let started = std::time::Instant::now();
                 let built = prepare_direct(&c, &entries, &azure, dry_run, timeout).await?;
                 if dry_run {
