@@ -62,6 +62,17 @@ pub struct Flags {
     /// podid: set to false to leave iptables alone (another component redirects IMDS traffic).
     #[arg(long = "manage-iptables", default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub manage_iptables: bool,
+    /// podid: the `nat` chain the agent's rules live in. Its own by default, so that it can run
+    /// beside the original NMI (chain `aad-metadata`, removed when the original stops) with its
+    /// jump ahead of the original's: the swap has no fail-open window (docs/security.md).
+    #[arg(long = "iptables-chain", default_value = crate::iptables::DEFAULT_CHAIN)]
+    pub iptables_chain: String,
+    /// podid: remove the rules when stopped by SIGTERM/SIGINT. Off (the default), a stopped
+    /// agent leaves them, so that during a restart or an upgrade pods are refused instead of
+    /// reaching IMDS; set it (e.g. with the environment variable, then roll the DaemonSet out)
+    /// before uninstalling, so that each agent removes its rules as it is deleted.
+    #[arg(long = "remove-iptables-on-exit", env = "PODID_NMI_REMOVE_IPTABLES_ON_EXIT", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub remove_iptables_on_exit: bool,
     #[arg(long = "forceNamespaced", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub force_namespaced: bool,
     #[arg(long = "MICNamespace", default_value = "default")]
@@ -157,7 +168,8 @@ pub struct Flags {
     /// Accepted for compatibility.
     #[arg(long = "custom-user-agent", default_value = "")]
     pub custom_user_agent: String,
-    /// podid: seconds to wait after removing the iptables rules before exiting (the original: 10).
+    /// podid: seconds to wait on SIGTERM/SIGINT, after serving stopped (and the rules were
+    /// removed, with `--remove-iptables-on-exit`), before exiting (the original: 10).
     #[arg(long = "shutdown-delay-sec", default_value_t = 10)]
     pub shutdown_delay_sec: u64,
 }
@@ -204,6 +216,7 @@ impl Flags {
             return Err("managed mode not intialized in force namespaced mode".into());
         }
         self.entra_policy()?;
+        crate::iptables::check_chain_name(&self.iptables_chain)?;
         if self.identity_serving != Serving::Assigned && !self.federated {
             return Err(format!(
                 "--identity-serving={} needs --federated (token exchange is off)",
@@ -263,6 +276,7 @@ impl Flags {
 
     pub fn rule_spec(&self) -> crate::iptables::RuleSpec {
         crate::iptables::RuleSpec {
+            chain: self.iptables_chain.clone(),
             metadata_ip: self.metadata_ip,
             metadata_port: self.metadata_port,
             target_ip: self.listen_address,

@@ -1,18 +1,43 @@
-//! The NAT rules that send pods' IMDS traffic to the agent: chain `aad-metadata` in table
-//! `nat`, jumped to from `PREROUTING`, exactly the original's rules. Rendering is pure (an
-//! `iptables-restore` payload); applying shells out to `iptables`/`iptables-restore`, optionally
-//! through a command prefix such as `ip netns exec <ns>`.
+//! The NAT rules that send pods' IMDS traffic to the agent: a chain in table `nat` (podid's own,
+//! [`DEFAULT_CHAIN`], unless `--iptables-chain` names another), jumped to from `PREROUTING`, with
+//! the original's rules in it. Its own chain lets the agent run beside the original NMI (whose
+//! chain is [`ORIGINAL_CHAIN`]) with neither touching the other's rules: the swap with no
+//! fail-open window in docs/security.md. Rendering is pure (an `iptables-restore` payload);
+//! applying shells out to `iptables`/`iptables-restore`, optionally through a command prefix
+//! such as `ip netns exec <ns>`.
 
 use std::net::Ipv4Addr;
 
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-pub const CHAIN: &str = "aad-metadata";
+/// podid-nmi's chain unless `--iptables-chain` says otherwise.
+pub const DEFAULT_CHAIN: &str = "podid-metadata";
+/// The original NMI's chain (hard-coded there), which it removes when it stops.
+pub const ORIGINAL_CHAIN: &str = "aad-metadata";
 
-/// What the rules redirect, and where to.
+/// Checks a chain name for `--iptables-chain`: 1 to 28 characters (iptables' limit) of
+/// `A-Z a-z 0-9 - _ .`, not starting with `-`, and not a built-in chain's name.
+pub fn check_chain_name(name: &str) -> Result<(), String> {
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if name.is_empty() || name.len() > 28 || !ok_chars || name.starts_with('-') {
+        return Err(format!(
+            "--iptables-chain {name:?}: 1 to 28 characters of A-Z a-z 0-9 - _ . not starting with -"
+        ));
+    }
+    if ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"].contains(&name) {
+        return Err(format!("--iptables-chain {name:?} is a built-in chain"));
+    }
+    Ok(())
+}
+
+/// What the rules redirect, and where to, in which chain.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuleSpec {
+    /// The chain (`--iptables-chain`).
+    pub chain: String,
     pub metadata_ip: Ipv4Addr,
     pub metadata_port: u16,
     /// `--nmi-listen-address`; `0.0.0.0` redirects to `127.0.0.1`.
@@ -29,18 +54,25 @@ impl RuleSpec {
         }
     }
 
-    /// The chain's rules exactly as `iptables -t nat -S aad-metadata` lists them.
+    /// The chain's rules exactly as `iptables -t nat -S <chain>` lists them.
     pub fn expected_listing(&self) -> Vec<String> {
+        let chain = &self.chain;
         vec![
-            format!("-N {CHAIN}"),
+            format!("-N {chain}"),
             self.dnat_rule(),
-            format!("-A {CHAIN} -j RETURN"),
+            format!("-A {chain} -j RETURN"),
         ]
+    }
+
+    /// The rule in `PREROUTING` that leads to the chain, as `iptables -t nat -S` lists it.
+    pub fn jump_rule(&self) -> String {
+        format!("-A PREROUTING -j {}", self.chain)
     }
 
     fn dnat_rule(&self) -> String {
         format!(
-            "-A {CHAIN} ! -s 127.0.0.1/32 -d {}/32 -p tcp -m tcp --dport {} -j DNAT --to-destination {}:{}",
+            "-A {} ! -s 127.0.0.1/32 -d {}/32 -p tcp -m tcp --dport {} -j DNAT --to-destination {}:{}",
+            self.chain,
             self.metadata_ip,
             self.metadata_port,
             self.target(),
@@ -51,29 +83,34 @@ impl RuleSpec {
 
 /// The `iptables-restore --noflush` payload that (re)writes the chain. Declaring the chain
 /// flushes it; the `PREROUTING` jump is inserted at position 1 only when `jump_present` is
-/// false, so an existing jump is never duplicated or moved (as in the original).
+/// false, so an existing jump is never duplicated or moved (as in the original). Inserted at
+/// position 1, a new jump comes before every other, the original NMI's included: a pod's
+/// connection is led to this agent from then on (DNAT ends the traversal of `nat`), and the
+/// original removing its own jump and chain later changes nothing for it.
 pub fn render_restore(spec: &RuleSpec, jump_present: bool) -> String {
-    let mut out = format!("*nat\n:{CHAIN} - [0:0]\n");
+    let chain = &spec.chain;
+    let mut out = format!("*nat\n:{chain} - [0:0]\n");
     if !jump_present {
-        out.push_str(&format!("-I PREROUTING 1 -j {CHAIN}\n"));
+        out.push_str(&format!("-I PREROUTING 1 -j {chain}\n"));
     }
     out.push_str(&spec.dnat_rule());
     out.push('\n');
-    out.push_str(&format!("-A {CHAIN} -j RETURN\nCOMMIT\n"));
+    out.push_str(&format!("-A {chain} -j RETURN\nCOMMIT\n"));
     out
 }
 
-/// The payload that removes `jumps` PREROUTING jumps, then the chain.
-pub fn render_cleanup(jumps: usize) -> String {
-    let mut out = format!("*nat\n:{CHAIN} - [0:0]\n");
+/// The payload that removes `jumps` PREROUTING jumps to `chain`, then the chain. No other
+/// chain or jump is touched.
+pub fn render_cleanup(chain: &str, jumps: usize) -> String {
+    let mut out = format!("*nat\n:{chain} - [0:0]\n");
     for _ in 0..jumps {
-        out.push_str(&format!("-D PREROUTING -j {CHAIN}\n"));
+        out.push_str(&format!("-D PREROUTING -j {chain}\n"));
     }
-    out.push_str(&format!("-X {CHAIN}\nCOMMIT\n"));
+    out.push_str(&format!("-X {chain}\nCOMMIT\n"));
     out
 }
 
-/// True when `listing` (of `iptables -t nat -S aad-metadata`) is exactly the expected chain.
+/// True when `listing` (of `iptables -t nat -S <chain>`) is exactly the expected chain.
 pub fn chain_is_current(spec: &RuleSpec, listing: &str) -> bool {
     let lines: Vec<&str> = listing
         .lines()
@@ -83,9 +120,9 @@ pub fn chain_is_current(spec: &RuleSpec, listing: &str) -> bool {
     lines == spec.expected_listing()
 }
 
-/// How many `-A PREROUTING -j aad-metadata` rules `iptables -t nat -S PREROUTING` lists.
-pub fn count_jumps(prerouting_listing: &str) -> usize {
-    let jump = format!("-A PREROUTING -j {CHAIN}");
+/// How many `-A PREROUTING -j <chain>` rules `iptables -t nat -S PREROUTING` lists.
+pub fn count_jumps(chain: &str, prerouting_listing: &str) -> usize {
+    let jump = format!("-A PREROUTING -j {chain}");
     prerouting_listing
         .lines()
         .filter(|l| l.trim() == jump)
@@ -159,8 +196,9 @@ impl Iptables {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    async fn jumps(&self) -> Result<usize, IptablesError> {
+    async fn jumps(&self, chain: &str) -> Result<usize, IptablesError> {
         Ok(count_jumps(
+            chain,
             &self
                 .run("iptables", &["-w", "-t", "nat", "-S", "PREROUTING"], None)
                 .await?,
@@ -169,9 +207,9 @@ impl Iptables {
 
     /// Makes the rules current; returns true when anything was written.
     pub async fn ensure(&self, spec: &RuleSpec) -> Result<bool, IptablesError> {
-        let jumps = self.jumps().await?;
+        let jumps = self.jumps(&spec.chain).await?;
         let current = match self
-            .run("iptables", &["-w", "-t", "nat", "-S", CHAIN], None)
+            .run("iptables", &["-w", "-t", "nat", "-S", &spec.chain], None)
             .await
         {
             Ok(listing) => chain_is_current(spec, &listing),
@@ -190,11 +228,11 @@ impl Iptables {
         Ok(true)
     }
 
-    /// Removes the jump(s) and the chain; does nothing if they are gone.
-    pub async fn cleanup(&self) -> Result<(), IptablesError> {
-        let jumps = self.jumps().await?;
+    /// Removes the jump(s) to `chain` and the chain; does nothing if they are gone.
+    pub async fn cleanup(&self, chain: &str) -> Result<(), IptablesError> {
+        let jumps = self.jumps(chain).await?;
         let exists = self
-            .run("iptables", &["-w", "-t", "nat", "-S", CHAIN], None)
+            .run("iptables", &["-w", "-t", "nat", "-S", chain], None)
             .await
             .is_ok();
         if jumps == 0 && !exists {
@@ -203,7 +241,7 @@ impl Iptables {
         self.run(
             "iptables-restore",
             &["-w", "--noflush"],
-            Some(&render_cleanup(jumps)),
+            Some(&render_cleanup(chain, jumps)),
         )
         .await?;
         Ok(())

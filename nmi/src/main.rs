@@ -1,7 +1,8 @@
 //! podid-nmi: the node agent binary. All logic is in the library; this wires flags, watches,
-//! iptables, the servers and shutdown together. Only SIGTERM/SIGINT removes the iptables rules;
-//! every other exit leaves them, so pods are refused rather than reaching IMDS (docs/nmi.md,
-//! "Exits").
+//! iptables, the servers and shutdown together. No exit removes the iptables rules unless
+//! `--remove-iptables-on-exit` is set and the exit is SIGTERM/SIGINT: while the agent is down
+//! (crashed, restarting, being upgraded) pods are refused rather than reaching IMDS
+//! (docs/nmi.md, "Exits").
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,14 +42,17 @@ async fn main() -> anyhow::Result<()> {
         );
         return Err(e);
     }
-    // Only an intended stop (the pod is deleted or replaced) removes the rules.
-    tracing::info!("stop signal: removing the iptables rules and shutting down");
+    // Only an intended stop, and only when asked (uninstalling), removes the rules; a restart
+    // or an upgrade leaves them, so pods are refused until the next agent serves.
     let mut cleanup_failed = false;
-    if flags.manage_iptables
-        && let Err(e) = ipt.cleanup().await
-    {
-        tracing::error!(error = %e, "removing iptables rules");
-        cleanup_failed = true;
+    if flags.manage_iptables && flags.remove_iptables_on_exit {
+        tracing::info!(chain = %flags.iptables_chain, "stop signal: removing the iptables rules and shutting down");
+        if let Err(e) = ipt.cleanup(&flags.iptables_chain).await {
+            tracing::error!(error = %e, "removing iptables rules");
+            cleanup_failed = true;
+        }
+    } else {
+        tracing::info!(chain = %flags.iptables_chain, "stop signal: shutting down, leaving the iptables rules in place");
     }
     while tasks.join_next().await.is_some() {}
     tokio::time::sleep(Duration::from_secs(flags.shutdown_delay_sec)).await;
@@ -99,7 +103,7 @@ async fn run(
                     // Like the original, an iptables failure ends the agent, leaving the rules (it is
                     // restarted).
                     if ipt.ensure(&spec).await.context("ensuring iptables rules")? {
-                        tracing::info!(chain = iptables::CHAIN, "iptables rules written");
+                        tracing::info!(chain = %spec.chain, "iptables rules written");
                     }
                     // Once, after the first rules: connections pods opened to IMDS before
                     // them would otherwise keep bypassing the agent (fatal, as the original).

@@ -719,6 +719,7 @@ fn client_secret_from_secret_data() {
 
 fn spec() -> RuleSpec {
     RuleSpec {
+        chain: "podid-metadata".into(),
         metadata_ip: "169.254.169.254".parse().unwrap(),
         metadata_port: 80,
         target_ip: "127.0.0.1".parse().unwrap(),
@@ -727,12 +728,23 @@ fn spec() -> RuleSpec {
 }
 
 #[test]
-fn restore_payload_is_the_originals_chain() {
+fn restore_payload_is_the_originals_rules_in_podids_chain() {
     assert_eq!(
         render_restore(&spec(), false),
+        "*nat\n:podid-metadata - [0:0]\n-I PREROUTING 1 -j podid-metadata\n\
+         -A podid-metadata ! -s 127.0.0.1/32 -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 127.0.0.1:2579\n\
+         -A podid-metadata -j RETURN\nCOMMIT\n"
+    );
+    let original = RuleSpec {
+        chain: "aad-metadata".into(),
+        ..spec()
+    };
+    assert_eq!(
+        render_restore(&original, false),
         "*nat\n:aad-metadata - [0:0]\n-I PREROUTING 1 -j aad-metadata\n\
          -A aad-metadata ! -s 127.0.0.1/32 -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 127.0.0.1:2579\n\
-         -A aad-metadata -j RETURN\nCOMMIT\n"
+         -A aad-metadata -j RETURN\nCOMMIT\n",
+        "--iptables-chain=aad-metadata writes exactly the original's rules"
     );
     assert!(
         !render_restore(&spec(), true).contains("PREROUTING"),
@@ -744,18 +756,25 @@ fn restore_payload_is_the_originals_chain() {
     };
     assert!(render_restore(&any, true).contains("--to-destination 127.0.0.1:2579"));
     assert_eq!(
-        render_cleanup(2),
-        "*nat\n:aad-metadata - [0:0]\n-D PREROUTING -j aad-metadata\n-D PREROUTING -j aad-metadata\n-X aad-metadata\nCOMMIT\n"
+        render_cleanup("podid-metadata", 2),
+        "*nat\n:podid-metadata - [0:0]\n-D PREROUTING -j podid-metadata\n-D PREROUTING -j podid-metadata\n-X podid-metadata\nCOMMIT\n"
     );
 }
 
 #[test]
 fn listing_comparison() {
-    let good = "-N aad-metadata\n-A aad-metadata ! -s 127.0.0.1/32 -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 127.0.0.1:2579\n-A aad-metadata -j RETURN\n";
+    let good = "-N podid-metadata\n-A podid-metadata ! -s 127.0.0.1/32 -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 127.0.0.1:2579\n-A podid-metadata -j RETURN\n";
     assert!(chain_is_current(&spec(), good));
     assert!(!chain_is_current(
         &spec(),
-        "-N aad-metadata\n-A aad-metadata -j RETURN\n"
+        "-N podid-metadata\n-A podid-metadata -j RETURN\n"
+    ));
+    assert!(!chain_is_current(
+        &RuleSpec {
+            chain: "aad-metadata".into(),
+            ..spec()
+        },
+        good
     ));
     assert!(!chain_is_current(
         &RuleSpec {
@@ -764,10 +783,34 @@ fn listing_comparison() {
         },
         good
     ));
-    assert_eq!(
-        count_jumps("-P PREROUTING ACCEPT\n-A PREROUTING -j aad-metadata\n-A PREROUTING -j KUBE\n"),
-        1
-    );
+    let prerouting = "-P PREROUTING ACCEPT\n-A PREROUTING -j podid-metadata\n-A PREROUTING -j aad-metadata\n-A PREROUTING -j KUBE\n";
+    assert_eq!(count_jumps("podid-metadata", prerouting), 1);
+    assert_eq!(count_jumps("aad-metadata", prerouting), 1);
+    assert_eq!(count_jumps("podid-metadata-2", prerouting), 0);
+}
+
+#[test]
+fn chain_names() {
+    use podid_nmi::iptables::check_chain_name;
+    for ok in [
+        "podid-metadata",
+        "aad-metadata",
+        "podid_2.x",
+        &"a".repeat(28),
+    ] {
+        assert_eq!(check_chain_name(ok), Ok(()), "{ok}");
+    }
+    for bad in [
+        "",
+        &"a".repeat(29),
+        "-j",
+        "two words",
+        "a;b",
+        "PREROUTING",
+        "OUTPUT",
+    ] {
+        assert!(check_chain_name(bad).is_err(), "{bad:?}");
+    }
 }
 
 #[test]

@@ -45,6 +45,37 @@ fn daemonset_args() -> Vec<String> {
         .unwrap()
 }
 
+/// The swap runs podid-nmi beside the original NMI on every node (both `hostNetwork`): its
+/// ports and its iptables chain must be none of those the original's manifest uses, or one of
+/// the two cannot start, or both rewrite one chain.
+#[test]
+fn the_daemonset_runs_beside_the_originals() {
+    let args: Vec<String> = std::iter::once("podid-nmi".to_owned())
+        .chain(
+            daemonset_args()
+                .into_iter()
+                .map(|a| a.replace("$(NODE_NAME)", "aks-nodepool1-0")),
+        )
+        .collect();
+    let flags = Flags::try_parse_from(&args).unwrap();
+    // The original's deploy/infra manifest (v1.8.17): --http-probe-port=8085 and the defaults
+    // --nmi-port=2579, --prometheus-port=9090, chain aad-metadata.
+    for port in [flags.port, flags.http_probe_port, flags.prometheus_port] {
+        assert!(
+            ![2579, 8085, 9090].contains(&port),
+            "port {port} is the original's"
+        );
+    }
+    assert_ne!(flags.port, flags.http_probe_port);
+    assert_ne!(flags.port, flags.prometheus_port);
+    assert_ne!(flags.http_probe_port, flags.prometheus_port);
+    assert_ne!(flags.iptables_chain, podid_nmi::iptables::ORIGINAL_CHAIN);
+    assert!(
+        !flags.remove_iptables_on_exit,
+        "a rolling update must leave the rules"
+    );
+}
+
 /// A node pool the DaemonSet skipped would leave its pods without interception: it must
 /// tolerate every taint, as the original's NMI does, and run on Linux nodes only.
 #[test]
@@ -83,7 +114,7 @@ fn the_daemonset_arguments_and_the_originals_are_flags_the_agent_accepts() {
         .collect();
     let flags = Flags::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
     assert_eq!(flags.node, "aks-nodepool1-0");
-    assert_eq!(flags.http_probe_port, 8085);
+    assert_eq!(flags.http_probe_port, 8086);
     let probe = c
         .liveness_probe
         .as_ref()
@@ -93,7 +124,7 @@ fn the_daemonset_arguments_and_the_originals_are_flags_the_agent_accepts() {
         .unwrap();
     assert_eq!(
         probe.port,
-        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(8085),
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(8086),
         "the probe asks the port the agent serves /healthz on"
     );
 

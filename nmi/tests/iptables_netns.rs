@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use podid_nmi::iptables::CHAIN;
+use podid_nmi::iptables::DEFAULT_CHAIN as CHAIN;
 
 mod live;
 use live::netns::{NodeNetns, agent_rules};
@@ -44,10 +44,10 @@ async fn rules_redirect_pod_traffic_to_the_agent_and_are_removed_on_cleanup() {
     );
     let listing = net.nat_listing();
     assert!(
-        listing.contains("-A PREROUTING -j aad-metadata"),
+        listing.contains("-A PREROUTING -j podid-metadata"),
         "{listing}"
     );
-    assert!(listing.contains("-A aad-metadata ! -s 127.0.0.1/32 -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 127.0.0.1:2579"), "{listing}");
+    assert!(listing.contains("-A podid-metadata ! -s 127.0.0.1/32 -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 127.0.0.1:2579"), "{listing}");
     assert!(
         !ipt.ensure(&spec).await.unwrap(),
         "current rules are left alone"
@@ -60,7 +60,7 @@ async fn rules_redirect_pod_traffic_to_the_agent_and_are_removed_on_cleanup() {
     assert!(ipt.ensure(&spec).await.unwrap());
     let listing = net.nat_listing();
     assert_eq!(
-        listing.matches("-A PREROUTING -j aad-metadata").count(),
+        listing.matches("-A PREROUTING -j podid-metadata").count(),
         1,
         "{listing}"
     );
@@ -84,11 +84,11 @@ async fn rules_redirect_pod_traffic_to_the_agent_and_are_removed_on_cleanup() {
         "the pod's IMDS call reaches the agent with the pod's source address: {seen}"
     );
 
-    ipt.cleanup().await.unwrap();
+    ipt.cleanup(CHAIN).await.unwrap();
     let listing = net.nat_listing();
-    assert!(!listing.contains("aad-metadata"), "{listing}");
+    assert!(!listing.contains(CHAIN), "{listing}");
     // Cleaning up twice is harmless.
-    ipt.cleanup().await.unwrap();
+    ipt.cleanup(CHAIN).await.unwrap();
     let _ = server.kill().await;
 }
 

@@ -16,9 +16,11 @@ pub struct NodeNetns {
     _guard: Netns,
 }
 
-/// The agent's rules as deployed: 169.254.169.254:80 to 127.0.0.1:2579.
+/// The agent's rules with its defaults: chain `podid-metadata`, 169.254.169.254:80 to
+/// 127.0.0.1:2579.
 pub fn agent_rules() -> RuleSpec {
     RuleSpec {
+        chain: podid_nmi::iptables::DEFAULT_CHAIN.into(),
         metadata_ip: "169.254.169.254".parse().unwrap(),
         metadata_port: 80,
         target_ip: "127.0.0.1".parse().unwrap(),
