@@ -544,9 +544,18 @@ async fn run_cutover(command: CutoverCommand) -> anyhow::Result<ExitCode> {
             direct,
         } => {
             let (c, plan, _, ctx, records, _) = cutover_view(&scope).await?;
-            if !direct.direct && records.is_empty() {
+            let recorded = |e: &&podid_cli::cutover::PlanEntry| {
+                records.iter().any(|r| {
+                    r.metadata.namespace.as_deref() == Some(e.namespace.as_str())
+                        && r.metadata.name.as_deref() == Some(e.record.as_str())
+                })
+            };
+            if !direct.direct
+                && !plan.workloads.is_empty()
+                && !plan.workloads.iter().any(|e| recorded(&e))
+            {
                 return Err(podid_cli::Error::Refused(
-                    "no WorkloadMigration exists in the cluster: prepare works through podid-operator's bridge, which has written no record (is podid-operator running, with --bridge?); without it, `podid cutover prepare --direct` builds them through ARM".into(),
+                    "no workload in scope has a WorkloadMigration: prepare works through podid-operator's bridge, which has written none (is podid-operator running, with --bridge?); without it, `podid cutover prepare --direct` builds them through ARM".into(),
                 )
                 .into());
             }
