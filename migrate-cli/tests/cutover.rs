@@ -1051,8 +1051,9 @@ fn stdout_of(o: &std::process::Output) -> String {
 }
 
 /// Each stage's command killed (SIGKILL) at its boundary — as soon as it has recorded the
-/// stage, before it finished — and run again ends with the same objects as an uninterrupted run;
-/// rollback from Verified restores the template exactly.
+/// stage, before it finished; finalize inside, between removing the label and recording its
+/// stage — and run again ends with the same objects as an uninterrupted run; rollback from
+/// Verified restores the template exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_stage_killed_at_its_boundary_converges_and_rollback_from_verified_is_exact() {
     use podid_azure_emulator::{Emulator, FederatedCredential, Settings};
@@ -1143,15 +1144,31 @@ async fn each_stage_killed_at_its_boundary_converges_and_rollback_from_verified_
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
-        while record(kc, kn, "deployment-web").await.spec.stage != Some(*stage) {
+        // Switch and verify: killed once their stage is recorded. Finalize records its stage
+        // last, so it is killed inside: once aadpodidbinding is off the template.
+        let reached = || async {
+            if *stage == Stage::Completed {
+                let t = tmpl(&get(kc, kn, "Deployment", "web").await, "Deployment");
+                t["metadata"]["labels"]["aadpodidbinding"].is_null()
+            } else {
+                record(kc, kn, "deployment-web").await.spec.stage == Some(*stage)
+            }
+        };
+        while !reached().await {
             assert!(
                 Instant::now() < deadline,
-                "{cmd:?} never recorded {stage:?}"
+                "{cmd:?} never reached its kill point"
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let _ = child.kill();
         child.wait().unwrap();
+        if *stage == Stage::Completed {
+            println!(
+                "finalize killed with the label removed and stage {:?} recorded",
+                record(kc, kn, "deployment-web").await.spec.stage
+            );
+        }
         let a = args(cmd, kn);
         let out = podid(cluster, &a.iter().map(String::as_str).collect::<Vec<_>>());
         assert_eq!(
