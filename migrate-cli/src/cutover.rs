@@ -839,6 +839,110 @@ pub fn selector_query(selector: &Value) -> String {
     parts.join(",")
 }
 
+/// What `rollback --remove-workload-id` removes for one rolled-back workload, and what it keeps
+/// and why.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkloadIdRemoval {
+    /// (identity resource ID, credential name) of podid's credentials for its ServiceAccount.
+    pub credentials: Vec<(String, String)>,
+    /// Its target ServiceAccount, when podid created it and nothing else needs it.
+    pub service_account: Option<String>,
+    /// What stays: (what, why).
+    pub kept: Vec<(String, String)>,
+}
+
+/// The cluster around a rolled-back workload, as [`workload_id_removal`] needs it.
+pub struct RemovalView<'a> {
+    /// Every WorkloadMigration of the workload's namespace, its own included.
+    pub records: &'a [podid_crds::migration::WorkloadMigration],
+    /// ServiceAccounts that pods on Workload ID (the webhook's label) run as now.
+    pub on_workload_id: &'a std::collections::BTreeSet<String>,
+    /// ServiceAccounts any pod of the namespace runs as now.
+    pub running_as: &'a std::collections::BTreeSet<String>,
+    /// True when the target ServiceAccount carries podid-operator's managed-by label.
+    pub created_by_podid: bool,
+}
+
+/// Decides [`WorkloadIdRemoval`] for record `record` (namespace `namespace`): nothing while
+/// another workload's record targets the same ServiceAccount (whatever its stage: moved,
+/// moving, or on pod identity with its Workload ID side built) or pods run on Workload ID as it;
+/// else podid's credentials for that ServiceAccount (never one podid did not name), and the
+/// ServiceAccount itself only when podid created it and no pod runs as it.
+pub fn workload_id_removal(namespace: &str, record: &str, view: &RemovalView) -> WorkloadIdRemoval {
+    let mut out = WorkloadIdRemoval::default();
+    let Some(own) = view
+        .records
+        .iter()
+        .find(|r| r.metadata.name.as_deref() == Some(record))
+    else {
+        return out;
+    };
+    let Some(status) = own.status.as_ref() else {
+        return out;
+    };
+    let Some(target) = status.target_service_account.clone() else {
+        return out;
+    };
+    let subject = podid_crds::migration::service_account_subject(namespace, &target);
+    let sharing: Vec<String> = view
+        .records
+        .iter()
+        .filter(|r| r.metadata.name.as_deref() != Some(record))
+        .filter(|r| {
+            r.status
+                .as_ref()
+                .and_then(|s| s.target_service_account.as_deref())
+                == Some(target.as_str())
+        })
+        .map(|r| {
+            format!(
+                "{}/{}",
+                r.spec.workload.kind.to_ascii_lowercase(),
+                r.spec.workload.name
+            )
+        })
+        .collect();
+    let why_shared = if !sharing.is_empty() {
+        Some(format!(
+            "{} also moves to ServiceAccount {target}",
+            sharing.join(", ")
+        ))
+    } else if view.on_workload_id.contains(&target) {
+        Some(format!(
+            "pods run on Workload ID as ServiceAccount {target}"
+        ))
+    } else {
+        None
+    };
+    if let Some(why) = why_shared {
+        for c in status.credentials.iter().filter(|c| c.subject == subject) {
+            out.kept
+                .push((format!("credential {}", c.name), why.clone()));
+        }
+        out.kept.push((format!("serviceaccount/{target}"), why));
+        return out;
+    }
+    for c in status.credentials.iter().filter(|c| c.subject == subject) {
+        if podid_crds::migration::is_podid_credential(&c.name) {
+            out.credentials.push((c.identity.clone(), c.name.clone()));
+        } else {
+            out.kept.push((
+                format!("credential {}", c.name),
+                "podid did not create it".into(),
+            ));
+        }
+    }
+    let sa = format!("serviceaccount/{target}");
+    if !view.created_by_podid {
+        out.kept.push((sa, "podid did not create it".into()));
+    } else if view.running_as.contains(&target) {
+        out.kept.push((sa, "pods run as it".into()));
+    } else {
+        out.service_account = Some(target);
+    }
+    out
+}
+
 #[cfg(test)]
 mod removed_tests {
     use super::*;
@@ -873,6 +977,108 @@ mod removed_tests {
         assert_eq!(merged, vec![first.clone(), id.clone()]);
         let order: Vec<&Value> = recreate_order(&merged);
         assert_eq!(order, vec![&id, &first], "identities first");
+    }
+
+    fn rec(
+        name: &str,
+        kind: &str,
+        target: &str,
+        creds: &[(&str, &str)],
+    ) -> podid_crds::migration::WorkloadMigration {
+        serde_json::from_value(json!({
+            "apiVersion": "podid.dev/v1alpha1", "kind": "WorkloadMigration",
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"workload": {"kind": kind, "name": name}},
+            "status": {"targetServiceAccount": target, "credentials": creds.iter().map(|(n, sa)| json!({
+                "name": n, "identity": "/sub/id", "issuer": "https://i",
+                "subject": format!("system:serviceaccount:shop:{sa}"), "ready": true})).collect::<Vec<_>>()}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn removal_takes_podids_credentials_and_service_account_only_when_nothing_shares_them() {
+        use std::collections::BTreeSet;
+        let none = BTreeSet::new();
+        let web = rec(
+            "web",
+            "Deployment",
+            "web",
+            &[("podid-shop-web-1", "web"), ("by-hand", "web")],
+        );
+        let view = RemovalView {
+            records: std::slice::from_ref(&web),
+            on_workload_id: &none,
+            running_as: &none,
+            created_by_podid: true,
+        };
+        let r = workload_id_removal("shop", "web", &view);
+        assert_eq!(
+            r.credentials,
+            [("/sub/id".to_owned(), "podid-shop-web-1".to_owned())]
+        );
+        assert_eq!(r.service_account.as_deref(), Some("web"));
+        assert_eq!(
+            r.kept,
+            [(
+                "credential by-hand".to_owned(),
+                "podid did not create it".to_owned()
+            )]
+        );
+
+        // Another workload targets the same ServiceAccount: everything stays, said why.
+        let api = rec("api", "Deployment", "web", &[("podid-shop-web-1", "web")]);
+        let both = [web.clone(), api];
+        let view = RemovalView {
+            records: &both,
+            ..view
+        };
+        let r = workload_id_removal("shop", "web", &view);
+        assert!(r.credentials.is_empty() && r.service_account.is_none());
+        assert!(
+            r.kept
+                .iter()
+                .all(|(_, why)| why.contains("deployment/api also moves")),
+            "{:?}",
+            r.kept
+        );
+
+        // Pods on Workload ID as it; a ServiceAccount podid did not create; pods running as it.
+        let wi = BTreeSet::from(["web".to_owned()]);
+        let one = [web.clone()];
+        let r = workload_id_removal(
+            "shop",
+            "web",
+            &RemovalView {
+                records: &one,
+                on_workload_id: &wi,
+                running_as: &none,
+                created_by_podid: true,
+            },
+        );
+        assert!(r.credentials.is_empty() && r.service_account.is_none());
+        let r = workload_id_removal(
+            "shop",
+            "web",
+            &RemovalView {
+                records: &one,
+                on_workload_id: &none,
+                running_as: &none,
+                created_by_podid: false,
+            },
+        );
+        assert_eq!((r.credentials.len(), r.service_account), (1, None));
+        let r = workload_id_removal(
+            "shop",
+            "web",
+            &RemovalView {
+                records: &one,
+                on_workload_id: &none,
+                running_as: &wi,
+                created_by_podid: true,
+            },
+        );
+        assert_eq!((r.credentials.len(), r.service_account), (1, None));
     }
 
     #[test]

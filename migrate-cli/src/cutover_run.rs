@@ -818,6 +818,152 @@ pub async fn prepare_direct(
     Ok(Vec::new())
 }
 
+/// `rollback --remove-workload-id` for these rolled-back workloads: per workload, what
+/// [`crate::cutover::workload_id_removal`] decides, deleted (credentials through `arm`, then the
+/// ServiceAccount), or with `dry_run` only listed.
+pub async fn remove_workload_id_side<F: podid_azure::FederatedCredentials>(
+    client: &Client,
+    entries: &[&PlanEntry],
+    arm: &F,
+    dry_run: bool,
+) -> Vec<Outcome> {
+    use std::collections::BTreeSet;
+    let mut out = Vec::new();
+    for e in entries {
+        let outcome = |result: &str, message: String| Outcome {
+            namespace: e.namespace.clone(),
+            workload: e.workload(),
+            result: result.into(),
+            message,
+        };
+        let records: Api<WorkloadMigration> = Api::namespaced(client.clone(), &e.namespace);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &e.namespace);
+        let (records, pods) = match (
+            records.list(&ListParams::default()).await,
+            pods.list(&ListParams::default()).await,
+        ) {
+            (Ok(r), Ok(p)) => (r.items, p.items),
+            (Err(x), _) | (_, Err(x)) => {
+                out.push(outcome("failed", format!("reading records and pods: {x}")));
+                continue;
+            }
+        };
+        let sa_of = |p: &Pod| {
+            p.spec
+                .as_ref()
+                .and_then(|s| s.service_account_name.clone())
+                .unwrap_or_else(|| "default".into())
+        };
+        let live = pods
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none());
+        let running_as: BTreeSet<String> = live.clone().map(sa_of).collect();
+        let on_workload_id: BTreeSet<String> = live
+            .filter(|p| {
+                p.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(WI_USE_LABEL))
+                    .map(String::as_str)
+                    == Some("true")
+            })
+            .map(sa_of)
+            .collect();
+        let target = records
+            .iter()
+            .find(|r| r.metadata.name.as_deref() == Some(e.record.as_str()))
+            .and_then(|r| r.status.as_ref())
+            .and_then(|s| s.target_service_account.clone());
+        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &e.namespace);
+        let created_by_podid = match &target {
+            Some(t) => sas.get_opt(t).await.ok().flatten().is_some_and(|sa| {
+                sa.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(podid_operator::bridge_run::MANAGED_BY_LABEL))
+                    .map(String::as_str)
+                    == Some(podid_operator::bridge_run::MANAGED_BY)
+            }),
+            None => false,
+        };
+        let decided = crate::cutover::workload_id_removal(
+            &e.namespace,
+            &e.record,
+            &crate::cutover::RemovalView {
+                records: &records,
+                on_workload_id: &on_workload_id,
+                running_as: &running_as,
+                created_by_podid,
+            },
+        );
+        let mut done = Vec::new();
+        let mut failed = Vec::new();
+        for (identity, name) in &decided.credentials {
+            if dry_run {
+                done.push(format!("would delete credential {name}"));
+                continue;
+            }
+            match arm.delete(identity, name).await {
+                Ok(()) | Err(podid_azure::Error::Arm { status: 404, .. }) => {
+                    done.push(format!("credential {name} deleted"))
+                }
+                Err(x) => failed.push(format!("deleting credential {name} on {identity}: {x}")),
+            }
+        }
+        if let Some(sa) = &decided.service_account {
+            let dp = kube::api::DeleteParams {
+                dry_run,
+                ..Default::default()
+            };
+            match sas.delete(sa, &dp).await {
+                Ok(_) if dry_run => done.push(format!("would delete serviceaccount/{sa}")),
+                Ok(_) => done.push(format!("serviceaccount/{sa} deleted")),
+                Err(kube::Error::Api(x)) if x.code == 404 => {}
+                Err(x) => failed.push(format!("deleting serviceaccount/{sa}: {x}")),
+            }
+        }
+        // Its record goes too: the Workload ID side it describes is gone (podid-operator's
+        // bridge, if running, writes it again for a workload on pod identity).
+        if failed.is_empty() {
+            let api: Api<WorkloadMigration> = Api::namespaced(client.clone(), &e.namespace);
+            let dp = kube::api::DeleteParams {
+                dry_run,
+                ..Default::default()
+            };
+            match api.delete(&e.record, &dp).await {
+                Ok(_) if dry_run => {
+                    done.push(format!("would delete its WorkloadMigration {}", e.record))
+                }
+                Ok(_) => done.push(format!("WorkloadMigration {} deleted", e.record)),
+                Err(kube::Error::Api(x)) if x.code == 404 => {}
+                Err(x) => failed.push(format!("deleting its WorkloadMigration: {x}")),
+            }
+        }
+        let kept: Vec<String> = decided
+            .kept
+            .iter()
+            .map(|(what, why)| format!("kept {what}: {why}"))
+            .collect();
+        let message = done
+            .into_iter()
+            .chain(kept)
+            .chain(failed.iter().cloned())
+            .collect::<Vec<_>>();
+        let result = match (failed.is_empty(), dry_run) {
+            (false, _) => "failed",
+            (true, true) => "dry-run",
+            (true, false) => "removed",
+        };
+        let message = if message.is_empty() {
+            "nothing of its Workload ID side to remove".to_owned()
+        } else {
+            message.join("; ")
+        };
+        out.push(outcome(result, message));
+    }
+    out
+}
+
 /// What `verify` needs for its token exchange.
 #[derive(Clone)]
 pub struct Exchange {

@@ -12,7 +12,7 @@ use podid_cli::cutover::{
 };
 use podid_cli::cutover_run::{
     Exchange, Outcome, RunOptions, check_webhook, delete_bindings, finalize, prepare,
-    prepare_direct, rollback, switch, verify,
+    prepare_direct, remove_workload_id_side, rollback, switch, verify,
 };
 use podid_cli::inventory::{ContextFromInventory, Inventory};
 use podid_cli::live::{Scope, scan};
@@ -170,26 +170,20 @@ struct Change {
     max_parallel: usize,
 }
 
-/// `podid cutover prepare --direct`: Azure as podid-operator is given it.
+/// Azure as podid-operator is given it, for the commands that call ARM and Entra.
 #[derive(clap::Args)]
-struct DirectFlags {
-    /// Build the Workload ID side here, through ARM and the API server, when podid-operator is
-    /// not running: one pass of its bridge over the workloads in scope (ServiceAccounts,
-    /// federated credentials, a proof of each by token exchange, the records); nothing is
-    /// deleted.
-    #[arg(long)]
-    direct: bool,
-    /// azure.json, as podid-operator reads it (with --direct); the flags and AZURE_* variables
-    /// below win over it.
+struct AzureFlags {
+    /// azure.json, as podid-operator reads it; the flags and AZURE_* variables below win over
+    /// it.
     #[arg(long = "cloud-config", value_name = "FILE", env = "AZURE_CLOUD_CONFIG")]
     cloud_config: Option<PathBuf>,
-    /// The Entra tenant (with --direct).
+    /// The Entra tenant.
     #[arg(long = "azure-tenant-id", env = "AZURE_TENANT_ID")]
     tenant_id: Option<String>,
     #[arg(long = "azure-subscription-id", env = "AZURE_SUBSCRIPTION_ID")]
     subscription_id: Option<String>,
-    /// The service principal that writes federated credentials (with --direct); its secret only
-    /// from the environment, AZURE_CLIENT_SECRET, never a flag.
+    /// The service principal that writes to ARM; its secret only from the environment,
+    /// AZURE_CLIENT_SECRET, never a flag.
     #[arg(long = "azure-client-id", env = "AZURE_CLIENT_ID")]
     client_id: Option<String>,
     #[arg(long = "azure-client-secret", env = "AZURE_CLIENT_SECRET", hide = true)]
@@ -207,17 +201,21 @@ struct DirectFlags {
     extra_ca_file: Option<PathBuf>,
 }
 
-impl DirectFlags {
-    fn direct(
-        &self,
-        oidc_issuer: Option<String>,
-        match_options: podid_crds::policy::MatchOptions,
-    ) -> anyhow::Result<podid_cli::cutover_run::Direct> {
+/// What [`AzureFlags`] resolve to.
+struct Azure {
+    cloud: podid_azure::CloudConfig,
+    credential: std::sync::Arc<dyn podid_azure::TokenCredential>,
+    http: reqwest::Client,
+}
+
+impl AzureFlags {
+    /// The cloud configuration and credential; `needed_by` names the flag that needs them.
+    fn resolve(&self, needed_by: &str) -> anyhow::Result<Azure> {
         use anyhow::Context;
         if self.cloud_config.is_none() && self.tenant_id.is_none() {
-            return Err(podid_cli::Error::Usage(
-                "--direct needs Azure: --cloud-config FILE (azure.json), or --azure-tenant-id, --azure-subscription-id, --azure-client-id and AZURE_CLIENT_SECRET".into(),
-            )
+            return Err(podid_cli::Error::Usage(format!(
+                "{needed_by} needs Azure: --cloud-config FILE (azure.json), or --azure-tenant-id, --azure-subscription-id, --azure-client-id and AZURE_CLIENT_SECRET"
+            ))
             .into());
         }
         let overrides = podid_azure::Overrides {
@@ -246,12 +244,44 @@ impl DirectFlags {
             .credential
             .build(http.clone())
             .context("Azure credential")?;
+        Ok(Azure {
+            cloud,
+            credential,
+            http,
+        })
+    }
+}
+
+/// `podid cutover prepare --direct`.
+#[derive(clap::Args)]
+struct DirectFlags {
+    /// Build the Workload ID side here, through ARM and the API server, when podid-operator is
+    /// not running: one pass of its bridge over the workloads in scope (ServiceAccounts,
+    /// federated credentials, a proof of each by token exchange, the records); nothing is
+    /// deleted.
+    #[arg(long)]
+    direct: bool,
+    #[command(flatten)]
+    azure: AzureFlags,
+}
+
+impl DirectFlags {
+    fn direct(
+        &self,
+        oidc_issuer: Option<String>,
+        match_options: podid_crds::policy::MatchOptions,
+    ) -> anyhow::Result<podid_cli::cutover_run::Direct> {
+        let Azure {
+            cloud,
+            credential,
+            http,
+        } = self.azure.resolve("--direct")?;
         Ok(podid_cli::cutover_run::Direct {
             cloud,
             credential,
             http,
             oidc_issuer,
-            aks_cluster_id: self.aks_cluster_id.clone(),
+            aks_cluster_id: self.azure.aks_cluster_id.clone(),
             match_options,
         })
     }
@@ -357,6 +387,15 @@ enum CutoverCommand {
         scope: CutoverSource,
         #[command(flatten)]
         change: Change,
+        /// Also remove the Workload ID side built for each rolled-back workload: podid's
+        /// federated credentials for its target ServiceAccount (through ARM) and that
+        /// ServiceAccount if podid created it, unless another workload still moving or moved
+        /// (or a pod on Workload ID) uses them. podid-operator's bridge, if running, builds them
+        /// again for a workload on pod identity.
+        #[arg(long)]
+        remove_workload_id: bool,
+        #[command(flatten)]
+        azure: AzureFlags,
     },
 }
 
@@ -729,12 +768,33 @@ async fn run_cutover(command: CutoverCommand) -> anyhow::Result<ExitCode> {
                 !unverified.is_empty() || outcomes.iter().any(|o| o.failed()),
             ))
         }
-        CutoverCommand::Rollback { scope, change } => {
+        CutoverCommand::Rollback {
+            scope,
+            change,
+            remove_workload_id,
+            azure,
+        } => {
+            // Checked before anything changes.
+            let arm = match remove_workload_id {
+                true => {
+                    let a = azure.resolve("--remove-workload-id")?;
+                    Some(podid_azure::MsiCredentials::new(
+                        &a.cloud.endpoints.arm,
+                        &a.cloud.endpoints.arm_audience,
+                        a.credential,
+                    )?)
+                }
+                false => None,
+            };
             let (c, plan, ..) = cutover_view(&scope).await?;
             let entries: Vec<_> = plan
                 .workloads
                 .iter()
-                .filter(|e| e.stage.is_some() || e.recorded)
+                .filter(|e| {
+                    e.stage.is_some()
+                        || e.recorded
+                        || (remove_workload_id && e.bridge_stage.is_some())
+                })
                 .collect();
             if entries.is_empty() {
                 eprintln!("nothing to roll back: no workload in scope has a cutover stage");
@@ -747,7 +807,21 @@ async fn run_cutover(command: CutoverCommand) -> anyhow::Result<ExitCode> {
                 max_parallel: change.max_parallel,
                 quiet: scope.source.quiet,
             };
-            let outcomes = rollback(&c, &entries, &opts).await;
+            let mut outcomes = rollback(&c, &entries, &opts).await;
+            if let Some(arm) = arm {
+                let back: Vec<_> = entries
+                    .iter()
+                    .filter(|e| {
+                        outcomes.iter().any(|o| {
+                            o.namespace == e.namespace
+                                && o.workload == e.workload()
+                                && matches!(o.result.as_str(), "rolled-back" | "dry-run")
+                        })
+                    })
+                    .copied()
+                    .collect();
+                outcomes.extend(remove_workload_id_side(&c, &back, &arm, change.dry_run).await);
+            }
             print!("{}", outcome_table(&outcomes, None));
             Ok(code(outcomes.iter().any(Outcome::failed)))
         }

@@ -1352,5 +1352,53 @@ async fn prepare_direct_builds_and_proves_without_the_operator() {
     let out = prepare(&["--direct", &cloud, "--timeout", "120s"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(emu.federated_credentials(&ident.id), creds);
+
+    // Rolled back from prepare with --remove-workload-id: the dry run lists, then the
+    // credential, the ServiceAccount podid created and the record go.
+    let rollback = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_podid"))
+            .args([
+                "cutover",
+                "rollback",
+                "-n",
+                n,
+                "--workload",
+                "deployment/api",
+                "-q",
+            ])
+            .args(["--remove-workload-id", &cloud])
+            .args(extra)
+            .env("KUBECONFIG", cluster.kubeconfig())
+            .env("AZURE_ENVIRONMENT_FILEPATH", &env_file)
+            .env_remove("AZURE_CLIENT_SECRET")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = rollback(&["--dry-run"]);
+    println!("rollback --remove-workload-id --dry-run:\n{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stdout_of(&out).contains(&format!("would delete credential {}", creds[0])),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(emu.federated_credentials(&ident.id), creds);
+    let out = rollback(&[]);
+    println!("rollback --remove-workload-id:\n{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(emu.federated_credentials(&ident.id).is_empty());
+    let sas: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        kube::Api::namespaced(c.clone(), n);
+    assert!(
+        sas.get_opt(&target).await.unwrap().is_none(),
+        "podid created it: gone"
+    );
+    assert!(records.get_opt("deployment-api").await.unwrap().is_none());
+    assert_eq!(
+        get(c, n, "Deployment", "api").await["metadata"]["generation"],
+        api["metadata"]["generation"],
+        "pods untouched"
+    );
     println!("figures: prepare --direct {took:?}");
 }

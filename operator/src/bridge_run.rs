@@ -43,7 +43,7 @@ use crate::metrics::Metrics;
 
 /// Label podid puts on the records it writes.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-const MANAGED_BY: &str = "podid-operator";
+pub const MANAGED_BY: &str = "podid-operator";
 
 /// Proves that a ServiceAccount's tokens are exchanged for an identity.
 pub trait Prover: Send + Sync {
