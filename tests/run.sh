@@ -34,6 +34,25 @@ PODID_SKIP_LOG="$(mktemp "${TMPDIR:-/tmp}/podid-skips.XXXXXX")"
 export PODID_SKIP_LOG
 status=0
 cargo test --workspace --locked "$@" || status=$?
+
+# The compatibility selection on the oldest Kubernetes podid is tested on (docs/compatibility.md):
+# the CRD tests and one operator, node-agent and report scenario, against its kube-apiserver
+# (etcd, kwok and the controllers stay the current ones). Skipped when arguments narrow the run.
+if [ $# -eq 0 ] && [ -x tests/cluster/build.sh ]; then
+  PODID_K8S_APISERVER="$(tests/cluster/build.sh --oldest | tail -n 1)"
+  export PODID_K8S_APISERVER
+  printf '\n== compatibility: the selection on %s\n' "$("$PODID_K8S_APISERVER" --version)"
+  for t in \
+    "-p podid-crds --test apiserver" \
+    "-p podid-operator --test cluster_emulator" \
+    "-p podid-operator --test bridge -- workloads_on_pod_identity_get_proven" \
+    "-p podid-nmi --test cluster_emulator -- managed_mode_security_matrix" \
+    "-p podid-cli --test live -- live_report_equals_report_of_its_snapshot"; do
+    # shellcheck disable=SC2086
+    cargo test --locked $t || status=$?
+  done
+  unset PODID_K8S_APISERVER
+fi
 if [ -s "$PODID_SKIP_LOG" ]; then
   printf '\n== skipped tests (prerequisite missing on this machine)\n'
   sort -u "$PODID_SKIP_LOG"

@@ -1,6 +1,7 @@
 //! podid's migration CLI as a library: read a cluster (live or from snapshot files), decide per
 //! workload whether it can move from pod identity to Workload ID, and render the report.
 
+pub mod crds;
 pub mod cutover;
 pub mod cutover_run;
 pub mod inventory;

@@ -131,6 +131,12 @@ enum Command {
         #[command(subcommand)]
         command: CutoverCommand,
     },
+    /// podid's CustomResourceDefinitions, the variant the cluster's Kubernetes minor takes
+    /// (docs/compatibility.md).
+    Crds {
+        #[command(subcommand)]
+        command: CrdsCommand,
+    },
     /// Write a snapshot of everything the report reads (never Secrets) to a file.
     Snapshot {
         #[command(flatten)]
@@ -138,6 +144,31 @@ enum Command {
         /// File to write ("-" for stdout).
         #[arg(short, long, default_value = "-")]
         output: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CrdsCommand {
+    /// Print the CRDs as YAML for a Kubernetes version (default: the newest variant).
+    ///
+    /// Example: podid crds print --kube-version 1.30 > podid-crds.yaml
+    Print {
+        /// The cluster's Kubernetes version (1.30, v1.34.4); before 1.31 the CRDs come without
+        /// selectableFields.
+        #[arg(long, value_name = "VERSION")]
+        kube_version: Option<String>,
+    },
+    /// Apply the CRDs for the cluster's own version (read from its API server), server-side,
+    /// and wait until each is Established.
+    ///
+    /// Example: podid crds apply --context prod
+    Apply {
+        /// kubeconfig context (default: the current one).
+        #[arg(long)]
+        context: Option<String>,
+        /// A server-side dry run: change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -949,6 +980,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Cutover { command } => run_cutover(command).await,
+        Command::Crds { command } => match command {
+            CrdsCommand::Print { kube_version } => {
+                let minor = match kube_version {
+                    Some(v) => podid_cli::crds::parse_kube_version(&v)?,
+                    None => podid_crds::SELECTABLE_FIELDS_MINOR,
+                };
+                print!("{}", podid_crds::crds_yaml_for(minor)?);
+                Ok(ExitCode::SUCCESS)
+            }
+            CrdsCommand::Apply { context, dry_run } => {
+                let c = client(context.as_ref()).await?;
+                for line in podid_cli::crds::apply(&c, dry_run).await? {
+                    println!("{line}");
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+        },
         Command::Snapshot { source, output } => {
             let mut yaml = String::new();
             for inv in live(&source).await? {

@@ -41,6 +41,17 @@ build() { # name module-dir package ldflags
   echo "built $name in $((SECONDS - t0))s" >&2
 }
 
+# `--oldest`: only the kube-apiserver of the oldest Kubernetes podid is tested on
+# (tests/cluster/k8s-oldest, docs/compatibility.md); prints its path on the last line.
+if [ "${1:-}" = "--oldest" ]; then
+  K8S_VERSION="$(modver k8s-oldest k8s.io/kubernetes)"
+  bin="$cache/k8s-$K8S_VERSION/bin"
+  mkdir -p "$bin"
+  build kube-apiserver k8s-oldest k8s.io/kubernetes/cmd/kube-apiserver "$(stamp_k8s)"
+  echo "$bin/kube-apiserver"
+  exit 0
+fi
+
 k8s_flags="$(stamp_k8s)"
 build etcd etcd go.etcd.io/etcd/server/v3 \
   "-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=podid-build"

@@ -126,7 +126,21 @@ fn cache_dir() -> PathBuf {
         })
 }
 
+/// `$PODID_K8S_APISERVER`: another kube-apiserver (the oldest supported Kubernetes, built by
+/// tests/cluster/build.sh) with the same etcd, kwok and controllers; `tests/run.sh` runs the
+/// compatibility selection with it (docs/compatibility.md).
+pub const APISERVER_ENV: &str = "PODID_K8S_APISERVER";
+
 fn binary(name: &str) -> Result<PathBuf, Error> {
+    if name == "kube-apiserver"
+        && let Some(p) = std::env::var_os(APISERVER_ENV).filter(|p| !p.is_empty())
+    {
+        let p = PathBuf::from(p);
+        return match p.is_file() {
+            true => Ok(p),
+            false => Err(Error::MissingBinary(p.display().to_string())),
+        };
+    }
     let p = bin_dir()?.join(name);
     if p.is_file() {
         Ok(p)
@@ -764,10 +778,14 @@ async fn open_oidc_discovery(client: &Client) -> Result<(), Error> {
     Ok(())
 }
 
-/// Installs podid's CRDs and waits until each is Established.
+/// Installs podid's CRDs, the variant for the server's minor ([`podid_crds::crds_for`]), and
+/// waits until each is Established.
 pub async fn install_crds(client: &Client) -> Result<(), Error> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in podid_crds::all_crds() {
+    let version = client.apiserver_version().await?;
+    let minor =
+        podid_crds::kube_minor(&version.minor).unwrap_or(podid_crds::SELECTABLE_FIELDS_MINOR);
+    for crd in podid_crds::crds_for(minor) {
         let name = crd.metadata.name.clone().unwrap_or_default();
         api.patch(
             &name,
