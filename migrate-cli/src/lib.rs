@@ -3,6 +3,7 @@
 
 pub mod cutover;
 pub mod cutover_run;
+pub mod identity;
 pub mod inventory;
 pub mod live;
 pub mod render;
