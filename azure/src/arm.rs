@@ -9,9 +9,9 @@ use podid_crds::provider::AssignmentTarget;
 use serde_json::{Value, json};
 
 use crate::{
-    AKS_API_VERSION, ArmObserver, COMPUTE_API_VERSION, Error, FederatedCredential,
-    FederatedCredentials, IdentityState, MSI_API_VERSION, NodePoolIdentities, RetryPolicy,
-    identity_patches,
+    AKS_API_VERSION, AUTHORIZATION_API_VERSION, ArmObserver, COMPUTE_API_VERSION, Error,
+    FederatedCredential, FederatedCredentials, IdentityState, MSI_API_VERSION, NodePoolIdentities,
+    RetryPolicy, RoleAssignment, identity_patches,
 };
 
 /// ARM over REST with an `azure_identity` credential.
@@ -179,6 +179,120 @@ impl Arm {
             .as_str()
             .filter(|u| !u.is_empty() && profile["enabled"].as_bool() != Some(false))
             .map(str::to_owned))
+    }
+}
+
+impl Arm {
+    /// The object ID of an AKS cluster's kubelet identity
+    /// (`properties.identityProfile.kubeletidentity.objectId` of `GET <cluster_id>`), or `None`
+    /// when the cluster reports none.
+    pub async fn aks_kubelet_object_id(&self, cluster_id: &str) -> Result<Option<String>, Error> {
+        let url = format!(
+            "{}{}?api-version={AKS_API_VERSION}",
+            self.endpoint,
+            cluster_id.trim_end_matches('/')
+        );
+        let (_, _, body) = self
+            .call("aks_get", reqwest::Method::GET, &url, None)
+            .await?;
+        Ok(
+            body["properties"]["identityProfile"]["kubeletidentity"]["objectId"]
+                .as_str()
+                .filter(|o| !o.is_empty())
+                .map(str::to_owned),
+        )
+    }
+
+    /// The role assignments of `principal_id` that apply at `scope` (assigned there or above:
+    /// ARM's `atScope() and assignedTo(...)` filter), following `nextLink`.
+    pub async fn role_assignments(
+        &self,
+        scope: &str,
+        principal_id: &str,
+    ) -> Result<Vec<RoleAssignment>, Error> {
+        let mut url = Some(format!(
+            "{}{}/providers/Microsoft.Authorization/roleAssignments?api-version={AUTHORIZATION_API_VERSION}&$filter=atScope()+and+assignedTo('{principal_id}')",
+            self.endpoint,
+            scope.trim_end_matches('/')
+        ));
+        let mut out = Vec::new();
+        while let Some(u) = url.take() {
+            let (_, _, body) = self
+                .call("role_assignment_list", reqwest::Method::GET, &u, None)
+                .await?;
+            for a in body["value"].as_array().into_iter().flatten() {
+                let p = &a["properties"];
+                out.push(RoleAssignment {
+                    id: a["id"].as_str().unwrap_or_default().to_owned(),
+                    scope: p["scope"].as_str().unwrap_or_default().to_owned(),
+                    role_definition_id: p["roleDefinitionId"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    principal_id: p["principalId"].as_str().unwrap_or_default().to_owned(),
+                });
+            }
+            url = body["nextLink"].as_str().map(str::to_owned);
+        }
+        Ok(out)
+    }
+
+    /// Grants `role_definition_id` to the service principal `principal_id` at `scope`, under a
+    /// new GUID name; returns the assignment.
+    pub async fn create_role_assignment(
+        &self,
+        scope: &str,
+        role_definition_id: &str,
+        principal_id: &str,
+    ) -> Result<RoleAssignment, Error> {
+        let id = format!(
+            "{}/providers/Microsoft.Authorization/roleAssignments/{}",
+            scope.trim_end_matches('/'),
+            uuid::Uuid::new_v4()
+        );
+        let url = format!(
+            "{}{id}?api-version={AUTHORIZATION_API_VERSION}",
+            self.endpoint
+        );
+        let body = json!({"properties": {
+            "roleDefinitionId": role_definition_id,
+            "principalId": principal_id,
+            "principalType": "ServicePrincipal",
+        }});
+        let (_, _, out) = self
+            .call(
+                "role_assignment_put",
+                reqwest::Method::PUT,
+                &url,
+                Some(&body),
+            )
+            .await?;
+        Ok(RoleAssignment {
+            id: out["id"].as_str().unwrap_or(&id).to_owned(),
+            scope: scope.to_owned(),
+            role_definition_id: role_definition_id.to_owned(),
+            principal_id: principal_id.to_owned(),
+        })
+    }
+
+    /// Deletes the role assignment `id` (its ARM id); one already gone is not an error.
+    pub async fn delete_role_assignment(&self, id: &str) -> Result<(), Error> {
+        let url = format!(
+            "{}{id}?api-version={AUTHORIZATION_API_VERSION}",
+            self.endpoint
+        );
+        match self
+            .call(
+                "role_assignment_delete",
+                reqwest::Method::DELETE,
+                &url,
+                None,
+            )
+            .await
+        {
+            Ok(_) | Err(Error::Arm { status: 404, .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 }
 

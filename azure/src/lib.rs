@@ -55,6 +55,51 @@ pub const MSI_API_VERSION: &str = "2023-01-31";
 /// ARM api-version for AKS managed clusters.
 pub const AKS_API_VERSION: &str = "2024-05-01";
 
+/// ARM api-version for role assignments (`Microsoft.Authorization/roleAssignments`).
+pub const AUTHORIZATION_API_VERSION: &str = "2022-04-01";
+/// The built-in role "Managed Identity Operator" (read and assign user-assigned identities),
+/// which the cluster's kubelet identity needs on every identity pod identity assigns.
+pub const MANAGED_IDENTITY_OPERATOR_ROLE: &str = "f1a07417-d97a-45cb-824c-7a7467783830";
+
+/// The ARM id of a built-in role definition in `subscription`.
+pub fn role_definition_id(subscription: &str, role: &str) -> String {
+    format!(
+        "/subscriptions/{subscription}/providers/Microsoft.Authorization/roleDefinitions/{role}"
+    )
+}
+
+/// A user-assigned identity as ARM describes it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserAssignedIdentity {
+    pub id: String,
+    pub client_id: String,
+    pub principal_id: String,
+}
+
+/// A role assignment (`Microsoft.Authorization/roleAssignments`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoleAssignment {
+    /// Its ARM id (`<scope>/providers/Microsoft.Authorization/roleAssignments/<guid>`).
+    pub id: String,
+    pub scope: String,
+    pub role_definition_id: String,
+    pub principal_id: String,
+}
+
+impl RoleAssignment {
+    /// Whether it grants `role` (a role definition's GUID) to `principal` (case-insensitive).
+    pub fn grants(&self, role: &str, principal: &str) -> bool {
+        self.principal_id.eq_ignore_ascii_case(principal)
+            && self
+                .role_definition_id
+                .rsplit('/')
+                .next()
+                .is_some_and(|r| r.eq_ignore_ascii_case(role))
+    }
+}
+
 /// Errors talking to Azure or reading how to.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

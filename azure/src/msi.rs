@@ -96,6 +96,47 @@ fn arm_error(e: azure_core::Error) -> Error {
     }
 }
 
+impl MsiCredentials {
+    /// The user-assigned identity `identity_id` (`GET` through `azure_mgmt_msi`, reported as
+    /// `identity_get`): its ARM id as ARM spells it, client ID and principal ID. An ID that is
+    /// not a user-assigned identity's is refused without a call (400 `InvalidResourceId`); one
+    /// that does not exist is ARM's 404.
+    pub async fn user_assigned_identity(
+        &self,
+        identity_id: &str,
+    ) -> Result<crate::UserAssignedIdentity, Error> {
+        let started = Instant::now();
+        let r = async {
+            let (sub, rg, name) = parts(identity_id)?;
+            let i = self
+                .client
+                .user_assigned_identities_client()
+                .get(sub, rg, name)
+                .await
+                .map_err(arm_error)?;
+            let p = i.properties.unwrap_or_default();
+            let missing = |what: &str| Error::Arm {
+                status: 200,
+                code: "InvalidResponse".into(),
+                message: format!("{identity_id}: ARM returned no {what}"),
+                retry_after: None,
+            };
+            Ok(crate::UserAssignedIdentity {
+                id: i
+                    .tracked_resource
+                    .resource
+                    .id
+                    .unwrap_or_else(|| identity_id.to_owned()),
+                client_id: p.client_id.ok_or_else(|| missing("clientId"))?,
+                principal_id: p.principal_id.ok_or_else(|| missing("principalId"))?,
+            })
+        }
+        .await;
+        self.observe("identity_get", started, &r);
+        r
+    }
+}
+
 impl FederatedCredentials for MsiCredentials {
     async fn list(&self, identity_id: &str) -> Result<Vec<FederatedCredential>, Error> {
         let started = Instant::now();

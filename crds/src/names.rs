@@ -35,6 +35,20 @@ pub const TARGET_ANNOTATION: &str = "podid.dev/assignment-target";
 /// same annotation on each AzureAssignedIdentity it keeps, saying how it served that pod.
 pub const SERVING_ANNOTATION: &str = "podid.dev/identity-serving";
 
+// podid's own, on AzureIdentities that `podid identity add` manages (the AKS add-on's flows).
+
+/// Annotation (value `"true"`) on an AzureIdentity created by `podid identity add`: podid keeps
+/// its identity assigned to every node-pool scale set of the cluster (podid-operator
+/// `--mode managed`), and removes it from them when the AzureIdentity goes.
+pub const MANAGED_IDENTITY_ANNOTATION: &str = "podid.dev/managed-identity";
+/// Annotation on such an AzureIdentity: comma-separated ARM ids of the scale sets and VMs that
+/// already carried its identity before podid assigned it (never removed from those).
+pub const PREEXISTING_TARGETS_ANNOTATION: &str = "podid.dev/preexisting-targets";
+/// Annotation on such an AzureIdentity: the ARM id of the role assignment ("Managed Identity
+/// Operator" for the kubelet identity) podid created for it, deleted with the last AzureIdentity
+/// of that identity.
+pub const ROLE_ASSIGNMENT_ANNOTATION: &str = "podid.dev/role-assignment";
+
 // The podid bridge's, on ServiceAccounts.
 
 /// Annotation the podid bridge writes on a ServiceAccount: comma-separated client IDs whose

@@ -4,6 +4,7 @@
 pub mod crds;
 pub mod cutover;
 pub mod cutover_run;
+pub mod identity;
 pub mod inventory;
 pub mod live;
 pub mod render;

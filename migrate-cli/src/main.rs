@@ -137,6 +137,19 @@ enum Command {
         #[command(subcommand)]
         command: CrdsCommand,
     },
+    /// Pod identities as the AKS add-on's `az aks pod-identity` manages them: AzureIdentity and
+    /// binding, the kubelet identity's role assignment, the node pools' assignment
+    /// (docs/identities.md).
+    Identity {
+        #[command(subcommand)]
+        command: IdentityCommand,
+    },
+    /// Pod identity exceptions (`az aks pod-identity exception`): pods with these labels reach
+    /// the instance metadata service directly.
+    Exception {
+        #[command(subcommand)]
+        command: ExceptionCommand,
+    },
     /// Write a snapshot of everything the report reads (never Secrets) to a file.
     Snapshot {
         #[command(flatten)]
@@ -201,11 +214,10 @@ struct Change {
     max_parallel: usize,
 }
 
-/// Azure as podid-operator is given it, for the commands that call ARM and Entra.
+/// Azure as podid-operator is given it (`podid cutover prepare --direct`, `podid identity`).
 #[derive(clap::Args)]
 struct AzureFlags {
-    /// azure.json, as podid-operator reads it; the flags and AZURE_* variables below win over
-    /// it.
+    /// azure.json, as podid-operator reads it; the flags and AZURE_* variables below win over it.
     #[arg(long = "cloud-config", value_name = "FILE", env = "AZURE_CLOUD_CONFIG")]
     cloud_config: Option<PathBuf>,
     /// The Entra tenant.
@@ -213,7 +225,7 @@ struct AzureFlags {
     tenant_id: Option<String>,
     #[arg(long = "azure-subscription-id", env = "AZURE_SUBSCRIPTION_ID")]
     subscription_id: Option<String>,
-    /// The service principal that writes to ARM; its secret only from the environment,
+    /// The service principal podid acts as; its secret only from the environment,
     /// AZURE_CLIENT_SECRET, never a flag.
     #[arg(long = "azure-client-id", env = "AZURE_CLIENT_ID")]
     client_id: Option<String>,
@@ -223,29 +235,31 @@ struct AzureFlags {
     /// AzureStackCloud with AZURE_ENVIRONMENT_FILEPATH).
     #[arg(long = "azure-cloud")]
     cloud: Option<String>,
-    /// ARM id of the AKS cluster, whose oidcIssuerProfile gives the issuer when --oidc-issuer
-    /// is not given (default: the API server's).
-    #[arg(long = "aks-cluster-id")]
-    aks_cluster_id: Option<String>,
     /// PEM file of CA certificates to trust for ARM and Entra besides the system's.
     #[arg(long = "azure-extra-ca-file", value_name = "FILE")]
     extra_ca_file: Option<PathBuf>,
 }
 
-/// What [`AzureFlags`] resolve to.
-struct Azure {
-    cloud: podid_azure::CloudConfig,
-    credential: std::sync::Arc<dyn podid_azure::TokenCredential>,
-    http: reqwest::Client,
-}
+/// The Azure of [`AzureFlags`]: cloud, credential and the HTTP client.
+type AzureAccess = (
+    podid_azure::CloudConfig,
+    std::sync::Arc<dyn podid_azure::TokenCredential>,
+    reqwest::Client,
+);
 
 impl AzureFlags {
-    /// The cloud configuration and credential; `needed_by` names the flag that needs them.
-    fn resolve(&self, needed_by: &str) -> anyhow::Result<Azure> {
+    /// Whether any Azure was given.
+    fn given(&self) -> bool {
+        self.cloud_config.is_some() || self.tenant_id.is_some()
+    }
+
+    /// Cloud, credential and HTTP client; `what` names the command in the usage error when no
+    /// Azure is given.
+    fn load(&self, what: &str) -> anyhow::Result<AzureAccess> {
         use anyhow::Context;
-        if self.cloud_config.is_none() && self.tenant_id.is_none() {
+        if !self.given() {
             return Err(podid_cli::Error::Usage(format!(
-                "{needed_by} needs Azure: --cloud-config FILE (azure.json), or --azure-tenant-id, --azure-subscription-id, --azure-client-id and AZURE_CLIENT_SECRET"
+                "{what} needs Azure: --cloud-config FILE (azure.json), or --azure-tenant-id, --azure-subscription-id, --azure-client-id and AZURE_CLIENT_SECRET"
             ))
             .into());
         }
@@ -275,15 +289,17 @@ impl AzureFlags {
             .credential
             .build(http.clone())
             .context("Azure credential")?;
-        Ok(Azure {
-            cloud,
-            credential,
-            http,
-        })
+        Ok((cloud, credential, http))
+    }
+
+    /// The identity commands' Azure, when given.
+    fn identity_azure(&self, what: &str) -> anyhow::Result<podid_cli::identity::Azure> {
+        let (cloud, credential, http) = self.load(what)?;
+        Ok(podid_cli::identity::Azure::new(&cloud, credential, http)?)
     }
 }
 
-/// `podid cutover prepare --direct`.
+/// `podid cutover prepare --direct`: Azure as podid-operator is given it.
 #[derive(clap::Args)]
 struct DirectFlags {
     /// Build the Workload ID side here, through ARM and the API server, when podid-operator is
@@ -294,6 +310,10 @@ struct DirectFlags {
     direct: bool,
     #[command(flatten)]
     azure: AzureFlags,
+    /// ARM id of the AKS cluster, whose oidcIssuerProfile gives the issuer when --oidc-issuer
+    /// is not given (default: the API server's).
+    #[arg(long = "aks-cluster-id")]
+    aks_cluster_id: Option<String>,
 }
 
 impl DirectFlags {
@@ -302,17 +322,13 @@ impl DirectFlags {
         oidc_issuer: Option<String>,
         match_options: podid_crds::policy::MatchOptions,
     ) -> anyhow::Result<podid_cli::cutover_run::Direct> {
-        let Azure {
-            cloud,
-            credential,
-            http,
-        } = self.azure.resolve("--direct")?;
+        let (cloud, credential, http) = self.azure.load("--direct")?;
         Ok(podid_cli::cutover_run::Direct {
             cloud,
             credential,
             http,
             oidc_issuer,
-            aks_cluster_id: self.azure.aks_cluster_id.clone(),
+            aks_cluster_id: self.aks_cluster_id.clone(),
             match_options,
         })
     }
@@ -428,6 +444,270 @@ enum CutoverCommand {
         #[command(flatten)]
         azure: AzureFlags,
     },
+}
+
+/// What every identity and exception command takes.
+#[derive(clap::Args)]
+struct Target {
+    /// kubeconfig context to use (default: the current one).
+    #[arg(long = "context", value_name = "NAME")]
+    context: Option<String>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value = "table")]
+    output: podid_cli::identity::Output,
+}
+
+#[derive(Subcommand)]
+enum IdentityCommand {
+    /// Add a pod identity: look the user-assigned identity up in ARM, grant the cluster's
+    /// kubelet identity "Managed Identity Operator" on it, create the AzureIdentity and its
+    /// AzureIdentityBinding, and assign it to every node-pool scale set.
+    #[command(after_help = "Examples:
+  podid identity add -n payments --name payments-id \\
+      --identity-resource-id /subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.ManagedIdentity/userAssignedIdentities/payments-id \\
+      --aks-cluster-id /subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.ContainerService/managedClusters/<cluster> \\
+      --cloud-config /etc/kubernetes/azure.json
+  podid identity add -n payments --name reports-id --identity-resource-id <id> \\
+      --binding-selector payments --kubelet-object-id <guid> --dry-run
+
+Exit codes: 0 done; 2 bad input (nothing changed); 3 refused (kubenet without --allow-kubenet); 1 error.")]
+    Add {
+        #[command(flatten)]
+        target: Target,
+        /// Namespace of the AzureIdentity and its binding.
+        #[arg(short = 'n', long = "namespace")]
+        namespace: String,
+        /// Name of the AzureIdentity (the binding is NAME-binding); an RFC 1123 label of at
+        /// most 55 characters.
+        #[arg(long)]
+        name: String,
+        /// ARM id of the user-assigned identity.
+        #[arg(long = "identity-resource-id", value_name = "ID")]
+        identity_resource_id: String,
+        /// The aadpodidbinding label value of the pods that get the identity (default: NAME).
+        /// Several identities may share one selector.
+        #[arg(long = "binding-selector", value_name = "SELECTOR")]
+        binding_selector: Option<String>,
+        /// Object ID of the cluster's kubelet identity (the role assignment's principal).
+        #[arg(long = "kubelet-object-id", value_name = "GUID")]
+        kubelet_object_id: Option<String>,
+        /// ARM id of the AKS cluster, whose identityProfile gives the kubelet identity.
+        #[arg(long = "aks-cluster-id", value_name = "ID")]
+        aks_cluster_id: Option<String>,
+        /// Do not grant the kubelet identity "Managed Identity Operator" on the identity.
+        #[arg(long)]
+        no_role_assignment: bool,
+        /// Do not assign the identity to the node pools' scale sets.
+        #[arg(long)]
+        no_assign: bool,
+        /// Add the identity on a kubenet cluster anyway (as the add-on's
+        /// --enable-pod-identity-with-kubenet); read the mitigation it prints.
+        #[arg(long)]
+        allow_kubenet: bool,
+        /// Print what would be created or changed; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        azure: AzureFlags,
+    },
+    /// Delete a pod identity `podid identity add` created: its binding and AzureIdentity; its
+    /// node-pool assignment and role assignment only when no other pod identity of the same
+    /// Azure identity remains (an assignment someone else made stays).
+    #[command(after_help = "Examples:
+  podid identity delete -n payments --name payments-id --cloud-config /etc/kubernetes/azure.json
+  podid identity delete -n payments --name payments-id --dry-run --cloud-config azure.json")]
+    Delete {
+        #[command(flatten)]
+        target: Target,
+        #[arg(short = 'n', long = "namespace")]
+        namespace: String,
+        #[arg(long)]
+        name: String,
+        /// Print what would be deleted or changed; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        azure: AzureFlags,
+    },
+    /// Per pod identity: namespace, name, client ID, selectors, pods bound now, the node pools
+    /// carrying it (with Azure given), and its migration state from the bridge's records.
+    #[command(after_help = "Examples:
+  podid identity list
+  podid identity list -n payments -o yaml --cloud-config /etc/kubernetes/azure.json")]
+    List {
+        #[command(flatten)]
+        target: Target,
+        /// Only this namespace (default: all).
+        #[arg(short = 'n', long = "namespace")]
+        namespace: Option<String>,
+        #[command(flatten)]
+        azure: AzureFlags,
+    },
+}
+
+#[derive(Subcommand)]
+enum ExceptionCommand {
+    /// Create an AzurePodIdentityException: pods with any of the labels bypass pod identity.
+    #[command(after_help = "Example:
+  podid exception add -n kube-tools --name probes --pod-labels app=probe,team=ops")]
+    Add {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        exception: ExceptionArgs,
+        /// Labels, name=value (comma-separated or repeated).
+        #[arg(long = "pod-labels", value_name = "K=V,...", required = true)]
+        pod_labels: Vec<String>,
+    },
+    /// Replace an exception's pod labels.
+    #[command(after_help = "Example:
+  podid exception update -n kube-tools --name probes --pod-labels app=probe")]
+    Update {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        exception: ExceptionArgs,
+        #[arg(long = "pod-labels", value_name = "K=V,...", required = true)]
+        pod_labels: Vec<String>,
+    },
+    /// Delete an exception.
+    #[command(after_help = "Example:
+  podid exception delete -n kube-tools --name probes")]
+    Delete {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        exception: ExceptionArgs,
+    },
+    /// List exceptions.
+    #[command(after_help = "Example:
+  podid exception list -n kube-tools -o json")]
+    List {
+        #[command(flatten)]
+        target: Target,
+        /// Only this namespace (default: all).
+        #[arg(short = 'n', long = "namespace")]
+        namespace: Option<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct ExceptionArgs {
+    #[arg(short = 'n', long = "namespace")]
+    namespace: String,
+    #[arg(long)]
+    name: String,
+    /// Print what would be created or changed; write nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+async fn run_identity(command: IdentityCommand) -> anyhow::Result<ExitCode> {
+    use podid_cli::identity::{
+        AddRequest, render_changes, render_identities, run_add, run_delete, run_list,
+    };
+    match command {
+        IdentityCommand::Add {
+            target,
+            namespace,
+            name,
+            identity_resource_id,
+            binding_selector,
+            kubelet_object_id,
+            aks_cluster_id,
+            no_role_assignment,
+            no_assign,
+            allow_kubenet,
+            dry_run,
+            azure,
+        } => {
+            let req = AddRequest {
+                namespace,
+                name,
+                resource_id: identity_resource_id,
+                selector: binding_selector,
+                no_role_assignment,
+                no_assign,
+                allow_kubenet,
+                kubelet_object_id,
+                aks_cluster_id,
+                dry_run,
+            };
+            // Input first: no kubeconfig or Azure needed to refuse it.
+            req.validate()?;
+            let azure = azure.identity_azure("podid identity add")?;
+            let c = client(target.context.as_ref()).await?;
+            let changes = run_add(&c, &azure, &req, |w| eprintln!("warning: {w}")).await?;
+            print!("{}", render_changes(&changes, target.output, dry_run)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        IdentityCommand::Delete {
+            target,
+            namespace,
+            name,
+            dry_run,
+            azure,
+        } => {
+            let azure = if azure.given() {
+                Some(azure.identity_azure("podid identity delete")?)
+            } else {
+                None
+            };
+            let c = client(target.context.as_ref()).await?;
+            let changes = run_delete(&c, azure.as_ref(), &namespace, &name, dry_run).await?;
+            print!("{}", render_changes(&changes, target.output, dry_run)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        IdentityCommand::List {
+            target,
+            namespace,
+            azure,
+        } => {
+            let azure = if azure.given() {
+                Some(azure.identity_azure("podid identity list")?)
+            } else {
+                None
+            };
+            let c = client(target.context.as_ref()).await?;
+            let rows = run_list(&c, azure.as_ref(), namespace.as_deref()).await?;
+            print!("{}", render_identities(&rows, target.output)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn run_exception_command(command: ExceptionCommand) -> anyhow::Result<ExitCode> {
+    use podid_cli::identity::{
+        ExceptionVerb, render_changes, render_exceptions, run_exception, run_exception_list,
+    };
+    let (target, verb, e, labels) = match command {
+        ExceptionCommand::List { target, namespace } => {
+            let c = client(target.context.as_ref()).await?;
+            let rows = run_exception_list(&c, namespace.as_deref()).await?;
+            print!("{}", render_exceptions(&rows, target.output)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        ExceptionCommand::Add {
+            target,
+            exception,
+            pod_labels,
+        } => (target, ExceptionVerb::Add, exception, pod_labels),
+        ExceptionCommand::Update {
+            target,
+            exception,
+            pod_labels,
+        } => (target, ExceptionVerb::Update, exception, pod_labels),
+        ExceptionCommand::Delete { target, exception } => {
+            (target, ExceptionVerb::Delete, exception, Vec::new())
+        }
+    };
+    if verb != ExceptionVerb::Delete {
+        podid_cli::identity::parse_pod_labels(&labels)?;
+    }
+    let c = client(target.context.as_ref()).await?;
+    let changes = run_exception(&c, verb, &e.namespace, &e.name, &labels, e.dry_run).await?;
+    print!("{}", render_changes(&changes, target.output, e.dry_run)?);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -808,11 +1088,11 @@ async fn run_cutover(command: CutoverCommand) -> anyhow::Result<ExitCode> {
             // Checked before anything changes.
             let arm = match remove_workload_id {
                 true => {
-                    let a = azure.resolve("--remove-workload-id")?;
+                    let (cloud, credential, _) = azure.load("--remove-workload-id")?;
                     Some(podid_azure::MsiCredentials::new(
-                        &a.cloud.endpoints.arm,
-                        &a.cloud.endpoints.arm_audience,
-                        a.credential,
+                        &cloud.endpoints.arm,
+                        &cloud.endpoints.arm_audience,
+                        credential,
                     )?)
                 }
                 false => None,
@@ -997,6 +1277,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
         },
+        Command::Identity { command } => run_identity(command).await,
+        Command::Exception { command } => run_exception_command(command).await,
         Command::Snapshot { source, output } => {
             let mut yaml = String::new();
             for inv in live(&source).await? {

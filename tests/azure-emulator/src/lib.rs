@@ -538,6 +538,74 @@ impl Emulator {
         id
     }
 
+    /// Gives an AKS managed cluster (from [`Emulator::add_managed_cluster`]) a kubelet identity
+    /// (`properties.identityProfile.kubeletidentity`), as AKS reports it.
+    pub fn set_kubelet_identity(&self, cluster_id: &str, identity: &Identity) {
+        let mut w = self.ctx.world.lock().expect("world");
+        let c = w
+            .managed_clusters
+            .get_mut(&key(cluster_id))
+            .expect("managed cluster exists");
+        c["properties"]["identityProfile"] = serde_json::json!({"kubeletidentity": {
+            "resourceId": identity.id, "clientId": identity.client_id, "objectId": identity.principal_id,
+        }});
+    }
+
+    /// Role assignments at `scope` exactly, as (role definition id, principal id).
+    pub fn role_assignments(&self, scope: &str) -> Vec<(String, String)> {
+        let w = self.ctx.world.lock().expect("world");
+        w.role_assignments
+            .values()
+            .filter(|a| key(&a.scope) == key(scope))
+            .map(|a| (a.role_definition_id.clone(), a.principal_id.clone()))
+            .collect()
+    }
+
+    /// Every role assignment, as (ARM id, role definition id, principal id), sorted by id.
+    pub fn all_role_assignments(&self) -> Vec<(String, String, String)> {
+        let w = self.ctx.world.lock().expect("world");
+        w.role_assignments
+            .values()
+            .map(|a| {
+                (
+                    key(&a.id),
+                    a.role_definition_id.clone(),
+                    a.principal_id.clone(),
+                )
+            })
+            .collect()
+    }
+
+    /// Adds a role assignment directly (as if someone had granted it); returns its ARM id.
+    pub fn add_role_assignment(
+        &self,
+        scope: &str,
+        role_definition_id: &str,
+        principal_id: &str,
+    ) -> String {
+        let id = format!(
+            "{}/providers/Microsoft.Authorization/roleAssignments/{}",
+            scope.trim_end_matches('/'),
+            uuid::Uuid::new_v4()
+        );
+        self.ctx
+            .world
+            .lock()
+            .expect("world")
+            .role_assignments
+            .insert(
+                key(&id),
+                server::RoleAssignment {
+                    id: id.clone(),
+                    scope: scope.to_owned(),
+                    role_definition_id: role_definition_id.to_owned(),
+                    principal_id: principal_id.to_owned(),
+                    principal_type: "ServicePrincipal".into(),
+                },
+            );
+        id
+    }
+
     /// New federated credentials become visible to token exchanges only `delay` after they are
     /// created.
     pub fn set_fic_propagation(&self, delay: Duration) {

@@ -80,6 +80,34 @@ pub struct World {
     pub deny_write: HashSet<String>,
     /// AKS managed clusters by lower-cased ARM id: what a GET returns.
     pub managed_clusters: HashMap<String, Value>,
+    /// Role assignments by lower-cased ARM id.
+    pub role_assignments: BTreeMap<String, RoleAssignment>,
+}
+
+/// A role assignment (`Microsoft.Authorization/roleAssignments`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoleAssignment {
+    pub id: String,
+    pub scope: String,
+    pub role_definition_id: String,
+    pub principal_id: String,
+    pub principal_type: String,
+}
+
+impl RoleAssignment {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "name": self.id.rsplit('/').next().unwrap_or_default(),
+            "type": "Microsoft.Authorization/roleAssignments",
+            "properties": {
+                "roleDefinitionId": self.role_definition_id,
+                "principalId": self.principal_id,
+                "principalType": self.principal_type,
+                "scope": self.scope,
+            }
+        })
+    }
 }
 
 pub struct Shared {
@@ -227,6 +255,21 @@ pub fn route_name(method: &Method, path: &str) -> String {
             "managedclusters",
             _,
         ] => "managedcluster",
+        [
+            "subscriptions",
+            ..,
+            "providers",
+            "microsoft.authorization",
+            "roleassignments",
+        ] => "roleassignments",
+        [
+            "subscriptions",
+            ..,
+            "providers",
+            "microsoft.authorization",
+            "roleassignments",
+            _,
+        ] => "roleassignment",
         ["subscriptions", ..] => "arm",
         [.., "metadata", "identity", "oauth2", "token"] => "imds.token",
         [.., "oauth2", "token"] | [.., "oauth2", "v2.0", "token"] => "token",
@@ -514,6 +557,8 @@ struct ArmQuery {
     top: Option<usize>,
     #[serde(rename = "$skiptoken")]
     skiptoken: Option<usize>,
+    #[serde(rename = "$filter")]
+    filter: Option<String>,
 }
 
 /// Every `/subscriptions/...` request.
@@ -659,6 +704,10 @@ async fn arm(
             arm_json(StatusCode::OK, out)
         }
         "fic" => fic(&ctx, &method, &path, &segs, body).await,
+        "roleassignments" if method == Method::GET => {
+            role_assignment_list(&ctx, &segs, q.filter.as_deref())
+        }
+        "roleassignment" => role_assignment(&ctx, &method, &segs, body),
         "managedcluster" if method == Method::GET => {
             let w = ctx.world.lock().expect("world");
             match w.managed_clusters.get(&key(&path)) {
@@ -969,5 +1018,130 @@ async fn fic(ctx: &Shared, method: &Method, path: &str, segs: &[&str], body: Val
             r
         }
         Err(e) => arm_error(&e),
+    }
+}
+
+/// `GET {scope}/providers/Microsoft.Authorization/roleAssignments`: with `$filter=atScope()`,
+/// the assignments at the scope or above it; `assignedTo('{id}')` keeps one principal's. Without
+/// a filter, those at, above and below the scope (as ARM lists them).
+fn role_assignment_list(ctx: &Shared, segs: &[&str], filter: Option<&str>) -> Response {
+    let scope = key(&format!("/{}", segs[..segs.len() - 3].join("/")));
+    let filter = filter.unwrap_or_default().to_ascii_lowercase();
+    let at_scope = filter.contains("atscope()");
+    let principal = filter
+        .split_once("assignedto('")
+        .and_then(|(_, rest)| rest.split_once('\''))
+        .map(|(p, _)| p.to_owned());
+    let w = ctx.world.lock().expect("world");
+    let value: Vec<Value> = w
+        .role_assignments
+        .values()
+        .filter(|a| {
+            let s = key(&a.scope);
+            let above = scope == s || scope.starts_with(&format!("{s}/"));
+            let below = s.starts_with(&format!("{scope}/"));
+            above || (!at_scope && below)
+        })
+        .filter(|a| {
+            principal
+                .as_deref()
+                .is_none_or(|p| a.principal_id.eq_ignore_ascii_case(p))
+        })
+        .map(RoleAssignment::to_json)
+        .collect();
+    arm_json(StatusCode::OK, json!({"value": value}))
+}
+
+/// `PUT`, `GET` and `DELETE` of `{scope}/providers/Microsoft.Authorization/roleAssignments/{name}`,
+/// as ARM answers them: the name must be a GUID; the same role for the same principal at the same
+/// scope under another name is 409 `RoleAssignmentExists`; an assignment is immutable (a PUT
+/// with other properties is 409 too); a scope that names a missing user-assigned identity is 404.
+fn role_assignment(ctx: &Shared, method: &Method, segs: &[&str], body: Value) -> Response {
+    let id = format!("/{}", segs.join("/"));
+    let k = key(&id);
+    let name = segs[segs.len() - 1];
+    let scope = format!("/{}", segs[..segs.len() - 4].join("/"));
+    let mut w = ctx.world.lock().expect("world");
+    match *method {
+        Method::GET => match w.role_assignments.get(&k) {
+            Some(a) => arm_json(StatusCode::OK, a.to_json()),
+            None => arm_error(&ArmError::new(
+                404,
+                "RoleAssignmentNotFound",
+                format!("The role assignment '{name}' is not found."),
+            )),
+        },
+        Method::DELETE => match w.role_assignments.remove(&k) {
+            Some(a) => arm_json(StatusCode::OK, a.to_json()),
+            None => StatusCode::NO_CONTENT.into_response(),
+        },
+        Method::PUT => {
+            if uuid::Uuid::parse_str(name).is_err() {
+                return arm_error(&ArmError::new(
+                    400,
+                    "InvalidRoleAssignmentId",
+                    format!(
+                        "The role assignment ID '{name}' is not valid. The role assignment ID must be a GUID."
+                    ),
+                ));
+            }
+            let p = &body["properties"];
+            let (Some(role), Some(principal)) =
+                (p["roleDefinitionId"].as_str(), p["principalId"].as_str())
+            else {
+                return arm_error(&ArmError::new(
+                    400,
+                    "InvalidRoleAssignmentRequest",
+                    "The request must name properties.roleDefinitionId and properties.principalId.",
+                ));
+            };
+            let ks = key(&scope);
+            let identity_scope =
+                ks.contains("/providers/microsoft.managedidentity/userassignedidentities/");
+            if identity_scope && !w.identities.contains_key(&ks) {
+                return not_found(&scope, "Microsoft.ManagedIdentity/userAssignedIdentities");
+            }
+            let new = RoleAssignment {
+                id: id.clone(),
+                scope: scope.clone(),
+                role_definition_id: role.to_owned(),
+                principal_id: principal.to_owned(),
+                principal_type: p["principalType"]
+                    .as_str()
+                    .unwrap_or("ServicePrincipal")
+                    .to_owned(),
+            };
+            let same = |a: &RoleAssignment| {
+                key(&a.scope) == ks
+                    && a.principal_id.eq_ignore_ascii_case(principal)
+                    && key(&a.role_definition_id) == key(role)
+            };
+            if let Some(existing) = w.role_assignments.get(&k) {
+                return if same(existing) {
+                    arm_json(StatusCode::OK, existing.to_json())
+                } else {
+                    arm_error(&ArmError::new(
+                        409,
+                        "RoleAssignmentUpdateNotPermitted",
+                        "Tenant ID, application ID, principal ID, and scope are not allowed to be updated.",
+                    ))
+                };
+            }
+            if w.role_assignments.values().any(same) {
+                return arm_error(&ArmError::new(
+                    409,
+                    "RoleAssignmentExists",
+                    "The role assignment already exists.",
+                ));
+            }
+            let out = new.to_json();
+            w.role_assignments.insert(k, new);
+            arm_json(StatusCode::CREATED, out)
+        }
+        _ => arm_error(&ArmError::new(
+            405,
+            "MethodNotAllowed",
+            format!("The requested resource does not support http method '{method}'."),
+        )),
     }
 }
