@@ -22,6 +22,10 @@ mod live;
 use live::{call, claims, run_pods};
 
 const MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/podid-nmi.yaml");
+const ORIGINAL: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../tests/fixtures/original-deployment-args.yaml"
+);
 
 fn documents() -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(MANIFEST).unwrap();
@@ -128,45 +132,53 @@ fn the_daemonset_arguments_and_the_originals_are_flags_the_agent_accepts() {
         "the probe asks the port the agent serves /healthz on"
     );
 
-    // The original's deploy/infra manifest and every flag its Helm chart can pass (v1.8.17).
-    for original in [
-        &[
-            "--node=aks-nodepool1-0",
-            "--http-probe-port=8085",
-            "--enableScaleFeatures=true",
-            "--metadata-header-required=true",
-        ][..],
-        &[
-            "--node=aks-nodepool1-0",
-            "--host-ip=10.240.0.4",
-            "--log-format=json",
-            "-v=2",
-            "--logtostderr",
-            "--ipt-update-interval-sec=60",
-            "--operation-mode=managed",
-            "--forceNamespaced=true",
-            "--MICNamespace=kube-system",
-            "--retry-attempts-for-created=16",
-            "--retry-attempts-for-assigned=4",
-            "--find-identity-retry-interval=5",
-            "--enableScaleFeatures=true",
-            "--block-instance-metadata=false",
-            "--metadata-header-required=true",
-            "--http-probe-port=8085",
-            "--prometheus-port=9090",
-            "--allow-network-plugin-kubenet=false",
-            "--kubelet-config=/etc/default/kubelet",
-            "--set-retry-after-header=false",
-            "--enable-conntrack-deletion=false",
-            "--custom-user-agent=aks",
-        ][..],
-    ] {
-        let args: Vec<&str> = std::iter::once("nmi")
-            .chain(original.iter().copied())
+    // The original's own manifests (tests/fixtures/original-deployment-args.yaml): its
+    // arguments as the kubelet expands them; its liveness probe asks the port they set.
+    let facts: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(ORIGINAL).unwrap()).unwrap();
+    let nmi = &facts["nmi"];
+    let probe = nmi["livenessProbe"]["port"].as_u64().unwrap();
+    for c in nmi["containers"].as_array().unwrap() {
+        let args: Vec<String> = std::iter::once("nmi".to_owned())
+            .chain(c["args"].as_array().unwrap().iter().map(|a| {
+                a.as_str()
+                    .unwrap()
+                    .replace("$(NODE_NAME)", "aks-nodepool1-0")
+            }))
             .collect();
-        let flags = Flags::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        let flags = Flags::try_parse_from(&args)
+            .unwrap_or_else(|e| panic!("{}: {args:?}: {e}", c["manifest"]));
         assert_eq!(flags.node, "aks-nodepool1-0");
+        assert_eq!(u64::from(flags.http_probe_port), probe, "{}", c["manifest"]);
     }
+    // Every flag the original's Helm chart can pass (v1.8.17).
+    let chart = [
+        "nmi",
+        "--node=aks-nodepool1-0",
+        "--host-ip=10.240.0.4",
+        "--log-format=json",
+        "-v=2",
+        "--logtostderr",
+        "--ipt-update-interval-sec=60",
+        "--operation-mode=managed",
+        "--forceNamespaced=true",
+        "--MICNamespace=kube-system",
+        "--retry-attempts-for-created=16",
+        "--retry-attempts-for-assigned=4",
+        "--find-identity-retry-interval=5",
+        "--enableScaleFeatures=true",
+        "--block-instance-metadata=false",
+        "--metadata-header-required=true",
+        "--http-probe-port=8085",
+        "--prometheus-port=9090",
+        "--allow-network-plugin-kubenet=false",
+        "--kubelet-config=/etc/default/kubelet",
+        "--set-retry-after-header=false",
+        "--enable-conntrack-deletion=false",
+        "--custom-user-agent=aks",
+    ];
+    let flags = Flags::try_parse_from(chart).unwrap_or_else(|e| panic!("{chart:?}: {e}"));
+    assert_eq!(flags.node, "aks-nodepool1-0");
     let flags = Flags::try_parse_from(["nmi", "--node=n", "-v=5"]).unwrap();
     assert_eq!(flags.log.level(), "debug");
 }

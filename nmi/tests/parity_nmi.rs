@@ -25,84 +25,11 @@ use podid_testkit::{Cluster, NodePool};
 use serde_json::{Value, json};
 
 mod live;
-use live::{bridge, claims, listen_in_netns, obj, sh, start_agent};
-
-/// Sends the requests of a JSON plan and prints one JSON answer per request. With `probe`,
-/// first waits until that `/healthz` reports `Active` (the original's iptables are in place).
-const CLIENT: &str = r#"
-import concurrent.futures, http.client, json, sys, time
-plan = json.load(open(sys.argv[1]))
-if plan.get("probe"):
-    deadline = time.time() + 60
-    while True:
-        try:
-            c = http.client.HTTPConnection(plan["probe"], timeout=5)
-            c.request("GET", "/healthz")
-            if c.getresponse().read().decode().strip() == "Active":
-                break
-        except Exception:
-            pass
-        if time.time() > deadline:
-            sys.exit("agent not Active after 60 s")
-        time.sleep(0.2)
-host, port = plan["target"].rsplit(":", 1)
-def one(r):
-    try:
-        c = http.client.HTTPConnection(host, int(port), timeout=120, source_address=(r["from"], 0))
-        c.request("GET", r["path"], headers=r["headers"])
-        resp = c.getresponse()
-        return {"status": resp.status, "body": resp.read().decode(),
-                "content_type": resp.getheader("Content-Type") or ""}
-    except Exception as e:
-        return {"status": 0, "body": repr(e), "content_type": ""}
-# Concurrently, as pods call: the waits of one request do not hold up the next.
-with concurrent.futures.ThreadPoolExecutor(max_workers=32) as pool:
-    out = list(pool.map(one, plan["requests"]))
-print(json.dumps(out))
-"#;
+use live::hostnet::{HostNet, Request, send};
+use live::{claims, obj, start_agent};
 
 /// (identity, AzureAssignedIdentity state) of one pod.
 type Assignments = &'static [(&'static str, &'static str)];
-
-#[derive(Clone, Debug)]
-struct Request {
-    label: String,
-    from: String,
-    path: String,
-    headers: BTreeMap<String, String>,
-}
-
-/// Runs [`CLIENT`] with `plan`, inside namespace `ns` when given.
-async fn send(ns: Option<&str>, target: &str, probe: Option<&str>, reqs: &[Request]) -> Vec<Value> {
-    let plan = json!({
-        "target": target,
-        "probe": probe,
-        "requests": reqs.iter().map(|r| json!({"from": r.from, "path": r.path, "headers": r.headers})).collect::<Vec<_>>(),
-    });
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), plan.to_string()).unwrap();
-    let mut cmd = match ns {
-        Some(ns) => {
-            let mut c = tokio::process::Command::new("ip");
-            c.args(["netns", "exec", ns, "python3"]);
-            c
-        }
-        None => tokio::process::Command::new("python3"),
-    };
-    let out = cmd
-        .arg("-c")
-        .arg(CLIENT)
-        .arg(file.path())
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "request client failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
 
 /// What is compared of one answer: the status, and the body — for a token, the claims that
 /// say whose it is and the fields present (tokens themselves differ by issue time).
@@ -126,42 +53,9 @@ fn normal(v: &Value) -> String {
     format!("{status} {}", body.trim_end())
 }
 
-fn addr_of(url: &str) -> SocketAddr {
-    let u = url::Url::parse(url).unwrap();
-    format!(
-        "{}:{}",
-        u.host_str().unwrap(),
-        u.port_or_known_default().unwrap()
-    )
-    .parse()
-    .unwrap()
-}
-
 #[tokio::test]
 async fn the_original_nmi_and_podid_nmi_answer_the_same_requests_alike() {
     let original = podid_testkit::peer_binary("nmi").expect("the original NMI");
-    let ns_name = format!("podid-nmi-{}-peer", std::process::id());
-    if !podid_testkit::prereq::netns_available("parity_nmi") {
-        return;
-    }
-    sh(&["ip", "netns", "add", &ns_name]);
-    let _netns = live::Netns(vec![ns_name.clone()]);
-    sh(&[
-        "ip", "netns", "exec", &ns_name, "ip", "link", "set", "lo", "up",
-    ]);
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &ns_name,
-        "ip",
-        "addr",
-        "add",
-        "169.254.169.254/32",
-        "dev",
-        "lo",
-    ]);
-
     let cluster = Cluster::shared_async().await;
     let ns = cluster.namespace("parity").await;
     let client = ns.client.clone();
@@ -295,44 +189,10 @@ async fn the_original_nmi_and_podid_nmi_answer_the_same_requests_alike() {
     }
 
     // The original, in its namespace, with the same retry settings as ours below.
-    for target in [addr_of(cluster.server()), addr_of(&emu.arm_endpoint())] {
-        bridge(listen_in_netns(&ns_name, &target.to_string()), target);
-    }
-    bridge(
-        listen_in_netns(&ns_name, "169.254.169.254:80"),
-        addr_of(&emu.arm_endpoint()),
-    );
-    let log = ns.name.clone() + "-original-nmi.log";
-    let log = std::env::temp_dir().join(log);
-    let log_file = std::fs::File::create(&log).unwrap();
-    let mut peer = tokio::process::Command::new("ip")
-        .args(["netns", "exec", &ns_name])
-        .arg(&original)
-        .args([
-            "--node",
-            &node,
-            "--nmi-port",
-            "2579",
-            "--http-probe-port",
-            "8085",
-            "--prometheus-port",
-            "9095",
-            "--allow-network-plugin-kubenet",
-            "--retry-attempts-for-created",
-            "3",
-            "--retry-attempts-for-assigned",
-            "2",
-            "--find-identity-retry-interval",
-            "1",
-        ])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("KUBECONFIG", cluster.kubeconfig())
-        .stdout(log_file.try_clone().unwrap())
-        .stderr(log_file)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let Some(net) = HostNet::create("parity_nmi", "peer", cluster, &emu) else {
+        return;
+    };
+    let peer = net.original_nmi(&original, cluster, &node, &ns.name);
 
     // Ours, in the test's namespace, the same settings.
     let config = ServerConfig {
@@ -460,26 +320,13 @@ async fn the_original_nmi_and_podid_nmi_answer_the_same_requests_alike() {
     let ours = ours.to_string();
     let waiting = waiting.to_string();
     let (theirs, ours_answers, ours_waiting) = tokio::join!(
-        send(
-            Some(&ns_name),
-            "127.0.0.1:2579",
-            Some("127.0.0.1:8085"),
-            &reqs
-        ),
+        net.send("127.0.0.1:2579", Some("127.0.0.1:8085"), &reqs),
         send(None, &ours, None, &reqs),
         send(None, &waiting, None, &unbound),
     );
-    let original_metrics = String::from_utf8(
-        tokio::process::Command::new("ip")
-            .args(["netns", "exec", &ns_name, "python3", "-c"])
-            .arg("import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9095/metrics').read().decode())")
-            .output()
-            .await
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    let _ = peer.kill().await;
+    let (_, original_metrics) = net.get("http://127.0.0.1:9095/metrics").await;
+    let log = peer.log();
+    peer.stop().await;
     // The same requests leave the same metric families, types and label names on both sides
     // (dashboards and alerts written for the original keep working).
     let metric_differences = podid_testkit::exposition::differences(
@@ -549,7 +396,7 @@ async fn the_original_nmi_and_podid_nmi_answer_the_same_requests_alike() {
     assert!(
         unexplained.is_empty(),
         "answers differ for {unexplained:?}:\n{table}\noriginal NMI log: {}",
-        std::fs::read_to_string(&log).unwrap_or_default()
+        log
     );
 }
 

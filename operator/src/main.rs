@@ -44,8 +44,10 @@ async fn serve(port: u16, app: Router, shutdown: CancellationToken) -> anyhow::R
     Ok(podid_telemetry::serve(port, app, shutdown).await?)
 }
 
-/// A Warning Event `LeaseRefused` on this replica's own Pod (env `POD_NAME`, `POD_NAMESPACE`)
-/// each time the Lease becomes unusable, so `kubectl describe pod` shows why nothing happens.
+/// A Warning Event `LeaseRefused` on this replica's own Pod (env `POD_NAME`, `POD_NAMESPACE`;
+/// under the original MIC's manifests, which set neither, the container's `HOSTNAME` — its Pod's
+/// name — and `MIC_POD_NAMESPACE`) each time the Lease becomes unusable, so `kubectl describe
+/// pod` shows why nothing happens.
 async fn lease_problem_events(
     client: kube::Client,
     mut problem: watch::Receiver<Option<String>>,
@@ -53,8 +55,16 @@ async fn lease_problem_events(
 ) -> anyhow::Result<()> {
     use kube::runtime::events::{Event, EventType, Recorder, Reporter};
     // Like every task of the binary, this one ends only at shutdown.
-    let (Ok(name), Ok(namespace)) = (std::env::var("POD_NAME"), std::env::var("POD_NAMESPACE"))
-    else {
+    let var = |name: &str, fallback: &str| {
+        std::env::var(name)
+            .or_else(|_| std::env::var(fallback))
+            .ok()
+            .filter(|v| !v.is_empty())
+    };
+    let (Some(name), Some(namespace)) = (
+        var("POD_NAME", "HOSTNAME"),
+        var("POD_NAMESPACE", "MIC_POD_NAMESPACE"),
+    ) else {
         shutdown.cancelled().await;
         return Ok(());
     };
@@ -66,7 +76,7 @@ async fn lease_problem_events(
         ..Default::default()
     };
     let recorder = Recorder::new(
-        client,
+        client.clone(),
         Reporter {
             controller: "podid-operator".into(),
             instance: None,
@@ -86,14 +96,57 @@ async fn lease_problem_events(
         let event = Event {
             type_: EventType::Warning,
             reason: "LeaseRefused".into(),
-            note: Some(why),
+            note: Some(why.clone()),
             action: "LeaderElection".into(),
             secondary: None,
         };
         if let Err(e) = recorder.publish(&event, &pod).await {
-            tracing::warn!(error = %e, "recording the LeaseRefused Event");
+            // The original MIC's ClusterRole grants core/v1 Events only, not events.k8s.io.
+            if let Err(core) = core_event(&client, &pod, "LeaseRefused", &why).await {
+                tracing::warn!(error = %e, core_v1 = %core, "recording the LeaseRefused Event");
+            }
         }
     }
+}
+
+/// A Warning Event through the core/v1 API, for accounts (the original MIC's) that may create
+/// those and not events.k8s.io's.
+async fn core_event(
+    client: &kube::Client,
+    on: &k8s_openapi::api::core::v1::ObjectReference,
+    reason: &str,
+    message: &str,
+) -> Result<(), kube::Error> {
+    use k8s_openapi::api::core::v1::{Event, EventSource};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let namespace = on.namespace.clone().unwrap_or_default();
+    let event = Event {
+        metadata: ObjectMeta {
+            generate_name: Some(format!(
+                "{}.",
+                on.name.as_deref().unwrap_or("podid-operator")
+            )),
+            namespace: Some(namespace.clone()),
+            ..Default::default()
+        },
+        involved_object: on.clone(),
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        type_: Some("Warning".into()),
+        source: Some(EventSource {
+            component: Some("podid-operator".into()),
+            ..Default::default()
+        }),
+        first_timestamp: Some(now.clone()),
+        last_timestamp: Some(now),
+        count: Some(1),
+        ..Default::default()
+    };
+    kube::Api::<Event>::namespaced(client.clone(), &namespace)
+        .create(&Default::default(), &event)
+        .await
+        .map(|_| ())
 }
 
 /// The Kubernetes client: from `--kubeconfig` when given (and not empty, as the original's

@@ -2,19 +2,27 @@
 //! `/readyz` and `/metrics`; and, under a role without Lease rights (the original MIC's
 //! ClusterRole has none), it says loudly why it never writes: not ready with the reason and the
 //! fix, an error in its log, a Warning Event on its own Pod. Granted the Lease, it leads.
+//! The same with the original's own manifests (tests/fixtures/original-deployment-args.yaml):
+//! podid-operator started with exactly the arguments and environment of each of the original's
+//! MIC containers, as the original's account, then with the Lease rule added.
 
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Event, Pod, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::{Api, ListParams, PostParams};
 use podid_azure_emulator::{Emulator, Settings};
 use podid_testkit::{Cluster, NodePool};
 use serde_json::json;
 
 mod common;
+// Only its network namespaces are used here.
+#[path = "../../nmi/tests/live/mod.rs"]
+#[allow(unused_imports)]
+mod live;
 use common::obj;
 use common::process::{Running, cloud_config, free_port};
+use live::hostnet::HostNet;
 
 const MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/podid-operator.yaml");
 
@@ -53,8 +61,22 @@ async fn until(url: &str, secs: u64, what: &str, f: impl Fn(u16, &str) -> bool) 
     }
 }
 
+/// A kubeconfig (written into `dir`) of the cluster's admin acting as `account`.
+fn kubeconfig_as(cluster: &Cluster, account: &str, dir: &std::path::Path) -> std::path::PathBuf {
+    let mut kc: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(cluster.kubeconfig()).unwrap()).unwrap();
+    for user in kc["users"].as_sequence_mut().unwrap() {
+        user["user"]["as"] = serde_yaml::Value::String(account.to_owned());
+    }
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(&kubeconfig, serde_yaml::to_string(&kc).unwrap()).unwrap();
+    kubeconfig
+}
+
 #[tokio::test]
 async fn without_lease_rights_it_is_not_ready_and_says_why_then_leads_once_granted() {
+    // Once granted, it leads and would act on the other test's pods.
+    let _serial = common::one_controller_at_a_time().await;
     let cluster = Cluster::shared_async().await;
     cluster
         .kubectl_apply(std::path::Path::new(MANIFEST), Some("default"))
@@ -99,13 +121,7 @@ async fn without_lease_rights_it_is_not_ready_and_says_why_then_leads_once_grant
 
     // A kubeconfig acting as that account.
     let dir = tempfile::tempdir().unwrap();
-    let mut kc: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(cluster.kubeconfig()).unwrap()).unwrap();
-    for user in kc["users"].as_sequence_mut().unwrap() {
-        user["user"]["as"] = serde_yaml::Value::String(account.clone());
-    }
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, serde_yaml::to_string(&kc).unwrap()).unwrap();
+    let kubeconfig = kubeconfig_as(cluster, &account, dir.path());
     let (azure_json, env_file, ca) = cloud_config(dir.path(), &emu, &pool.resource_group, app);
     let (probe, prom) = (free_port(), free_port());
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_podid-operator"));
@@ -227,4 +243,297 @@ async fn without_lease_rights_it_is_not_ready_and_says_why_then_leads_once_grant
         .delete(&format!("{}-operator", ns.name), &Default::default())
         .await
         .unwrap();
+}
+
+const ORIGINAL: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../tests/fixtures/original-deployment-args.yaml"
+);
+
+/// Polls `url` inside `net` (every 300 ms, at most `secs`) until `f` holds for its answer; the
+/// last body.
+async fn until_in(
+    net: &HostNet,
+    operator: &mut live::hostnet::Process,
+    url: &str,
+    secs: u64,
+    what: &str,
+    f: impl Fn(u16, &str) -> bool,
+) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        operator.assert_alive(what);
+        let (status, body) = net.get(url).await;
+        if f(status, &body) {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: still {status} {body:?} after {secs} s; the log:\n{}",
+            operator.log()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test]
+async fn with_the_originals_manifests_it_names_the_missing_lease_rule_then_writes_once_added() {
+    let facts: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(ORIGINAL).unwrap()).unwrap();
+    let mic = &facts["mic"];
+    let containers = mic["containers"].as_array().unwrap();
+    assert_eq!(containers.len(), 4, "the original's four MIC manifests");
+    for c in containers {
+        let args: Vec<&str> = std::iter::once("mic")
+            .chain(
+                c["args"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| a.as_str().unwrap()),
+            )
+            .collect();
+        <podid_operator::config::Flags as clap::Parser>::try_parse_from(&args)
+            .unwrap_or_else(|e| panic!("{}: {args:?}: {e}", c["manifest"]));
+    }
+    // Its liveness probe asks the port podid-operator serves /healthz on by default.
+    assert_eq!(
+        mic["livenessProbe"],
+        json!({"path": "/healthz", "port": 8080})
+    );
+
+    let _serial = common::one_controller_at_a_time().await;
+    let cluster = Cluster::shared_async().await;
+    common::clean_slate(cluster).await;
+    let admin = cluster.client().await.unwrap();
+    // The original's account and ClusterRole, in namespace default as its manifests make them.
+    let sa = mic["serviceAccount"].as_str().unwrap();
+    let account = format!("system:serviceaccount:default:{sa}");
+    Api::<ServiceAccount>::namespaced(admin.clone(), "default")
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": sa}})),
+        )
+        .await
+        .unwrap();
+    Api::<ClusterRole>::all(admin.clone())
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": "aad-pod-id-mic-role"}, "rules": mic["rules"]})),
+        )
+        .await
+        .unwrap();
+    Api::<ClusterRoleBinding>::all(admin.clone())
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": "aad-pod-id-mic-binding"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "aad-pod-id-mic-role"},
+                "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": "default"}]})),
+        )
+        .await
+        .unwrap();
+    // The Deployment's Pod (not run: the Event's object); its name is the container's HOSTNAME.
+    let pod_name = "mic-5d8f7c9b6-x2x9q";
+    Api::<Pod>::namespaced(admin.clone(), "default")
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": pod_name},
+                "spec": {"serviceAccountName": sa, "automountServiceAccountToken": false,
+                         "containers": [{"name": "mic", "image": "podid-operator:dev"}]}})),
+        )
+        .await
+        .unwrap();
+
+    let ns = cluster.namespace("orig-mf").await;
+    let client = ns.client.clone();
+    let pool = NodePool::aks("origmf", 1);
+    cluster.add_nodes(&pool).await.expect("fake node ready");
+    let node = pool.node_name(0);
+    let emu = Emulator::start(Settings::default()).await.unwrap();
+    emu.add_app(common::APP.0, Some(common::APP.1), None);
+    let vmss = emu.add_scale_set(&pool.resource_group, &pool.scale_set, 1);
+    let id = emu.add_identity("rg", "orig-mf");
+    common::identity(&client, &ns.name, "web", 0, &id.id, &id.client_id).await;
+    common::binding(&client, &ns.name, "web", "web", "orig-mf").await;
+
+    // podid-operator's fixed ports (8080, 8888) are its own in a namespace standing for the
+    // pod's network; the API server and the emulator are bridged in.
+    let Some(net) = HostNet::create(
+        "binary::with_the_originals_manifests_it_names_the_missing_lease_rule_then_writes_once_added",
+        "omf",
+        cluster,
+        &emu,
+    ) else {
+        return;
+    };
+    // The host files the manifests mount, and the admin Secret's values, for this cluster and
+    // the emulator.
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = kubeconfig_as(cluster, &account, dir.path());
+    let (azure_json, env_file, ca) =
+        cloud_config(dir.path(), &emu, &pool.resource_group, common::APP);
+    let host_file = |path: &str| match path {
+        "/etc/kubernetes/azure.json" => azure_json.display().to_string(),
+        "/var/lib/kubelet/kubeconfig" => kubeconfig.display().to_string(),
+        other => panic!("no stand-in for host file {other}"),
+    };
+    let secret = |key: &str| match key {
+        "Cloud" => "AzureStackCloud".to_owned(),
+        "SubscriptionID" => emu.subscription_id(),
+        "ResourceGroup" => pool.resource_group.clone(),
+        "VMType" => "vmss".to_owned(),
+        "TenantID" => emu.tenant_id(),
+        "ClientID" => common::APP.0.to_owned(),
+        "ClientSecret" => common::APP.1.to_owned(),
+        other => panic!("no value for the Secret's key {other}"),
+    };
+    let start = |c: &serde_json::Value| {
+        let mut args = Vec::new();
+        for a in c["args"].as_array().unwrap() {
+            let mut a = a.as_str().unwrap().to_owned();
+            for f in c["hostFiles"].as_array().unwrap() {
+                let f = f.as_str().unwrap();
+                a = a.replace(f, &host_file(f));
+            }
+            args.push(a);
+        }
+        let mut env: Vec<(String, String)> = c["env"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| {
+                let value = match (v["fieldRef"].as_str(), v["secretKey"].as_str()) {
+                    (Some("metadata.namespace"), _) => "default".to_owned(),
+                    (_, Some(key)) => secret(key),
+                    _ => panic!("{k}: {v}"),
+                };
+                (k.clone(), value)
+            })
+            .collect();
+        // What the container gets from where it runs, not from the manifest: its hostname (the
+        // Pod's name), the in-cluster account when no --kubeconfig is given (here a kubeconfig
+        // acting as it), and the emulator's cloud and CA.
+        env.push(("HOSTNAME".into(), pod_name.into()));
+        if !args.iter().any(|a| a.starts_with("--kubeconfig")) {
+            env.push(("KUBECONFIG".into(), kubeconfig.display().to_string()));
+        }
+        env.push((
+            "AZURE_ENVIRONMENT_FILEPATH".into(),
+            env_file.display().to_string(),
+        ));
+        env.push(("PODID_EXTRA_CA_FILE".into(), ca.display().to_string()));
+        net.spawn(
+            std::path::Path::new(env!("CARGO_BIN_EXE_podid-operator")),
+            &args,
+            &env,
+            dir.path().join(format!(
+                "{}.log",
+                c["manifest"].as_str().unwrap().replace('/', "-")
+            )),
+        )
+    };
+
+    // Under the original's role: each starts, stays live (its liveness probe passes), and is
+    // not ready, naming the missing rule; an error in its log, a Warning Event on its Pod.
+    for c in containers {
+        let what = format!("{} under the original's role", c["manifest"]);
+        let mut operator = start(c);
+        let why = until_in(
+            &net,
+            &mut operator,
+            "http://127.0.0.1:8080/readyz",
+            60,
+            &what,
+            |s, b| s == 503 && b.contains("Lease"),
+        )
+        .await;
+        assert!(
+            why.contains("leases (coordination.k8s.io) in namespace default")
+                && why.contains("never leads"),
+            "{what}: {why}"
+        );
+        assert_eq!(
+            net.get("http://127.0.0.1:8080/healthz").await,
+            (200, "Not Active".to_owned()),
+            "{what}"
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !operator
+            .log()
+            .lines()
+            .any(|l| l.contains("ERROR") && l.contains("never leads"))
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: no error logged:\n{}",
+                operator.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        operator.stop().await;
+    }
+    let events: Api<Event> = Api::namespaced(admin.clone(), "default");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !events
+        .list(&ListParams::default().fields(&format!("involvedObject.name={pod_name}")))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .any(|e| {
+            e.reason.as_deref() == Some("LeaseRefused")
+                && e.type_.as_deref() == Some("Warning")
+                && e.message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("never leads"))
+        })
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no LeaseRefused Event on the Pod named by HOSTNAME in MIC_POD_NAMESPACE"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // The fix it names, added to the original's account: each writes (a new pod per manifest is
+    // assigned its identity), with the original's arguments unchanged.
+    Api::<Role>::namespaced(admin.clone(), "default")
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": "aad-pod-id-mic-lease"},
+                "rules": [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                           "verbs": ["get", "create", "update"]}]})),
+        )
+        .await
+        .unwrap();
+    Api::<RoleBinding>::namespaced(admin.clone(), "default")
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": "aad-pod-id-mic-lease"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "aad-pod-id-mic-lease"},
+                "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": "default"}]})),
+        )
+        .await
+        .unwrap();
+    let mut records = Vec::new();
+    for (i, c) in containers.iter().enumerate() {
+        let what = format!("{} with the Lease rule", c["manifest"]);
+        let pod = format!("app-{i}");
+        common::pod(&client, &ns.name, &pod, &node, "orig-mf").await;
+        records.push(format!("{pod}-{}-web", ns.name));
+        let mut operator = start(c);
+        until_in(
+            &net,
+            &mut operator,
+            "http://127.0.0.1:8080/readyz",
+            60,
+            &what,
+            |s, b| s == 200 && b == "ok",
+        )
+        .await;
+        common::wait_assigned(&admin, &ns.name, &records, 60).await;
+        common::wait_machine(&emu, &vmss, &[&id.id], 10).await;
+        operator.assert_alive(&what);
+        operator.stop().await;
+    }
 }

@@ -1,17 +1,24 @@
-//! Rolling back to the original: the original MIC (aad-pod-identity v1.8.17, built from the Go
-//! module proxy) takes over the records, bindings and scale set that podid-operator left. It
-//! keeps what pods need (records stay Assigned, the identity stays on the scale set), serves a
-//! new pod as usual, and removes what podid assigned once no pod needs it. The original ignores
-//! podid's Lease: podid-operator is stopped first (docs/operator.md).
+//! Rolling back to the original (aad-pod-identity v1.8.17, built from the Go module proxy) on
+//! the records, bindings and scale set that podid-operator left. The original MIC takes them
+//! over: it keeps what pods need (records stay Assigned, the identity stays on the scale set),
+//! serves a new pod as usual, and removes what podid assigned once no pod needs it. The original
+//! NMI serves pods from them: each pod gets its own identity's token and not another pod's, and
+//! nothing is changed. The original ignores podid's Lease: podid-operator is stopped first
+//! (docs/operator.md).
 
 mod common;
+#[path = "../../nmi/tests/live/mod.rs"]
+mod live;
 
 use std::process::Command;
 use std::time::Duration;
 
 use common::process::{Running, cloud_config, free_port};
 use common::*;
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 use kube::api::Api;
+use live::hostnet::{HostNet, Request};
 use podid_azure_emulator::{Emulator, Settings};
 use podid_crds::{AssignedIdentityState, AzureAssignedIdentity};
 use podid_testkit::{Cluster, NodePool};
@@ -109,4 +116,135 @@ async fn the_original_mic_takes_over_what_podid_left() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     original.stop();
+}
+
+#[tokio::test]
+async fn the_original_nmi_serves_pods_from_what_podid_left() {
+    let nmi = podid_testkit::peer_binary("nmi")
+        .unwrap_or_else(|e| panic!("the rollback run needs the original NMI: {e}"));
+    let _serial = one_controller_at_a_time().await;
+    let cluster = Cluster::shared_async().await;
+    clean_slate(cluster).await;
+    let ns = cluster.namespace("rb-nmi").await;
+    let c = ns.client.clone();
+    let pool = NodePool::aks("rbnmi", 1);
+    cluster.add_nodes(&pool).await.expect("fake node ready");
+    let node = pool.node_name(0);
+    // One instance: the original asks IMDS without naming one.
+    let emu = Emulator::start(Settings::default()).await.unwrap();
+    emu.add_app(APP.0, Some(APP.1), None);
+    let vmss = emu.add_scale_set(&pool.resource_group, &pool.scale_set, 1);
+    let web = emu.add_identity("rg", "rbn-web");
+    let db = emu.add_identity("rg", "rbn-db");
+    for (name, ident) in [("web", &web), ("db", &db)] {
+        identity(&c, &ns.name, name, 0, &ident.id, &ident.client_id).await;
+        binding(&c, &ns.name, name, name, &format!("rbn-{name}")).await;
+    }
+    pod(&c, &ns.name, "a", &node, "rbn-web").await;
+    pod(&c, &ns.name, "b", &node, "rbn-db").await;
+
+    // podid-operator assigns both identities to the scale set and writes the records, then is
+    // stopped.
+    let replica = start(&c, &emu, "rbn", &ns.name, Duration::from_secs(15)).await;
+    let left = [format!("a-{}-web", ns.name), format!("b-{}-db", ns.name)];
+    wait_assigned(&c, &ns.name, &left, 60).await;
+    wait_machine(&emu, &vmss, &[&web.id, &db.id], 30).await;
+    replica.stop().await;
+    let records: Api<AzureAssignedIdentity> = Api::namespaced(c.clone(), "default");
+    let mut before = Vec::new();
+    for n in &left {
+        let r = records.get(n).await.unwrap();
+        before.push((n.clone(), r.uid(), r.resource_version()));
+    }
+    let ip: std::collections::BTreeMap<String, String> = podid_testkit::wait_for_running_pods(
+        Api::<Pod>::namespaced(c.clone(), &ns.name),
+        "aadpodidbinding",
+        2,
+        120,
+    )
+    .await
+    .expect("pods Running")
+    .into_iter()
+    .map(|p| (p.name_any(), p.status.unwrap().pod_ip.unwrap()))
+    .collect();
+
+    // The original NMI on that node, in a namespace of its own (it writes iptables rules).
+    let Some(net) = HostNet::create(
+        "rollback::the_original_nmi_serves_pods_from_what_podid_left",
+        "rbn",
+        cluster,
+        &emu,
+    ) else {
+        return;
+    };
+    let mut original = net.original_nmi(&nmi, cluster, &node, &ns.name);
+    let token = "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F";
+    let (a, b) = (&ip["a"], &ip["b"]);
+    let asks = [
+        (
+            a,
+            format!("{token}&client_id={}", web.client_id),
+            Some(&web),
+        ),
+        (a, token.to_owned(), Some(&web)),
+        (b, format!("{token}&client_id={}", db.client_id), Some(&db)),
+        (b, format!("{token}&msi_res_id={}", db.id), Some(&db)),
+        // Another pod's identity, on the same scale set: refused.
+        (a, format!("{token}&client_id={}", db.client_id), None),
+        (a, format!("{token}&msi_res_id={}", db.id), None),
+        (b, format!("{token}&client_id={}", web.client_id), None),
+    ];
+    let reqs: Vec<Request> = asks
+        .iter()
+        .map(|(from, path, _)| Request::metadata(path, from, path))
+        .collect();
+    let answers = net
+        .send("127.0.0.1:2579", Some("127.0.0.1:8085"), &reqs)
+        .await;
+    original.assert_alive("the original NMI");
+    for ((from, path, want), answer) in asks.iter().zip(&answers) {
+        let status = answer["status"].as_u64().unwrap_or_default();
+        let body = answer["body"].as_str().unwrap_or_default();
+        match want {
+            Some(ident) => {
+                assert_eq!(
+                    status,
+                    200,
+                    "{from} {path}: {body}\nthe original NMI's log:\n{}",
+                    original.log()
+                );
+                let t: serde_json::Value = serde_json::from_str(body).unwrap();
+                assert_eq!(
+                    live::claims(t["access_token"].as_str().unwrap())["appid"],
+                    ident.client_id.as_str(),
+                    "{from} {path}: the token is its identity's"
+                );
+            }
+            None => assert!(
+                (400..500).contains(&status) && !body.contains("access_token"),
+                "{from} {path}: another pod's identity is refused, got {status} {body}"
+            ),
+        }
+    }
+
+    // Nothing podid-operator left was changed or removed.
+    for (n, uid, version) in &before {
+        let r = records
+            .get_opt(n)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("record {n} was deleted"));
+        assert_eq!((&r.uid(), &r.resource_version()), (uid, version), "{n}");
+        assert_eq!(r.state(), AssignedIdentityState::Assigned, "{n}");
+    }
+    assert_eq!(
+        on_machine(&emu, &vmss),
+        {
+            let mut v = vec![web.id.to_lowercase(), db.id.to_lowercase()];
+            v.sort();
+            v
+        },
+        "the identities podid assigned are still on the scale set"
+    );
+    original.stop().await;
 }

@@ -2,6 +2,7 @@
 //! emulator.
 #![allow(dead_code)]
 
+pub mod hostnet;
 pub mod netns;
 
 use std::net::{IpAddr, SocketAddr};
