@@ -150,6 +150,24 @@ enum Command {
         #[command(subcommand)]
         command: ExceptionCommand,
     },
+    /// Print a shell completion script.
+    ///
+    /// Examples: podid completion bash > /etc/bash_completion.d/podid;
+    /// podid completion zsh > "${fpath[1]}/_podid"; podid completion fish > ~/.config/fish/completions/podid.fish
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (podid.1 and one per subcommand) into DIR.
+    ///
+    /// Example: podid man --dir /usr/local/share/man/man1
+    Man {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// Print this command reference as Markdown (docs/cli.md).
+    #[command(hide = true)]
+    Reference,
     /// Write a snapshot of everything the report reads (never Secrets) to a file.
     Snapshot {
         #[command(flatten)]
@@ -1260,6 +1278,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Cutover { command } => run_cutover(command).await,
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "podid", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir } => {
+            use clap::CommandFactory;
+            std::fs::create_dir_all(&dir).with_context(|| format!("--dir {}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("writing man pages into {}", dir.display()))?;
+            eprintln!("wrote man pages into {}", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reference => {
+            use clap::CommandFactory;
+            print!("{}", podid_cli::reference::markdown(&Cli::command()));
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Crds { command } => match command {
             CrdsCommand::Print { kube_version } => {
                 let minor = match kube_version {

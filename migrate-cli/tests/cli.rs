@@ -582,3 +582,56 @@ fn the_cutover_works_on_one_context() {
         stderr(&out)
     );
 }
+
+/// docs/cli.md is what the clap definitions generate: a flag added or changed without the
+/// reference fails here.
+#[test]
+fn cli_reference_is_current() {
+    let out = podid(&["reference"]);
+    assert!(out.status.success());
+    let generated = String::from_utf8(out.stdout).unwrap();
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/cli.md");
+    let committed = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        committed == generated,
+        "docs/cli.md is out of date: regenerate with `cargo run -q -p podid-cli --bin podid -- reference > docs/cli.md`"
+    );
+    for command in [
+        "podid cutover prepare",
+        "podid identity add",
+        "podid crds apply",
+    ] {
+        assert!(generated.contains(&format!("`{command}`")), "{command}");
+    }
+}
+
+#[test]
+fn completions_and_man_pages_are_generated() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = podid(&["completion", shell]);
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            script.contains("cutover") && script.contains("remove-workload-id"),
+            "{shell}"
+        );
+    }
+    let out = podid(&["completion", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2));
+    let dir = tempfile::tempdir().unwrap();
+    let out = podid(&["man", "--dir", dir.path().to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for page in [
+        "podid.1",
+        "podid-cutover.1",
+        "podid-cutover-prepare.1",
+        "podid-report.1",
+    ] {
+        let text = std::fs::read_to_string(dir.path().join(page)).unwrap_or_default();
+        assert!(text.contains(".TH"), "{page}");
+    }
+}
