@@ -147,6 +147,7 @@ async fn start(
     let client = kube::Client::try_default()
         .await
         .context("building Kubernetes client")?;
+    podid_telemetry::cluster::check_server_version(&client, "podid-nmi").await;
     let view = KubeView::start(
         client.clone(),
         &flags.node,

@@ -285,6 +285,7 @@ async fn main() -> anyhow::Result<()> {
     let client = kube_client(&flags)
         .await
         .context("building Kubernetes client")?;
+    podid_telemetry::cluster::check_server_version(&client, "podid-operator").await;
     let identity = flags
         .leader_election_instance
         .clone()

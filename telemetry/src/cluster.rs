@@ -11,3 +11,22 @@ pub async fn oidc_issuer(client: &Client) -> Option<String> {
     let doc: serde_json::Value = client.request(req).await.ok()?;
     doc.get("issuer")?.as_str().map(str::to_string)
 }
+
+/// Logs, once at start, when the API server is older than podid supports
+/// (docs/compatibility.md) or its version cannot be read: what follows may fail on an API the
+/// server lacks, and the log says why first.
+pub async fn check_server_version(client: &Client, component: &str) {
+    match client.apiserver_version().await {
+        Ok(v) => match podid_crds::kube_minor(&v.minor) {
+            Some(m) if m >= podid_crds::OLDEST_KUBE_MINOR => {
+                tracing::info!(version = %v.git_version, "API server")
+            }
+            _ => tracing::error!(
+                version = %v.git_version,
+                "{component} supports Kubernetes 1.{} and later (docs/compatibility.md); this API server may lack APIs it uses",
+                podid_crds::OLDEST_KUBE_MINOR
+            ),
+        },
+        Err(e) => tracing::warn!(error = %e, "reading the API server's version"),
+    }
+}
