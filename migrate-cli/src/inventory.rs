@@ -62,6 +62,9 @@ pub struct Inventory {
     /// The cluster-wide facts were recorded (a snapshot header, or a live scan): without them
     /// (plain `kubectl get` output) the OIDC issuer is unknown rather than absent.
     pub facts_recorded: bool,
+    /// A live scan could not read the API server's issuer discovery document (forbidden,
+    /// unreachable): the issuer is unknown rather than absent.
+    pub issuer_lookup_failed: bool,
 }
 
 fn typed<T: serde::de::DeserializeOwned>(
@@ -94,7 +97,8 @@ impl ContextFromInventory for ClusterContext {
             &inv.nodes,
             match_options,
         );
-        ctx.issuer_unknown = !inv.facts_recorded && inv.cluster.oidc_issuer.is_none();
+        ctx.issuer_unknown =
+            (!inv.facts_recorded || inv.issuer_lookup_failed) && inv.cluster.oidc_issuer.is_none();
         ctx
     }
 }
@@ -429,6 +433,22 @@ const SNAPSHOT_GROUP: &str = "podid.dev";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_issuer_that_could_not_be_read_is_unknown_one_that_is_not_served_is_absent() {
+        let live = |failed: bool| Inventory {
+            facts_recorded: true,
+            issuer_lookup_failed: failed,
+            ..Default::default()
+        };
+        let ctx =
+            |inv: &Inventory| ClusterContext::from_inventory(inv, MatchOptions::standard(false));
+        assert!(ctx(&live(true)).issuer_unknown);
+        assert!(!ctx(&live(false)).issuer_unknown);
+        let mut given = live(true);
+        given.cluster.oidc_issuer = Some("https://issuer.example".into());
+        assert!(!ctx(&given).issuer_unknown, "--oidc-issuer wins");
+    }
 
     #[test]
     fn lists_json_single_objects_and_headers() {

@@ -130,9 +130,21 @@ pub async fn scan(
         nodes: list_cluster(client, &bar).await?,
         ..Default::default()
     };
+    let oidc_issuer = match podid_telemetry::cluster::oidc_issuer_lookup(client).await {
+        Ok(i) => i,
+        Err(e) => {
+            bar.suspend(|| {
+                eprintln!(
+                    "warning: could not read the API server's issuer discovery document ({e}): the OIDC issuer is unknown; pass --oidc-issuer"
+                )
+            });
+            inv.issuer_lookup_failed = true;
+            None
+        }
+    };
     inv.cluster = ClusterFacts {
         name: context,
-        oidc_issuer: podid_telemetry::cluster::oidc_issuer(client).await,
+        oidc_issuer,
         network_plugin: None,
         captured_at: Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
     };

@@ -5,11 +5,23 @@ use kube::Client;
 /// The ServiceAccount token issuer the API server announces in its OIDC discovery document
 /// (`/.well-known/openid-configuration`), if it serves one.
 pub async fn oidc_issuer(client: &Client) -> Option<String> {
+    oidc_issuer_lookup(client).await.ok().flatten()
+}
+
+/// [`oidc_issuer`], telling "the server serves no discovery document" (`Ok(None)`: a 404)
+/// from "it could not be read" (`Err`: forbidden, unreachable, not JSON).
+pub async fn oidc_issuer_lookup(client: &Client) -> Result<Option<String>, String> {
     let req = http::Request::get("/.well-known/openid-configuration")
         .body(Vec::new())
-        .ok()?;
-    let doc: serde_json::Value = client.request(req).await.ok()?;
-    doc.get("issuer")?.as_str().map(str::to_string)
+        .map_err(|e| e.to_string())?;
+    match client.request::<serde_json::Value>(req).await {
+        Ok(doc) => Ok(doc
+            .get("issuer")
+            .and_then(|i| i.as_str())
+            .map(str::to_string)),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Logs, once at start, when the API server is older than podid supports
