@@ -635,3 +635,56 @@ fn completions_and_man_pages_are_generated() {
         assert!(text.contains(".TH"), "{page}");
     }
 }
+
+/// `.krew.yaml`, with its release-time template calls filled in as krew-release-bot fills them,
+/// is a krew plugin manifest for `kubectl podid`: named `podid`, one platform per supported
+/// os/arch, each installing the `kubectl-podid` binary and the licence.
+#[test]
+fn krew_template_is_a_plugin_manifest() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let template = std::fs::read_to_string(root.join(".krew.yaml")).unwrap();
+    let mut filled = String::new();
+    for line in template.lines() {
+        let t = line.trim_start();
+        if let Some(rest) = t.strip_prefix("{{addURIAndSha \"") {
+            let url = rest
+                .split('"')
+                .next()
+                .unwrap()
+                .replace("{{ .TagName }}", "v1.2.3");
+            let indent = &line[..line.len() - t.len()];
+            filled.push_str(&format!(
+                "{indent}uri: {url}\n{indent}sha256: {}\n",
+                "0".repeat(64)
+            ));
+        } else {
+            filled.push_str(&line.replace("{{ .TagName }}", "v1.2.3"));
+            filled.push('\n');
+        }
+    }
+    let m: serde_yaml::Value = serde_yaml::from_str(&filled).unwrap();
+    assert_eq!(m["kind"], "Plugin");
+    assert_eq!(m["metadata"]["name"], "podid");
+    assert_eq!(m["spec"]["version"], "v1.2.3");
+    let platforms = m["spec"]["platforms"].as_sequence().unwrap();
+    let mut seen = BTreeSet::new();
+    for p in platforms {
+        let labels = &p["selector"]["matchLabels"];
+        let (os, arch) = (
+            labels["os"].as_str().unwrap(),
+            labels["arch"].as_str().unwrap(),
+        );
+        seen.insert(format!("{os}/{arch}"));
+        assert_eq!(p["bin"], "kubectl-podid");
+        let uri = p["uri"].as_str().unwrap();
+        assert!(
+            uri.ends_with(&format!("kubectl-podid-{os}-{arch}.tar.gz")),
+            "{uri}"
+        );
+        assert!(
+            root.join(p["files"][1]["from"].as_str().unwrap()).is_file(),
+            "the licence ships"
+        );
+    }
+    assert_eq!(seen.len(), 4);
+}
