@@ -7,7 +7,6 @@ pub mod cutover_run;
 pub mod identity;
 pub mod inventory;
 pub mod live;
-pub mod reference;
 pub mod render;
 pub mod report;
 pub mod selector;

@@ -1294,7 +1294,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Reference => {
             use clap::CommandFactory;
-            print!("{}", podid_cli::reference::markdown(&Cli::command()));
+            print!(
+                "{}",
+                podid_telemetry::reference::markdown(
+                    &Cli::command(),
+                    "`podid` command reference",
+                    "A test (cli_reference_is_current) fails when it is out of date: regenerate with `cargo run -q -p podid-cli --bin podid -- reference > docs/cli.md`.",
+                )
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Crds { command } => match command {

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod cluster;
 pub mod exposition;
+pub mod reference;
 pub mod watch;
 
 pub use admin::{AdminRoutes, serve, serve_on};
