@@ -177,7 +177,6 @@ async fn the_original_nmi_serves_pods_from_what_podid_left() {
     ) else {
         return;
     };
-    let mut original = net.original_nmi(&nmi, cluster, &node, &ns.name);
     let token = "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F";
     let (a, b) = (&ip["a"], &ip["b"]);
     let asks = [
@@ -198,33 +197,85 @@ async fn the_original_nmi_serves_pods_from_what_podid_left() {
         .iter()
         .map(|(from, path, _)| Request::metadata(path, from, path))
         .collect();
-    let answers = net
-        .send("127.0.0.1:2579", Some("127.0.0.1:8085"), &reqs)
-        .await;
-    original.assert_alive("the original NMI");
-    for ((from, path, want), answer) in asks.iter().zip(&answers) {
-        let status = answer["status"].as_u64().unwrap_or_default();
-        let body = answer["body"].as_str().unwrap_or_default();
-        match want {
-            Some(ident) => {
-                assert_eq!(
-                    status,
-                    200,
-                    "{from} {path}: {body}\nthe original NMI's log:\n{}",
-                    original.log()
+
+    // The original NMI; then podid-nmi's binary exactly as the original's DaemonSet runs its
+    // image (tests/fixtures/original-deployment-args.yaml: its arguments and environment, the
+    // kubelet's /etc/default/kubelet mounted, here in a mount namespace of its own).
+    let podid_nmi = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(|d| d.parent())
+        .unwrap()
+        .join("podid-nmi");
+    for who in [
+        "the original NMI",
+        "podid-nmi with the original's DaemonSet arguments",
+    ] {
+        let mut agent = if who == "the original NMI" {
+            net.original_nmi(&nmi, cluster, &node, &ns.name)
+        } else {
+            if !podid_nmi.is_file() {
+                podid_testkit::prereq::skip(
+                    "rollback::the_original_nmi_serves_pods_from_what_podid_left",
+                    &format!(
+                        "{} is not built (cargo build -p podid-nmi)",
+                        podid_nmi.display()
+                    ),
                 );
-                let t: serde_json::Value = serde_json::from_str(body).unwrap();
-                assert_eq!(
-                    live::claims(t["access_token"].as_str().unwrap())["appid"],
-                    ident.client_id.as_str(),
-                    "{from} {path}: the token is its identity's"
-                );
+                break;
             }
-            None => assert!(
-                (400..500).contains(&status) && !body.contains("access_token"),
-                "{from} {path}: another pod's identity is refused, got {status} {body}"
-            ),
+            let script = "mount -t tmpfs tmpfs /etc/default && echo 'KUBELET_FLAGS=--network-plugin=azure' > /etc/default/kubelet && exec \"$0\" \"$@\"";
+            let mut args: Vec<String> = ["-m", "sh", "-c", script].map(str::to_owned).to_vec();
+            args.push(podid_nmi.display().to_string());
+            args.extend([
+                format!("--node={node}"),
+                "--http-probe-port=8085".into(),
+                "--enableScaleFeatures=true".into(),
+                "--metadata-header-required=true".into(),
+            ]);
+            net.spawn(
+                std::path::Path::new("unshare"),
+                &args,
+                &[
+                    ("HOST_IP".into(), "127.0.0.1".into()),
+                    ("NODE_NAME".into(), node.clone()),
+                    (
+                        "KUBECONFIG".into(),
+                        cluster.kubeconfig().display().to_string(),
+                    ),
+                ],
+                std::env::temp_dir().join(format!("{}-podid-nmi.log", ns.name)),
+            )
+        };
+        let answers = net
+            .send("127.0.0.1:2579", Some("127.0.0.1:8085"), &reqs)
+            .await;
+        agent.assert_alive(who);
+        for ((from, path, want), answer) in asks.iter().zip(&answers) {
+            let status = answer["status"].as_u64().unwrap_or_default();
+            let body = answer["body"].as_str().unwrap_or_default();
+            match want {
+                Some(ident) => {
+                    assert_eq!(
+                        status,
+                        200,
+                        "{who}: {from} {path}: {body}\nits log:\n{}",
+                        agent.log()
+                    );
+                    let t: serde_json::Value = serde_json::from_str(body).unwrap();
+                    assert_eq!(
+                        live::claims(t["access_token"].as_str().unwrap())["appid"],
+                        ident.client_id.as_str(),
+                        "{who}: {from} {path}: the token is its identity's"
+                    );
+                }
+                None => assert!(
+                    (400..500).contains(&status) && !body.contains("access_token"),
+                    "{who}: {from} {path}: another pod's identity is refused, got {status} {body}"
+                ),
+            }
         }
+        agent.stop().await;
     }
 
     // Nothing podid-operator left was changed or removed.
@@ -246,5 +297,4 @@ async fn the_original_nmi_serves_pods_from_what_podid_left() {
         },
         "the identities podid assigned are still on the scale set"
     );
-    original.stop().await;
 }

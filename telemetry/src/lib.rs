@@ -67,8 +67,11 @@ impl LogFlags {
     pub fn init(&self) {
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(self.level()));
+        // Colours only on a terminal: a container's log (kubectl logs, a log shipper) gets
+        // plain text, as the original's klog lines are.
         let fmt = tracing_subscriber::fmt()
             .with_env_filter(filter)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(std::io::stderr);
         match self.log_format {
             LogFormat::Json => fmt.json().init(),
