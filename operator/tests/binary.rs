@@ -139,7 +139,8 @@ async fn without_lease_rights_it_is_not_ready_and_says_why_then_leads_once_grant
         .env("AZURE_ENVIRONMENT_FILEPATH", &env_file)
         .env("POD_NAME", "podid-operator-0")
         .env("POD_NAMESPACE", &ns.name)
-        .env("RUST_LOG", "podid_operator=info");
+        // Every crate at trace: the secret-leak check below reads all of it.
+        .env("RUST_LOG", "trace");
     let log = dir.path().join("operator.log");
     let mut operator = Running::spawn(cmd, log.clone());
 
@@ -238,7 +239,40 @@ async fn without_lease_rights_it_is_not_ready_and_says_why_then_leads_once_grant
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // A bound pod: it fetches a token with its service principal's secret and assigns on ARM.
+    // Then neither the client secret nor any token (a JWT begins `eyJ`) is in its trace-level
+    // log, its metrics or its Events.
+    let ident = emu.add_identity(&pool.resource_group, "op-bin-id");
+    common::identity(&admin, &ns.name, "id", 0, &ident.id, &ident.client_id).await;
+    common::binding(&admin, &ns.name, "bind", "id", "op-bin").await;
+    common::pod(&admin, &ns.name, "bound", &pool.node_name(0), "op-bin").await;
+    common::wait_assigned(&admin, &ns.name, &[format!("bound-{}-id", ns.name)], 60).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while emu.call_count("POST token") == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no token fetched in 60 s: {:?}",
+            emu.calls()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (_, _, metrics) = get(&format!("http://127.0.0.1:{prom}/metrics")).await;
     operator.stop();
+    let events =
+        serde_json::to_string(&events.list(&ListParams::default()).await.unwrap().items).unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.lines().count() > 100,
+        "a trace-level log: {} lines",
+        text.lines().count()
+    );
+    for (what, output) in [("log", &text), ("metrics", &metrics), ("Events", &events)] {
+        assert!(
+            !output.contains(app.1),
+            "the client secret is in its {what}"
+        );
+        assert!(!output.contains("eyJ"), "a token is in its {what}");
+    }
     Api::<ClusterRoleBinding>::all(admin.clone())
         .delete(&format!("{}-operator", ns.name), &Default::default())
         .await
