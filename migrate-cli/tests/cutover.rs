@@ -1241,25 +1241,9 @@ async fn prepare_direct_builds_and_proves_without_the_operator() {
     // Azure as podid-operator is given it: azure.json with a service principal, the cloud's
     // endpoints pointing at the emulator.
     let dir = tempfile::tempdir().unwrap();
-    let env_file = dir.path().join("environment.json");
-    let arm = format!("{}/", emu.arm_endpoint());
-    std::fs::write(
-        &env_file,
-        json!({"name": "AzureStackCloud", "resourceManagerEndpoint": arm,
-               "activeDirectoryEndpoint": arm, "tokenAudience": "https://management.azure.com/",
-               "resourceIdentifiers": {}})
-        .to_string(),
-    )
-    .unwrap();
-    let azure_json = dir.path().join("azure.json");
-    std::fs::write(
-        &azure_json,
-        json!({"cloud": "AzureStackCloud", "tenantId": emu.tenant_id(),
-               "subscriptionId": emu.subscription_id(), "resourceGroup": "rg",
-               "aadClientId": app, "aadClientSecret": secret})
-        .to_string(),
-    )
-    .unwrap();
+    let (azure_json, env_file) = emu
+        .write_cloud_config(dir.path(), "rg", (app, secret))
+        .unwrap();
     let prepare = |extra: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_podid"))
             .args([

@@ -38,25 +38,9 @@ async fn azure() -> Azure {
     let (app, secret) = ("1d000000-0000-0000-0000-00000000c11a", "identity-s3cret");
     emu.add_app(app, Some(secret), None);
     let dir = tempfile::tempdir().unwrap();
-    let env_file = dir.path().join("environment.json");
-    let arm = format!("{}/", emu.arm_endpoint());
-    std::fs::write(
-        &env_file,
-        json!({"name": "AzureStackCloud", "resourceManagerEndpoint": arm,
-               "activeDirectoryEndpoint": arm, "tokenAudience": "https://management.azure.com/",
-               "resourceIdentifiers": {}})
-        .to_string(),
-    )
-    .unwrap();
-    let azure_json = dir.path().join("azure.json");
-    std::fs::write(
-        &azure_json,
-        json!({"cloud": "AzureStackCloud", "tenantId": emu.tenant_id(),
-               "subscriptionId": emu.subscription_id(), "resourceGroup": "rg",
-               "aadClientId": app, "aadClientSecret": secret})
-        .to_string(),
-    )
-    .unwrap();
+    let (azure_json, env_file) = emu
+        .write_cloud_config(dir.path(), "rg", (app, secret))
+        .unwrap();
     Azure {
         emu,
         env_file,

@@ -286,6 +286,38 @@ impl Emulator {
         &self.ca_pem
     }
 
+    /// Writes, into `dir`, the cloud configuration a podid program (or the original MIC) takes
+    /// to work against this emulator: `azure.json` naming `AzureStackCloud`, this tenant and
+    /// subscription, `resource_group` and the service principal `app` (client ID, secret), and
+    /// the `AzureStackCloud` environment file (set `AZURE_ENVIRONMENT_FILEPATH` to it) whose ARM
+    /// and Entra endpoints are this emulator's plain-HTTP address. Returns (azure.json, the
+    /// environment file).
+    pub fn write_cloud_config(
+        &self,
+        dir: &std::path::Path,
+        resource_group: &str,
+        app: (&str, &str),
+    ) -> std::io::Result<(std::path::PathBuf, std::path::PathBuf)> {
+        let arm = format!("{}/", self.arm_endpoint());
+        let environment = dir.join("environment.json");
+        std::fs::write(
+            &environment,
+            serde_json::json!({"name": "AzureStackCloud", "resourceManagerEndpoint": arm,
+                "activeDirectoryEndpoint": arm, "tokenAudience": "https://management.azure.com/",
+                "resourceIdentifiers": {}})
+            .to_string(),
+        )?;
+        let azure_json = dir.join("azure.json");
+        std::fs::write(
+            &azure_json,
+            serde_json::json!({"cloud": "AzureStackCloud", "tenantId": self.tenant_id(),
+                "subscriptionId": self.subscription_id(), "resourceGroup": resource_group,
+                "vmType": "vmss", "aadClientId": app.0, "aadClientSecret": app.1})
+            .to_string(),
+        )?;
+        Ok((azure_json, environment))
+    }
+
     pub fn tenant_id(&self) -> String {
         self.ctx
             .settings

@@ -118,23 +118,7 @@ async fn main() -> anyhow::Result<()> {
     emu.add_scale_set(&pool.resource_group, &pool.scale_set, 1);
     let ident = emu.add_identity(&pool.resource_group, "sample");
     emu.add_app(APP.0, Some(APP.1), None);
-    let arm = format!("{}/", emu.arm_endpoint());
-    let env_file = dir.join("environment.json");
-    std::fs::write(
-        &env_file,
-        json!({"name": "AzureStackCloud", "resourceManagerEndpoint": arm,
-               "activeDirectoryEndpoint": arm, "tokenAudience": "https://management.azure.com/",
-               "resourceIdentifiers": {}})
-        .to_string(),
-    )?;
-    let azure_json = dir.join("azure.json");
-    std::fs::write(
-        &azure_json,
-        json!({"cloud": "AzureStackCloud", "tenantId": emu.tenant_id(),
-               "subscriptionId": emu.subscription_id(), "resourceGroup": pool.resource_group,
-               "vmType": "vmss", "aadClientId": APP.0, "aadClientSecret": APP.1})
-        .to_string(),
-    )?;
+    let (azure_json, env_file) = emu.write_cloud_config(&dir, &pool.resource_group, APP)?;
 
     // The sample app on pod identity.
     apply(
