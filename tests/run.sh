@@ -15,6 +15,12 @@ if [ -x tests/cluster/build.sh ]; then
   export PODID_K8S_BIN
 fi
 
+# helm, for the chart tests (deploy/charts/podid: rendering, drift of deploy/manifests/).
+if [ -x tests/cluster/build.sh ]; then
+  PODID_HELM="$(tests/cluster/build.sh --helm | tail -n 1)"
+  export PODID_HELM
+fi
+
 # The original aad-pod-identity MIC, NMI and demo (v1.8.17), for the side-by-side parity tests,
 # and the real Azure Workload ID webhook and azwi (v1.6.0), found by tests under PODID_CACHE_DIR.
 if [ -x tests/peers/build.sh ]; then
