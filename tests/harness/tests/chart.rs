@@ -586,10 +586,11 @@ async fn each_component_may_do_what_it_needs_and_no_more_per_switch() {
             assert_eq!(
                 can(cluster, (&ns, e.sa), e.verb, e.what, where_),
                 e.allowed,
-                "{case}: {} {} {} in {}",
+                "{case}: {} {} {} {} in {}",
                 e.sa,
                 if e.allowed { "may" } else { "may not" },
-                format!("{} {}", e.verb, e.what),
+                e.verb,
+                e.what,
                 where_.unwrap_or("any namespace")
             );
         }
