@@ -739,17 +739,19 @@ async fn the_net_raw_policy_rejects_pods_keeping_net_raw_with_a_clear_message() 
     )
     .await
     .expect("kube-system is exempt");
-    admit(
-        &client,
-        &pod(
-            "agent",
-            "default",
-            Some(AGENT),
-            &[("podid-nmi", keeps.clone())],
-        ),
-    )
-    .await
-    .expect("the agent is exempt");
+    // (Bounded wait: an earlier test of this binary may have installed the same policy for
+    // another namespace, and the API server reloads it shortly after this apply.)
+    let agent = pod(
+        "agent",
+        "default",
+        Some(AGENT),
+        &[("podid-nmi", keeps.clone())],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while let Err(m) = admit(&client, &agent).await {
+        assert!(Instant::now() < deadline, "the agent is exempt: {m}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let mut sa = cluster.kubectl().unwrap();
     run(sa.args(["create", "serviceaccount", AGENT, "-n", &ns.name])).unwrap();
     admit(
