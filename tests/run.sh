@@ -15,6 +15,12 @@ if [ -x tests/cluster/build.sh ]; then
   export PODID_K8S_BIN
 fi
 
+# helm, for the chart tests (deploy/charts/podid: rendering, drift of deploy/manifests/).
+if [ -x tests/cluster/build.sh ]; then
+  PODID_HELM="$(tests/cluster/build.sh --helm | tail -n 1)"
+  export PODID_HELM
+fi
+
 # The original aad-pod-identity MIC, NMI and demo (v1.8.17), for the side-by-side parity tests,
 # and the real Azure Workload ID webhook and azwi (v1.6.0), found by tests under PODID_CACHE_DIR.
 if [ -x tests/peers/build.sh ]; then
@@ -36,7 +42,8 @@ status=0
 cargo test --workspace --locked "$@" || status=$?
 
 # The compatibility selection on the oldest Kubernetes podid is tested on (docs/compatibility.md):
-# the CRD tests and one operator, node-agent and report scenario, against its kube-apiserver
+# the CRD tests, the chart's profiles and NET_RAW policy, and one operator, node-agent and
+# report scenario, against its kube-apiserver
 # (etcd, kwok and the controllers stay the current ones). Skipped when arguments narrow the run.
 if [ $# -eq 0 ] && [ -x tests/cluster/build.sh ]; then
   PODID_K8S_APISERVER="$(tests/cluster/build.sh --oldest | tail -n 1)"
@@ -45,8 +52,9 @@ if [ $# -eq 0 ] && [ -x tests/cluster/build.sh ]; then
   # One cargo invocation over the workspace, as above, so nothing is rebuilt; the filters pick
   # the tests (every test of crds/tests/apiserver.rs and operator/tests/cluster_emulator.rs).
   cargo test --workspace --locked \
-    --test apiserver --test cluster_emulator --test bridge --test live -- \
+    --test apiserver --test cluster_emulator --test bridge --test live --test chart -- \
     generated_crd_yaml_applies malformed_objects_are_rejected objects_written_by_the_original \
+    every_profile_applies_server_side the_net_raw_policy_rejects_pods_keeping_net_raw \
     a_bound_pod_gets_its_identity_on_the_scale_set workloads_on_pod_identity_get_proven \
     managed_mode_security_matrix live_report_equals_report_of_its_snapshot || status=$?
   unset PODID_K8S_APISERVER

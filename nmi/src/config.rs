@@ -153,7 +153,7 @@ pub struct Flags {
     pub enable_profile: bool,
     /// podid: serve identities by Workload ID token exchange where a binding (annotation
     /// `podid.dev/identity-serving`) or `--identity-serving` asks for it. Needs `create` on
-    /// serviceaccounts/token and a watch of WorkloadMigrations (deploy/podid-nmi-federated.yaml).
+    /// serviceaccounts/token and a watch of WorkloadMigrations (deploy/manifests/podid-nmi-federated.yaml).
     /// Give podid-operator the same value.
     #[arg(long = "federated", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub federated: bool,

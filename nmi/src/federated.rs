@@ -112,7 +112,7 @@ impl ServiceAccountTokens for KubeServiceAccountTokens {
                 .map_err(|e| {
                     let hint = match &e {
                         kube::Error::Api(s) if s.code == 403 => {
-                            " (podid-nmi needs `create` on serviceaccounts/token: apply deploy/podid-nmi-federated.yaml; an admission policy may also have refused it)"
+                            " (podid-nmi needs `create` on serviceaccounts/token: apply deploy/manifests/podid-nmi-federated.yaml (or the chart with federated.enabled); an admission policy may also have refused it)"
                         }
                         _ => "",
                     };

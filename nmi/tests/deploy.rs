@@ -1,4 +1,4 @@
-//! deploy/podid-nmi.yaml: it applies to a real API server, its arguments are flags the agent
+//! deploy/manifests/podid-nmi.yaml: it applies to a real API server, its arguments are flags the agent
 //! accepts (as are the original's manifest and chart arguments, for a swap without manifest
 //! changes), and its ServiceAccount's ClusterRole is enough for the agent — and no more: the
 //! agent runs here with exactly that account's permissions (impersonated) and the DaemonSet's
@@ -21,7 +21,10 @@ use serde_json::json;
 mod live;
 use live::{call, claims, run_pods};
 
-const MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/podid-nmi.yaml");
+const MANIFEST: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../deploy/manifests/podid-nmi.yaml"
+);
 const ORIGINAL: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../tests/fixtures/original-deployment-args.yaml"
@@ -187,8 +190,8 @@ fn the_daemonset_arguments_and_the_originals_are_flags_the_agent_accepts() {
 async fn the_manifest_applies_and_its_account_is_all_the_agent_needs() {
     let cluster = Cluster::shared_async().await;
     let out = cluster
-        .kubectl_apply(std::path::Path::new(MANIFEST), Some("default"))
-        .expect("kubectl apply deploy/podid-nmi.yaml");
+        .kubectl_apply(std::path::Path::new(MANIFEST), None)
+        .expect("kubectl apply deploy/manifests/podid-nmi.yaml");
     assert!(out.contains("daemonset.apps/podid-nmi"), "{out}");
 
     // What the account may not do.

@@ -97,7 +97,7 @@ pub async fn run(
 /// error in the log, not ready, an Event), with the fix.
 pub fn lease_refused(election: &Election, status: &kube::core::Status) -> String {
     format!(
-        "podid-operator may not use its Lease {}/{} (the API server answered {}: {}), so it never leads and writes nothing. Grant its ServiceAccount get, create and update on leases (coordination.k8s.io) in namespace {}: deploy/podid-operator.yaml's Role podid-operator does; the original MIC's ClusterRole has no such rule",
+        "podid-operator may not use its Lease {}/{} (the API server answered {}: {}), so it never leads and writes nothing. Grant its ServiceAccount get, create and update on leases (coordination.k8s.io) in namespace {}: deploy/manifests/podid-operator.yaml's Role podid-operator does (the Helm chart's too); the original MIC's ClusterRole has no such rule",
         election.namespace, election.name, status.code, status.message, election.namespace
     )
 }

@@ -24,7 +24,10 @@ use common::obj;
 use common::process::{Running, cloud_config, free_port};
 use live::hostnet::HostNet;
 
-const MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/podid-operator.yaml");
+const MANIFEST: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../deploy/manifests/podid-operator.yaml"
+);
 
 async fn get(url: &str) -> (u16, Option<String>, String) {
     let resp = reqwest::get(url).await.unwrap();
@@ -80,7 +83,7 @@ async fn without_lease_rights_it_is_not_ready_and_says_why_then_leads_once_grant
     let cluster = Cluster::shared_async().await;
     cluster
         .kubectl_apply(std::path::Path::new(MANIFEST), Some("default"))
-        .expect("kubectl apply deploy/podid-operator.yaml");
+        .expect("kubectl apply deploy/manifests/podid-operator.yaml");
     let ns = cluster.namespace("op-bin").await;
     let admin = ns.client.clone();
     let pool = NodePool::aks("opbin", 1);

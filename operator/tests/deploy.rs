@@ -1,4 +1,4 @@
-//! deploy/podid-operator.yaml: it applies to a real API server, its arguments are flags the
+//! deploy/manifests/podid-operator.yaml: it applies to a real API server, its arguments are flags the
 //! operator accepts (as are the original MIC's manifest and chart arguments, for a swap without
 //! manifest changes), and its RBAC is enough for the controller and no more: the controller runs
 //! here with exactly that account's permissions (impersonated) and converges a bound pod.
@@ -14,7 +14,10 @@ use serde::Deserialize;
 
 mod common;
 
-const MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/podid-operator.yaml");
+const MANIFEST: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../deploy/manifests/podid-operator.yaml"
+);
 const ACCOUNT: &str = "system:serviceaccount:default:podid-operator";
 
 fn deployment() -> Deployment {
@@ -125,7 +128,7 @@ async fn the_manifest_applies_and_its_account_is_all_the_controller_needs() {
     let cluster = Cluster::shared_async().await;
     let out = cluster
         .kubectl_apply(std::path::Path::new(MANIFEST), Some("default"))
-        .expect("kubectl apply deploy/podid-operator.yaml");
+        .expect("kubectl apply deploy/manifests/podid-operator.yaml");
     assert!(out.contains("deployment.apps/podid-operator"), "{out}");
     cluster.assert_cannot(
         ACCOUNT,

@@ -52,6 +52,18 @@ if [ "${1:-}" = "--oldest" ]; then
   exit 0
 fi
 
+# `--helm`: only `helm` (tests/cluster/helm pins helm.sh/helm/v3), for the chart tests
+# (deploy/charts/podid, tests/harness/tests/chart.rs); prints its path on the last line.
+if [ "${1:-}" = "--helm" ]; then
+  HELM_VERSION="$(modver helm helm.sh/helm/v3)"
+  bin="$cache/helm-$HELM_VERSION/bin"
+  mkdir -p "$bin"
+  build helm helm helm.sh/helm/v3/cmd/helm \
+    "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+  echo "$bin/helm"
+  exit 0
+fi
+
 k8s_flags="$(stamp_k8s)"
 build etcd etcd go.etcd.io/etcd/server/v3 \
   "-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=podid-build"

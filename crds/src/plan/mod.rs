@@ -358,7 +358,7 @@ fn pod_identity_findings(w: &Workload, excepted: bool, ctx: &ClusterContext) -> 
         findings.push(finding(
             ReasonCode::KubenetNetRaw,
             Severity::Note,
-            "kubenet cluster and containers keep NET_RAW: under pod identity such pods can spoof other pods' traffic to the identity endpoint; Workload ID removes that exposure",
+            "kubenet cluster and containers keep NET_RAW: under pod identity such pods can spoof other pods' traffic to the identity endpoint; Workload ID removes that exposure. Until then drop NET_RAW (or ALL) in every container; podid's ValidatingAdmissionPolicy podid-drop-net-raw (chart value netRawPolicy.enabled, deploy/manifests/podid-net-raw-policy.yaml) rejects pods that keep it",
         ));
     }
     if w.unsupported_owner {

@@ -30,7 +30,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use crate::live;
 
 /// How much the agent's peak resident memory may exceed its resident memory before an attack:
-/// a quarter of the 256 Mi limit of deploy/podid-nmi.yaml.
+/// a quarter of the 256 Mi limit of deploy/manifests/podid-nmi.yaml.
 const BOUND_MIB: u64 = 64;
 
 /// The agent binary, started for `node` on free ports; killed when dropped.

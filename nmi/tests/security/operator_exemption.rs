@@ -1,7 +1,7 @@
 //! Fault: the shipped operator is intercepted by the agent. With a managed-identity azure.json
 //! the operator's pods get their Azure credential from IMDS at 169.254.169.254; on a node with
 //! the agent that request is redirected to it, and an agent that treats the operator as an
-//! ordinary pod answers 404, so the operator never writes to ARM. deploy/podid-operator.yaml
+//! ordinary pod answers 404, so the operator never writes to ARM. deploy/manifests/podid-operator.yaml
 //! ships an AzurePodIdentityException for its pods (the original NMI honours it too); the
 //! namespace is the boundary: the same labels elsewhere exempt nothing.
 //!
@@ -23,8 +23,14 @@ use serde_json::{Value, json};
 use crate::live;
 use crate::live::netns::NodeNetns;
 
-const OPERATOR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/podid-operator.yaml");
-const AGENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/podid-nmi.yaml");
+const OPERATOR: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../deploy/manifests/podid-operator.yaml"
+);
+const AGENT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../deploy/manifests/podid-nmi.yaml"
+);
 
 /// The documents of a manifest, in order.
 fn documents(path: &str) -> Vec<Value> {

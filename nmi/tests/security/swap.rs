@@ -135,7 +135,7 @@ async fn poll_from_pod(node: &Node, poll: Poll, stop: Arc<AtomicBool>) {
 }
 
 /// podid-nmi as the swap runs it: its own chain (the default), its own ports beside the
-/// original's (deploy/podid-nmi.yaml).
+/// original's (deploy/manifests/podid-nmi.yaml).
 const PODID_PORTS: [&str; 3] = [
     "--nmi-port=2580",
     "--http-probe-port=8086",

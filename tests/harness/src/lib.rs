@@ -118,6 +118,28 @@ pub fn peer_binary(name: &str) -> Result<PathBuf, Error> {
     }
 }
 
+/// `helm`, built by `tests/cluster/build.sh --helm` for the chart tests: `$PODID_HELM`, or that
+/// script's cache under `$PODID_CACHE_DIR` (default `~/.cache/podid`).
+pub fn helm_binary() -> Result<PathBuf, Error> {
+    let p = match std::env::var_os("PODID_HELM") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let version = include_str!("../../cluster/helm/go.mod")
+                .lines()
+                .find_map(|l| l.strip_prefix("require helm.sh/helm/v3 "))
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            cache_dir().join(format!("helm-{version}/bin/helm"))
+        }
+    };
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(Error::MissingBinary(p.display().to_string()))
+    }
+}
+
 fn cache_dir() -> PathBuf {
     std::env::var_os("PODID_CACHE_DIR")
         .map(PathBuf::from)

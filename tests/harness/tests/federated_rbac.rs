@@ -1,4 +1,4 @@
-//! deploy/podid-nmi-federated.yaml on a real API server: the node agent's account may mint
+//! deploy/manifests/podid-nmi-federated.yaml on a real API server: the node agent's account may mint
 //! ServiceAccount tokens only for the token exchange. The shipped manifests themselves are
 //! applied (their RBAC and admission objects), and every request is made with a real token of
 //! the agent's ServiceAccount, as the agent makes it.
@@ -16,10 +16,13 @@ use podid_testkit::builders::obj;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-const BASE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/podid-nmi.yaml");
+const BASE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../deploy/manifests/podid-nmi.yaml"
+);
 const FEDERATED: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../deploy/podid-nmi-federated.yaml"
+    "/../../deploy/manifests/podid-nmi-federated.yaml"
 );
 const AGENT: &str = "system:serviceaccount:default:podid-nmi";
 const EXCHANGE: &str = "api://AzureADTokenExchange";
@@ -154,7 +157,7 @@ async fn the_agent_may_mint_exchange_tokens_only() {
     let ns = cluster.namespace("fed-rbac").await;
     let admin = ns.client.clone();
 
-    // The agent's account as deploy/podid-nmi.yaml ships it, and a real token of it.
+    // The agent's account as deploy/manifests/podid-nmi.yaml ships it, and a real token of it.
     apply(
         &admin,
         BASE,
