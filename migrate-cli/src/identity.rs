@@ -265,6 +265,7 @@ pub struct AddObjects {
 /// The AzureIdentity and AzureIdentityBinding of `podid identity add` (selector defaulting to
 /// the name, as the add-on's), annotated as podid's with the shared state of its Azure identity:
 /// the targets that carried it before podid, those podid assigns it to, its role assignment.
+#[allow(clippy::too_many_arguments)]
 pub fn add_objects(
     namespace: &str,
     name: &str,
@@ -1390,7 +1391,16 @@ mod tests {
 
     #[test]
     fn add_creates_the_add_on_s_objects() {
-        let o = add_objects("apps", "app", RID, "cid", None, &BTreeSet::new(), None);
+        let o = add_objects(
+            "apps",
+            "app",
+            RID,
+            "cid",
+            None,
+            &BTreeSet::new(),
+            &BTreeSet::new(),
+            None,
+        );
         assert_eq!(o.binding.metadata.name.as_deref(), Some("app-binding"));
         assert_eq!(
             o.binding.spec.selector, "app",
@@ -1406,8 +1416,10 @@ mod tests {
             "cid",
             Some("shared"),
             &BTreeSet::new(),
+            &BTreeSet::from(["/subscriptions/s/resourcegroups/mc_rg/providers/microsoft.compute/virtualmachinescalesets/one".to_owned()]),
             Some("/ra"),
         );
+        assert_eq!(assigned_targets(&o.identity).len(), 1);
         assert_eq!(o.binding.spec.selector, "shared");
         assert_eq!(role_assignment(&o.identity), Some("/ra"));
     }
@@ -1423,7 +1435,17 @@ mod tests {
         let pools: BTreeSet<_> = [pool("a"), pool("b")].into();
         let pre = pool("b").arm_id().to_ascii_lowercase();
         let target = managed("apps", "app", RID, &[&pre], Some("/ra"));
-        let binding = add_objects("apps", "app", RID, "c", None, &BTreeSet::new(), None).binding;
+        let binding = add_objects(
+            "apps",
+            "app",
+            RID,
+            "c",
+            None,
+            &BTreeSet::new(),
+            &BTreeSet::new(),
+            None,
+        )
+        .binding;
         let foreign = podid_testkit_free_binding("apps", "hand-made", "app");
         let plan = plan_delete(
             &target,
@@ -1471,7 +1493,17 @@ mod tests {
     #[test]
     fn rows_count_bound_pods_and_render() {
         let i = managed("apps", "app", RID, &[], None);
-        let b = add_objects("apps", "app", RID, "c", Some("web"), &BTreeSet::new(), None).binding;
+        let b = add_objects(
+            "apps",
+            "app",
+            RID,
+            "c",
+            Some("web"),
+            &BTreeSet::new(),
+            &BTreeSet::new(),
+            None,
+        )
+        .binding;
         let pod = |ns: &str, label: &str| -> Pod {
             serde_json::from_value(serde_json::json!({"metadata": {"name": "p", "namespace": ns, "labels": {POD_LABEL: label}}})).unwrap()
         };
