@@ -7,9 +7,9 @@
 //! plus the scale sets ARM lists in the resource groups those live in and in the cloud config's
 //! resource group (AKS's node resource group holds only node pools): a pool scaled to zero, or
 //! added with no node yet, is found there. Every target podid gave an identity is remembered on
-//! the AzureIdentity ([`ASSIGNED_TARGETS_ANNOTATION`], written before the assignment), as is
+//! the AzureIdentity ([`podid_crds::ASSIGNED_TARGETS_ANNOTATION`], written before the assignment), as is
 //! every target that already carried it when podid first looked
-//! ([`PREEXISTING_TARGETS_ANNOTATION`], never taken off); podid's finalizer holds the
+//! ([`podid_crds::PREEXISTING_TARGETS_ANNOTATION`], never taken off); podid's finalizer holds the
 //! AzureIdentity until the removals succeeded.
 //!
 //! Identities are grouped by Azure identity (ARM id, case-insensitively): pod identities of one
@@ -26,9 +26,6 @@ use podid_azure::IdentityState;
 use podid_crds::managed::{assigned_targets, has_finalizer, is_managed, preexisting_targets};
 use podid_crds::provider::{AssignmentTarget, NodeResource};
 use podid_crds::{AzureIdentity, IdentityType, MANAGED_IDENTITY_FINALIZER};
-
-#[allow(unused_imports)] // for the documentation's links
-use podid_crds::{ASSIGNED_TARGETS_ANNOTATION, PREEXISTING_TARGETS_ANNOTATION};
 
 use crate::planner::{Gated, NodeInfo, ObjectKey, Skip, TargetWrite};
 
@@ -170,9 +167,9 @@ pub struct Record {
     pub resource_version: Option<String>,
     /// Its finalizers with podid's added (None: already there).
     pub finalizers: Option<Vec<String>>,
-    /// The new value of [`PREEXISTING_TARGETS_ANNOTATION`] (lower-cased ARM ids).
+    /// The new value of [`podid_crds::PREEXISTING_TARGETS_ANNOTATION`] (lower-cased ARM ids).
     pub preexisting: BTreeSet<String>,
-    /// The new value of [`ASSIGNED_TARGETS_ANNOTATION`].
+    /// The new value of [`podid_crds::ASSIGNED_TARGETS_ANNOTATION`].
     pub assigned: BTreeSet<String>,
 }
 
