@@ -309,6 +309,33 @@ impl NodePoolIdentities for Arm {
         Ok(IdentityState::from_arm(body.get("identity")))
     }
 
+    async fn scale_sets(
+        &self,
+        subscription: &str,
+        resource_group: &str,
+    ) -> Result<Vec<AssignmentTarget>, Error> {
+        let mut url = Some(format!(
+            "{}/subscriptions/{subscription}/resourceGroups/{resource_group}/providers/Microsoft.Compute/virtualMachineScaleSets?api-version={COMPUTE_API_VERSION}",
+            self.endpoint
+        ));
+        let mut out = Vec::new();
+        while let Some(u) = url.take() {
+            let (_, _, body) = self
+                .call("vmss_list", reqwest::Method::GET, &u, None)
+                .await?;
+            out.extend(
+                body["value"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| AssignmentTarget::from_arm_id(v["id"].as_str()?))
+                    .filter(|t| t.is_scale_set),
+            );
+            url = body["nextLink"].as_str().map(str::to_owned);
+        }
+        Ok(out)
+    }
+
     async fn update_from(
         &self,
         target: &AssignmentTarget,

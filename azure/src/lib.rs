@@ -267,6 +267,12 @@ pub trait NodePoolIdentities {
         add: &[String],
         remove: &[String],
     ) -> Result<usize, Error>;
+    /// The scale sets in one resource group (ARM's list, every page), as targets.
+    async fn scale_sets(
+        &self,
+        subscription: &str,
+        resource_group: &str,
+    ) -> Result<Vec<AssignmentTarget>, Error>;
     /// [`NodePoolIdentities::update_from`] after reading the identities on `target`.
     async fn update(
         &self,

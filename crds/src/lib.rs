@@ -3,6 +3,7 @@
 
 pub mod cutover;
 pub mod index;
+pub mod managed;
 pub mod migration;
 pub mod names;
 pub mod plan;

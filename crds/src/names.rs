@@ -41,9 +41,19 @@ pub const SERVING_ANNOTATION: &str = "podid.dev/identity-serving";
 /// its identity assigned to every node-pool scale set of the cluster (podid-operator
 /// `--mode managed`), and removes it from them when the AzureIdentity goes.
 pub const MANAGED_IDENTITY_ANNOTATION: &str = "podid.dev/managed-identity";
-/// Annotation on such an AzureIdentity: comma-separated ARM ids of the scale sets and VMs that
-/// already carried its identity before podid assigned it (never removed from those).
+/// Annotation on such an AzureIdentity: comma-separated lower-cased ARM ids of the scale sets
+/// and VMs that already carried its identity before podid assigned it (never removed from
+/// those).
 pub const PREEXISTING_TARGETS_ANNOTATION: &str = "podid.dev/preexisting-targets";
+/// Annotation on such an AzureIdentity: comma-separated lower-cased ARM ids of the scale sets
+/// and VMs podid assigned its identity to (written before each assignment, by `podid identity
+/// add` and by podid-operator `--mode managed`): exactly these are taken off when the last
+/// AzureIdentity of that identity goes.
+pub const ASSIGNED_TARGETS_ANNOTATION: &str = "podid.dev/assigned-targets";
+/// Finalizer podid-operator `--mode managed` puts on each AzureIdentity it keeps on the node
+/// pools, before assigning it anywhere: the AzureIdentity goes only once podid has taken its
+/// identity off the scale sets it put it on.
+pub const MANAGED_IDENTITY_FINALIZER: &str = "podid.dev/node-pool-assignment";
 /// Annotation on such an AzureIdentity: the ARM id of the role assignment ("Managed Identity
 /// Operator" for the kubelet identity) podid created for it, deleted with the last AzureIdentity
 /// of that identity.

@@ -16,8 +16,9 @@ use kube::{Api, Client};
 use podid_azure::{
     Arm, MANAGED_IDENTITY_OPERATOR_ROLE, MsiCredentials, NodePoolIdentities, role_definition_id,
 };
+use podid_crds::managed::format_targets;
 use podid_crds::names::{
-    AKS_NETWORK_PLUGIN_LABEL, MANAGED_IDENTITY_ANNOTATION, POD_LABEL,
+    AKS_NETWORK_PLUGIN_LABEL, ASSIGNED_TARGETS_ANNOTATION, MANAGED_IDENTITY_ANNOTATION, POD_LABEL,
     PREEXISTING_TARGETS_ANNOTATION, ROLE_ASSIGNMENT_ANNOTATION,
 };
 use podid_crds::provider::{AssignmentTarget, NodeResource};
@@ -229,20 +230,7 @@ fn annotation<'a>(i: &'a AzureIdentity, key: &str) -> Option<&'a str> {
         .map(String::as_str)
 }
 
-/// True when `podid identity add` created this AzureIdentity (podid keeps it on the node pools).
-pub fn is_managed(i: &AzureIdentity) -> bool {
-    annotation(i, MANAGED_IDENTITY_ANNOTATION) == Some("true")
-}
-
-/// The targets recorded on a managed AzureIdentity as carrying its identity before podid did.
-pub fn preexisting_targets(i: &AzureIdentity) -> BTreeSet<String> {
-    annotation(i, PREEXISTING_TARGETS_ANNOTATION)
-        .into_iter()
-        .flat_map(|v| v.split(','))
-        .filter(|s| !s.is_empty())
-        .map(str::to_ascii_lowercase)
-        .collect()
-}
+pub use podid_crds::managed::{assigned_targets, has_finalizer, is_managed, preexisting_targets};
 
 /// The role assignment recorded on a managed AzureIdentity.
 pub fn role_assignment(i: &AzureIdentity) -> Option<&str> {
@@ -275,7 +263,9 @@ pub struct AddObjects {
 }
 
 /// The AzureIdentity and AzureIdentityBinding of `podid identity add` (selector defaulting to
-/// the name, as the add-on's), annotated as podid's with the shared state of its Azure identity.
+/// the name, as the add-on's), annotated as podid's with the shared state of its Azure identity:
+/// the targets that carried it before podid, those podid assigns it to, its role assignment.
+#[allow(clippy::too_many_arguments)]
 pub fn add_objects(
     namespace: &str,
     name: &str,
@@ -283,6 +273,7 @@ pub fn add_objects(
     client_id: &str,
     selector: Option<&str>,
     preexisting: &BTreeSet<String>,
+    assigned: &BTreeSet<String>,
     role_assignment: Option<&str>,
 ) -> AddObjects {
     let mut annotations =
@@ -290,7 +281,13 @@ pub fn add_objects(
     if !preexisting.is_empty() {
         annotations.insert(
             PREEXISTING_TARGETS_ANNOTATION.to_owned(),
-            preexisting.iter().cloned().collect::<Vec<_>>().join(","),
+            format_targets(preexisting),
+        );
+    }
+    if !assigned.is_empty() {
+        annotations.insert(
+            ASSIGNED_TARGETS_ANNOTATION.to_owned(),
+            format_targets(assigned),
         );
     }
     if let Some(r) = role_assignment {
@@ -667,6 +664,7 @@ pub async fn run_add(
     let pools = node_pool_targets(&nodes);
     let mut preexisting: BTreeSet<String> =
         shared.iter().flat_map(|i| preexisting_targets(i)).collect();
+    let mut assigned: BTreeSet<String> = shared.iter().flat_map(|i| assigned_targets(i)).collect();
     let mut assign = Vec::new();
     if !req.no_assign {
         for t in &pools {
@@ -685,6 +683,7 @@ pub async fn run_add(
                     "already carries the identity",
                 ));
             } else {
+                assigned.insert(t.arm_id().to_ascii_lowercase());
                 assign.push((t.clone(), current));
             }
         }
@@ -718,6 +717,7 @@ pub async fn run_add(
         &identity.client_id,
         req.selector.as_deref(),
         &preexisting,
+        &assigned,
         role.as_deref(),
     );
     ids.create(&post(req.dry_run), &objects.identity).await?;
@@ -751,7 +751,13 @@ pub async fn run_add(
     Ok(changes)
 }
 
-/// `podid identity delete`.
+/// How long `podid identity delete` waits for podid-operator to release an AzureIdentity it holds
+/// before revoking the role assignment.
+pub const OPERATOR_RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// `podid identity delete`. When podid-operator `--mode managed` holds the AzureIdentity (its
+/// finalizer), the operator takes the identity off the node pools; the role assignment is
+/// revoked once the AzureIdentity is gone.
 pub async fn run_delete(
     client: &Client,
     azure: Option<&Azure>,
@@ -777,7 +783,14 @@ pub async fn run_delete(
     let bindings: Vec<AzureIdentityBinding> = list_all(client).await?;
     let nodes: Vec<Node> = list_all(client).await?;
     let pools = node_pool_targets(&nodes);
-    let plan = plan_delete(&target, &identities, &bindings, &pools);
+    let mut plan = plan_delete(&target, &identities, &bindings, &pools);
+    // podid-operator `--mode managed` holds the AzureIdentity with its finalizer: it owns the
+    // node pools' assignment and takes the identity off them before letting the object go.
+    let operator_owned = has_finalizer(&target);
+    let by_operator = std::mem::take(&mut plan.unassign);
+    if !operator_owned {
+        plan.unassign = by_operator.clone();
+    }
     let needs_azure = !plan.unassign.is_empty() || plan.role_assignment.is_some();
     let azure = match (azure, needs_azure) {
         (Some(a), _) => Some(a),
@@ -839,6 +852,33 @@ pub async fn run_delete(
             "node pools",
             format!("still needed by {}", names.join(", ")),
         ));
+    }
+    if operator_owned && !by_operator.is_empty() {
+        changes.push(Change::new(
+            "unassign",
+            "ScaleSet",
+            "node pools",
+            "by podid-operator (--mode managed) before the AzureIdentity goes",
+        ));
+    }
+    if operator_owned && plan.role_assignment.is_some() && !dry_run {
+        // The role assignment goes once the operator has taken the identity off the pools.
+        let gone = async {
+            while ids.get_opt(name).await?.is_some() {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Ok::<_, Error>(())
+        };
+        match tokio::time::timeout(OPERATOR_RELEASE_TIMEOUT, gone).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(Error::Refused(format!(
+                    "AzureIdentity {namespace}/{name} is deleted but podid-operator has not released it within {}s (is it running with --mode managed?): the role assignment {} is kept; revoke it once the AzureIdentity is gone",
+                    OPERATOR_RELEASE_TIMEOUT.as_secs(),
+                    plan.role_assignment.as_deref().unwrap_or_default()
+                )));
+            }
+        }
     }
     if let Some(azure) = azure {
         for (t, current) in &unassign {
@@ -1343,6 +1383,7 @@ mod tests {
             "c",
             None,
             &pre.iter().map(|s| s.to_string()).collect(),
+            &BTreeSet::new(),
             role,
         )
         .identity
@@ -1350,7 +1391,16 @@ mod tests {
 
     #[test]
     fn add_creates_the_add_on_s_objects() {
-        let o = add_objects("apps", "app", RID, "cid", None, &BTreeSet::new(), None);
+        let o = add_objects(
+            "apps",
+            "app",
+            RID,
+            "cid",
+            None,
+            &BTreeSet::new(),
+            &BTreeSet::new(),
+            None,
+        );
         assert_eq!(o.binding.metadata.name.as_deref(), Some("app-binding"));
         assert_eq!(
             o.binding.spec.selector, "app",
@@ -1366,8 +1416,10 @@ mod tests {
             "cid",
             Some("shared"),
             &BTreeSet::new(),
+            &BTreeSet::from(["/subscriptions/s/resourcegroups/mc_rg/providers/microsoft.compute/virtualmachinescalesets/one".to_owned()]),
             Some("/ra"),
         );
+        assert_eq!(assigned_targets(&o.identity).len(), 1);
         assert_eq!(o.binding.spec.selector, "shared");
         assert_eq!(role_assignment(&o.identity), Some("/ra"));
     }
@@ -1383,7 +1435,17 @@ mod tests {
         let pools: BTreeSet<_> = [pool("a"), pool("b")].into();
         let pre = pool("b").arm_id().to_ascii_lowercase();
         let target = managed("apps", "app", RID, &[&pre], Some("/ra"));
-        let binding = add_objects("apps", "app", RID, "c", None, &BTreeSet::new(), None).binding;
+        let binding = add_objects(
+            "apps",
+            "app",
+            RID,
+            "c",
+            None,
+            &BTreeSet::new(),
+            &BTreeSet::new(),
+            None,
+        )
+        .binding;
         let foreign = podid_testkit_free_binding("apps", "hand-made", "app");
         let plan = plan_delete(
             &target,
@@ -1431,7 +1493,17 @@ mod tests {
     #[test]
     fn rows_count_bound_pods_and_render() {
         let i = managed("apps", "app", RID, &[], None);
-        let b = add_objects("apps", "app", RID, "c", Some("web"), &BTreeSet::new(), None).binding;
+        let b = add_objects(
+            "apps",
+            "app",
+            RID,
+            "c",
+            Some("web"),
+            &BTreeSet::new(),
+            &BTreeSet::new(),
+            None,
+        )
+        .binding;
         let pod = |ns: &str, label: &str| -> Pod {
             serde_json::from_value(serde_json::json!({"metadata": {"name": "p", "namespace": ns, "labels": {POD_LABEL: label}}})).unwrap()
         };

@@ -515,7 +515,8 @@ Exit codes: 0 done; 2 bad input (nothing changed); 3 refused (kubenet without --
         /// Do not grant the kubelet identity "Managed Identity Operator" on the identity.
         #[arg(long)]
         no_role_assignment: bool,
-        /// Do not assign the identity to the node pools' scale sets.
+        /// Do not assign the identity to the node pools' scale sets now: leave it to
+        /// podid-operator --mode managed, which keeps every managed identity on every node pool.
         #[arg(long)]
         no_assign: bool,
         /// Add the identity on a kubenet cluster anyway (as the add-on's

@@ -2,69 +2,20 @@
 //! AKS add-on's flows (`az aks pod-identity ...`), their dry runs, their refusals of bad input
 //! (the cluster and ARM compared before and after), and the kubenet refusal.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
-
 use k8s_openapi::api::core::v1::Node;
 use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use podid_azure_emulator::{Emulator, Settings};
+use podid_azure_emulator::Emulator;
 use podid_crds::{AzureIdentity, AzureIdentityBinding, AzurePodIdentityException};
 use podid_testkit::{Cluster, NodePool};
+
 use serde_json::{Value, json};
 
+#[path = "support/identity.rs"]
+mod identity_support;
+use identity_support::{azure, text};
+
 const MIO: &str = "f1a07417-d97a-45cb-824c-7a7467783830";
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// The emulator, and `podid` configured for it (azure.json with a service principal, the
-/// cloud's endpoints at the emulator).
-struct Azure {
-    emu: Emulator,
-    _dir: tempfile::TempDir,
-    env_file: PathBuf,
-    cloud: String,
-}
-
-async fn azure() -> Azure {
-    let emu = Emulator::start(Settings::default()).await.unwrap();
-    let (app, secret) = ("1d000000-0000-0000-0000-00000000c11a", "identity-s3cret");
-    emu.add_app(app, Some(secret), None);
-    let dir = tempfile::tempdir().unwrap();
-    let (azure_json, env_file) = emu
-        .write_cloud_config(dir.path(), "rg", (app, secret))
-        .unwrap();
-    Azure {
-        emu,
-        env_file,
-        cloud: format!("--cloud-config={}", azure_json.display()),
-        _dir: dir,
-    }
-}
-
-impl Azure {
-    fn podid(&self, cluster: &Cluster, args: &[&str]) -> Output {
-        let out = Command::new(env!("CARGO_BIN_EXE_podid"))
-            .args(args)
-            .env("KUBECONFIG", cluster.kubeconfig())
-            .env("AZURE_ENVIRONMENT_FILEPATH", &self.env_file)
-            .env_remove("AZURE_CLIENT_SECRET")
-            .env_remove("AZURE_CLOUD_CONFIG")
-            .env_remove("AZURE_TENANT_ID")
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap();
-        println!("$ podid {}\n{}", args.join(" "), text(&out));
-        out
-    }
-}
 
 /// Everything the commands may change: the pod-identity objects of the namespaces (name,
 /// annotations, spec), the scale sets' identities and every role assignment.

@@ -42,6 +42,12 @@ pub struct Flags {
     pub force_namespaced: bool,
     #[arg(long, value_enum, default_value = "standard")]
     pub mode: Mode,
+    /// Managed mode: also list the scale sets of the node resource groups (those of the nodes'
+    /// provider IDs and azure.json's `resourceGroup`), so node pools with no node yet (added at
+    /// zero, scaled to zero) carry the managed identities too. `false`: node pools are found
+    /// from nodes only.
+    #[arg(long = "list-node-pools", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub list_node_pools: bool,
     /// Full resynchronisation interval (also re-reads every scale set and VM).
     #[arg(long = "syncRetryDuration", default_value = "3600s", value_parser = parse_duration)]
     pub sync_retry_duration: Duration,

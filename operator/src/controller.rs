@@ -27,7 +27,9 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::planner::{AssignmentPlanner, NodeInfo, ObjectKey, Plan, PodInfo, Skip, World};
+use crate::planner::{
+    AssignmentPlanner, NodeInfo, ObjectKey, Plan, PodInfo, Skip, TargetWrite, World,
+};
 
 /// The watched objects: pods, nodes and assignments in reflector stores, bindings and
 /// identities in an index updated in place.
@@ -172,66 +174,25 @@ impl<A: NodePoolIdentities> Controller<A> {
         }
     }
 
-    /// Runs passes until `shutdown`: after a debounced burst of events, every `full_interval`
-    /// (full), and after a failure with backoff. Writes only while `may_write` is true.
+    /// Runs passes until `shutdown` ([`run_passes`]).
     pub async fn run(
         &self,
         notify: Arc<Notify>,
-        mut may_write: watch::Receiver<bool>,
+        may_write: watch::Receiver<bool>,
         settings: LoopSettings,
         shutdown: CancellationToken,
     ) {
-        tokio::select! {
-            _ = self.stores.ready() => {}
-            _ = shutdown.cancelled() => return,
-        }
-        self.ready.store(true, Ordering::SeqCst);
-        tracing::info!("caches synced");
-        let mut full_tick = tokio::time::interval(settings.full_interval);
-        full_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut retry_at: Option<tokio::time::Instant> = None;
-        let mut backoff = settings.retry_base;
-        let mut was_writing = false;
-        loop {
-            let far = tokio::time::Instant::now() + Duration::from_secs(86400);
-            let mut full = tokio::select! {
-                _ = notify.notified() => false,
-                _ = full_tick.tick() => true,
-                _ = tokio::time::sleep_until(retry_at.unwrap_or(far)) => true,
-                r = may_write.changed() => {
-                    if r.is_err() { return; }
-                    true
-                }
-                _ = shutdown.cancelled() => return,
-            };
-            // Debounce: wait until events stop for `debounce`.
-            loop {
-                tokio::select! {
-                    _ = notify.notified() => {}
-                    _ = tokio::time::sleep(settings.debounce) => break,
-                    _ = shutdown.cancelled() => return,
-                }
-            }
-            let writing = *may_write.borrow();
-            if !writing {
-                was_writing = false;
-                continue;
-            }
-            if !was_writing {
-                self.metrics.new_leader_election_count.inc();
-                full = true;
-                was_writing = true;
-            }
-            let report = self.pass(full).await;
-            if report.errors > 0 {
-                retry_at = Some(tokio::time::Instant::now() + backoff);
-                tracing::info!(errors = report.errors, retry_in = ?backoff, "pass had failures; retrying");
-                backoff = (backoff * 2).min(Duration::from_secs(300));
-            } else {
-                retry_at = None;
-                backoff = settings.retry_base;
-            }
-        }
+        run_passes(
+            self.stores.ready(),
+            &self.ready,
+            &self.metrics,
+            notify,
+            may_write,
+            settings,
+            shutdown,
+            |full| self.pass(full),
+        )
+        .await
     }
 
     /// One pass over the current cache contents.
@@ -265,7 +226,7 @@ impl<A: NodePoolIdentities> Controller<A> {
             full,
         );
         let mut report = PassReport::default();
-        let current = self.read_targets(targets, &mut report).await;
+        let current = read_targets(&self.arm, targets, &mut report).await.0;
         let plan = self.planner.plan(
             World {
                 pods: &pods,
@@ -285,33 +246,6 @@ impl<A: NodePoolIdentities> Controller<A> {
         report
     }
 
-    /// Reads the identities of each target, one GET each; a target that is gone carries
-    /// nothing, one that cannot be read is left out (and counted as an error).
-    async fn read_targets(
-        &self,
-        targets: BTreeSet<AssignmentTarget>,
-        r: &mut PassReport,
-    ) -> BTreeMap<AssignmentTarget, IdentityState> {
-        let mut current = BTreeMap::new();
-        for t in targets {
-            r.reads += 1;
-            match self.arm.identities(&t).await {
-                Ok(s) => {
-                    current.insert(t, s);
-                }
-                // The scale set or VM is gone: it carries nothing.
-                Err(podid_azure::Error::Arm { status: 404, .. }) => {
-                    current.insert(t, Default::default());
-                }
-                Err(e) => {
-                    r.errors += 1;
-                    tracing::warn!(target = %t, error = %e, "reading identities");
-                }
-            }
-        }
-        current
-    }
-
     /// Applies the plan in its order: create the records, write each target once, then the
     /// actions gated on those writes (mark records assigned, replace changed ones, remove
     /// released ones). Failures are counted in `r`.
@@ -325,7 +259,7 @@ impl<A: NodePoolIdentities> Controller<A> {
         let by_key: BTreeMap<ObjectKey, &AzureAssignedIdentity> =
             existing.iter().map(|a| (key(a), a)).collect();
         let created = self.create_records(plan, r).await;
-        let writes = self.write_targets(plan, current, r).await;
+        let writes = write_targets(&self.arm, &plan.writes, current, r).await;
         self.mark_assigned(plan, &created, &by_key, &writes, r)
             .await;
         self.update_records(plan, &writes, r).await;
@@ -380,36 +314,6 @@ impl<A: NodePoolIdentities> Controller<A> {
         .collect();
         r.errors += plan.create.len() - created.len();
         created
-    }
-
-    /// Sends the one identity delta per scale set or VM, one after the other.
-    async fn write_targets<'p>(
-        &self,
-        plan: &'p Plan,
-        current: &BTreeMap<AssignmentTarget, IdentityState>,
-        r: &mut PassReport,
-    ) -> Writes<'p> {
-        let mut writes = Writes::default();
-        for (t, w) in &plan.writes {
-            r.writes += 1;
-            tracing::info!(target = %t, add = ?w.add, remove = ?w.remove, "updating identities");
-            // The identities read at the start of this pass: one GET per target and pass.
-            let written = match current.get(t) {
-                Some(now) => self.arm.update_from(t, now, &w.add, &w.remove).await,
-                None => self.arm.update(t, &w.add, &w.remove).await,
-            };
-            match written {
-                Ok(_) => {
-                    writes.ok.insert(t);
-                }
-                Err(e) => {
-                    r.errors += 1;
-                    tracing::warn!(target = %t, error = %e, "updating identities");
-                    writes.failed.insert(t, e.to_string());
-                }
-            }
-        }
-        writes
     }
 
     /// Sets status `Assigned` on each record whose writes succeeded (`batch` at a time); one
@@ -746,6 +650,141 @@ impl<A: NodePoolIdentities> Controller<A> {
     }
 }
 
+/// Runs passes until `shutdown`, once `ready` resolved (then `ready_flag` is set, for
+/// `/readyz`): after a debounced burst of events on `notify`, every `full_interval` (full), and
+/// after a failure with backoff. Passes run only while `may_write` is true; the first one after
+/// it becomes true is full and counted as a new leader election.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_passes<F, Fut>(
+    ready: impl std::future::Future,
+    ready_flag: &AtomicBool,
+    metrics: &Metrics,
+    notify: Arc<Notify>,
+    mut may_write: watch::Receiver<bool>,
+    settings: LoopSettings,
+    shutdown: CancellationToken,
+    pass: F,
+) where
+    F: Fn(bool) -> Fut,
+    Fut: std::future::Future<Output = PassReport>,
+{
+    tokio::select! {
+        _ = ready => {}
+        _ = shutdown.cancelled() => return,
+    }
+    ready_flag.store(true, Ordering::SeqCst);
+    tracing::info!("caches synced");
+    let mut full_tick = tokio::time::interval(settings.full_interval);
+    full_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut backoff = settings.retry_base;
+    let mut was_writing = false;
+    loop {
+        let far = tokio::time::Instant::now() + Duration::from_secs(86400);
+        let mut full = tokio::select! {
+            _ = notify.notified() => false,
+            _ = full_tick.tick() => true,
+            _ = tokio::time::sleep_until(retry_at.unwrap_or(far)) => true,
+            r = may_write.changed() => {
+                if r.is_err() { return; }
+                true
+            }
+            _ = shutdown.cancelled() => return,
+        };
+        // Debounce: wait until events stop for `debounce`.
+        loop {
+            tokio::select! {
+                _ = notify.notified() => {}
+                _ = tokio::time::sleep(settings.debounce) => break,
+                _ = shutdown.cancelled() => return,
+            }
+        }
+        let writing = *may_write.borrow();
+        if !writing {
+            was_writing = false;
+            continue;
+        }
+        if !was_writing {
+            metrics.new_leader_election_count.inc();
+            full = true;
+            was_writing = true;
+        }
+        let report = pass(full).await;
+        if report.errors > 0 {
+            retry_at = Some(tokio::time::Instant::now() + backoff);
+            tracing::info!(errors = report.errors, retry_in = ?backoff, "pass had failures; retrying");
+            backoff = (backoff * 2).min(Duration::from_secs(300));
+        } else {
+            retry_at = None;
+            backoff = settings.retry_base;
+        }
+    }
+}
+
+/// Reads the identities of each target, one GET each; a target that is gone (404) carries
+/// nothing and is also returned in the second set; one that cannot be read is left out (and
+/// counted as an error).
+pub async fn read_targets<A: NodePoolIdentities>(
+    arm: &A,
+    targets: BTreeSet<AssignmentTarget>,
+    r: &mut PassReport,
+) -> (
+    BTreeMap<AssignmentTarget, IdentityState>,
+    BTreeSet<AssignmentTarget>,
+) {
+    let mut current = BTreeMap::new();
+    let mut gone = BTreeSet::new();
+    for t in targets {
+        r.reads += 1;
+        match arm.identities(&t).await {
+            Ok(s) => {
+                current.insert(t, s);
+            }
+            // The scale set or VM is gone: it carries nothing.
+            Err(podid_azure::Error::Arm { status: 404, .. }) => {
+                current.insert(t.clone(), Default::default());
+                gone.insert(t);
+            }
+            Err(e) => {
+                r.errors += 1;
+                tracing::warn!(target = %t, error = %e, "reading identities");
+            }
+        }
+    }
+    (current, gone)
+}
+
+/// Sends the one identity delta per scale set or VM, one after the other (ARM retries as
+/// `--update-user-msi-max-retry` sets them); returns which succeeded and why the others failed.
+pub async fn write_targets<'p, A: NodePoolIdentities>(
+    arm: &A,
+    writes: &'p BTreeMap<AssignmentTarget, TargetWrite>,
+    current: &BTreeMap<AssignmentTarget, IdentityState>,
+    r: &mut PassReport,
+) -> Writes<'p> {
+    let mut out = Writes::default();
+    for (t, w) in writes {
+        r.writes += 1;
+        tracing::info!(target = %t, add = ?w.add, remove = ?w.remove, "updating identities");
+        // The identities read at the start of this pass: one GET per target and pass.
+        let written = match current.get(t) {
+            Some(now) => arm.update_from(t, now, &w.add, &w.remove).await,
+            None => arm.update(t, &w.add, &w.remove).await,
+        };
+        match written {
+            Ok(_) => {
+                out.ok.insert(t);
+            }
+            Err(e) => {
+                r.errors += 1;
+                tracing::warn!(target = %t, error = %e, "updating identities");
+                out.failed.insert(t, e.to_string());
+            }
+        }
+    }
+    out
+}
+
 fn key(obj: &AzureAssignedIdentity) -> ObjectKey {
     ObjectKey {
         namespace: obj.namespace().unwrap_or_default(),
@@ -785,19 +824,19 @@ fn log_plan(plan: &Plan, full: bool) {
 
 /// Which target writes of a pass succeeded, and why the others failed.
 #[derive(Default)]
-struct Writes<'p> {
-    ok: BTreeSet<&'p AssignmentTarget>,
-    failed: BTreeMap<&'p AssignmentTarget, String>,
+pub struct Writes<'p> {
+    pub ok: BTreeSet<&'p AssignmentTarget>,
+    pub failed: BTreeMap<&'p AssignmentTarget, String>,
 }
 
 impl Writes<'_> {
     /// True when every write in `after` succeeded.
-    fn passed(&self, after: &[AssignmentTarget]) -> bool {
+    pub fn passed(&self, after: &[AssignmentTarget]) -> bool {
         after.iter().all(|t| self.ok.contains(t))
     }
 
     /// The first failed write in `after`, as `target: error`.
-    fn failure(&self, after: &[AssignmentTarget]) -> Option<String> {
+    pub fn failure(&self, after: &[AssignmentTarget]) -> Option<String> {
         after
             .iter()
             .find_map(|t| self.failed.get(t).map(|e| format!("{t}: {e}")))

@@ -9,5 +9,7 @@ pub mod bridge_run;
 pub mod config;
 pub mod controller;
 pub mod leader;
+pub mod managed;
+pub mod managed_run;
 pub mod metrics;
 pub mod planner;

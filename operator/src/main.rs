@@ -14,6 +14,8 @@ use podid_operator::bridge_run::{Bridge, BridgeAzure, BridgeSettings, production
 use podid_operator::config::Flags;
 use podid_operator::controller::{Controller, LoopSettings, Stores};
 use podid_operator::leader::{self, Election};
+use podid_operator::managed::{ManagedOptions, ManagedPlanner};
+use podid_operator::managed_run::{ManagedController, ManagedStores};
 use podid_operator::metrics::Metrics;
 use podid_operator::planner::{AssignmentPlanner, PlannerOptions};
 use podid_telemetry::AdminRoutes;
@@ -257,22 +259,13 @@ async fn main() -> anyhow::Result<()> {
         tasks.spawn(serve(flags.prometheus_port, http, shutdown.clone()));
     }
 
-    if flags.mode == Mode::Managed && !flags.bridge {
-        tracing::info!("managed mode without the bridge: nothing to do");
-        ready.store(true, Ordering::SeqCst);
-        podid_telemetry::shutdown_signal().await;
-        shutdown.cancel();
-        while tasks.join_next().await.is_some() {}
-        return Ok(());
-    }
-
     let azure = match Azure::from_flags(&flags) {
         Ok(a) => a,
         Err(e) if flags.mode == Mode::Managed => {
-            // Managed mode needs Azure for the bridge only: say so and stay up.
+            // Managed mode without Azure: say so and stay up (the node agent serves without it).
             tracing::error!(
                 error = format!("{e:#}"),
-                "the bridge needs Azure credentials (azure.json, or --tenant-id and a credential); running without it"
+                "managed mode keeps managed identities on the node pools and runs the bridge with Azure credentials (azure.json, or --tenant-id and a credential); running without them"
             );
             ready.store(true, Ordering::SeqCst);
             podid_telemetry::shutdown_signal().await;
@@ -370,8 +363,31 @@ async fn main() -> anyhow::Result<()> {
             },
         }
     } else {
-        ready.store(true, Ordering::SeqCst);
+        let planner = ManagedPlanner::new(ManagedOptions {
+            immutable: flags.immutable(cloud),
+        });
+        let notify = Arc::new(Notify::new());
+        let stores = ManagedStores::start(&client, notify.clone(), &shutdown);
+        let mut controller = ManagedController::new(
+            client.clone(),
+            azure.arm(&flags, &metrics),
+            planner,
+            stores,
+            metrics.clone(),
+            &identity,
+        );
+        controller.ready = ready.clone();
+        controller.batch = flags.create_delete_batch.max(1) as usize;
+        controller.list_node_pools = flags.list_node_pools;
+        controller.configured_scope = (!cloud.resource_group.is_empty())
+            .then(|| (cloud.subscription_id.clone(), cloud.resource_group.clone()));
+        let settings = LoopSettings {
+            debounce: flags.debounce,
+            full_interval: flags.reconcile_interval.min(flags.sync_retry_duration),
+            retry_base: Duration::from_secs(2),
+        };
         tokio::select! {
+            _ = controller.run(notify, may_write, settings, shutdown.clone()) => Ok(()),
             _ = podid_telemetry::shutdown_signal() => Ok(()),
             Some(r) = tasks.join_next() => match r {
                 Ok(Err(e)) => Err(e),

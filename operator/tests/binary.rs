@@ -5,6 +5,7 @@
 //! The same with the original's own manifests (tests/fixtures/original-deployment-args.yaml):
 //! podid-operator started with exactly the arguments and environment of each of the original's
 //! MIC containers, as the original's account, then with the Lease rule added.
+//! And `--mode managed` as deployed: a managed identity kept on the node pool, then taken off.
 
 use std::time::Duration;
 
@@ -27,6 +28,10 @@ use live::hostnet::HostNet;
 const MANIFEST: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../deploy/manifests/podid-operator.yaml"
+);
+const MANAGED_MANIFEST: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../deploy/manifests/podid-managed.yaml"
 );
 
 async fn get(url: &str) -> (u16, Option<String>, String) {
@@ -573,4 +578,152 @@ async fn with_the_originals_manifests_it_names_the_missing_lease_rule_then_write
         operator.assert_alive(&what);
         operator.stop().await;
     }
+}
+
+/// `--mode managed` as deployed: the binary, under the shipped ClusterRole and the Lease, keeps an
+/// identity `podid identity add` manages on the node pool's scale set, and takes it off when the
+/// AzureIdentity is deleted (which it holds until then).
+#[tokio::test]
+async fn managed_mode_under_the_shipped_role_keeps_a_managed_identity_on_the_node_pool() {
+    let _serial = common::one_controller_at_a_time().await;
+    let cluster = Cluster::shared_async().await;
+    cluster
+        .kubectl_apply(std::path::Path::new(MANIFEST), Some("default"))
+        .expect("kubectl apply deploy/manifests/podid-operator.yaml");
+    // The managed profile's own ClusterRole podid-operator (deploy/manifests/podid-managed.yaml),
+    // over the standard one of the same name; the Lease's Role stays the standard file's.
+    let managed = std::fs::read_to_string(MANAGED_MANIFEST).unwrap();
+    let role: String = managed
+        .split("\n---\n")
+        .filter(|d| {
+            (d.contains("\nkind: ClusterRole\n") || d.contains("\nkind: ClusterRoleBinding\n"))
+                && d.contains("\n  name: podid-operator\n")
+        })
+        .collect::<Vec<_>>()
+        .join("\n---\n");
+    assert!(role.contains("kind: ClusterRoleBinding"), "{managed}");
+    let role_file =
+        std::env::temp_dir().join(format!("podid-managed-role-{}.yaml", std::process::id()));
+    std::fs::write(&role_file, role).unwrap();
+    cluster
+        .kubectl_apply(&role_file, None)
+        .expect("kubectl apply the managed profile's ClusterRole");
+    let ns = cluster.namespace("op-managed").await;
+    let admin = ns.client.clone();
+    let pool = NodePool::aks("opmanaged", 1);
+    cluster.add_nodes(&pool).await.expect("fake node ready");
+    let emu = Emulator::start(Settings::default()).await.unwrap();
+    let app = ("op-managed-app", "op-managed-secret");
+    emu.add_app(app.0, Some(app.1), None);
+    let vmss = emu.add_scale_set(&pool.resource_group, &pool.scale_set, 1);
+    let ident = emu.add_identity("ids", "op-managed");
+
+    let account = format!("system:serviceaccount:{}:operator", ns.name);
+    Api::<ServiceAccount>::namespaced(admin.clone(), &ns.name)
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": "operator"}})),
+        )
+        .await
+        .unwrap();
+    Api::<ClusterRoleBinding>::all(admin.clone())
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": format!("{}-operator", ns.name)},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "podid-operator"},
+                "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": ns.name}]})),
+        )
+        .await
+        .unwrap();
+    Api::<Role>::namespaced(admin.clone(), &ns.name)
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": "lease"},
+                "rules": [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                           "verbs": ["get", "create", "update"]}]})),
+        )
+        .await
+        .unwrap();
+    Api::<RoleBinding>::namespaced(admin.clone(), &ns.name)
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": "lease"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "lease"},
+                "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": ns.name}]})),
+        )
+        .await
+        .unwrap();
+    let identities: Api<podid_crds::AzureIdentity> = Api::namespaced(admin.clone(), &ns.name);
+    identities
+        .create(
+            &PostParams::default(),
+            &obj(json!({
+                "apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzureIdentity",
+                "metadata": {"name": "op-managed", "annotations": {"podid.dev/managed-identity": "true"}},
+                "spec": {"type": 0, "resourceID": ident.id, "clientID": ident.client_id}
+            })),
+        )
+        .await
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = kubeconfig_as(cluster, &account, dir.path());
+    let (azure_json, env_file, ca) = cloud_config(dir.path(), &emu, &pool.resource_group, app);
+    let probe = free_port();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_podid-operator"));
+    cmd.arg("--mode=managed")
+        .arg(format!("--cloudconfig={}", azure_json.display()))
+        .arg(format!("--extra-ca-file={}", ca.display()))
+        .arg(format!("--kubeconfig={}", kubeconfig.display()))
+        .arg("--bridge=false")
+        .arg(format!("--leader-election-namespace={}", ns.name))
+        .arg("--original-mic-lock=")
+        .arg(format!("--http-probe-port={probe}"))
+        .arg(format!("--prometheus-port={probe}"))
+        .env("AZURE_ENVIRONMENT_FILEPATH", &env_file)
+        .env("RUST_LOG", "podid_operator=info");
+    let mut operator = Running::spawn(cmd, dir.path().join("operator.log"));
+
+    let carries = || {
+        emu.assigned_identities(&vmss)
+            .contains(&ident.id.to_ascii_lowercase())
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !carries() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the managed identity never reached the node pool; its log:\n{}",
+            operator.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let held = identities.get("op-managed").await.unwrap();
+    assert!(
+        held.metadata
+            .finalizers
+            .iter()
+            .flatten()
+            .any(|f| f == "podid.dev/node-pool-assignment"),
+        "{:?}",
+        held.metadata
+    );
+    identities
+        .delete("op-managed", &Default::default())
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while carries() || identities.get_opt("op-managed").await.unwrap().is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not taken off and released; its log:\n{}",
+            operator.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    operator.assert_alive("podid-operator");
+    operator.stop();
+    Api::<ClusterRoleBinding>::all(admin.clone())
+        .delete(&format!("{}-operator", ns.name), &Default::default())
+        .await
+        .unwrap();
 }

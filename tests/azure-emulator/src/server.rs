@@ -180,6 +180,15 @@ pub fn route_name(method: &Method, path: &str) -> String {
             "providers",
             "microsoft.compute",
             "virtualmachinescalesets",
+        ] => "vmss.list",
+        [
+            "subscriptions",
+            _,
+            "resourcegroups",
+            _,
+            "providers",
+            "microsoft.compute",
+            "virtualmachinescalesets",
             _,
         ] => "vmss",
         [
@@ -621,6 +630,30 @@ async fn arm(
                 body,
             )
             .await
+        }
+        "vmss.list" if method == Method::GET => {
+            // The resource group's scale sets, two per page (so clients follow `nextLink`).
+            let w = ctx.world.lock().expect("world");
+            let prefix = format!("{}/", key(&format!("/{}", segs[..7].join("/"))));
+            let mut all: Vec<Value> = w
+                .machines
+                .iter()
+                .filter(|(k, m)| m.is_scale_set && k.starts_with(&prefix))
+                .map(|(_, m)| m.to_json(&w.identities, "Succeeded"))
+                .collect();
+            all.sort_by_key(|v| v["name"].as_str().unwrap_or_default().to_string());
+            let skip = q.skiptoken.unwrap_or(0);
+            let top = q.top.unwrap_or(2).max(1);
+            let page: Vec<Value> = all.iter().skip(skip).take(top).cloned().collect();
+            let mut out = json!({"value": page});
+            if skip + top < all.len() {
+                out["nextLink"] = json!(format!(
+                    "{base}{path}?api-version={}&$top={top}&$skiptoken={}",
+                    q.api_version.unwrap_or_default(),
+                    skip + top
+                ));
+            }
+            arm_json(StatusCode::OK, out)
         }
         "vmss.instances" => {
             let w = ctx.world.lock().expect("world");

@@ -399,6 +399,26 @@ async fn each_component_may_do_what_it_needs_and_no_more_per_switch() {
             },
         ]
     };
+    // Managed mode's controller: nodes read, managed identities patched, no assignment records.
+    let managed_controller = [
+        yes(OPERATOR, "list", "nodes", None),
+        yes(
+            OPERATOR,
+            "patch",
+            "azureidentities.aadpodidentity.k8s.io",
+            None,
+        ),
+        yes(OPERATOR, "create", "events.events.k8s.io", None),
+        Expect {
+            allowed: false,
+            ..yes(
+                OPERATOR,
+                "create",
+                "azureassignedidentities.aadpodidentity.k8s.io",
+                None,
+            )
+        },
+    ];
     let bridge = |on: bool| {
         [
             Expect {
@@ -546,7 +566,7 @@ async fn each_component_may_do_what_it_needs_and_no_more_per_switch() {
             vec!["operationMode=managed"],
             [
                 &operator_always[..],
-                &controller(false),
+                &managed_controller,
                 &bridge(true),
                 &agent_always,
                 &standard_agent(false),
@@ -596,7 +616,8 @@ async fn each_component_may_do_what_it_needs_and_no_more_per_switch() {
         }
     }
 
-    // managed mode without the bridge: no podid-operator at all.
+    // Managed mode without the bridge still runs podid-operator: it keeps the managed identities
+    // on the node pools.
     let yaml = template(
         &helm,
         "default",
@@ -607,7 +628,11 @@ async fn each_component_may_do_what_it_needs_and_no_more_per_switch() {
             "crds.install=false",
         ],
     );
-    assert!(!yaml.contains("name: podid-operator"), "{yaml}");
+    assert!(
+        yaml.contains("kind: Deployment") && yaml.contains("name: podid-operator"),
+        "{yaml}"
+    );
+    assert!(!yaml.contains("name: podid-operator-bridge"), "{yaml}");
 }
 
 /// A pod with these containers (`(name, securityContext)`), as JSON.

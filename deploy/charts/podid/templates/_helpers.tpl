@@ -7,7 +7,7 @@ app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
 
 {{/* Whether podid-operator runs: standard mode, or the bridge in managed mode. */}}
 {{- define "podid.operator" -}}
-{{- if and .Values.mic.enabled (or (eq .Values.operationMode "standard") .Values.bridge.enabled) -}}
+{{- if .Values.mic.enabled -}}
 true
 {{- end -}}
 {{- end -}}
