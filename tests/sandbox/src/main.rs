@@ -1,8 +1,8 @@
 //! `tests/cluster/up --with-podid`: a local podid to try by hand. Starts the test control plane
 //! (etcd, kube-apiserver, controllers, one fake AKS node), the Azure emulator seeded with the
 //! node's scale set, an identity and the operator's service principal, then podid-operator and
-//! podid-nmi (the node agent without iptables: a pod's request is made from the pod's address)
-//! and a sample app on pod identity. Prints the kubeconfig and the next commands; Ctrl-C (or
+//! podid-nmi (the node agent without iptables: a pod's request is made from the pod's address),
+//! the Workload ID webhook when it is built, and a sample app on pod identity. Prints the kubeconfig and the next commands; Ctrl-C (or
 //! SIGTERM) stops everything it started.
 
 use std::path::{Path, PathBuf};
@@ -57,6 +57,13 @@ fn spawn(
     cmd.stdin(Stdio::null())
         .stdout(file.try_clone()?)
         .stderr(file);
+    // Stopped with the sandbox even when it is killed outright.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
     let child = cmd
         .spawn()
         .with_context(|| format!("starting {name} ({:?})", cmd.get_program()))?;
@@ -179,6 +186,22 @@ async fn main() -> anyhow::Result<()> {
         spawn("podid-nmi", agent, &dir.join("podid-nmi.log"))?,
     ]);
 
+    // The Workload ID webhook, registered as its chart does, when it is built
+    // (tests/peers/build-workload-identity.sh): the cutover of the sample then really happens.
+    let webhook = match podid_testkit::webhook::binary("webhook") {
+        Ok(_) => Some(
+            podid_testkit::webhook::WorkloadIdentityWebhook::start(cluster, &emu.tenant_id())
+                .await
+                .context("starting the Workload ID webhook")?,
+        ),
+        Err(e) => {
+            eprintln!("no Workload ID webhook ({e}): the cutover commands are left out");
+            None
+        }
+    };
+    let ca = dir.join("emulator-ca.pem");
+    std::fs::write(&ca, emu.ca_pem())?;
+
     eprintln!("waiting for the sample pod and its identity…");
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), NAMESPACE);
     let pod = podid_testkit::wait_for_running_pods(pods, "app=sample", 1, 120)
@@ -221,6 +244,19 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "  curl -s --interface {ip} -H Metadata:true 'http://127.0.0.1:{nmi_port}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net'"
     );
+    if webhook.is_some() {
+        println!();
+        println!("Then move the sample to Workload ID (and back):");
+        println!("  podid cutover prepare -n {NAMESPACE} --timeout 2m");
+        println!("  podid cutover switch -n {NAMESPACE} --yes");
+        println!(
+            "  podid cutover verify -n {NAMESPACE} --authority {} --extra-ca-file {}",
+            emu.authority_host(),
+            ca.display()
+        );
+        println!("  podid cutover finalize -n {NAMESPACE} --yes");
+        println!("  podid cutover rollback -n {NAMESPACE} --yes");
+    }
     println!();
     println!("Press Ctrl-C to stop.");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -229,6 +265,9 @@ async fn main() -> anyhow::Result<()> {
         _ = term.recv() => {}
     }
     eprintln!("stopping…");
+    if let Some(mut w) = webhook {
+        let _ = w.stop().await;
+    }
     drop(children);
     podid_testkit::stop();
     Ok(())

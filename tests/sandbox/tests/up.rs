@@ -13,6 +13,30 @@ fn bin_dir() -> PathBuf {
     exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf()
 }
 
+/// The sandbox process, stopped (SIGTERM, then killed) when the test ends however it ends, so
+/// a failed run leaves nothing behind (its webhook holds a fixed port).
+struct Stopped(std::process::Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.0.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test]
 async fn the_sandbox_comes_up_answers_the_quickstart_and_goes_down() {
     let dir = bin_dir();
@@ -28,14 +52,16 @@ async fn the_sandbox_comes_up_answers_the_quickstart_and_goes_down() {
             return;
         }
     }
-    let mut sandbox = Command::new(env!("CARGO_BIN_EXE_podid-sandbox"))
-        .arg(format!("--bin-dir={}", dir.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = sandbox.stdout.take().unwrap();
+    let mut sandbox = Stopped(
+        Command::new(env!("CARGO_BIN_EXE_podid-sandbox"))
+            .arg(format!("--bin-dir={}", dir.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = sandbox.0.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -44,12 +70,17 @@ async fn the_sandbox_comes_up_answers_the_quickstart_and_goes_down() {
     });
     let deadline = Instant::now() + Duration::from_secs(300);
     let (mut kubeconfig, mut curl) = (None, None);
-    while kubeconfig.is_none() || curl.is_none() {
+    let mut printed = Vec::new();
+    loop {
         let wait = deadline.saturating_duration_since(Instant::now());
         let line = rx
             .recv_timeout(wait)
             .expect("the sandbox printed its commands");
         println!("sandbox: {line}");
+        if line.starts_with("Press Ctrl-C") {
+            break;
+        }
+        printed.push(line.clone());
         if let Some(k) = line.strip_prefix("export KUBECONFIG=") {
             kubeconfig = Some(k.to_owned());
         }
@@ -104,6 +135,33 @@ async fn the_sandbox_comes_up_answers_the_quickstart_and_goes_down() {
         "{body}"
     );
 
+    // Then the cutover the sandbox prints, as printed: the sample ends on Workload ID, verified
+    // by a real exchange, then rolled back (its pods are replaced: after the token request).
+    let cutover: Vec<String> = printed
+        .iter()
+        .map(|l| l.trim().to_owned())
+        .filter(|l| l.starts_with("podid cutover ") && !l.starts_with("podid cutover plan"))
+        .collect();
+    assert_eq!(cutover.len(), 5, "{printed:?}");
+    for line in &cutover {
+        let args: Vec<&str> = line.split_whitespace().skip(1).collect();
+        let out = Command::new(dir.join("podid"))
+            .args(&args)
+            .arg("-q")
+            .env("KUBECONFIG", &kubeconfig)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        println!("{line}:\n{stdout}");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{line}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     // SIGTERM: it stops what it started (the agent's port closes) and exits.
     let port = url
         .split(':')
@@ -114,11 +172,11 @@ async fn the_sandbox_comes_up_answers_the_quickstart_and_goes_down() {
         .unwrap()
         .to_owned();
     let _ = Command::new("kill")
-        .args(["-TERM", &sandbox.id().to_string()])
+        .args(["-TERM", &sandbox.0.id().to_string()])
         .status();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Some(status) = sandbox.try_wait().unwrap() {
+        if let Some(status) = sandbox.0.try_wait().unwrap() {
             assert!(status.success(), "{status}");
             break;
         }
