@@ -52,6 +52,13 @@ async fn the_sandbox_comes_up_answers_the_quickstart_and_goes_down() {
             return;
         }
     }
+    if let Err(e) = podid_testkit::webhook::binary("webhook") {
+        podid_testkit::prereq::skip(
+            "sandbox::up",
+            &format!("{e} (tests/peers/build-workload-identity.sh builds it)"),
+        );
+        return;
+    }
     let mut sandbox = Stopped(
         Command::new(env!("CARGO_BIN_EXE_podid-sandbox"))
             .arg(format!("--bin-dir={}", dir.display()))
