@@ -237,12 +237,16 @@ async fn wait_rollout(
 }
 
 /// Writes the cutover's part of a record (`spec.stage`, `spec.recordedTemplate`,
-/// `spec.removedPodIdentity`) by server-side apply. Every apply names all the fields the cutover keeps: a field left out is a
-/// field removed.
+/// `spec.removedPodIdentity`) by server-side apply. Every apply names all the fields the cutover
+/// keeps: a field left out is a field removed. `read` is the record as the caller read it: the
+/// write is made only if its resource version is still current (another cutover run may not
+/// have changed it meanwhile). When only the bridge has written since (its status, with the
+/// cutover's fields as read), the write is retried on the fresh version; a change to the
+/// cutover's fields is a conflict returned to the caller.
 async fn apply_record(
     client: &Client,
     e: &PlanEntry,
-    resource_version: Option<String>,
+    read: &WorkloadMigration,
     stage: Option<Stage>,
     recorded: Option<&Value>,
     removed: &[Value],
@@ -259,24 +263,46 @@ async fn apply_record(
     if !removed.is_empty() {
         spec["removedPodIdentity"] = removed.into();
     }
-    let mut meta = json!({"name": e.record, "namespace": e.namespace});
-    if let Some(rv) = resource_version {
-        // A precondition: the record has not changed since it was read.
-        meta["resourceVersion"] = rv.into();
-    }
-    let body = json!({"apiVersion": "podid.dev/v1alpha1", "kind": "WorkloadMigration",
-                      "metadata": meta, "spec": spec});
-    api.patch(
-        &e.record,
-        &PatchParams {
-            force: false,
-            ..PatchParams::apply(CUTOVER_MANAGER)
+    let ours = |r: &WorkloadMigration| {
+        (
+            r.spec.stage,
+            r.spec.recorded_template.clone(),
+            r.spec.removed_pod_identity.clone(),
+        )
+    };
+    let mut version = read.metadata.resource_version.clone();
+    for attempt in 0.. {
+        let mut meta = json!({"name": e.record, "namespace": e.namespace});
+        if let Some(rv) = &version {
+            // A precondition: the record has not changed since it was read.
+            meta["resourceVersion"] = rv.clone().into();
         }
-        .with_dry_run_if(dry_run),
-        &Patch::Apply(&body),
-    )
-    .await?;
-    Ok(())
+        let body = json!({"apiVersion": "podid.dev/v1alpha1", "kind": "WorkloadMigration",
+                          "metadata": meta, "spec": spec});
+        let result = api
+            .patch(
+                &e.record,
+                &PatchParams {
+                    force: false,
+                    ..PatchParams::apply(CUTOVER_MANAGER)
+                }
+                .with_dry_run_if(dry_run),
+                &Patch::Apply(&body),
+            )
+            .await;
+        match result {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(x)) if x.code == 409 && version.is_some() && attempt < 5 => {
+                let fresh = api.get(&e.record).await?;
+                if ours(&fresh) != ours(read) {
+                    return Err(kube::Error::Api(x).into());
+                }
+                version = fresh.metadata.resource_version;
+            }
+            Err(x) => return Err(x.into()),
+        }
+    }
+    unreachable!("the loop returns")
 }
 
 trait DryRunIf {
@@ -329,7 +355,7 @@ async fn switch_one(
         apply_record(
             client,
             e,
-            record.metadata.resource_version.clone(),
+            &record,
             Some(record.spec.stage.unwrap_or(Stage::Switched)),
             Some(&recorded),
             &record.spec.removed_pod_identity,
@@ -492,17 +518,9 @@ async fn rollback_one(
         .get(&e.record)
         .await
         .map_err(|x| format!("reading its WorkloadMigration {}: {x}", e.record))?;
-    apply_record(
-        client,
-        e,
-        record.metadata.resource_version.clone(),
-        None,
-        None,
-        &[],
-        opts.dry_run,
-    )
-    .await
-    .map_err(fail)?;
+    apply_record(client, e, &record, None, None, &[], opts.dry_run)
+        .await
+        .map_err(fail)?;
     let done: String = match (opts.dry_run, restored) {
         (true, _) => {
             "would restore the recorded template and clear the stage (server-side dry run passed)"
@@ -1205,7 +1223,7 @@ async fn verify_one(
         apply_record(
             client,
             e,
-            record.metadata.resource_version.clone(),
+            &record,
             Some(Stage::Verified),
             record.spec.recorded_template.as_ref(),
             &record.spec.removed_pod_identity,
@@ -1279,7 +1297,7 @@ async fn finalize_one(
         apply_record(
             client,
             e,
-            record.metadata.resource_version.clone(),
+            &record,
             Some(Stage::Completed),
             record.spec.recorded_template.as_ref(),
             &record.spec.removed_pod_identity,
@@ -1361,7 +1379,7 @@ async fn record_removed(
         apply_record(
             client,
             e,
-            record.metadata.resource_version.clone(),
+            &record,
             record.spec.stage,
             record.spec.recorded_template.as_ref(),
             &removed,
