@@ -174,7 +174,10 @@ async fn identity_add_demo_token_two_identities_exception_delete_refused() {
             .unwrap_or_else(|e| panic!("identity add {name}: {e}"));
     }
 
-    // The demo pod on the node, its address the pod namespace's (no kubelet runs the node).
+    // The demo pod, its address the pod namespace's. Its node is a name kwok does not manage
+    // (kwok would give the pod an address of its own): podid-nmi runs for that name, while the
+    // node pool's kwok node gives podid-operator the scale set the emulator's IMDS answers for.
+    let node = format!("{node}-demo");
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
     pods.create(
         &PostParams::default(),
@@ -226,6 +229,21 @@ async fn identity_add_demo_token_two_identities_exception_delete_refused() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    // The agent knows the pod once its watch has the pod's address: until then it answers
+    // "no pod on this node has IP" (the demo does not retry that), so the first run waits for it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match demo(&net, &one.client_id).await {
+            Err(log) if log.contains("no pod on this node has IP") => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the agent never saw the pod:\n{log}"
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            _ => break,
+        }
+    }
     // The demo gets a token of each identity bound through the one selector.
     for i in [&one, &two] {
         let claims = demo(&net, &i.client_id)
