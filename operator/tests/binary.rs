@@ -147,13 +147,24 @@ async fn without_lease_rights_it_is_not_ready_and_says_why_then_leads_once_grant
         .env("AZURE_ENVIRONMENT_FILEPATH", &env_file)
         .env("POD_NAME", "podid-operator-0")
         .env("POD_NAMESPACE", &ns.name)
-        // Every crate at trace: the secret-leak check below reads all of it.
-        .env("RUST_LOG", "trace");
+        // Every crate at trace (the wire-level internals of HTTP/2 and the runtime at debug): the
+        // secret-leak check below reads all of it.
+        .env("RUST_LOG", "trace,h2=debug,tokio=debug,runtime=debug");
     let log = dir.path().join("operator.log");
     let mut operator = Running::spawn(cmd, log.clone());
 
     // Not ready, and the reason names the Lease and the fix.
     let readyz = format!("http://127.0.0.1:{probe}/readyz");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while reqwest::get(&readyz).await.is_err() {
+        operator.assert_alive("podid-operator");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{readyz} not answering after 120 s; its log:\n{}",
+            operator.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let why = until(&readyz, 60, "not ready because of the Lease", |s, b| {
         s == 503 && b.contains("Lease")
     })
