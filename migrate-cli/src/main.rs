@@ -1076,17 +1076,7 @@ async fn run_cutover(command: CutoverCommand) -> anyhow::Result<ExitCode> {
             };
             let mut outcomes = finalize(&c, &entries, &opts).await;
             if delete {
-                let done: Vec<_> = entries
-                    .iter()
-                    .filter(|e| {
-                        outcomes.iter().any(|o| {
-                            o.namespace == e.namespace
-                                && o.workload == e.workload()
-                                && matches!(o.result.as_str(), "completed" | "dry-run")
-                        })
-                    })
-                    .copied()
-                    .collect();
+                let done = done_with(&entries, &outcomes, "completed");
                 // A fresh view: the finalized templates no longer carry the label.
                 let (_, _, inv, ctx, ..) = cutover_view(&scope).await?;
                 let unused = podid_cli::cutover::unused_bindings(&done, &inv, &ctx);
@@ -1139,23 +1129,32 @@ async fn run_cutover(command: CutoverCommand) -> anyhow::Result<ExitCode> {
             };
             let mut outcomes = rollback(&c, &entries, &opts).await;
             if let Some(arm) = arm {
-                let back: Vec<_> = entries
-                    .iter()
-                    .filter(|e| {
-                        outcomes.iter().any(|o| {
-                            o.namespace == e.namespace
-                                && o.workload == e.workload()
-                                && matches!(o.result.as_str(), "rolled-back" | "dry-run")
-                        })
-                    })
-                    .copied()
-                    .collect();
+                let back = done_with(&entries, &outcomes, "rolled-back");
                 outcomes.extend(remove_workload_id_side(&c, &back, &arm, change.dry_run).await);
             }
             print!("{}", outcome_table(&outcomes, None));
             Ok(code(outcomes.iter().any(Outcome::failed)))
         }
     }
+}
+
+/// The entries whose outcome is `result` (or a dry run of it).
+fn done_with<'a>(
+    entries: &[&'a podid_cli::cutover::PlanEntry],
+    outcomes: &[Outcome],
+    result: &str,
+) -> Vec<&'a podid_cli::cutover::PlanEntry> {
+    entries
+        .iter()
+        .filter(|e| {
+            outcomes.iter().any(|o| {
+                o.namespace == e.namespace
+                    && o.workload == e.workload()
+                    && (o.result == result || o.result == "dry-run")
+            })
+        })
+        .copied()
+        .collect()
 }
 
 async fn client(context: Option<&String>) -> anyhow::Result<kube::Client> {
