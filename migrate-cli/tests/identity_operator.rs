@@ -69,6 +69,11 @@ async fn delete_leaves_the_node_pools_to_the_operator_that_holds_the_identity() 
     .await
     .unwrap();
     let patches_before = emu.call_count("PATCH vmss");
+    // The operator, played by a task: once the AzureIdentity is being deleted it tells the test
+    // (which checks the role assignment is still there) and drops the finalizer only when the test
+    // has looked, so the check cannot miss a deletion that completed in between.
+    let (seen_tx, seen_rx) = tokio::sync::oneshot::channel::<()>();
+    let (checked_tx, checked_rx) = tokio::sync::oneshot::channel::<()>();
     let operator = {
         let ids = ids.clone();
         tokio::spawn(async move {
@@ -81,6 +86,8 @@ async fn delete_leaves_the_node_pools_to_the_operator_that_holds_the_identity() 
                 assert!(tokio::time::Instant::now() < deadline, "never deleted");
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
+            seen_tx.send(()).unwrap();
+            checked_rx.await.unwrap();
             ids.patch(
                 "held",
                 &PatchParams::default(),
@@ -113,18 +120,17 @@ async fn delete_leaves_the_node_pools_to_the_operator_that_holds_the_identity() 
         })
     };
     // The role assignment is still there while the AzureIdentity is held.
-    loop {
-        let i = ids.get_opt("held").await.unwrap();
-        match i {
-            Some(i) if i.metadata.deletion_timestamp.is_some() => {
-                assert_eq!(emu.role_assignments(&app.id).len(), 1, "kept while held");
-                break;
-            }
-            _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
-        }
-    }
+    tokio::time::timeout(std::time::Duration::from_secs(90), seen_rx)
+        .await
+        .expect("podid identity delete never marked the AzureIdentity deleted within 90 s")
+        .expect("the operator task failed");
+    assert_eq!(emu.role_assignments(&app.id).len(), 1, "kept while held");
+    checked_tx.send(()).unwrap();
     operator.await.unwrap();
-    let out = delete.await.unwrap();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(120), delete)
+        .await
+        .expect("podid identity delete did not end within 120 s of the release")
+        .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("by podid-operator"),

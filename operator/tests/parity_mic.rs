@@ -172,8 +172,9 @@ impl Run<'_> {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         // Writes that land after convergence (a second pass, a status rewrite) count too.
+        // Bounded: a controller that never stops writing is reported by the comparison itself.
         let mut stable = self.emu.calls();
-        loop {
+        for _ in 0..40 {
             tokio::time::sleep(Duration::from_millis(1500)).await;
             let now = self.emu.calls();
             if now == stable {

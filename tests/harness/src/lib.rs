@@ -305,6 +305,7 @@ impl Cluster {
     /// Starts a new control plane (normally through [`Cluster::shared`]).
     async fn start() -> Result<Cluster, Error> {
         process::install_exit_hook();
+        process::arm_watchdog();
         process::remove_stale_dirs(&std::env::temp_dir());
         let dir = tempfile::Builder::new()
             .prefix("podid-cluster-")

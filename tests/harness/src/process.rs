@@ -304,6 +304,33 @@ extern "C" fn at_exit() {
     }
 }
 
+/// Bounds the test binary's whole run: after `PODID_TEST_BINARY_TIMEOUT_SECS` (default 1200 s,
+/// four times the longest binary measured) it prints which binary overran, the components' logs,
+/// stops them and exits with 101, so a test that hangs fails this binary instead of stalling CI.
+pub fn arm_watchdog() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let secs = std::env::var("PODID_TEST_BINARY_TIMEOUT_SECS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(1200);
+        let _ = std::thread::Builder::new()
+            .name("podid-testkit-watchdog".into())
+            .spawn(move || {
+                std::thread::sleep(Duration::from_secs(secs));
+                let exe = std::env::current_exe().unwrap_or_default();
+                eprintln!(
+                    "\npodid testkit: {} still running after {secs} s \
+                     (PODID_TEST_BINARY_TIMEOUT_SECS): a test hangs; stopping it",
+                    exe.display()
+                );
+                dump_logs();
+                stop_all();
+                std::process::exit(101);
+            });
+    });
+}
+
 /// Registers the exit hook (once).
 pub fn install_exit_hook() {
     static ONCE: std::sync::Once = std::sync::Once::new();
