@@ -410,6 +410,123 @@ async fn a_switch_killed_midway_converges_on_rerun() {
     }
 }
 
+/// The API server becomes unreachable for the CLI in the middle of a switch (its connections
+/// reset, new ones refused), and the CLI is then killed while it cannot reach it: whatever it
+/// had written stays consistent, and a rerun once the API server answers again converges to
+/// the state of an uninterrupted switch, each workload's template recorded once.
+#[tokio::test]
+async fn a_switch_cut_off_from_the_api_server_and_killed_converges_on_rerun() {
+    let cluster = cluster().await;
+    let _wh = webhook(cluster, TENANT).await;
+    let ns = cluster.namespace("cutover-cut").await;
+    let (c, n) = (&ns.client, ns.name.as_str());
+    identity(c, n).await;
+    let names = ["a", "b", "c"];
+    let mut before = Vec::new();
+    for w in names {
+        workload(c, n, "Deployment", w, 1, "app", None).await;
+        bridged(c, n, "Deployment", w, w).await;
+    }
+    for w in names {
+        before.push(tmpl(
+            &rolled_out(c, n, "Deployment", w, 90).await,
+            "Deployment",
+        ));
+    }
+    let proxy = podid_testkit::proxy::CutProxy::start(cluster.server_addr())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let through = dir.path().join("kubeconfig");
+    cluster
+        .kubeconfig_through(proxy.addr(), &through)
+        .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_podid"))
+        .args([
+            "cutover",
+            "switch",
+            "-n",
+            n,
+            "-q",
+            "--yes",
+            "--timeout",
+            "120s",
+        ])
+        .env("KUBECONFIG", &through)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if record(c, n, "deployment-a").await.spec.stage.is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "switch never recorded deployment a"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.cut();
+    // Unreachable for a while (the CLI retries, or gives up), then killed.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let exited_alone = child.try_wait().unwrap();
+    let _ = child.kill();
+    child.wait().unwrap();
+    println!(
+        "cut off after deployment a was recorded; the CLI {}",
+        match exited_alone {
+            Some(s) => format!("had exited by itself ({s})"),
+            None => "was still running and was SIGKILLed".into(),
+        }
+    );
+    assert!(
+        exited_alone.is_none_or(|s| !s.success()),
+        "a switch that could not finish must not exit 0"
+    );
+    let s: Value = serde_json::from_slice(
+        &podid(cluster, &["cutover", "status", "-n", n, "-q", "-o", "json"]).stdout,
+    )
+    .unwrap();
+    assert_ne!(s[2]["state"], "switched", "cut off before the last workload: {s}");
+    proxy.restore();
+    // The rerun, through the same (restored) path.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_podid"))
+        .args([
+            "cutover",
+            "switch",
+            "-n",
+            n,
+            "-q",
+            "--yes",
+            "--timeout",
+            "120s",
+        ])
+        .env("KUBECONFIG", &through)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for (w, b) in names.iter().zip(&before) {
+        let o = rolled_out(c, n, "Deployment", w, 5).await;
+        assert_eq!(tmpl(&o, "Deployment")["spec"]["serviceAccountName"], *w);
+        let r = record(c, n, &format!("deployment-{w}")).await;
+        assert_eq!(r.spec.stage, Some(podid_crds::migration::Stage::Switched));
+        assert_eq!(
+            r.spec.recorded_template.as_ref(),
+            Some(b),
+            "{w}: the template from before, once"
+        );
+    }
+    let out = podid(cluster, &["cutover", "rollback", "-n", n, "-q", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for (w, b) in names.iter().zip(&before) {
+        assert_eq!(&tmpl(&get(c, n, "Deployment", w).await, "Deployment"), b);
+    }
+}
+
 #[tokio::test]
 async fn a_rollout_that_never_becomes_ready_stops_the_switch_and_rolls_back() {
     let cluster = cluster().await;

@@ -165,6 +165,10 @@ pub struct Flags {
     /// A PEM file of extra CA certificates to trust for ARM and Entra (Azure Stack, emulators).
     #[arg(long = "extra-ca-file", env = "PODID_EXTRA_CA_FILE")]
     pub extra_ca_file: Option<PathBuf>,
+    /// podid: the longest one ARM or Entra request may take, connection to last byte; a request
+    /// that overruns it fails and is retried as any failed call.
+    #[arg(long = "azure-request-timeout", env = "PODID_AZURE_REQUEST_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub azure_request_timeout: Duration,
     #[arg(long = "tenant-id", env = "TENANT_ID")]
     pub tenant_id: Option<String>,
     #[arg(long = "subscription-id", env = "SUBSCRIPTION_ID")]

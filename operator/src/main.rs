@@ -181,7 +181,7 @@ struct Azure {
 impl Azure {
     fn from_flags(flags: &Flags) -> anyhow::Result<Self> {
         let cloud = flags.cloud_config().context("cloud config")?;
-        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(60));
+        let mut http = reqwest::Client::builder().timeout(flags.azure_request_timeout);
         if let Some(path) = &flags.extra_ca_file {
             let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
             for cert in reqwest::Certificate::from_pem_bundle(&pem).context("parsing CA bundle")? {

@@ -17,4 +17,5 @@ mod path;
 mod pod_ip;
 mod scene;
 mod secrets;
+mod soak;
 mod swap;

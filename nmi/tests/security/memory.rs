@@ -34,13 +34,13 @@ use crate::live;
 const BOUND_MIB: u64 = 64;
 
 /// The agent binary, started for `node` on free ports; killed when dropped.
-struct Agent {
+pub(crate) struct Agent {
     child: tokio::process::Child,
-    pid: u32,
-    addr: SocketAddr,
+    pub(crate) pid: u32,
+    pub(crate) addr: SocketAddr,
     prom: u16,
     /// Resident KiB once started and warmed up.
-    baseline_kib: u64,
+    pub(crate) baseline_kib: u64,
 }
 
 /// A port no socket uses on any address (the attacks' own connections take many).
@@ -61,7 +61,7 @@ async fn fake_imds() -> String {
     format!("http://{addr}/")
 }
 
-fn proc_status_kib(pid: u32, field: &str) -> u64 {
+pub(crate) fn proc_status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
@@ -74,6 +74,16 @@ impl Agent {
     /// Starts the agent in managed mode (no waiting for assignments) for `node`, with `imds`
     /// as upstream, and waits until it is `Active`.
     async fn start(cluster: &Cluster, node: &str, imds: &str) -> Agent {
+        Self::start_with(cluster, node, imds, &[]).await
+    }
+
+    /// [`Agent::start`] with more flags.
+    pub(crate) async fn start_with(
+        cluster: &Cluster,
+        node: &str,
+        imds: &str,
+        extra: &[&str],
+    ) -> Agent {
         let (port, probe, prom) = (free_port(), free_port(), free_port());
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_podid-nmi"))
             .env("KUBECONFIG", cluster.kubeconfig())
@@ -90,6 +100,7 @@ impl Agent {
                 "--allow-network-plugin-kubenet",
                 "--shutdown-delay-sec=0",
             ])
+            .args(extra)
             .kill_on_drop(true)
             .spawn()
             .unwrap();
@@ -129,7 +140,7 @@ impl Agent {
         agent
     }
 
-    fn rss_kib(&self) -> u64 {
+    pub(crate) fn rss_kib(&self) -> u64 {
         proc_status_kib(self.pid, "VmRSS:")
     }
 
@@ -146,7 +157,7 @@ impl Agent {
     }
 
     /// Sockets and files the agent has open.
-    fn open_fds(&self) -> usize {
+    pub(crate) fn open_fds(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid))
             .unwrap()
             .count()

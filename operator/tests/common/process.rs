@@ -40,6 +40,12 @@ impl Running {
         let _ = self.child.wait();
     }
 
+    /// SIGKILL, as a crash or an OOM kill: nothing cleaned up, a Lease not released.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn assert_alive(&mut self, who: &str) {
         if let Ok(Some(status)) = self.child.try_wait() {
             panic!(

@@ -461,6 +461,20 @@ impl Emulator {
             .unwrap_or_default()
     }
 
+    /// The subjects of an identity's federated credentials, one entry per credential.
+    pub fn federated_credential_subjects(&self, identity_id: &str) -> Vec<String> {
+        let w = self.ctx.world.lock().expect("world");
+        w.identities
+            .get(&key(identity_id))
+            .map(|i| {
+                i.federated_credentials
+                    .values()
+                    .map(|f| f.subject.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Calls so far per route (`PATCH vmss`, `GET vmss`, `POST token`, `GET imds.token`, …).
     pub fn calls(&self) -> std::collections::BTreeMap<String, u64> {
         self.ctx.world.lock().expect("world").calls.clone()
@@ -473,6 +487,12 @@ impl Emulator {
 
     pub fn reset_calls(&self) {
         self.ctx.world.lock().expect("world").calls.clear();
+    }
+
+    /// Faults injected so far, by route and kind (`PATCH vmss 429`, `POST token drop`,
+    /// `GET vmss latency`).
+    pub fn faults_fired(&self) -> std::collections::BTreeMap<String, u64> {
+        self.ctx.world.lock().expect("world").faults_fired.clone()
     }
 
     /// Adds a fault.

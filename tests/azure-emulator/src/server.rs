@@ -73,6 +73,8 @@ pub struct World {
     pub operations: HashMap<String, (u32, String)>,
     pub faults: Vec<Fault>,
     pub calls: BTreeMap<String, u64>,
+    /// Faults injected so far, by route and kind (`PATCH vmss 429`, `POST token drop`, …).
+    pub faults_fired: BTreeMap<String, u64>,
     pub fic_writes: HashSet<String>,
     /// Identity ids the caller may not assign (LinkedAuthorizationFailed).
     pub deny_assign: HashSet<String>,
@@ -316,6 +318,15 @@ async fn faults_and_counters(State(ctx): State<Ctx>, req: Request, next: Next) -
             }
             hit = Some(f.clone());
             break;
+        }
+        if let Some(f) = &hit {
+            let kind = match (f.drop, f.status, f.latency_ms) {
+                (true, _, _) => "drop".to_string(),
+                (false, Some(s), _) => s.to_string(),
+                (false, None, Some(_)) => "latency".to_string(),
+                _ => "pass".to_string(),
+            };
+            *w.faults_fired.entry(format!("{route} {kind}")).or_default() += 1;
         }
         w.faults.retain(|f| f.count != Some(0));
         hit

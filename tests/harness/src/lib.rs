@@ -16,6 +16,7 @@ pub mod exposition;
 mod pki;
 pub mod prereq;
 mod process;
+pub mod proxy;
 pub mod sdk;
 pub mod webhook;
 
@@ -450,9 +451,119 @@ impl Cluster {
         &self.kubeconfig
     }
 
+    /// An admin kubeconfig like [`Cluster::kubeconfig`] whose server is `via` (a
+    /// [`proxy::CutProxy`] in front of the API server), written to `path`. The API server's
+    /// certificate names 127.0.0.1, so any loopback port serves.
+    pub fn kubeconfig_through(&self, via: std::net::SocketAddr, path: &Path) -> Result<(), Error> {
+        let text = std::fs::read_to_string(&self.kubeconfig)?;
+        std::fs::write(path, text.replace(&self.server, &format!("https://{via}")))?;
+        Ok(())
+    }
+
+    /// The API server's address.
+    pub fn server_addr(&self) -> std::net::SocketAddr {
+        self.server
+            .trim_start_matches("https://")
+            .parse()
+            .expect("the API server's address")
+    }
+
     /// `http://127.0.0.1:<port>` of etcd.
     pub fn etcd_url(&self) -> &str {
         &self.etcd
+    }
+
+    /// Kills the kube-apiserver (SIGKILL), leaves it down for `down`, starts it again (same
+    /// flags, same etcd) and waits until it is ready. Its clients' connections and watches break;
+    /// its watch cache starts empty, so a watch resumed from a resourceVersion that etcd has
+    /// compacted away gets 410 Gone ([`Cluster::compact_etcd`]). Every test of the binary sees
+    /// it: keep such tests in a binary of their own.
+    pub async fn restart_apiserver(&self, down: Duration) -> Result<(), Error> {
+        process::restart("kube-apiserver", down).await?;
+        let anon = reqwest::Client::builder()
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(self.ca_pem.as_bytes())
+                    .map_err(|e| Error::Kubeconfig(e.to_string()))?,
+            )
+            .build()
+            .map_err(|e| Error::Kubeconfig(e.to_string()))?;
+        let url = format!("{}/readyz", self.server);
+        process::wait_ready("kube-apiserver", 120, || {
+            let (anon, url) = (anon.clone(), url.clone());
+            async move {
+                anon.get(url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        })
+        .await
+    }
+
+    /// Kills etcd (SIGKILL), leaves it down for `down`, starts it again on the same data and
+    /// waits until it answers. The kube-apiserver stays up and fails its requests meanwhile.
+    pub async fn restart_etcd(&self, down: Duration) -> Result<(), Error> {
+        process::restart("etcd", down).await?;
+        let http = reqwest::Client::new();
+        let url = format!("{}/health", self.etcd);
+        process::wait_ready("etcd", 60, || {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                http.get(url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        })
+        .await?;
+        // And the API server reaches it again.
+        let client = self.client().await?;
+        process::wait_ready("kube-apiserver", 60, || {
+            let client = client.clone();
+            async move {
+                Api::<Namespace>::all(client)
+                    .list(&kube::api::ListParams::default().limit(1))
+                    .await
+                    .is_ok()
+            }
+        })
+        .await
+    }
+
+    /// Compacts etcd's history up to its current revision (etcd's v3 JSON gateway), as its
+    /// periodic compaction does: afterwards a watch from an older resourceVersion that the API
+    /// server's watch cache cannot serve gets 410 Gone. Returns the revision compacted at.
+    pub async fn compact_etcd(&self) -> Result<i64, Error> {
+        let http = reqwest::Client::new();
+        let wait = |e: reqwest::Error| Error::Wait(format!("etcd: {e}"));
+        // The revision: from a range read's header (key "\0", base64 "AA==").
+        let head: serde_json::Value = http
+            .post(format!("{}/v3/kv/range", self.etcd))
+            .json(&serde_json::json!({"key": "AA==", "limit": 1}))
+            .send()
+            .await
+            .map_err(wait)?
+            .json()
+            .await
+            .map_err(wait)?;
+        let revision: i64 = head["header"]["revision"]
+            .as_str()
+            .and_then(|r| r.parse().ok())
+            .ok_or_else(|| Error::Wait(format!("etcd range answer without a revision: {head}")))?;
+        let r = http
+            .post(format!("{}/v3/kv/compaction", self.etcd))
+            .json(&serde_json::json!({"revision": revision.to_string(), "physical": true}))
+            .send()
+            .await
+            .map_err(wait)?;
+        if !r.status().is_success() {
+            return Err(Error::Wait(format!(
+                "etcd compaction at {revision}: {} {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            )));
+        }
+        Ok(revision)
     }
 
     /// The control-plane processes running now (name, pid, log file).

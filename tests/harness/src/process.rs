@@ -35,6 +35,10 @@ struct Proc {
     log: PathBuf,
     order: Order,
     child: Child,
+    /// How it was started, so that [`restart`] starts it again the same way.
+    bin: PathBuf,
+    args: Vec<String>,
+    dir: PathBuf,
 }
 
 static PROCS: Mutex<Vec<Proc>> = Mutex::new(Vec::new());
@@ -75,7 +79,61 @@ pub fn spawn(
     order: Order,
 ) -> Result<(), Error> {
     let log = dir.join(format!("{name}.log"));
-    let out = std::fs::File::create(&log)?;
+    let child = start_child(bin, args, dir, std::fs::File::create(&log)?)?;
+    tracing::debug!(component = name, pid = child.id(), "started");
+    PROCS.lock().expect("procs lock").push(Proc {
+        name: name.into(),
+        log,
+        order,
+        child,
+        bin: bin.to_path_buf(),
+        args: args.to_vec(),
+        dir: dir.to_path_buf(),
+    });
+    Ok(())
+}
+
+/// Stops component `name` (SIGKILL to its process group, as a crash or a node loss would),
+/// leaves it down for `down`, then starts it again with the same arguments and data, its output
+/// appended to the same log. Runs the start on the keeper thread. The caller waits for it to be
+/// ready again.
+pub async fn restart(name: &str, down: Duration) -> Result<(), Error> {
+    let (bin, args, dir, log) = {
+        let mut procs = PROCS.lock().expect("procs lock");
+        let p = procs
+            .iter_mut()
+            .find(|p| p.name == name)
+            .ok_or_else(|| Error::Wait(format!("no component {name}")))?;
+        // SAFETY: signalling the child's own process group.
+        unsafe { libc::kill(-(p.child.id() as i32), libc::SIGKILL) };
+        let _ = p.child.wait();
+        (p.bin.clone(), p.args.clone(), p.dir.clone(), p.log.clone())
+    };
+    tokio::time::sleep(down).await;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let name_owned = name.to_string();
+    on_keeper(Box::new(move |_rt| {
+        let result = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .map_err(Error::from)
+            .and_then(|out| start_child(&bin, &args, &dir, out))
+            .map(|child| {
+                tracing::debug!(component = name_owned, pid = child.id(), "restarted");
+                let mut procs = PROCS.lock().expect("procs lock");
+                if let Some(p) = procs.iter_mut().find(|p| p.name == name_owned) {
+                    p.child = child;
+                }
+            });
+        let _ = tx.send(result);
+    }));
+    rx.await
+        .map_err(|_| Error::Wait("keeper thread gone".into()))?
+}
+
+/// The child process of a component, output to `out`, in its own process group, killed when
+/// the keeper thread goes.
+fn start_child(bin: &Path, args: &[String], dir: &Path, out: std::fs::File) -> Result<Child, Error> {
     let err = out.try_clone()?;
     let mut cmd = Command::new(bin);
     cmd.args(args)
@@ -97,15 +155,7 @@ pub fn spawn(
             Ok(())
         });
     }
-    let child = cmd.spawn()?;
-    tracing::debug!(component = name, pid = child.id(), "started");
-    PROCS.lock().expect("procs lock").push(Proc {
-        name: name.into(),
-        log,
-        order,
-        child,
-    });
-    Ok(())
+    Ok(cmd.spawn()?)
 }
 
 /// Polls `ready` with backoff until it holds, failing fast if the component exits.
