@@ -191,17 +191,25 @@ async fn malformed_input_is_refused_naming_the_flag_and_changes_nothing() {
         "spec": {"type": 0, "clientID": support::CLIENT_ID, "resourceID": support::RID}})).await;
     support::apply(c, n, json!({"apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzureIdentityBinding",
         "metadata": {"name": "managed-id-binding"}, "spec": {"azureIdentity": "managed-id", "selector": "managed-id"}})).await;
-    support::apply(
-        c,
-        n,
-        json!({"apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzurePodIdentityException",
-        "metadata": {"name": "probes"}, "spec": {"podLabels": {"app": "probe"}}}),
-    )
-    .await;
+    let exception: podid_crds::AzurePodIdentityException = serde_json::from_value(json!({
+        "apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzurePodIdentityException",
+        "metadata": {"name": "probes"}, "spec": {"podLabels": {"app": "probe"}}}))
+    .unwrap();
+    Api::<podid_crds::AzurePodIdentityException>::namespaced(c.clone(), n)
+        .create(&Default::default(), &exception)
+        .await
+        .unwrap();
     support::workload(c, n, "Deployment", "web", 1, "app", None).await;
     support::workload(c, n, "StatefulSet", "db", 1, "app", None).await;
     support::workload(c, n, "Deployment", "broken", 1, "nomatch", None).await;
     support::cron_job(c, n, "nightly", "app").await;
+    // No controller manager here: the namespace's default ServiceAccount is made by hand.
+    support::apply(
+        c,
+        n,
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}}),
+    )
+    .await;
     support::apply(
         c,
         n,
