@@ -359,6 +359,7 @@ async fn every_constrained_crd_field_is_enforced_naming_its_path() {
     let mut failures = Vec::new();
     let mut unenforced = Vec::new();
     let mut partly_named: Vec<String> = Vec::new();
+    let started = std::time::Instant::now();
     for crd in podid_crds::all_crds() {
         let kind = crd.spec.names.kind.clone();
         let version = crd.spec.versions.iter().find(|v| v.storage).unwrap();
@@ -442,6 +443,10 @@ async fn every_constrained_crd_field_is_enforced_naming_its_path() {
         api.delete("full", &DeleteParams::default()).await.unwrap();
 
         for (i, m) in table.into_iter().enumerate() {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(600),
+                "the table took longer than 10 minutes"
+            );
             rows += 1;
             let name = format!("bad-{}-{i}", kind.to_ascii_lowercase());
             let through_status = status_subresource && m.path.starts_with("status");
