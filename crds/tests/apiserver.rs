@@ -188,3 +188,348 @@ async fn objects_written_by_the_original_schema_stay_readable() {
     .await
     .unwrap();
 }
+
+/// A valid object of each CRD with every field of its schema set, status included: the base
+/// the table below breaks one field of at a time.
+fn full_objects() -> Vec<serde_json::Value> {
+    use serde_json::json;
+    const RID: &str = "/subscriptions/s/resourcegroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id";
+    vec![
+        json!({"apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzureIdentity",
+            "spec": {"type": 0, "resourceID": RID, "clientID": "c", "tenantID": "t", "adEndpoint": "e",
+                     "adResourceID": "r", "auxiliaryTenantIDs": ["a"],
+                     "clientPassword": {"name": "s", "namespace": "ns"}, "metadata": {}, "replicas": 1},
+            "status": {"availableReplicas": 1, "metadata": {}}}),
+        json!({"apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzureIdentityBinding",
+            "spec": {"azureIdentity": "id", "selector": "sel", "weight": 1, "metadata": {}},
+            "status": {"availableReplicas": 1, "metadata": {}}}),
+        json!({"apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzureAssignedIdentity",
+            "spec": {"azureIdentityRef": {}, "azureBindingRef": {}, "metadata": {}, "nodename": "n",
+                     "pod": "p", "podNamespace": "ns", "replicas": 1},
+            "status": {"availableReplicas": 1, "metadata": {}, "status": "Assigned"}}),
+        json!({"apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzurePodIdentityException",
+            "spec": {"podLabels": {"k": "v"}, "metadata": {}},
+            "status": {"metadata": {}, "status": "s"}}),
+        json!({"apiVersion": "podid.dev/v1alpha1", "kind": "WorkloadMigration",
+            "spec": {"workload": {"kind": "Deployment", "name": "web"}, "stage": "Switched",
+                     "recordedTemplate": {}, "removedPodIdentity": [{}]},
+            "status": {"conditions": [{"type": "Proven", "status": "True", "reason": "Exchanged",
+                                       "message": "m", "lastTransitionTime": "2026-01-01T00:00:00Z",
+                                       "observedGeneration": 1}],
+                       "credentials": [{"identity": RID, "issuer": "https://i/", "name": "n",
+                                        "ready": true, "subject": "system:serviceaccount:ns:web"}],
+                       "identities": [{"azureIdentity": "ns/id", "clientID": "c", "resourceID": RID,
+                                       "tenantID": "t"}],
+                       "observedGeneration": 1, "proven": "1/1", "stage": "Bridged",
+                       "targetServiceAccount": "web"}}),
+    ]
+}
+
+/// One malformed object: the field path the server must name, what was done to it, the object.
+struct Malformed {
+    path: String,
+    what: String,
+    object: serde_json::Value,
+}
+
+/// The JSON pointer of a schema path such as `.status.conditions[0].reason`.
+fn pointer(path: &str) -> String {
+    path.replace("[0]", ".0").replace('.', "/")
+}
+
+/// Every field of `schema` that carries a constraint, broken one at a time in `base`: the
+/// wrong type, a value outside `enum`, one character over `maxLength` or under `minLength`, a
+/// malformed `date-time`, an `int32` overflow, a `required` field removed. Returns also the
+/// constrained paths `base` does not hold (the table would miss them).
+fn malformed(
+    schema: &serde_json::Value,
+    path: &str,
+    base: &serde_json::Value,
+    out: &mut Vec<Malformed>,
+    missing: &mut Vec<String>,
+) {
+    use serde_json::{Value, json};
+    let Some(present) = base.pointer(&pointer(path)) else {
+        missing.push(path.to_owned());
+        return;
+    };
+    let field = path.trim_start_matches('.');
+    let mut with = |what: String, value: Value| {
+        let mut object = base.clone();
+        *object.pointer_mut(&pointer(path)).unwrap() = value;
+        out.push(Malformed {
+            path: field.to_owned(),
+            what,
+            object,
+        });
+    };
+    if !field.is_empty() {
+        let wrong = match schema["type"].as_str() {
+            Some("integer") => Some(json!("x")),
+            Some("string") => Some(json!(5)),
+            Some("boolean") => Some(json!("yes")),
+            Some("array") | Some("object") => Some(json!("x")),
+            _ => None,
+        };
+        if let Some(w) = wrong {
+            with(format!("wrong type {w}"), w);
+        }
+    }
+    if let Some(values) = schema["enum"].as_array() {
+        let bad = if present.is_string() {
+            json!("NotAValue")
+        } else {
+            json!(7)
+        };
+        assert!(!values.contains(&bad));
+        with(format!("outside enum {bad}"), bad);
+    }
+    if let Some(n) = schema["maxLength"].as_u64() {
+        with(
+            format!("{} characters", n + 1),
+            json!("a".repeat(n as usize + 1)),
+        );
+    }
+    if let Some(n) = schema["minLength"].as_u64().filter(|n| *n > 0) {
+        with(
+            format!("{} characters", n - 1),
+            json!("a".repeat(n as usize - 1)),
+        );
+    }
+    match schema["format"].as_str() {
+        Some("date-time") => with("not a date-time".into(), json!("yesterday")),
+        Some("int32") => with("int32 overflow".into(), json!(2_147_483_648_i64)),
+        _ => {}
+    }
+    for key in schema["required"].as_array().into_iter().flatten() {
+        let key = key.as_str().unwrap();
+        let child = format!("{path}.{key}");
+        if base.pointer(&pointer(&child)).is_some() {
+            let mut object = base.clone();
+            object
+                .pointer_mut(&pointer(path))
+                .unwrap()
+                .as_object_mut()
+                .unwrap()
+                .remove(key);
+            out.push(Malformed {
+                path: child.trim_start_matches('.').to_owned(),
+                what: "required, removed".into(),
+                object,
+            });
+        } else {
+            missing.push(child);
+        }
+    }
+    for (key, child) in schema["properties"].as_object().into_iter().flatten() {
+        malformed(child, &format!("{path}.{key}"), base, out, missing);
+    }
+    if schema["items"].is_object() {
+        malformed(&schema["items"], &format!("{path}[0]"), base, out, missing);
+    }
+    if schema["additionalProperties"].is_object() {
+        let key = base
+            .pointer(&pointer(path))
+            .and_then(Value::as_object)
+            .and_then(|m| m.keys().next().cloned())
+            .unwrap_or_default();
+        malformed(
+            &schema["additionalProperties"],
+            &format!("{path}.{key}"),
+            base,
+            out,
+            missing,
+        );
+    }
+}
+
+/// Every field of every CRD (pod identity's and podid's) that has a constraint in the Rust
+/// types, given a malformed value on the real API server: refused, the message naming the
+/// field's path, nothing stored (no object; for a status through its subresource, the object's
+/// resourceVersion unchanged). The rules (`x-kubernetes-validations`) are broken by hand below.
+#[tokio::test]
+async fn every_constrained_crd_field_is_enforced_naming_its_path() {
+    use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
+    use kube::discovery::ApiResource;
+    use serde_json::json;
+
+    let cluster = tokio::task::spawn_blocking(Cluster::shared).await.unwrap();
+    let ns = cluster.namespace("crdtable").await;
+    let mut rows = 0;
+    let mut failures = Vec::new();
+    let mut unenforced = Vec::new();
+    let mut partly_named: Vec<String> = Vec::new();
+    let started = std::time::Instant::now();
+    for crd in podid_crds::all_crds() {
+        let kind = crd.spec.names.kind.clone();
+        let version = crd.spec.versions.iter().find(|v| v.storage).unwrap();
+        let status_subresource = version
+            .subresources
+            .as_ref()
+            .is_some_and(|s| s.status.is_some());
+        let ar = ApiResource {
+            group: crd.spec.group.clone(),
+            version: version.name.clone(),
+            api_version: format!("{}/{}", crd.spec.group, version.name),
+            kind: kind.clone(),
+            plural: crd.spec.names.plural.clone(),
+        };
+        let api: Api<DynamicObject> = Api::namespaced_with(ns.client.clone(), &ns.name, &ar);
+        let schema = serde_json::to_value(
+            version
+                .schema
+                .as_ref()
+                .unwrap()
+                .open_api_v3_schema
+                .as_ref()
+                .unwrap(),
+        )
+        .unwrap();
+        let base = full_objects()
+            .into_iter()
+            .find(|o| o["kind"] == kind.as_str())
+            .unwrap_or_else(|| panic!("no full object of {kind}"));
+        let mut table = Vec::new();
+        let mut missing = Vec::new();
+        malformed(&schema, "", &base, &mut table, &mut missing);
+        assert!(
+            missing.is_empty(),
+            "{kind}: the full object lacks {missing:?}"
+        );
+        // The rules: what the structural schema cannot say.
+        if kind == "AzureIdentity" {
+            for (what, spec) in [
+                (
+                    "resourceID not an ARM id",
+                    json!({"type": 0, "resourceID": "not-an-arm-id", "clientID": "c"}),
+                ),
+                (
+                    "resourceID of a VM scale set",
+                    json!({"type": 0, "clientID": "c",
+                    "resourceID": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/pool"}),
+                ),
+                ("type omitted, no resourceID", json!({"clientID": "c"})),
+            ] {
+                let mut object = base.clone();
+                object["spec"] = spec;
+                table.push(Malformed {
+                    path: "spec.resourceID".into(),
+                    what: what.into(),
+                    object,
+                });
+            }
+        }
+        // The full object itself is valid: the table breaks one thing at a time.
+        let mut full = base.clone();
+        full["metadata"] = json!({"name": "full"});
+        let created = api
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(full).unwrap(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{kind}: the full object is refused: {e}"));
+        if status_subresource {
+            let mut o = serde_json::to_value(&created).unwrap();
+            o["status"] = base["status"].clone();
+            api.replace_status(
+                "full",
+                &PostParams::default(),
+                &serde_json::from_value(o).unwrap(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{kind}: the full status is refused: {e}"));
+        }
+        api.delete("full", &DeleteParams::default()).await.unwrap();
+
+        for (i, m) in table.into_iter().enumerate() {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(600),
+                "the table took longer than 10 minutes"
+            );
+            rows += 1;
+            let name = format!("bad-{}-{i}", kind.to_ascii_lowercase());
+            let through_status = status_subresource && m.path.starts_with("status");
+            let mut object = m.object.clone();
+            object["metadata"] = json!({"name": name});
+            let label = format!("{kind} {} ({})", m.path, m.what);
+            let (result, stored_rv) = if through_status {
+                // The object without status first, then the malformed status.
+                let mut plain = base.clone();
+                plain["metadata"] = json!({"name": name});
+                plain.as_object_mut().unwrap().remove("status");
+                let o = api
+                    .create(
+                        &PostParams::default(),
+                        &serde_json::from_value(plain).unwrap(),
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("{label}: create: {e}"));
+                let rv = o.metadata.resource_version.clone();
+                object["metadata"]["resourceVersion"] = json!(rv);
+                let r = api
+                    .replace_status(
+                        &name,
+                        &PostParams::default(),
+                        &serde_json::from_value(object).unwrap(),
+                    )
+                    .await;
+                (r, rv)
+            } else {
+                let r = match serde_json::from_value::<DynamicObject>(object.clone()) {
+                    Ok(o) => api.create(&PostParams::default(), &o).await,
+                    Err(e) => panic!("{label}: {e}"),
+                };
+                (r, None)
+            };
+            match result {
+                Ok(_) => unenforced.push(label.clone()),
+                Err(kube::Error::Api(e)) => {
+                    let leaf = m.path.rsplit('.').next().unwrap_or_default();
+                    let top = m.path.split('.').next().unwrap_or_default();
+                    if e.message.contains(&m.path) {
+                        // Named by its path.
+                    } else if e.message.contains(&format!("{top}:")) && e.message.contains(leaf) {
+                        // The API server names the top-level field and the leaf, not the path.
+                        partly_named.push(label.clone());
+                    } else {
+                        failures.push(format!(
+                            "{label}: message does not name {}: {}",
+                            m.path, e.message
+                        ));
+                    }
+                }
+                Err(e) => failures.push(format!("{label}: {e}")),
+            }
+            // Nothing stored: no object, or the status unchanged.
+            let now = api.get_opt(&name).await.unwrap();
+            match (&now, through_status) {
+                (None, false) => {}
+                (Some(o), true)
+                    if o.metadata.resource_version == stored_rv
+                        && o.data.get("status").is_none_or(|s| s.is_null()) => {}
+                _ if unenforced.last() == Some(&label) => {}
+                _ => failures.push(format!("{label}: stored: {now:?}")),
+            }
+            if now.is_some() {
+                api.delete(&name, &DeleteParams::default()).await.unwrap();
+            }
+        }
+    }
+    println!(
+        "{rows} malformed CRD fields tried; not enforced: {unenforced:?}; named by top-level field and leaf only: {partly_named:?}"
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(unenforced.is_empty(), "accepted malformed: {unenforced:#?}");
+    // The API server's int32 check of a field under `status`, written through the status
+    // subresource, says "status: ... in availableReplicas": the field, not its path.
+    assert_eq!(
+        partly_named,
+        [
+            "AzureIdentity status.availableReplicas (int32 overflow)",
+            "AzureIdentityBinding status.availableReplicas (int32 overflow)"
+        ],
+        "messages naming the field without its path"
+    );
+    assert!(rows >= 60, "the table lost rows: {rows}");
+}

@@ -38,14 +38,56 @@ pub struct Scope {
 impl Scope {
     /// Parses `--workload kind/name`.
     pub fn parse_workload(s: &str) -> Result<(String, String), Error> {
-        match s.split_once('/') {
+        let (kind, name) = match s.split_once('/') {
             Some((k, n)) if !k.is_empty() && !n.is_empty() && !n.contains('/') => {
-                Ok((k.to_ascii_lowercase(), n.to_owned()))
+                (k.to_ascii_lowercase(), n.to_owned())
             }
-            _ => Err(Error::Usage(format!(
-                "--workload {s:?}: expected kind/name, for example deployment/web"
-            ))),
+            _ => {
+                return Err(Error::Usage(format!(
+                    "--workload {s:?}: expected kind/name, for example deployment/web"
+                )));
+            }
+        };
+        if !WORKLOAD_KINDS.iter().any(|k| k.eq_ignore_ascii_case(&kind)) {
+            return Err(Error::Usage(format!(
+                "--workload {s:?}: unknown kind {kind:?}; expected one of {} (for example deployment/web)",
+                WORKLOAD_KINDS.join(", ").to_ascii_lowercase()
+            )));
         }
+        if !podid_crds::policy::is_dns_subdomain(&name) {
+            return Err(Error::Usage(format!(
+                "--workload {s:?}: {name:?} is not a valid object name (lower case alphanumeric characters, '-' or '.', starting and ending alphanumeric, at most 253 characters)"
+            )));
+        }
+        Ok((kind, name))
+    }
+
+    /// Refuses a `--workload` that names no workload of the cluster in the namespaces in scope
+    /// (a typo would otherwise leave the command with nothing to do, and say so as success).
+    pub fn check_workloads_exist(
+        &self,
+        inv: &Inventory,
+        ctx: &ClusterContext,
+    ) -> Result<(), Error> {
+        let all = assess(inv, ctx);
+        for (kind, name) in &self.workloads {
+            let found = all.iter().any(|a| {
+                let w = &a.workload;
+                w.kind.eq_ignore_ascii_case(kind)
+                    && w.name == *name
+                    && (self.namespaces.is_empty() || self.namespaces.contains(&w.namespace))
+            });
+            if !found {
+                let r#where = match self.namespaces.as_slice() {
+                    [] => "in any namespace".to_owned(),
+                    ns => format!("in namespace {}", ns.join(", ")),
+                };
+                return Err(Error::Usage(format!(
+                    "--workload {kind}/{name}: no such workload {where}; give an existing workload as kind/name (for example deployment/web), with -n NAMESPACE"
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn contains(&self, a: &Assessment) -> bool {
@@ -59,6 +101,17 @@ impl Scope {
                     .any(|(k, n)| *k == w.kind.to_ascii_lowercase() && *n == w.name))
     }
 }
+
+/// The kinds a workload of the cutover has (`--workload KIND/NAME`, case-insensitive).
+pub const WORKLOAD_KINDS: [&str; 7] = [
+    "Deployment",
+    "StatefulSet",
+    "DaemonSet",
+    "CronJob",
+    "Job",
+    "ReplicaSet",
+    "Pod",
+];
 
 /// What the cutover will do with a workload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -173,7 +173,30 @@ pub fn check_identity_resource_id(value: &str) -> Result<(), Error> {
     }
 }
 
-/// An Entra object ID (a GUID).
+/// `--aks-cluster-id`: the ARM id of an AKS cluster.
+pub fn check_aks_cluster_id(c: &str) -> Result<(), Error> {
+    let parts: Vec<&str> = c.split('/').collect();
+    let ok = parts.len() == 9
+        && parts[0].is_empty()
+        && parts[1..].iter().all(|p| !p.is_empty())
+        && parts[1].eq_ignore_ascii_case("subscriptions")
+        && parts[3].eq_ignore_ascii_case("resourcegroups")
+        && parts[5].eq_ignore_ascii_case("providers")
+        && parts[6].eq_ignore_ascii_case("microsoft.containerservice")
+        && parts[7].eq_ignore_ascii_case("managedclusters");
+    if ok {
+        Ok(())
+    } else {
+        Err(usage(
+            "--aks-cluster-id",
+            format!(
+                "{c:?} is not the ARM id of an AKS cluster (/subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.ContainerService/managedClusters/<name>)"
+            ),
+        ))
+    }
+}
+
+/// A GUID (an Entra object, client, tenant or subscription ID).
 pub fn check_guid(flag: &str, value: &str) -> Result<(), Error> {
     let groups: Vec<&str> = value.split('-').collect();
     let ok = groups.len() == 5
@@ -187,7 +210,7 @@ pub fn check_guid(flag: &str, value: &str) -> Result<(), Error> {
         Err(usage(
             flag,
             format!(
-                "{value:?} is not an object ID (a GUID such as 00000000-0000-0000-0000-000000000000)"
+                "{value:?} is not a GUID; expected one such as 00000000-0000-0000-0000-000000000000"
             ),
         ))
     }
@@ -520,17 +543,7 @@ impl AddRequest {
             check_guid("--kubelet-object-id", o)?;
         }
         if let Some(c) = &self.aks_cluster_id {
-            let ok = c.split('/').filter(|s| !s.is_empty()).count() == 8
-                && c.to_ascii_lowercase()
-                    .contains("/providers/microsoft.containerservice/managedclusters/");
-            if !ok {
-                return Err(usage(
-                    "--aks-cluster-id",
-                    format!(
-                        "{c:?} is not the ARM id of an AKS cluster (/subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.ContainerService/managedClusters/<name>)"
-                    ),
-                ));
-            }
+            check_aks_cluster_id(c)?;
         }
         if !self.no_role_assignment
             && self.kubelet_object_id.is_none()

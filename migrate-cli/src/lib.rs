@@ -34,7 +34,7 @@ pub enum Error {
     /// The cutover refuses to start (the Workload ID webhook is missing or not answering).
     #[error("{0}")]
     Refused(String),
-    #[error("label selector {selector:?}: {message}")]
+    #[error("-l/--selector: label selector {selector:?}: {message}")]
     Selector { selector: String, message: String },
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),

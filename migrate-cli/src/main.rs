@@ -73,6 +73,29 @@ struct Source {
 }
 
 impl Source {
+    /// The flags' values, checked before anything is read: namespaces, the selector, the
+    /// issuers, the contexts.
+    fn check(&self) -> anyhow::Result<Option<LabelSelector>> {
+        for ns in &self.namespaces {
+            podid_cli::identity::check_label(
+                "--namespace",
+                ns,
+                podid_cli::identity::MAX_LABEL_LEN,
+            )?;
+        }
+        for value in &self.oidc_issuers {
+            check_issuer(value)?;
+        }
+        for context in &self.contexts {
+            check_context(context)?;
+        }
+        Ok(self
+            .selector
+            .as_deref()
+            .map(LabelSelector::parse)
+            .transpose()?)
+    }
+
     /// The one context of a command that works on one cluster (`cutover`).
     fn single_context(&self) -> anyhow::Result<Option<&String>> {
         if self.all_contexts || self.contexts.len() > 1 {
@@ -227,8 +250,8 @@ struct Change {
     /// How long each workload's rollout may take (e.g. 300s, 5m).
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     timeout: std::time::Duration,
-    /// Workloads rolled out at once.
-    #[arg(long, default_value_t = 1)]
+    /// Workloads rolled out at once (at least 1).
+    #[arg(long, default_value_t = 1, value_parser = parse_max_parallel)]
     max_parallel: usize,
 }
 
@@ -281,6 +304,7 @@ impl AzureFlags {
             ))
             .into());
         }
+        self.check()?;
         let overrides = podid_azure::Overrides {
             tenant_id: self.tenant_id.clone(),
             subscription_id: self.subscription_id.clone(),
@@ -291,14 +315,18 @@ impl AzureFlags {
             ..Default::default()
         };
         let cloud = podid_azure::CloudConfig::load(self.cloud_config.as_deref(), &overrides)
-            .context("--cloud-config")?;
+            .map_err(|e| {
+                let flag = match &e {
+                    podid_azure::Error::UnknownCloud(_) => "--azure-cloud",
+                    _ => "--cloud-config",
+                };
+                podid_cli::Error::Usage(format!(
+                    "{flag}: {e}; expected azure.json as podid-operator reads it (tenantId, subscriptionId, aadClientId, cloud), or the --azure-* flags"
+                ))
+            })?;
         let mut http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60));
         if let Some(path) = &self.extra_ca_file {
-            let pem = std::fs::read(path)
-                .with_context(|| format!("--azure-extra-ca-file {}", path.display()))?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem)
-                .with_context(|| format!("--azure-extra-ca-file {}: not PEM", path.display()))?
-            {
+            for cert in read_ca_file("--azure-extra-ca-file", path)? {
                 http = http.add_root_certificate(cert);
             }
         }
@@ -308,6 +336,31 @@ impl AzureFlags {
             .build(http.clone())
             .context("Azure credential")?;
         Ok((cloud, credential, http))
+    }
+
+    /// The flags' own values (GUIDs, files), before anything is read.
+    fn check(&self) -> Result<(), podid_cli::Error> {
+        if let Some(t) = &self.tenant_id {
+            check_tenant("--azure-tenant-id", t)?;
+        }
+        if let Some(s) = &self.subscription_id {
+            podid_cli::identity::check_guid("--azure-subscription-id", s)?;
+        }
+        if let Some(c) = &self.client_id {
+            podid_cli::identity::check_guid("--azure-client-id", c)?;
+        }
+        if let Some(path) = &self.cloud_config
+            && !path.is_file()
+        {
+            return Err(podid_cli::Error::Usage(format!(
+                "--cloud-config {}: no such file; expected azure.json as podid-operator reads it",
+                path.display()
+            )));
+        }
+        if let Some(path) = &self.extra_ca_file {
+            read_ca_file("--azure-extra-ca-file", path)?;
+        }
+        Ok(())
     }
 
     /// The identity commands' Azure, when given.
@@ -335,12 +388,20 @@ struct DirectFlags {
 }
 
 impl DirectFlags {
+    /// Azure for `--direct`, checked before anything is read.
+    fn load(&self) -> anyhow::Result<AzureAccess> {
+        if let Some(id) = &self.aks_cluster_id {
+            podid_cli::identity::check_aks_cluster_id(id)?;
+        }
+        self.azure.load("--direct")
+    }
+
     fn direct(
         &self,
+        (cloud, credential, http): AzureAccess,
         oidc_issuer: Option<String>,
         match_options: podid_crds::policy::MatchOptions,
     ) -> anyhow::Result<podid_cli::cutover_run::Direct> {
-        let (cloud, credential, http) = self.azure.load("--direct")?;
         Ok(podid_cli::cutover_run::Direct {
             cloud,
             credential,
@@ -667,6 +728,13 @@ async fn run_identity(command: IdentityCommand) -> anyhow::Result<ExitCode> {
             dry_run,
             azure,
         } => {
+            podid_cli::identity::check_label(
+                "--namespace",
+                &namespace,
+                podid_cli::identity::MAX_LABEL_LEN,
+            )?;
+            podid_cli::identity::check_label("--name", &name, podid_cli::identity::MAX_LABEL_LEN)?;
+            azure.check()?;
             let azure = if azure.given() {
                 Some(azure.identity_azure("podid identity delete")?)
             } else {
@@ -682,6 +750,14 @@ async fn run_identity(command: IdentityCommand) -> anyhow::Result<ExitCode> {
             namespace,
             azure,
         } => {
+            if let Some(ns) = &namespace {
+                podid_cli::identity::check_label(
+                    "--namespace",
+                    ns,
+                    podid_cli::identity::MAX_LABEL_LEN,
+                )?;
+            }
+            azure.check()?;
             let azure = if azure.given() {
                 Some(azure.identity_azure("podid identity list")?)
             } else {
@@ -720,6 +796,9 @@ async fn run_exception_command(command: ExceptionCommand) -> anyhow::Result<Exit
             (target, ExceptionVerb::Delete, exception, Vec::new())
         }
     };
+    use podid_cli::identity::{MAX_LABEL_LEN, check_label};
+    check_label("--namespace", &e.namespace, MAX_LABEL_LEN)?;
+    check_label("--name", &e.name, MAX_LABEL_LEN)?;
     if verb != ExceptionVerb::Delete {
         podid_cli::identity::parse_pod_labels(&labels)?;
     }
@@ -729,14 +808,142 @@ async fn run_exception_command(command: ExceptionCommand) -> anyhow::Result<Exit
     Ok(ExitCode::SUCCESS)
 }
 
+/// A duration of at least one second and at most a week: seconds (`300`, `300s`) or minutes
+/// (`5m`).
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    const WEEK: u64 = 7 * 24 * 3600;
     let (n, unit) = match s.strip_suffix('m') {
         Some(n) => (n, 60),
         None => (s.strip_suffix('s').unwrap_or(s), 1),
     };
-    n.parse::<u64>()
-        .map(|n| std::time::Duration::from_secs(n * unit))
-        .map_err(|_| format!("{s:?}: expected seconds (300, 300s) or minutes (5m)"))
+    let expected = "expected seconds (300, 300s) or minutes (5m), from 1s to 7 days";
+    let secs = n
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(|| format!("{s:?}: {expected}"))?;
+    if secs == 0 || secs > WEEK {
+        return Err(format!("{s:?}: {expected}"));
+    }
+    Ok(std::time::Duration::from_secs(secs))
+}
+
+/// `--max-parallel`: a count of at least 1.
+fn parse_max_parallel(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "{s:?}: expected a whole number of workloads, at least 1"
+        )),
+    }
+}
+
+/// `--oidc-issuer [CLUSTER=]URL`: an http(s) URL with a host, or empty (the cluster has none).
+fn check_issuer(value: &str) -> Result<(), podid_cli::Error> {
+    let url = match (!value.contains("://"))
+        .then(|| value.split_once('='))
+        .flatten()
+    {
+        Some((name, url)) if !name.is_empty() => url,
+        Some(_) => {
+            return Err(podid_cli::Error::Usage(format!(
+                "--oidc-issuer {value:?}: expected URL or CLUSTER=URL, for example https://oidc.prod-aks.azure.com/<tenant>/<guid>/"
+            )));
+        }
+        None => value,
+    };
+    if url.is_empty() {
+        return Ok(());
+    }
+    match url::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "https" | "http") && u.host_str().is_some() => Ok(()),
+        _ => Err(podid_cli::Error::Usage(format!(
+            "--oidc-issuer {value:?}: {url:?} is not an issuer URL; expected https://host/path (for example https://oidc.prod-aks.azure.com/<tenant>/<guid>/), CLUSTER=URL, or empty for none"
+        ))),
+    }
+}
+
+/// `--context NAME`: a context of the kubeconfig.
+fn check_context(name: &str) -> anyhow::Result<()> {
+    let Ok(kc) = kube::config::Kubeconfig::read() else {
+        // No kubeconfig at all: connecting says so.
+        return Ok(());
+    };
+    if kc.contexts.iter().any(|c| c.name == name) {
+        return Ok(());
+    }
+    let names: Vec<&str> = kc.contexts.iter().map(|c| c.name.as_str()).collect();
+    Err(podid_cli::Error::Usage(format!(
+        "--context {name:?}: no such context in the kubeconfig; expected one of: {}",
+        names.join(", ")
+    ))
+    .into())
+}
+
+/// An Entra tenant: a GUID or a domain name (contoso.onmicrosoft.com).
+fn check_tenant(flag: &str, value: &str) -> Result<(), podid_cli::Error> {
+    if podid_cli::identity::check_guid(flag, value).is_ok()
+        || (value.contains('.')
+            && podid_crds::policy::is_dns_subdomain(&value.to_ascii_lowercase()))
+    {
+        return Ok(());
+    }
+    Err(podid_cli::Error::Usage(format!(
+        "{flag}: {value:?} is not a tenant; expected a GUID such as 72f988bf-86f1-41af-91ab-2d7cd011db47 or a domain such as contoso.onmicrosoft.com"
+    )))
+}
+
+/// A file podid writes (`--write`, `snapshot -o`): its directory exists, and it is not one.
+fn check_output_file(flag: &str, path: &std::path::Path) -> Result<(), podid_cli::Error> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    if path.is_dir() {
+        return Err(podid_cli::Error::Usage(format!(
+            "{flag} {}: is a directory; expected a file to write",
+            path.display()
+        )));
+    }
+    if !dir.is_dir() {
+        return Err(podid_cli::Error::Usage(format!(
+            "{flag} {}: directory {} does not exist; expected a file in an existing directory",
+            path.display(),
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// A directory podid writes into (`--patches`, `man --dir`): absent (created) or a directory.
+fn check_output_dir(flag: &str, path: &std::path::Path) -> Result<(), podid_cli::Error> {
+    if path.exists() && !path.is_dir() {
+        return Err(podid_cli::Error::Usage(format!(
+            "{flag} {}: exists and is not a directory; expected a directory (created if absent)",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// A PEM bundle of CA certificates (`--extra-ca-file`, `--azure-extra-ca-file`).
+fn read_ca_file(
+    flag: &str,
+    path: &std::path::Path,
+) -> Result<Vec<reqwest::Certificate>, podid_cli::Error> {
+    let pem = std::fs::read(path).map_err(|e| {
+        podid_cli::Error::Usage(format!(
+            "{flag} {}: {e}; expected a readable PEM file of CA certificates",
+            path.display()
+        ))
+    })?;
+    match reqwest::Certificate::from_pem_bundle(&pem) {
+        Ok(certs) if !certs.is_empty() => Ok(certs),
+        _ => Err(podid_cli::Error::Usage(format!(
+            "{flag} {}: no certificate in it; expected PEM (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        ))),
+    }
 }
 
 /// Asks before changing more than one workload, unless `--yes`; without a terminal to ask on,
@@ -775,18 +982,13 @@ async fn cutover_view(
     Vec<podid_crds::migration::WorkloadMigration>,
     CutoverScope,
 )> {
-    let selector = cs
-        .source
-        .selector
-        .as_deref()
-        .map(LabelSelector::parse)
-        .transpose()?;
+    let context = cs.source.single_context()?;
+    let selector = cs.source.check()?;
     let workloads = cs
         .workloads
         .iter()
         .map(|w| CutoverScope::parse_workload(w))
         .collect::<Result<Vec<_>, _>>()?;
-    let context = cs.source.single_context()?;
     let c = client(context).await?;
     let mut inv = scan(&c, &Scope::default(), context.cloned(), cs.source.quiet).await?;
     override_issuers(std::slice::from_mut(&mut inv), &cs.source)?;
@@ -802,6 +1004,7 @@ async fn cutover_view(
         selector,
         workloads,
     };
+    scope.check_workloads_exist(&inv, &ctx)?;
     let plan = build_plan(&inv, &ctx, &records, &scope, cs.allow_managed);
     Ok((c, plan, inv, ctx, records, scope))
 }
@@ -828,6 +1031,12 @@ async fn run_cutover(command: CutoverCommand) -> anyhow::Result<ExitCode> {
             write,
             patches,
         } => {
+            if let Some(file) = &write {
+                check_output_file("--write", file)?;
+            }
+            if let Some(dir) = &patches {
+                check_output_dir("--patches", dir)?;
+            }
             let (_, plan, ..) = cutover_view(&scope).await?;
             match output {
                 CutoverFormat::Table => print!("{}", plan_table(&plan)),
@@ -912,6 +1121,11 @@ async fn run_cutover(command: CutoverCommand) -> anyhow::Result<ExitCode> {
             timeout,
             direct,
         } => {
+            // Azure first: bad flags are refused before anything is read.
+            let access = match direct.direct {
+                true => Some(direct.load()?),
+                false => None,
+            };
             let (c, plan, _, ctx, records, _) = cutover_view(&scope).await?;
             let recorded = |e: &&podid_cli::cutover::PlanEntry| {
                 records.iter().any(|r| {
@@ -964,12 +1178,12 @@ async fn run_cutover(command: CutoverCommand) -> anyhow::Result<ExitCode> {
                 max_parallel: 1,
                 quiet: scope.source.quiet,
             };
-            if direct.direct {
+            if let Some(access) = access {
                 // --oidc-issuer as given (already applied to the view); else the bridge finds it.
                 let issuer = (!scope.source.oidc_issuers.is_empty())
                     .then(|| ctx.oidc_issuer.clone())
                     .flatten();
-                let azure = direct.direct(issuer, ctx.match_options)?;
+                let azure = direct.direct(access, issuer, ctx.match_options)?;
                 let started = std::time::Instant::now();
                 let built = prepare_direct(&c, &entries, &azure, dry_run, timeout).await?;
                 if dry_run {
@@ -1000,6 +1214,28 @@ async fn run_cutover(command: CutoverCommand) -> anyhow::Result<ExitCode> {
             resource,
             extra_ca_file,
         } => {
+            // The exchange's flags first: bad ones are refused before anything is read.
+            if !matches!(authority.scheme(), "https") || authority.host_str().is_none() {
+                return Err(podid_cli::Error::Usage(format!(
+                    "--authority {authority}: expected an https URL such as https://login.microsoftonline.com/ (the exchange sends a ServiceAccount token to it)"
+                ))
+                .into());
+            }
+            if let Some(t) = &tenant_id {
+                check_tenant("--tenant-id", t)?;
+            }
+            let resource_ok = podid_cli::identity::check_guid("--resource", &resource).is_ok()
+                || url::Url::parse(&resource).is_ok_and(|u| u.has_host());
+            if !resource_ok {
+                return Err(podid_cli::Error::Usage(format!(
+                    "--resource {resource:?}: expected a resource URI such as https://management.azure.com/ or an application ID (GUID)"
+                ))
+                .into());
+            }
+            let certs = match &extra_ca_file {
+                Some(path) => read_ca_file("--extra-ca-file", path)?,
+                None => Vec::new(),
+            };
             let (c, plan, ..) = cutover_view(&scope).await?;
             let entries: Vec<_> = plan
                 .workloads
@@ -1015,14 +1251,8 @@ async fn run_cutover(command: CutoverCommand) -> anyhow::Result<ExitCode> {
                 .redirect(reqwest::redirect::Policy::none())
                 .connect_timeout(std::time::Duration::from_secs(5))
                 .timeout(std::time::Duration::from_secs(60));
-            if let Some(path) = &extra_ca_file {
-                let pem =
-                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-                for cert in reqwest::Certificate::from_pem_bundle(&pem)
-                    .with_context(|| format!("parsing {}", path.display()))?
-                {
-                    http = http.add_root_certificate(cert);
-                }
+            for cert in certs {
+                http = http.add_root_certificate(cert);
             }
             let ex = Exchange {
                 http: http.build().context("HTTP client")?,
@@ -1158,6 +1388,9 @@ fn done_with<'a>(
 }
 
 async fn client(context: Option<&String>) -> anyhow::Result<kube::Client> {
+    if let Some(name) = context {
+        check_context(name)?;
+    }
     let opts = kube::config::KubeConfigOptions {
         context: context.cloned(),
         ..Default::default()
@@ -1240,21 +1473,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             output,
             force_namespaced,
         } => {
-            let selector = source
-                .selector
-                .as_deref()
-                .map(LabelSelector::parse)
-                .transpose()?;
+            if !from_file.is_empty() && (source.all_contexts || !source.contexts.is_empty()) {
+                return Err(podid_cli::Error::Usage(
+                    "--from-file reads snapshot files, not kubeconfig contexts: drop --context/--all-contexts".into(),
+                )
+                .into());
+            }
+            let selector = source.check()?;
             let clusters = if from_file.is_empty() {
                 live(&source).await?
             } else {
-                if source.all_contexts || !source.contexts.is_empty() {
-                    return Err(podid_cli::Error::Usage(
-                        "--from-file reads snapshot files, not kubeconfig contexts: drop --context/--all-contexts".into(),
-                    )
-                    .into());
-                }
-                let mut clusters = Inventory::clusters_from_files(&from_file)?;
+                let mut clusters =
+                    Inventory::clusters_from_files(&from_file).context("--from-file")?;
                 override_issuers(&mut clusters, &source)?;
                 clusters
             };
@@ -1286,6 +1516,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Man { dir } => {
             use clap::CommandFactory;
+            check_output_dir("--dir", &dir)?;
             std::fs::create_dir_all(&dir).with_context(|| format!("--dir {}", dir.display()))?;
             clap_mangen::generate_to(Cli::command(), &dir)
                 .with_context(|| format!("writing man pages into {}", dir.display()))?;
@@ -1324,6 +1555,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Identity { command } => run_identity(command).await,
         Command::Exception { command } => run_exception_command(command).await,
         Command::Snapshot { source, output } => {
+            source.check()?;
+            if output.as_os_str() != "-" {
+                check_output_file("-o/--output", &output)?;
+            }
             let mut yaml = String::new();
             for inv in live(&source).await? {
                 yaml.push_str(&inv.to_snapshot_yaml()?);
@@ -1343,8 +1578,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 #[tokio::main]
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
+    let filter = match tracing_subscriber::EnvFilter::try_new(&cli.log) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!(
+                "error: --log {:?}: {e}; expected a filter such as warn, debug or podid_cli=debug,kube=warn",
+                cli.log
+            );
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
     match run(cli).await {
