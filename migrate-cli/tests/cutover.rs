@@ -438,9 +438,7 @@ async fn a_switch_cut_off_from_the_api_server_and_killed_converges_on_rerun() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let through = dir.path().join("kubeconfig");
-    cluster
-        .kubeconfig_through(proxy.addr(), &through)
-        .unwrap();
+    cluster.kubeconfig_through(proxy.addr(), &through).unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_podid"))
         .args([
             "cutover",
@@ -490,7 +488,10 @@ async fn a_switch_cut_off_from_the_api_server_and_killed_converges_on_rerun() {
         &podid(cluster, &["cutover", "status", "-n", n, "-q", "-o", "json"]).stdout,
     )
     .unwrap();
-    assert_ne!(s[2]["state"], "switched", "cut off before the last workload: {s}");
+    assert_ne!(
+        s[2]["state"], "switched",
+        "cut off before the last workload: {s}"
+    );
     proxy.restore();
     // The rerun, through the same (restored) path.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_podid"))

@@ -194,6 +194,87 @@ fn subjects(emu: &Emulator, identity_id: &str) -> BTreeMap<String, usize> {
     out
 }
 
+/// podid-nmi, the binary `cargo test --workspace` builds beside this test, in standard mode
+/// for `node` with the emulator's IMDS for the scale set's first instance (no iptables: pods
+/// call it directly). Returns the process and its address.
+fn agent(cluster: &Cluster, dir: &Path, node: &str, imds: &str) -> (Running, String) {
+    let bin = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(|d| d.parent())
+        .unwrap()
+        .join("podid-nmi");
+    assert!(
+        bin.is_file(),
+        "{} is not built: run the workspace's tests (tests/run.sh) or cargo build -p podid-nmi",
+        bin.display()
+    );
+    let port = free_port();
+    let mut cmd = std::process::Command::new(bin);
+    cmd.arg(format!("--node={node}"))
+        .arg(format!("--nmi-port={port}"))
+        .arg(format!("--http-probe-port={}", free_port()))
+        .arg(format!("--prometheus-port={}", free_port()))
+        .arg(format!("--imds-endpoint={imds}"))
+        .arg("--manage-iptables=false")
+        .arg("--allow-network-plugin-kubenet")
+        .arg("--token-refresh-margin-sec=0")
+        .env("KUBECONFIG", cluster.kubeconfig())
+        .env("NODE_NAME", node)
+        .env("RUST_LOG", "podid_nmi=debug,info");
+    (
+        Running::spawn(cmd, dir.join("podid-nmi.log")),
+        format!("127.0.0.1:{port}"),
+    )
+}
+
+/// Waits until pod `name` runs with an address, then asks the agent for a token from that
+/// address until it is granted (bounded): the status of the last answer and how long it took.
+async fn token_for_pod(
+    pods: &Api<k8s_openapi::api::core::v1::Pod>,
+    name: &str,
+    agent: &str,
+    client_id: &str,
+    secs: u64,
+    log: &Running,
+) -> Duration {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(secs);
+    let ip: std::net::IpAddr = loop {
+        if let Ok(p) = pods.get(name).await
+            && let Some(ip) = p.status.and_then(|s| s.pod_ip)
+        {
+            break ip.parse().unwrap();
+        }
+        assert!(Instant::now() < deadline, "pod {name} has no address");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let http = reqwest::Client::builder()
+        .local_address(ip)
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    loop {
+        let last = match http
+            .get(format!("http://{agent}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net&client_id={client_id}"))
+            .header("Metadata", "true")
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => return started.elapsed(),
+            Ok(r) => format!("{} {}", r.status(), r.text().await.unwrap_or_default()),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            Instant::now() < deadline,
+            "pod {name} got no token within {secs} s: {last}\nthe agent's log (tail):\n{}",
+            log.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 fn total(m: &BTreeMap<String, u64>) -> u64 {
     m.values().sum()
 }
@@ -342,7 +423,11 @@ async fn a_fifth_of_azure_calls_failing_during_churn_and_bridge_work() {
     );
     for i in 0..3 {
         let sa = format!("system:serviceaccount:{}:sa-{i}", ns.name);
-        assert_eq!(on_id0.get(&sa), Some(&1), "one credential for {sa}: {on_id0:?}");
+        assert_eq!(
+            on_id0.get(&sa),
+            Some(&1),
+            "one credential for {sa}: {on_id0:?}"
+        );
     }
     for id in &ids {
         let s = subjects(&emu, &id.id);
@@ -420,8 +505,15 @@ async fn api_server_and_etcd_restarts_and_expired_watches_are_recovered_in_proce
         "15s",
     );
     let node = pool.node_name(0);
+    let (mut nmi, nmi_addr) = agent(
+        cluster,
+        dir.path(),
+        &node,
+        &emu.imds_endpoint(&format!("{}_0", pool.scale_set)),
+    );
     let record = |p: &str, s: &str| format!("{p}-{}-{s}", ns.name);
     let mut outages = Vec::new();
+    let mut served = Vec::new();
 
     // 1. The API server killed while the pass for a new pod writes to ARM; down 3 s.
     pod(&c, &ns.name, "a", &node, "k0").await;
@@ -437,6 +529,9 @@ async fn api_server_and_etcd_restarts_and_expired_watches_are_recovered_in_proce
     wait_assigned(&c, &ns.name, &[record("a", "k0"), record("b", "k1")], 120).await;
     wait_exactly(&emu, &vmss, &[&ids[0].id, &ids[1].id], 60, &op).await;
     op.assert_alive("podid-operator after the API server's restart");
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(c.clone(), &ns.name);
+    served.push(token_for_pod(&pods, "b", &nmi_addr, &ids[1].client_id, 60, &nmi).await);
+    nmi.assert_alive("podid-nmi after the API server's restart");
 
     // 2. etcd killed and down 3 s, a pod deleted right before.
     delete_pod(&c, &ns.name, "a").await;
@@ -447,12 +542,13 @@ async fn api_server_and_etcd_restarts_and_expired_watches_are_recovered_in_proce
     wait_assigned(&c, &ns.name, &[record("b", "k1"), record("c", "k2")], 120).await;
     wait_exactly(&emu, &vmss, &[&ids[1].id, &ids[2].id], 60, &op).await;
     op.assert_alive("podid-operator after etcd's restart");
+    served.push(token_for_pod(&pods, "c", &nmi_addr, &ids[2].client_id, 60, &nmi).await);
+    nmi.assert_alive("podid-nmi after etcd's restart");
 
     // 3. Watches expire: history compacted past what the operator has seen, with changes made
     // in between, while the API server is down (its watch cache is rebuilt from etcd's
     // present). A watch from the old resourceVersion gets 410 Gone — shown here with a watch
     // of our own — and the operator must relist.
-    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(c.clone(), &ns.name);
     let seen = pods
         .list(&ListParams::default())
         .await
@@ -483,10 +579,15 @@ async fn api_server_and_etcd_restarts_and_expired_watches_are_recovered_in_proce
             other => panic!("a watch from {seen} after compaction at {compacted}: {other:?}"),
         }
     };
-    assert_eq!(gone, 410, "the resourceVersion the operator had seen has expired");
+    assert_eq!(
+        gone, 410,
+        "the resourceVersion the operator had seen has expired"
+    );
     wait_assigned(&c, &ns.name, &[record("c", "k2"), record("d", "k3")], 120).await;
     wait_exactly(&emu, &vmss, &[&ids[2].id, &ids[3].id], 60, &op).await;
     op.assert_alive("podid-operator after its watches expired");
+    served.push(token_for_pod(&pods, "d", &nmi_addr, &ids[3].client_id, 60, &nmi).await);
+    nmi.assert_alive("podid-nmi after its watches expired");
     let records: Vec<String> = Api::<AzureAssignedIdentity>::all(c.clone())
         .list(&ListParams::default())
         .await
@@ -498,16 +599,22 @@ async fn api_server_and_etcd_restarts_and_expired_watches_are_recovered_in_proce
     assert_eq!(records.len(), 2, "{records:?}");
     println!(
         "FIGURES kube-faults: 3 control-plane outages ({}), one watch expiry (410 Gone, history \
-         compacted at revision {compacted}); operator restarts: 0; changes made around them \
-         converged: 6 of 6",
+         compacted at revision {compacted}); operator and agent restarts: 0; changes made around \
+         them converged: 6 of 6; a new pod's token served by the agent {} after each",
         outages
             .iter()
             .map(|(what, d)| format!("{what} {:.1} s", d.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        served
+            .iter()
+            .map(|d| format!("{:.1} s", d.as_secs_f64()))
             .collect::<Vec<_>>()
             .join(", ")
     );
     emu.clear_faults();
     drop(op);
+    drop(nmi);
 }
 
 /// The operator SIGKILLed at 20 random moments during churn (pods and bindings changing, ARM

@@ -61,7 +61,10 @@ async fn soak_steady_load_with_upstream_errors_keeps_memory_descriptors_and_dead
             &format!("sel-{i}"),
         )
         .await;
-        labels.push((format!("soak-{i}"), json!({"aadpodidbinding": format!("sel-{i}")})));
+        labels.push((
+            format!("soak-{i}"),
+            json!({"aadpodidbinding": format!("sel-{i}")}),
+        ));
         client_ids.insert(format!("soak-{i}"), id.client_id.clone());
     }
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);

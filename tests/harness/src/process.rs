@@ -133,7 +133,12 @@ pub async fn restart(name: &str, down: Duration) -> Result<(), Error> {
 
 /// The child process of a component, output to `out`, in its own process group, killed when
 /// the keeper thread goes.
-fn start_child(bin: &Path, args: &[String], dir: &Path, out: std::fs::File) -> Result<Child, Error> {
+fn start_child(
+    bin: &Path,
+    args: &[String],
+    dir: &Path,
+    out: std::fs::File,
+) -> Result<Child, Error> {
     let err = out.try_clone()?;
     let mut cmd = Command::new(bin);
     cmd.args(args)
