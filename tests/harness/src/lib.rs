@@ -17,6 +17,7 @@ mod pki;
 pub mod prereq;
 mod process;
 pub mod sdk;
+pub mod secret_scan;
 pub mod webhook;
 
 use std::path::{Path, PathBuf};
