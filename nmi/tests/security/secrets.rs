@@ -800,60 +800,69 @@ async fn agent_output_at_trace_level_never_holds_a_secret() {
         .await;
     }
 
-    // The agent's binary.
+    // The agent's binary, on ports no socket uses on any address (the other tests' connections
+    // take many); started again, at most twice, if one was taken meanwhile.
     let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
+        std::net::TcpListener::bind("0.0.0.0:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port()
     };
-    let (port, probe, prom) = (free(), free(), free());
     let log = dir.path().join("agent.log");
-    let file = std::fs::File::create(&log).unwrap();
     let cluster = Cluster::shared_async().await;
-    let mut agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_podid-nmi"))
-        .env("KUBECONFIG", cluster.kubeconfig())
-        .env("RUST_LOG", "trace,h2=debug,tokio=debug,runtime=debug")
-        .args([
-            &format!("--node={NODE}"),
-            "--operation-mode=managed",
-            "--forceNamespaced",
-            "--watch-secrets",
-            &format!("--nmi-port={port}"),
-            &format!("--http-probe-port={probe}"),
-            &format!("--prometheus-port={prom}"),
-            &format!("--imds-endpoint={}", site.imds_endpoint()),
-            &format!("--entra-authority={}", site.emu.arm_endpoint()),
-            "--manage-iptables=false",
-            "--allow-network-plugin-kubenet",
-            "--shutdown-delay-sec=0",
-        ])
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let health = format!("http://127.0.0.1:{probe}/healthz");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(r) = http.get(&health).send().await
-            && r.text().await.unwrap() == "Active"
-        {
+    let mut started = None;
+    for _attempt in 0..3 {
+        let (port, probe, prom) = (free(), free(), free());
+        let file = std::fs::File::create(&log).unwrap();
+        let mut agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_podid-nmi"))
+            .env("KUBECONFIG", cluster.kubeconfig())
+            .env("RUST_LOG", "trace,h2=debug,tokio=debug,runtime=debug")
+            .args([
+                &format!("--node={NODE}"),
+                "--operation-mode=managed",
+                "--forceNamespaced",
+                "--watch-secrets",
+                &format!("--nmi-port={port}"),
+                &format!("--http-probe-port={probe}"),
+                &format!("--prometheus-port={prom}"),
+                &format!("--imds-endpoint={}", site.imds_endpoint()),
+                &format!("--entra-authority={}", site.emu.arm_endpoint()),
+                "--manage-iptables=false",
+                "--allow-network-plugin-kubenet",
+                "--shutdown-delay-sec=0",
+            ])
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let health = format!("http://127.0.0.1:{probe}/healthz");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let active = loop {
+            if let Ok(r) = http.get(&health).send().await
+                && r.text().await.unwrap() == "Active"
+            {
+                break true;
+            }
+            if agent.try_wait().unwrap().is_some() {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                assert!(text.contains("binding"), "the agent exited: {text}");
+                break false;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the agent not Active within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        if active {
+            started = Some((agent, port, prom));
             break;
         }
-        assert!(
-            agent.try_wait().unwrap().is_none(),
-            "the agent exited: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the agent not Active within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let (mut agent, port, prom) = started.expect("the agent started within 3 attempts");
     site.agent = SocketAddr::from(([127, 0, 0, 1], port));
 
     // Each pod its own identity's token, twice (the second from the cache); every answer holds
