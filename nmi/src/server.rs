@@ -299,7 +299,7 @@ async fn token(agent: &Agent, ip: IpAddr, req: Request) -> Outcome {
         tracing::info!("pod is excepted: passing the request through to IMDS");
         return proxy(agent, req).await.pod(&pod).resource(&parsed);
     }
-    let out = serve_pod(agent, &pod, &parsed, |tokens, _| {
+    let out = serve_pod(agent, &pod, Caller::Address(ip), &parsed, |tokens, _| {
         if let [one] = tokens {
             serde_json::to_string(one)
         } else {
@@ -329,21 +329,36 @@ async fn host_token(agent: &Agent, ip: IpAddr, req: Request) -> Outcome {
         .resource(&parsed.token);
     };
     record_pod(&pod);
-    serve_pod(agent, &pod, &parsed.token, |tokens, identity| {
-        serde_json::to_string(&serde_json::json!({
-            "token": tokens.first(),
-            "clientid": identity.spec.client_id,
-        }))
-    })
+    serve_pod(
+        agent,
+        &pod,
+        Caller::Named,
+        &parsed.token,
+        |tokens, identity| {
+            serde_json::to_string(&serde_json::json!({
+                "token": tokens.first(),
+                "clientid": identity.spec.client_id,
+            }))
+        },
+    )
     .await
     .pod(&pod)
     .resource(&parsed.token)
+}
+
+/// How a request found its pod: by the caller's address (the token path), or by the name in its
+/// headers (`/host/token`, from the node itself).
+#[derive(Clone, Copy, Debug)]
+enum Caller {
+    Address(IpAddr),
+    Named,
 }
 
 /// Resolves the pod's identity for the request, gets (or reuses) its tokens and renders them.
 async fn serve_pod(
     agent: &Agent,
     pod: &PodInfo,
+    caller: Caller,
     req: &TokenRequest,
     render: impl FnOnce(&[crate::token::MsiResponse], &AzureIdentity) -> serde_json::Result<String>,
 ) -> Outcome {
@@ -391,6 +406,17 @@ async fn serve_pod(
             return Outcome::new(Reply::text(e.status(), msg), result);
         }
     };
+    // Getting the tokens can take seconds (Entra, IMDS, the wait for assignment before): the
+    // pod may have been relabelled, deleted or unbound meanwhile. They go out only if the view
+    // says now what it said when the identity was chosen.
+    if let Err(changed) = still_serves(agent, pod, caller, &identity) {
+        tracing::warn!(error = %changed, "not serving a token the pod is no longer granted");
+        let reply = Reply {
+            retry_after: Some(5),
+            ..Reply::text(503, changed)
+        };
+        return Outcome::new(reply, "pod_changed");
+    }
     let now = agent.clock.now_unix();
     let msi: Vec<_> = tokens
         .iter()
@@ -404,6 +430,51 @@ async fn serve_pod(
     match render(&msi, &identity) {
         Ok(body) => Outcome::new(Reply::json(body), "ok"),
         Err(e) => Outcome::new(Reply::text(500, e.to_string()), "internal"),
+    }
+}
+
+/// `Ok` when the caller is still `served` (the same pod, by UID, found the same way) and its
+/// bindings, as the view has them now, still grant `identity` with the same IDs; else why not.
+fn still_serves(
+    agent: &Agent,
+    served: &PodInfo,
+    caller: Caller,
+    identity: &AzureIdentity,
+) -> Result<(), String> {
+    let now = match caller {
+        Caller::Address(ip) => pod_for_ip(agent.view.as_ref(), ip).ok(),
+        Caller::Named => agent.view.pod(&served.facts.namespace, &served.facts.name),
+    };
+    let changed = || {
+        format!(
+            "pod {} changed while its token was fetched (deleted, relabelled, or its binding or identity changed); retry",
+            served.key()
+        )
+    };
+    let Some(now) = now.filter(|p| p.uid == served.uid) else {
+        return Err(changed());
+    };
+    let cfg = &agent.config;
+    // Managed mode matches in the pod's namespace only, as `select_managed` does.
+    let namespaced = cfg.mode == Mode::Managed || cfg.force_namespaced;
+    let granted: Vec<AzureIdentity> = agent
+        .view
+        .index()
+        .pod_identities(&now.facts, cfg.mode.match_options(namespaced))
+        .grants
+        .iter()
+        .map(|g| g.identity.clone())
+        .collect();
+    let still = podid_crds::policy::servable_assigned(
+        &now.facts,
+        std::slice::from_ref(identity),
+        &granted,
+        namespaced,
+    );
+    if still.is_empty() {
+        Err(changed())
+    } else {
+        Ok(())
     }
 }
 

@@ -676,3 +676,297 @@ async fn secret_watches_are_bounded() {
         assert!(open.open().len() <= 2, "{:?}", open.open());
     }
 }
+
+// --- Nothing secret in anything the agent says ---------------------------------------------------
+
+/// An RSA key and a self-signed certificate for it, as PEM, from the `openssl` command.
+fn rsa_certificate(dir: &std::path::Path) -> Option<(String, String)> {
+    let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
+    let ok = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=podid-trace-sp", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    ok.then(|| {
+        (
+            std::fs::read_to_string(key).unwrap(),
+            std::fs::read_to_string(cert).unwrap(),
+        )
+    })
+}
+
+/// A value no one else has: `prefix` and 24 random bytes as hex.
+fn fresh(prefix: &str) -> String {
+    let mut bytes = [0u8; 24];
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut bytes)
+        .unwrap();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}-{hex}")
+}
+
+/// The agent's binary at trace level (every crate; HTTP/2 framing and the runtime's internals at
+/// debug) serves a pod bound to a user-assigned identity, one bound to a service principal
+/// signing in with a client secret, one with a certificate, and one whose client secret Entra
+/// refuses; it is also asked through `/host/token`, for identities not bound, from an address
+/// that is no pod's, and without the metadata header. Then neither any client secret, the
+/// private key, any token it handed out, nor any JWT at all is in its log, its `/metrics`, the
+/// Events of the namespace, or an answer (an answer holds its own caller's token only).
+#[tokio::test]
+async fn agent_output_at_trace_level_never_holds_a_secret() {
+    const TEST: &str = "agent_output_at_trace_level_never_holds_a_secret";
+    const NODE: &str = "secrets-trace-node";
+    let dir = tempfile::tempdir().unwrap();
+    let Some((key_pem, cert_pem)) = rsa_certificate(dir.path()) else {
+        podid_testkit::prereq::skip(TEST, "the openssl command is not available");
+        return;
+    };
+    let mut site = crate::site::Site::without_agent("sec-trace", NODE, &["msi"]).await;
+    let mut scan = podid_testkit::secret_scan::SecretScan::default();
+    scan.forbid_any_jwt();
+    let (good, wrong, registered) = (
+        fresh("sp-secret"),
+        fresh("wrong-secret"),
+        fresh("registered-secret"),
+    );
+    scan.plant_secret("the client secret in the Secret sp-secret", &good);
+    scan.plant_secret("the client secret Entra refuses (Secret sp-wrong)", &wrong);
+    scan.plant_secret("the refused app's registered secret", &registered);
+    scan.plant_private_key("the certificate's private key (Secret sp-cert)", &key_pem);
+
+    let apps = [
+        ("sp", "5e1f0000-0000-0000-0000-0000000ace01"),
+        ("cert", "5e1f0000-0000-0000-0000-0000000ace02"),
+        ("wrong", "5e1f0000-0000-0000-0000-0000000ace03"),
+    ];
+    site.emu.add_app(apps[0].1, Some(&good), None);
+    site.emu.add_app(apps[1].1, None, Some(&cert_pem));
+    site.emu.add_app(apps[2].1, Some(&registered), None);
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(site.client.clone(), &site.namespace);
+    for (name, data) in [
+        ("sp", json!({"clientsecret": good})),
+        (
+            "cert",
+            json!({"certificate": format!("{key_pem}{cert_pem}")}),
+        ),
+        ("wrong", json!({"clientsecret": wrong})),
+    ] {
+        secrets
+            .create(
+                &Default::default(),
+                &live::obj(json!({"metadata": {"name": format!("sp-{name}")}, "stringData": data})),
+            )
+            .await
+            .unwrap();
+    }
+    for (name, app) in apps {
+        let kind = if name == "cert" { 2 } else { 1 };
+        live::bound_identity(
+            &site.client,
+            &site.namespace,
+            name,
+            json!({"type": kind, "clientID": app,
+                   "tenantID": site.emu.tenant_id(),
+                   "adEndpoint": format!("{}/", site.emu.arm_endpoint()),
+                   "clientPassword": {"name": format!("sp-{name}"), "namespace": site.namespace}}),
+            name,
+        )
+        .await;
+        site.client_ids.insert(name.to_owned(), app.to_owned());
+    }
+    let pods = ["msi", "sp", "cert", "wrong"];
+    let pod_ip = |pod: &str| {
+        format!(
+            "127.11.6.{}",
+            10 + pods.iter().position(|p| *p == pod).unwrap()
+        )
+    };
+    for pod in pods {
+        site.run_pod(
+            pod,
+            NODE,
+            json!({"aadpodidbinding": pod}),
+            &pod_ip(pod),
+            json!({}),
+        )
+        .await;
+    }
+
+    // The agent's binary, on ports no socket uses on any address (the other tests' connections
+    // take many); started again, at most twice, if one was taken meanwhile.
+    let free = || {
+        std::net::TcpListener::bind("0.0.0.0:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let log = dir.path().join("agent.log");
+    let cluster = Cluster::shared_async().await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut started = None;
+    for _attempt in 0..3 {
+        let (port, probe, prom) = (free(), free(), free());
+        let file = std::fs::File::create(&log).unwrap();
+        let mut agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_podid-nmi"))
+            .env("KUBECONFIG", cluster.kubeconfig())
+            .env("RUST_LOG", "trace,h2=debug,tokio=debug,runtime=debug")
+            .args([
+                &format!("--node={NODE}"),
+                "--operation-mode=managed",
+                "--forceNamespaced",
+                "--watch-secrets",
+                &format!("--nmi-port={port}"),
+                &format!("--http-probe-port={probe}"),
+                &format!("--prometheus-port={prom}"),
+                &format!("--imds-endpoint={}", site.imds_endpoint()),
+                &format!("--entra-authority={}", site.emu.arm_endpoint()),
+                "--manage-iptables=false",
+                "--allow-network-plugin-kubenet",
+                "--shutdown-delay-sec=0",
+            ])
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let health = format!("http://127.0.0.1:{probe}/healthz");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let active = loop {
+            if let Ok(r) = http.get(&health).send().await
+                && r.text().await.unwrap() == "Active"
+            {
+                break true;
+            }
+            if agent.try_wait().unwrap().is_some() {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                assert!(text.contains("binding"), "the agent exited: {text}");
+                break false;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the agent not Active within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        if active {
+            started = Some((agent, port, prom));
+            break;
+        }
+    }
+    let (mut agent, port, prom) = started.expect("the agent started within 3 attempts");
+    site.agent = SocketAddr::from(([127, 0, 0, 1], port));
+
+    // Each pod its own identity's token, twice (the second from the cache); every answer holds
+    // no credential, and each token handed out is planted.
+    for pod in ["msi", "sp", "cert"] {
+        let (status, body) = site
+            .ask_until(&pod_ip(pod), "", |s, b| {
+                s == 200 && site.holder(b).as_deref() == Some(pod)
+            })
+            .await;
+        scan.scan_credentials(&format!("the answer to pod {pod}"), &body);
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let (again, body2) = call(site.agent, ip(&pod_ip(pod)), "").await;
+        let cached: Value = serde_json::from_str(&body2).unwrap_or_default();
+        assert_eq!(
+            (again, &cached["access_token"]),
+            (status, &v["access_token"]),
+            "{pod}: the same token, from the cache"
+        );
+        scan.scan_credentials(&format!("the second answer to pod {pod}"), &body2);
+        scan.plant_token(
+            &format!("the token handed to pod {pod}"),
+            v["access_token"].as_str().unwrap(),
+        );
+    }
+    let (status, body) = crate::site::raw(
+        site.agent,
+        "127.0.0.1",
+        &format!(
+            "GET /host/token/?resource=https%3A%2F%2Fvault.azure.net HTTP/1.1\r\nHost: 127.0.0.1\r\npodns: {}\r\npodname: sp",
+            site.namespace
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    scan.scan_credentials("the /host/token answer", &body);
+    let host: Value = serde_json::from_str(&body).unwrap();
+    scan.plant_token(
+        "the token handed out through /host/token",
+        host["token"]["access_token"].as_str().unwrap(),
+    );
+
+    // Refusals: Entra refusing the secret, identities not bound, no pod, no header.
+    let (status, body) = call(site.agent, ip(&pod_ip("wrong")), "").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("invalid_client"), "Entra's refusal: {body}");
+    let mut refusals = vec![("Entra's refusal".to_owned(), body)];
+    for (from, query) in [
+        (pod_ip("msi"), format!("client_id={}", apps[0].1)),
+        (pod_ip("sp"), format!("client_id={}", apps[1].1)),
+        ("127.11.6.99".to_owned(), String::new()),
+    ] {
+        let (status, body) = call(site.agent, ip(&from), &query).await;
+        assert_eq!(status, 403, "{from} {query}: {body}");
+        refusals.push((format!("the refusal of {from} {query}"), body));
+    }
+    let (status, body) = crate::site::raw(
+        site.agent,
+        &pod_ip("sp"),
+        "GET /metadata/identity/oauth2/token?api-version=2018-02-01&resource=x HTTP/1.1\r\nHost: 169.254.169.254",
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    refusals.push(("the refusal without the header".to_owned(), body));
+    for (what, body) in &refusals {
+        scan.scan(what, body);
+    }
+
+    let metrics = http
+        .get(format!("http://127.0.0.1:{prom}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("aadpodidentity_nmi_operations_duration_seconds"));
+    scan.scan("/metrics", &metrics);
+
+    let pid = agent.id().unwrap() as i32;
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    tokio::time::timeout(Duration::from_secs(30), agent.wait())
+        .await
+        .expect("the agent exits within 30 s of SIGTERM")
+        .unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let trace_lines = text.lines().filter(|l| l.contains("TRACE")).count();
+    assert!(
+        trace_lines > 100,
+        "a trace-level log: {trace_lines} TRACE lines of {}",
+        text.lines().count()
+    );
+    scan.scan("the agent's log", &text);
+
+    let events =
+        Api::<k8s_openapi::api::core::v1::Event>::namespaced(site.client.clone(), &site.namespace)
+            .list(&Default::default())
+            .await
+            .unwrap();
+    scan.scan(
+        "the namespace's Events",
+        &serde_json::to_string(&events.items).unwrap(),
+    );
+    assert_eq!(scan.planted(), 4 + 4, "{}", scan.summary());
+    eprintln!("{TEST}: {}", scan.summary());
+}

@@ -18,6 +18,7 @@ pub mod prereq;
 mod process;
 pub mod proxy;
 pub mod sdk;
+pub mod secret_scan;
 pub mod webhook;
 
 use std::path::{Path, PathBuf};
