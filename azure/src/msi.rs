@@ -25,16 +25,20 @@ pub struct MsiCredentials {
 
 impl MsiCredentials {
     /// `endpoint` is ARM's base URL; `audience` its token audience
-    /// (`https://management.azure.com` in the public cloud).
+    /// (`https://management.azure.com` in the public cloud). The SDK's requests go through
+    /// `http`, the caller's client: its extra CA certificates (Azure Stack, an emulator) and its
+    /// request timeout apply to them as to every other ARM call.
     pub fn new(
         endpoint: &str,
         audience: &str,
         credential: Arc<dyn TokenCredential>,
+        http: reqwest::Client,
     ) -> Result<Self, Error> {
         let url = azure_core::Url::parse(endpoint)
             .map_err(|e| Error::Credential(format!("ARM endpoint {endpoint}: {e}")))?;
         let scope = format!("{}/.default", audience.trim_end_matches('/'));
         let client = Client::builder(credential)
+            .transport(azure_core::TransportOptions::new(Arc::new(http)))
             .endpoint(url)
             .scopes(&[scope.as_str()])
             .build()

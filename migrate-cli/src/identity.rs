@@ -501,10 +501,10 @@ impl Azure {
         http: reqwest::Client,
     ) -> Result<Self, Error> {
         let e = &cloud.endpoints;
-        let mut arm = Arm::new(&e.arm, credential.clone(), http);
+        let mut arm = Arm::new(&e.arm, credential.clone(), http.clone());
         arm.audience = e.arm_audience.clone();
         arm.poll_interval = std::time::Duration::from_millis(500);
-        let msi = MsiCredentials::new(&e.arm, &e.arm_audience, credential)?;
+        let msi = MsiCredentials::new(&e.arm, &e.arm_audience, credential, http)?;
         Ok(Self {
             arm,
             msi,

@@ -1327,11 +1327,12 @@ async fn run_cutover(command: CutoverCommand) -> anyhow::Result<ExitCode> {
             // Checked before anything changes.
             let arm = match remove_workload_id {
                 true => {
-                    let (cloud, credential, _) = azure.load("--remove-workload-id")?;
+                    let (cloud, credential, http) = azure.load("--remove-workload-id")?;
                     Some(podid_azure::MsiCredentials::new(
                         &cloud.endpoints.arm,
                         &cloud.endpoints.arm_audience,
                         credential,
+                        http,
                     )?)
                 }
                 false => None,

@@ -1073,6 +1073,7 @@ pub async fn production_bridge(
         &endpoints.arm,
         &endpoints.arm_audience,
         azure.credential.clone(),
+        azure.http.clone(),
     )?;
     let m = metrics.clone();
     msi.observer = Some(Arc::new(move |op, result, took| {

@@ -259,7 +259,14 @@ impl<A: NodePoolIdentities> Controller<A> {
         let by_key: BTreeMap<ObjectKey, &AzureAssignedIdentity> =
             existing.iter().map(|a| (key(a), a)).collect();
         let created = self.create_records(plan, r).await;
-        let writes = write_targets(&self.arm, &plan.writes, current, r).await;
+        let failed: std::collections::BTreeSet<ObjectKey> = plan
+            .create
+            .iter()
+            .map(|c| key(&c.item))
+            .filter(|k| !created.contains_key(k))
+            .collect();
+        let backed = plan.writes_backed(&failed, existing);
+        let writes = write_targets(&self.arm, &backed, current, r).await;
         self.mark_assigned(plan, &created, &by_key, &writes, r)
             .await;
         self.update_records(plan, &writes, r).await;

@@ -163,7 +163,65 @@ pub struct Plan {
     pub skipped: Vec<Skip>,
 }
 
+/// The identity (lower-cased ARM id) a record assigns, if it assigns one.
+fn record_identity(a: &AzureAssignedIdentity) -> Option<String> {
+    a.spec
+        .azure_identity_ref
+        .as_ref()
+        .filter(|i| i.spec.type_ == IdentityType::UserAssignedMsi && !i.spec.resource_id.is_empty())
+        .map(|i| i.spec.resource_id.to_ascii_lowercase())
+}
+
 impl Plan {
+    /// The writes to make once the new records were posted and those in `failed` were not:
+    /// an identity is added to a target only while a record of that assignment exists (one
+    /// posted this pass, or one from before), so an assignment that lands is always recorded
+    /// as podid's. Otherwise a write that lands while its record's creation failed (the API
+    /// server gone for a moment) would, on the next pass, find the identity there with no
+    /// record and take it for one that was there before podid: never to be removed.
+    pub fn writes_backed(
+        &self,
+        failed: &BTreeSet<ObjectKey>,
+        existing: &[AzureAssignedIdentity],
+    ) -> BTreeMap<AssignmentTarget, TargetWrite> {
+        if failed.is_empty() {
+            return self.writes.clone();
+        }
+        let mut unbacked: BTreeSet<(&AssignmentTarget, String)> = BTreeSet::new();
+        let mut backed: BTreeSet<(&AssignmentTarget, String)> = BTreeSet::new();
+        for c in &self.create {
+            let Some(id) = record_identity(&c.item) else {
+                continue;
+            };
+            let set = if failed.contains(&key_of(&c.item)) {
+                &mut unbacked
+            } else {
+                &mut backed
+            };
+            set.extend(c.after.iter().map(|t| (t, id.clone())));
+        }
+        for u in &self.update {
+            if let Some(id) = record_identity(&u.item) {
+                backed.extend(u.after.iter().map(|t| (t, id.clone())));
+            }
+        }
+        // Records from before this pass back their identity on any target.
+        let recorded: BTreeSet<String> = existing
+            .iter()
+            .filter(|e| e.metadata.deletion_timestamp.is_none())
+            .filter_map(record_identity)
+            .collect();
+        let mut writes = self.writes.clone();
+        for (t, w) in writes.iter_mut() {
+            w.add.retain(|id| {
+                let pair = (t, id.clone());
+                !unbacked.contains(&pair) || backed.contains(&pair) || recorded.contains(id)
+            });
+        }
+        writes.retain(|_, w| !w.add.is_empty() || !w.remove.is_empty());
+        writes
+    }
+
     /// True when the pass has nothing to do.
     pub fn is_empty(&self) -> bool {
         self.create.is_empty()

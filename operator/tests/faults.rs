@@ -72,7 +72,11 @@ fn operator(
         .env("AZURE_ENVIRONMENT_FILEPATH", &env_file)
         .env("POD_NAME", name)
         .env("POD_NAMESPACE", ns)
-        .env("RUST_LOG", "podid_operator=debug,info");
+        .env(
+            "RUST_LOG",
+            std::env::var("PODID_TEST_OPERATOR_LOG")
+                .unwrap_or_else(|_| "podid_operator=debug,info".into()),
+        );
     Running::spawn(cmd, dir.join(format!("{name}.log")))
 }
 
@@ -668,13 +672,17 @@ async fn killed_at_twenty_random_moments_during_churn_it_converges_consistently(
     let mut live: BTreeMap<String, String> = BTreeMap::new();
     let mut kills = Vec::new();
     let mut next = 0usize;
-    for round in 0..20 {
+    let mut wrote_before_kill = 0;
+    for _ in 0..20 {
+        // The same replica each time, as a container the kubelet restarts in its pod: it takes
+        // its own Lease back at once.
+        let writes_before = emu.call_count("PATCH vmss");
         let mut op = operator(
             cluster,
             &emu,
             dir.path(),
             &ns.name,
-            &format!("kill-{round}"),
+            "kill",
             &pool.resource_group,
             "15s",
         );
@@ -702,19 +710,27 @@ async fn killed_at_twenty_random_moments_during_churn_it_converges_consistently(
             delete_pod(&c, &ns.name, &victim).await;
             live.remove(&victim);
         }
-        let at = Duration::from_millis(300 + rng.random_range(0..2_700));
+        let at = Duration::from_millis(500 + rng.random_range(0..3_500));
         tokio::time::sleep(at).await;
         op.assert_alive("podid-operator before its kill");
         op.kill();
         kills.push(at);
+        if emu.call_count("PATCH vmss") > writes_before {
+            wrote_before_kill += 1;
+        }
     }
+    // The kills land while the operator works, not only before it starts.
+    assert!(
+        wrote_before_kill >= 10,
+        "only {wrote_before_kill} of 20 processes wrote to ARM before their kill"
+    );
     // A last process, left running: it must finish what twenty dead ones started.
     let op = operator(
         cluster,
         &emu,
         dir.path(),
         &ns.name,
-        "kill-final",
+        "kill",
         &pool.resource_group,
         "15s",
     );
@@ -753,8 +769,9 @@ async fn killed_at_twenty_random_moments_during_churn_it_converges_consistently(
     assert_eq!(records.len(), live.len(), "one record per pod: {records:?}");
     let patches = emu.call_count("PATCH vmss");
     println!(
-        "FIGURES kill: 20 SIGKILLs at {:.1}–{:.1} s into a process's life (seed {seed}), {} pods \
-         created and {} deleted around them, {patches} scale-set writes; after the last start \
+        "FIGURES kill: 20 SIGKILLs at {:.1}–{:.1} s into a process's life (seed {seed}), \
+         {wrote_before_kill} of them after the process had written to ARM, {} pods created and \
+         {} deleted around them, {patches} scale-set writes; after the last start \
          converged in {:.1} s: records {} of {} Assigned, identities on the scale set exactly the \
          {} needed, duplicates 0",
         kills.iter().min().unwrap().as_secs_f64(),

@@ -117,6 +117,7 @@ async fn identity_add_demo_token_two_identities_exception_delete_refused() {
             &emu.arm_endpoint(),
             "https://management.azure.com",
             credential,
+            http.clone(),
         )
         .unwrap(),
         subscription_id: emu.subscription_id(),

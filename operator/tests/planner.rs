@@ -113,6 +113,8 @@ struct Sim {
     failing: BTreeSet<AssignmentTarget>,
     /// With a failing write, how many of its additions still land (a split PATCH that failed half way).
     partial: usize,
+    /// Every record the next passes post fails (the API server gone for a moment).
+    failing_creates: bool,
     /// Counters of the last pass.
     reads: usize,
     writes: usize,
@@ -151,14 +153,24 @@ impl Sim {
     }
 
     fn apply(&mut self, plan: &Plan) {
+        let before: Vec<AzureAssignedIdentity> = self.aais.values().cloned().collect();
+        let mut failed = BTreeSet::new();
         for c in &plan.create {
             let key = (c.item.namespace().unwrap(), c.item.name_any());
             assert!(!self.aais.contains_key(&key), "create of existing {key:?}");
+            if self.failing_creates {
+                failed.insert(ObjectKey {
+                    namespace: key.0,
+                    name: key.1,
+                });
+                continue;
+            }
             self.aais.insert(key, c.item.clone());
         }
         self.writes = 0;
         let mut ok = BTreeSet::new();
-        for (t, w) in &plan.writes {
+        // As the controller: only writes whose records exist.
+        for (t, w) in &plan.writes_backed(&failed, &before) {
             self.writes += 1;
             let state = self.arm.entry(t.clone()).or_default();
             if self.failing.contains(t) {
@@ -741,6 +753,28 @@ fn a_created_record_whose_pod_left_still_undoes_its_identity() {
     let plan = sim.pass();
     assert_eq!(plan.writes[&t].remove, [lrid("id1")]);
     assert!(sim.on(&t).is_empty());
+}
+
+#[test]
+fn a_write_whose_record_could_not_be_posted_is_not_made() {
+    let (mut sim, t) = one_pool(1);
+    sim.identities.push(msi("app", "id1"));
+    sim.bindings.push(binding("app", "b1", "id1", "sel"));
+    sim.pods.push(pod("app", "a", "sel", "aks-np-vmss000000"));
+    // The record's POST fails: the identity is not added without it (had it been, the next
+    // pass would find it there with no record and count it as there before podid).
+    sim.failing_creates = true;
+    let plan = sim.pass();
+    assert_eq!(plan.writes[&t].add, [lrid("id1")], "planned");
+    assert!(sim.on(&t).is_empty(), "not written without its record");
+    sim.failing_creates = false;
+    sim.pass();
+    assert_eq!(sim.on(&t), [lrid("id1")]);
+    // podid's own: it leaves with its pod.
+    sim.pods.clear();
+    sim.pass();
+    assert!(sim.on(&t).is_empty(), "{:?}", sim.on(&t));
+    assert!(sim.aais.is_empty());
 }
 
 #[test]

@@ -382,6 +382,7 @@ pub fn msi(emu: &Emulator) -> podid_azure::SerialCredentials<podid_azure::MsiCre
             &emu.arm_endpoint(),
             "https://management.azure.com",
             credential(emu),
+            reqwest::Client::new(),
         )
         .unwrap(),
     );
