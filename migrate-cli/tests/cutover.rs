@@ -493,22 +493,31 @@ async fn a_switch_cut_off_from_the_api_server_and_killed_converges_on_rerun() {
         "cut off before the last workload: {s}"
     );
     proxy.restore();
-    // The rerun, through the same (restored) path.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_podid"))
-        .args([
-            "cutover",
-            "switch",
-            "-n",
-            n,
-            "-q",
-            "--yes",
-            "--timeout",
-            "120s",
-        ])
-        .env("KUBECONFIG", &through)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
+    // The rerun, through the same (restored) path; off the test's thread, which the proxy
+    // forwards on.
+    let args: Vec<String> = [
+        "cutover",
+        "switch",
+        "-n",
+        n,
+        "-q",
+        "--yes",
+        "--timeout",
+        "120s",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let rerun_through = through.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_podid"))
+            .args(&args)
+            .env("KUBECONFIG", &rerun_through)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     for (w, b) in names.iter().zip(&before) {
         let o = rolled_out(c, n, "Deployment", w, 5).await;
