@@ -75,7 +75,10 @@ fuzz_target!(|data: &[u8]| {
     if stated("expires_on").is_none() {
         assert!(token.expires_on >= NOW, "a lifetime counts from now");
     }
-    assert!(!format!("{token:?}").contains(&token.access_token) || token.access_token.len() < 12);
+    // The token never reaches a log: Debug does not depend on it.
+    let mut other = token.clone();
+    other.access_token.push('x');
+    assert_eq!(format!("{token:?}"), format!("{other:?}"));
     let answer = token.to_msi_response(NOW);
     assert_eq!(
         answer.expires_in.parse::<u64>().ok(),
