@@ -99,7 +99,9 @@ for t in "${targets[@]}"; do
   if [ "$rc" != 0 ]; then
     reproducer=$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | tail -n 1)
     echo "---- $t: libFuzzer's report (full log: $log)"
-    grep -vE '^#[0-9]+ +(NEW|REDUCE|pulse|INITED|RELOAD)' "$log" | tail -n 40
+    # The panic and its message (the backtrace is in the log), then libFuzzer's verdict.
+    awk '/panicked at/ { p = 1 } /^stack backtrace:/ { p = 0 } p' "$log" | head -n 30
+    grep -E '^(==[0-9]+== ERROR|ALARM|SUMMARY|MS:)' "$log" | head -n 10
     echo "---- reproducer: ${reproducer:-(none written; see the log)}"
     if [ -n "$reproducer" ] && [ -f "$reproducer" ]; then
       echo "---- its first 512 bytes:"
