@@ -14,7 +14,14 @@ use podid_azure::{AzureJson, CloudConfig, CredentialConfig, Error, Overrides};
 fn scratch() -> &'static (PathBuf, PathBuf) {
     static DIR: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("podid-fuzz-azure-{}", std::process::id()));
+        // In memory where there is /dev/shm: rewriting a file on disk waits for the disk.
+        let shm = std::path::Path::new("/dev/shm");
+        let base = if shm.is_dir() {
+            shm.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
+        let dir = base.join(format!("podid-fuzz-azure-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("scratch dir");
         (dir.join("azure.json"), dir.join("environment.json"))
     })

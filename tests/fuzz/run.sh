@@ -82,7 +82,11 @@ for t in "${targets[@]}"; do
   done
   rc=0
   "$bin_dir/$t" "$corpus" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
-    -print_final_stats=1 -artifact_prefix="$artifacts/" >"$log" 2>&1 || rc=$?
+    -print_final_stats=1 -artifact_prefix="$artifacts/" >"$log" 2>&1 &
+  pid=$!
+  wait "$pid" || rc=$?
+  # azure_config's scratch files (azure.json, the environment file), named by its process.
+  rm -rf "/dev/shm/podid-fuzz-azure-$pid" "${TMPDIR:-/tmp}/podid-fuzz-azure-$pid"
   runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
   speed=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -n 1)
   cov_start=$(grep -m 1 -oE 'INITED cov: [0-9]+' "$log" | grep -oE '[0-9]+$' || true)
