@@ -117,21 +117,10 @@ impl Arm {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let text = resp.text().await.map_err(transport)?;
-        let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         if status >= 400 {
-            return Err(Error::Arm {
-                status,
-                code: json["error"]["code"]
-                    .as_str()
-                    .unwrap_or("Unknown")
-                    .to_string(),
-                message: json["error"]["message"]
-                    .as_str()
-                    .unwrap_or(&text)
-                    .to_string(),
-                retry_after,
-            });
+            return Err(Error::from_arm_answer(status, &text, retry_after));
         }
+        let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         Ok((status, op, json))
     }
 

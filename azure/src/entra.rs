@@ -103,8 +103,14 @@ pub fn public_error_detail(body: &str) -> String {
         #[serde(skip_serializing_if = "Option::is_none")]
         error_description: Option<String>,
     }
-    match serde_json::from_str::<In>(body) {
-        Ok(e) if !e.error.is_empty() => serde_json::to_string(&Out {
+    // An object only: serde would also read a struct from an array (`["…", "…"]`), passing on
+    // whatever its first two strings are.
+    let error = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .filter(serde_json::Value::is_object)
+        .and_then(|v| serde_json::from_value::<In>(v).ok());
+    match error {
+        Some(e) if !e.error.is_empty() => serde_json::to_string(&Out {
             error: clip(&e.error, 100),
             error_description: e.error_description.map(|d| clip(&d, 1024)),
         })
@@ -248,6 +254,9 @@ mod tests {
             r#"{"error":{"code":"canary"}}"#,
             r#"{"error":""}"#,
             "",
+            // Found by fuzzing (`entra_response`): an array read as the struct's fields.
+            r#"["canary","canary"]"#,
+            r#"["]"]"#,
         ] {
             let d = public_error_detail(other);
             assert!(

@@ -144,6 +144,25 @@ pub enum Error {
 }
 
 impl Error {
+    /// ARM's error answer with `status` (400 and above): the `code` and `message` of its
+    /// `{"error":{"code","message"}}` body; a body without them (an HTML page, a proxy's answer)
+    /// gives code `Unknown` and the body as the message.
+    pub fn from_arm_answer(status: u16, body: &str, retry_after: Option<u64>) -> Self {
+        let json: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+        Self::Arm {
+            status,
+            code: json["error"]["code"]
+                .as_str()
+                .unwrap_or("Unknown")
+                .to_string(),
+            message: json["error"]["message"]
+                .as_str()
+                .unwrap_or(body)
+                .to_string(),
+            retry_after,
+        }
+    }
+
     /// 429 and 5xx (and transport failures) may succeed when retried.
     pub fn is_retryable(&self) -> bool {
         match self {

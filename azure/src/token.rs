@@ -97,9 +97,15 @@ impl AccessToken {
             .and_then(Value::as_str)
             .ok_or("token response has no access_token")?
             .to_owned();
-        let expires_on = num("expires_on")
-            .or_else(|| num("expires_in").map(|s| now + s))
-            .ok_or("token response has neither expires_on nor expires_in")?;
+        let expires_on = match num("expires_on") {
+            Some(on) => on,
+            None => {
+                let lifetime = num("expires_in")
+                    .ok_or("token response has neither expires_on nor expires_in")?;
+                now.checked_add(lifetime)
+                    .ok_or("token response's expires_in is out of range")?
+            }
+        };
         Ok(Self {
             access_token,
             expires_on,
@@ -538,6 +544,20 @@ impl TokenSource for WorkloadIdentitySource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lifetime_past_the_end_of_time_is_refused_not_wrapped() {
+        // Found by fuzzing (`entra_response`): `now + expires_in` overflowed (a panic in debug
+        // builds; in release a token that had "expired" in 1970).
+        let body = serde_json::json!({"access_token": "t", "expires_in": u64::MAX});
+        assert_eq!(
+            AccessToken::from_response(&body, "r", 1_767_225_600),
+            Err("token response's expires_in is out of range".to_string())
+        );
+        let body = serde_json::json!({"access_token": "t", "expires_in": "3599"});
+        let t = AccessToken::from_response(&body, "r", 1_767_225_600).unwrap();
+        assert_eq!(t.expires_on, 1_767_229_199);
+    }
 
     #[test]
     fn resources_become_default_scopes_keeping_a_trailing_slash() {

@@ -1,5 +1,5 @@
 //! A model of the most lenient server the agent could forward to, shared by the path attack
-//! tests and the fuzz target (`nmi/fuzz`).
+//! tests and the fuzz target (`fuzz/`, `parse_request`).
 
 /// The path as the most lenient server behind the agent could read it: percent-decoded,
 /// backslashes as slashes, `;` parameters dropped, dot segments resolved, in any case.

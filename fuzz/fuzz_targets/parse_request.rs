@@ -9,7 +9,7 @@ use podid_nmi::request::{
 };
 use podid_nmi::token::imds_url;
 
-#[path = "../../tests/security/lenient.rs"]
+#[path = "../../nmi/tests/security/lenient.rs"]
 mod lenient;
 
 fuzz_target!(|data: &[u8]| {
@@ -29,7 +29,10 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(sent.path(), path);
             if r == Route::Proxy {
                 let seen = lenient::lenient_reading(sent.path());
-                assert!(!seen.starts_with("/metadata/identity/oauth2/token"), "{path}");
+                assert!(
+                    !seen.starts_with("/metadata/identity/oauth2/token"),
+                    "{path}"
+                );
                 assert!(!(block && seen.starts_with("/metadata/instance")), "{path}");
             }
         }
