@@ -99,12 +99,28 @@ fn operator_probed(
 /// one held past the operator's request timeout.
 fn a_fifth_failing(emu: &Emulator) {
     // Faults are tried in order, each at its rate: these rates give each kind 5 % of all calls.
-    let kinds: [(Option<u16>, Option<u64>, bool, Option<u64>, f64); 4] = [
-        (Some(429), Some(1), false, None, 0.05),
-        (Some(500), None, false, None, 0.05 / 0.95),
-        (None, None, true, None, 0.05 / 0.90),
-        (None, None, false, Some(SLOW_MS), 0.05 / 0.85),
-    ];
+    let throttled = Fault {
+        status: Some(429),
+        retry_after: Some(1),
+        rate: Some(0.05),
+        ..Default::default()
+    };
+    let server_error = Fault {
+        status: Some(500),
+        rate: Some(0.05 / 0.95),
+        ..Default::default()
+    };
+    let cut_off = Fault {
+        drop: true,
+        rate: Some(0.05 / 0.90),
+        ..Default::default()
+    };
+    let too_slow = Fault {
+        latency_ms: Some(SLOW_MS),
+        rate: Some(0.05 / 0.85),
+        ..Default::default()
+    };
+    let kinds = [throttled, server_error, cut_off, too_slow];
     for route in [
         "GET vmss",
         "PATCH vmss",
@@ -116,15 +132,10 @@ fn a_fifth_failing(emu: &Emulator) {
         "GET identity",
         "POST token",
     ] {
-        for (status, retry_after, drop, latency_ms, rate) in kinds {
+        for kind in &kinds {
             emu.inject(Fault {
                 route: route.into(),
-                status,
-                retry_after,
-                drop,
-                latency_ms,
-                rate: Some(rate),
-                ..Default::default()
+                ..kind.clone()
             });
         }
     }
@@ -721,14 +732,7 @@ async fn killed_at_twenty_random_moments_during_churn_it_converges_consistently(
             let name = format!("k{next}");
             next += 1;
             let sel = format!("x{}", rng.random_range(0..5));
-            pod(
-                &c,
-                &ns.name,
-                &name,
-                &pool.node_name((next % 2) as usize),
-                &sel,
-            )
-            .await;
+            pod(&c, &ns.name, &name, &pool.node_name(next % 2), &sel).await;
             live.insert(name, sel);
         }
         if live.len() > 4 {
