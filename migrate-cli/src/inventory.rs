@@ -153,14 +153,16 @@ impl Inventory {
         let group = api_version.split('/').next().unwrap_or("");
         match (group, kind) {
             (_, k) if k.ends_with("List") => {
-                let items = match v.get("items") {
-                    Some(serde_json::Value::Array(items)) => items.clone(),
+                let kind = k.to_string();
+                let mut v = v;
+                let items = match v.get_mut("items").map(serde_json::Value::take) {
+                    Some(serde_json::Value::Array(items)) => items,
                     Some(serde_json::Value::Null) | None => Vec::new(),
                     Some(_) => {
                         return Err(Error::Snapshot {
                             file: file.into(),
                             document: doc,
-                            object: kind.into(),
+                            object: kind,
                             field: "items".into(),
                             message: "must be a list of objects".into(),
                         });
@@ -220,6 +222,20 @@ impl Inventory {
 
     /// Reads one snapshot text (YAML, multi-document YAML, or JSON). `file` names it in errors.
     pub fn add_text(&mut self, text: &str, file: &str) -> Result<(), Error> {
+        let mut read = Inventory::default();
+        if fast::each_document(text, file, |_, doc| {
+            match doc {
+                fast::Doc::Object(v, doc_no) => read.add(v, file, doc_no)?,
+                fast::Doc::List(items) => read.merge(*items),
+            }
+            Ok(())
+        })
+        .is_ok()
+        {
+            self.merge(read);
+            return Ok(());
+        }
+        // The reader that names every error the same way, whatever the input.
         for (doc_no, v) in documents(text, file)? {
             self.add(v, file, doc_no)?;
         }
@@ -267,12 +283,34 @@ impl Inventory {
                 source: e,
             })?;
             let mut sections = vec![Inventory::default()];
-            for (doc_no, v) in documents(&text, &file)? {
-                if is_header(&v) && sections.last().is_some_and(|s| s.facts_recorded) {
-                    sections.push(Inventory::default());
+            let fast_read = fast::each_document(&text, &file, |_, doc| {
+                match doc {
+                    fast::Doc::Object(v, doc_no) => {
+                        if is_header(&v) && sections.last().is_some_and(|s| s.facts_recorded) {
+                            sections.push(Inventory::default());
+                        }
+                        if let Some(s) = sections.last_mut() {
+                            s.add(v, &file, doc_no)?;
+                        }
+                    }
+                    fast::Doc::List(items) => {
+                        if let Some(s) = sections.last_mut() {
+                            s.merge(*items);
+                        }
+                    }
                 }
-                if let Some(s) = sections.last_mut() {
-                    s.add(v, &file, doc_no)?;
+                Ok(())
+            });
+            if fast_read.is_err() {
+                // The reader that names every error the same way, whatever the input.
+                sections = vec![Inventory::default()];
+                for (doc_no, v) in documents(&text, &file)? {
+                    if is_header(&v) && sections.last().is_some_and(|s| s.facts_recorded) {
+                        sections.push(Inventory::default());
+                    }
+                    if let Some(s) = sections.last_mut() {
+                        s.add(v, &file, doc_no)?;
+                    }
                 }
             }
             for s in sections {
@@ -430,6 +468,171 @@ impl Inventory {
 
 const SNAPSHOT_GROUP: &str = "podid.dev";
 
+/// The fast reader of snapshot text: JSON with the JSON parser, YAML one document at a time,
+/// and the items of a List turned into typed objects one by one as they are read (never the
+/// whole List as a tree). Any input it does not read cleanly (an error, an unusual shape) is
+/// left to [`documents`], which reads everything and names errors the one way users see.
+mod fast {
+    use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+    use serde_json::Value;
+
+    use super::Inventory;
+    use crate::Error;
+
+    /// One document: an object (with its number), or the objects of a List already read.
+    pub enum Doc {
+        Object(Value, usize),
+        List(Box<Inventory>),
+    }
+
+    /// Why the fast reader gave up (the caller reads the text again with [`super::documents`]).
+    #[derive(Debug)]
+    pub struct GaveUp;
+
+    impl From<Error> for GaveUp {
+        fn from(_: Error) -> Self {
+            GaveUp
+        }
+    }
+
+    /// Calls `f` for every non-empty document of `text`, in order.
+    pub fn each_document(
+        text: &str,
+        file: &str,
+        mut f: impl FnMut(usize, Doc) -> Result<(), Error>,
+    ) -> Result<(), GaveUp> {
+        if text.trim_start().starts_with('{') {
+            let mut de = serde_json::Deserializer::from_str(text);
+            let doc = DocSeed { file, doc: 1 }
+                .deserialize(&mut de)
+                .map_err(|_| GaveUp)?;
+            de.end().map_err(|_| GaveUp)?;
+            return match doc {
+                Some(Some(d)) => Ok(f(1, d)?),
+                Some(None) => Ok(()),
+                None => Err(GaveUp),
+            };
+        }
+        for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
+            let doc_no = i + 1;
+            let seed = DocSeed { file, doc: doc_no };
+            match seed.deserialize(de).map_err(|_| GaveUp)? {
+                Some(Some(d)) => f(doc_no, d)?,
+                Some(None) => {}
+                None => return Err(GaveUp),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads one document: `Some(None)` when empty, `None` when the fast reader gives up.
+    struct DocSeed<'a> {
+        file: &'a str,
+        doc: usize,
+    }
+
+    impl<'de> DeserializeSeed<'de> for DocSeed<'_> {
+        type Value = Option<Option<Doc>>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for DocSeed<'_> {
+        type Value = Option<Option<Doc>>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a Kubernetes object or List")
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Some(None))
+        }
+
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Some(None))
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut fields = serde_json::Map::new();
+            // A List's items are read as they come (kubectl prints `items` before `kind`);
+            // whether the document is a List is known at its end.
+            let mut items: Option<Option<Inventory>> = None;
+            let mut usual = true;
+            while let Some(key) = map.next_key::<String>()? {
+                let known_not_list = fields
+                    .get("kind")
+                    .and_then(Value::as_str)
+                    .is_some_and(|k| !k.ends_with("List"));
+                if key == "items" && !known_not_list && items.is_none() {
+                    items = Some(map.next_value_seed(ItemsSeed {
+                        file: self.file,
+                        doc: self.doc,
+                    })?);
+                } else {
+                    let v: Value = map.next_value()?;
+                    if fields.insert(key, v).is_some() {
+                        usual = false;
+                    }
+                }
+            }
+            if !usual {
+                return Ok(None);
+            }
+            let Some(items) = items else {
+                return Ok(Some(Some(Doc::Object(Value::Object(fields), self.doc))));
+            };
+            let text = |k: &str| fields.get(k).and_then(Value::as_str).unwrap_or("");
+            if !text("apiVersion").is_empty() && text("kind").ends_with("List") {
+                Ok(items.map(|inv| Some(Doc::List(Box::new(inv)))))
+            } else {
+                Ok(None)
+            }
+        }
+    }
+
+    /// Reads the items of a List into an inventory: `None` when one of them is in error.
+    struct ItemsSeed<'a> {
+        file: &'a str,
+        doc: usize,
+    }
+
+    impl<'de> DeserializeSeed<'de> for ItemsSeed<'_> {
+        type Value = Option<Inventory>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for ItemsSeed<'_> {
+        type Value = Option<Inventory>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list of objects")
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Some(Inventory::default()))
+        }
+
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Some(Inventory::default()))
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut inv = Some(Inventory::default());
+            while let Some(item) = seq.next_element::<Value>()? {
+                if let Some(i) = inv.as_mut()
+                    && i.add(item, self.file, self.doc).is_err()
+                {
+                    inv = None;
+                }
+            }
+            Ok(inv)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -470,6 +673,42 @@ mod tests {
         assert_eq!(inv.cluster.oidc_issuer.as_deref(), Some("https://i/"));
         assert_eq!(inv.skipped_kinds.get("v1/Secret"), Some(&1));
         assert_eq!(inv.skipped_kinds.get("example.com/v1/Widget"), Some(&1));
+    }
+
+    #[test]
+    fn a_json_list_reads_as_the_same_objects_in_yaml_and_its_errors_read_the_same() {
+        // kubectl prints `items` before `kind`.
+        let json = r#"{"apiVersion":"v1","items":[
+            {"apiVersion":"podid.dev/v1alpha1","kind":"ClusterSnapshot","cluster":{"oidcIssuer":"https://i/"}},
+            {"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","namespace":"a","labels":{"aadpodidbinding":"x"}},"spec":{"containers":[{"name":"c"}]}},
+            {"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c","namespace":"a"}}],
+            "kind":"List","metadata":{"resourceVersion":""}}"#;
+        let yaml = "apiVersion: podid.dev/v1alpha1\nkind: ClusterSnapshot\ncluster: {oidcIssuer: 'https://i/'}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: a, labels: {aadpodidbinding: x}}\nspec: {containers: [{name: c}]}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: a}\n";
+        let (mut from_json, mut from_yaml) = (Inventory::default(), Inventory::default());
+        from_json.add_text(json, "l.json").unwrap();
+        from_yaml.add_text(yaml, "l.yaml").unwrap();
+        assert_eq!(from_json.pods, from_yaml.pods);
+        assert_eq!(from_json.pods.len(), 1);
+        assert_eq!(from_json.cluster, from_yaml.cluster);
+        assert!(from_json.facts_recorded);
+        assert_eq!(from_json.skipped_kinds, from_yaml.skipped_kinds);
+        // An object that is not a List keeps a field named `items` to itself.
+        let mut other = Inventory::default();
+        other
+            .add_text(
+                r#"{"apiVersion":"example.com/v1","items":[1],"kind":"Widget"}"#,
+                "w.json",
+            )
+            .unwrap();
+        assert_eq!(other.skipped_kinds.get("example.com/v1/Widget"), Some(&1));
+        let e = Inventory::default()
+            .add_text(&json.replace(r#"[{"name":"c"}]"#, r#""oops""#), "l.json")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("l.json: document 1 (Pod a/p): spec.containers: invalid type"),
+            "{e}"
+        );
     }
 
     #[test]
