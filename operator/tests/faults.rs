@@ -644,6 +644,9 @@ async fn api_server_and_etcd_restarts_and_expired_watches_are_recovered_in_proce
     emu.clear_faults();
     drop(op);
     drop(nmi);
+    // The tests after this one need the controllers' watches (ServiceAccounts of new
+    // namespaces, pods run by kwok): start them afresh.
+    cluster.restart_controllers().await.unwrap();
 }
 
 /// The operator SIGKILLed at 20 random moments during churn (pods and bindings changing, ARM

@@ -663,7 +663,33 @@ impl Cluster {
             .create(&PostParams::default(), &ns)
             .await
             .expect("create test namespace");
+        // With the controllers running, pods need the namespace's default ServiceAccount (the
+        // ServiceAccount admission plugin): wait for kube-controller-manager to make it.
+        if *self.workloads.lock().expect("lock") {
+            let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+                Api::namespaced(client.clone(), &name);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            while sas.get_opt("default").await.ok().flatten().is_none() {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no default ServiceAccount in {name} after 60 s: is kube-controller-manager running?"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
         TestNamespace { name, client }
+    }
+
+    /// Restarts the second tier's processes (kube-controller-manager, kube-scheduler, kwok),
+    /// as after control-plane faults a real cluster's would be: their watches start afresh.
+    pub async fn restart_controllers(&self) -> Result<(), Error> {
+        if !*self.workloads.lock().expect("lock") {
+            return Ok(());
+        }
+        for name in ["kube-controller-manager", "kube-scheduler", "kwok"] {
+            process::restart(name, Duration::ZERO).await?;
+        }
+        Ok(())
     }
 
     /// Starts the second tier once (kube-controller-manager, kube-scheduler, kwok), so
