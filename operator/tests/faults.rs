@@ -46,6 +46,26 @@ async fn emulator(cluster: &Cluster) -> Emulator {
     emu
 }
 
+/// `n` user-assigned identities `<prefix>0…` in ARM, each with its AzureIdentity and its
+/// binding in `ns`, named alike, selecting pods labelled with the same name.
+async fn bound_identities(
+    emu: &Emulator,
+    c: &kube::Client,
+    ns: &str,
+    prefix: &str,
+    n: usize,
+) -> Vec<podid_azure_emulator::state::Identity> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let name = format!("{prefix}{i}");
+        let id = emu.add_identity("rg", &name);
+        identity(c, ns, &name, 0, &id.id, &id.client_id).await;
+        binding(c, ns, &name, &name, &name).await;
+        ids.push(id);
+    }
+    ids
+}
+
 /// One podid-operator process: standard mode, bridge on, Lease in `ns`, ARM and Entra from
 /// the emulator.
 fn operator(
@@ -328,9 +348,7 @@ async fn a_fifth_of_azure_calls_failing_during_churn_and_bridge_work() {
     emu.preassign(&vmss, &kubelet.id);
     let foreign = emu.add_identity("rg", "other-tool");
     emu.preassign(&vmss, &foreign.id);
-    let ids: Vec<_> = (0..4)
-        .map(|i| emu.add_identity("rg", &format!("az{i}")))
-        .collect();
+    let ids = bound_identities(&emu, &c, &ns.name, "az", 4).await;
     // A credential someone made by hand on a bound identity: never the bridge's to remove.
     emu.add_federated_credential(
         &ids[0].id,
@@ -342,17 +360,6 @@ async fn a_fifth_of_azure_calls_failing_during_churn_and_bridge_work() {
         },
     )
     .unwrap();
-    for (i, id) in ids.iter().enumerate() {
-        identity(&c, &ns.name, &format!("az{i}"), 0, &id.id, &id.client_id).await;
-        binding(
-            &c,
-            &ns.name,
-            &format!("az{i}"),
-            &format!("az{i}"),
-            &format!("az{i}"),
-        )
-        .await;
-    }
     deployments(&c, &ns.name, "az0", 3).await;
     a_fifth_failing(&emu);
     let dir = tempfile::tempdir().unwrap();
@@ -503,20 +510,7 @@ async fn api_server_and_etcd_restarts_and_expired_watches_are_recovered_in_proce
     cluster.add_nodes(&pool).await.expect("fake node ready");
     let emu = emulator(cluster).await;
     let vmss = emu.add_scale_set(&pool.resource_group, &pool.scale_set, 1);
-    let ids: Vec<_> = (0..4)
-        .map(|i| emu.add_identity("rg", &format!("k{i}")))
-        .collect();
-    for (i, id) in ids.iter().enumerate() {
-        identity(&c, &ns.name, &format!("k{i}"), 0, &id.id, &id.client_id).await;
-        binding(
-            &c,
-            &ns.name,
-            &format!("k{i}"),
-            &format!("k{i}"),
-            &format!("k{i}"),
-        )
-        .await;
-    }
+    let ids = bound_identities(&emu, &c, &ns.name, "k", 4).await;
     // Writes take a while, so that a restart lands in the middle of a pass.
     emu.inject(Fault {
         route: "PATCH vmss".into(),
@@ -666,20 +660,7 @@ async fn killed_at_twenty_random_moments_during_churn_it_converges_consistently(
     let vmss = emu.add_scale_set(&pool.resource_group, &pool.scale_set, 2);
     let kubelet = emu.add_identity(&pool.resource_group, "kubelet");
     emu.preassign(&vmss, &kubelet.id);
-    let ids: Vec<_> = (0..5)
-        .map(|i| emu.add_identity("rg", &format!("x{i}")))
-        .collect();
-    for (i, id) in ids.iter().enumerate() {
-        identity(&c, &ns.name, &format!("x{i}"), 0, &id.id, &id.client_id).await;
-        binding(
-            &c,
-            &ns.name,
-            &format!("x{i}"),
-            &format!("x{i}"),
-            &format!("x{i}"),
-        )
-        .await;
-    }
+    let ids = bound_identities(&emu, &c, &ns.name, "x", 5).await;
     emu.inject(Fault {
         route: "PATCH vmss".into(),
         latency_ms: Some(400),

@@ -257,6 +257,45 @@ pub struct Cluster {
     workloads: Mutex<bool>,
 }
 
+/// Waits (60 s at most) until etcd at `url` (`http://127.0.0.1:<port>`) answers its health check.
+async fn wait_etcd(url: &str) -> Result<(), Error> {
+    let http = reqwest::Client::new();
+    let url = format!("{url}/health");
+    process::wait_ready("etcd", 60, || {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            http.get(url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        }
+    })
+    .await
+}
+
+/// Waits (120 s at most) until the kube-apiserver at `server`, whose serving certificate
+/// `ca_pem` signed, is ready (`/readyz`, anonymously).
+async fn wait_apiserver(server: &str, ca_pem: &str) -> Result<(), Error> {
+    let anon = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(ca_pem.as_bytes())
+                .map_err(|e| Error::Kubeconfig(e.to_string()))?,
+        )
+        .build()
+        .map_err(|e| Error::Kubeconfig(e.to_string()))?;
+    let url = format!("{server}/readyz");
+    process::wait_ready("kube-apiserver", 120, || {
+        let (anon, url) = (anon.clone(), url.clone());
+        async move {
+            anon.get(url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        }
+    })
+    .await
+}
+
 static SHARED: OnceLock<Cluster> = OnceLock::new();
 
 /// The range kwok gives pod IPs from; a test can bind these addresses on loopback.
@@ -335,17 +374,7 @@ impl Cluster {
             &dir,
             process::Order::Last,
         )?;
-        let http = reqwest::Client::new();
-        process::wait_ready("etcd", 60, || {
-            let http = http.clone();
-            async move {
-                http.get(format!("http://127.0.0.1:{etcd_client}/health"))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            }
-        })
-        .await?;
+        wait_etcd(&format!("http://127.0.0.1:{etcd_client}")).await?;
 
         let port = process::free_port()?;
         let server = format!("https://127.0.0.1:{port}");
@@ -379,24 +408,7 @@ impl Cluster {
             &dir,
             process::Order::First,
         )?;
-        let anon = reqwest::Client::builder()
-            .add_root_certificate(
-                reqwest::Certificate::from_pem(pki.ca_pem.as_bytes())
-                    .map_err(|e| Error::Kubeconfig(e.to_string()))?,
-            )
-            .build()
-            .map_err(|e| Error::Kubeconfig(e.to_string()))?;
-        process::wait_ready("kube-apiserver", 120, || {
-            let anon = anon.clone();
-            let url = format!("{server}/readyz");
-            async move {
-                anon.get(url)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            }
-        })
-        .await?;
+        wait_apiserver(&server, &pki.ca_pem).await?;
 
         let kubeconfig = dir.join("kubeconfig");
         std::fs::write(&kubeconfig, pki.kubeconfig(&server))?;
@@ -481,42 +493,14 @@ impl Cluster {
     /// it: keep such tests in a binary of their own.
     pub async fn restart_apiserver(&self, down: Duration) -> Result<(), Error> {
         process::restart("kube-apiserver", down).await?;
-        let anon = reqwest::Client::builder()
-            .add_root_certificate(
-                reqwest::Certificate::from_pem(self.ca_pem.as_bytes())
-                    .map_err(|e| Error::Kubeconfig(e.to_string()))?,
-            )
-            .build()
-            .map_err(|e| Error::Kubeconfig(e.to_string()))?;
-        let url = format!("{}/readyz", self.server);
-        process::wait_ready("kube-apiserver", 120, || {
-            let (anon, url) = (anon.clone(), url.clone());
-            async move {
-                anon.get(url)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            }
-        })
-        .await
+        wait_apiserver(&self.server, &self.ca_pem).await
     }
 
     /// Kills etcd (SIGKILL), leaves it down for `down`, starts it again on the same data and
     /// waits until it answers. The kube-apiserver stays up and fails its requests meanwhile.
     pub async fn restart_etcd(&self, down: Duration) -> Result<(), Error> {
         process::restart("etcd", down).await?;
-        let http = reqwest::Client::new();
-        let url = format!("{}/health", self.etcd);
-        process::wait_ready("etcd", 60, || {
-            let (http, url) = (http.clone(), url.clone());
-            async move {
-                http.get(url)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            }
-        })
-        .await?;
+        wait_etcd(&self.etcd).await?;
         // And the API server reaches it again.
         let client = self.client().await?;
         process::wait_ready("kube-apiserver", 60, || {
