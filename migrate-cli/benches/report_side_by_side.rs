@@ -28,16 +28,10 @@ use futures::{StreamExt, TryStreamExt};
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::discovery::ApiResource;
 use serde_json::{Value, json};
+use podid_testkit::bench::{ChartRow, Panel, Series, bar_chart, env_usize, median};
 
 #[path = "../tests/support/mod.rs"]
 mod support;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// One run of a process: wall time and peak resident set size.
 #[derive(Clone, Copy, Debug)]
@@ -80,19 +74,6 @@ fn measure(cmd: &mut Command, ok_codes: &[i32], rss_file: &Path) -> anyhow::Resu
         .find_map(|l| l.trim().parse().ok())
         .with_context(|| format!("/usr/bin/time wrote {rss:?}"))?;
     Ok(Sample { wall, rss_kib })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 /// Median wall seconds and median peak RSS in MiB of some samples.
@@ -457,52 +438,23 @@ fn main() -> anyhow::Result<()> {
 
 /// A bar chart of the medians: wall time (left) and peak RSS (right) per row, podid and azwi.
 fn chart(rows: &[Row]) -> String {
-    let (w, row_h, left) = (860.0, 70.0, 250.0);
-    let h = 60.0 + row_h * rows.len() as f64;
-    let half = (w - left - 40.0) / 2.0;
-    let max_s = rows
+    let series = [
+        Series { name: "podid".into(), color: "#2b6cb0" },
+        Series { name: "azwi podidentity detect".into(), color: "#c05621" },
+    ];
+    let panels = [
+        Panel { title: "wall time, s (median)".into(), decimals: 2 },
+        Panel { title: "peak RSS, MiB (median)".into(), decimals: 0 },
+    ];
+    let rows: Vec<ChartRow> = rows
         .iter()
-        .flat_map(|r| [r.podid.0, r.other.as_ref().map_or(0.0, |o| o.1)])
-        .fold(0.0, f64::max);
-    let max_m = rows
-        .iter()
-        .flat_map(|r| [r.podid.1, r.other.as_ref().map_or(0.0, |o| o.2)])
-        .fold(0.0, f64::max);
-    let mut s = format!(
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
-<text x="{left}" y="20" font-weight="bold">wall time, s (median)</text>
-<text x="{}" y="20" font-weight="bold">peak RSS, MiB (median)</text>
-<rect x="10" y="30" width="12" height="12" fill="#2b6cb0"/><text x="26" y="41">podid</text>
-<rect x="80" y="30" width="12" height="12" fill="#c05621"/><text x="96" y="41">azwi podidentity detect</text>
-"##,
-        left + half + 20.0
-    );
-    for (i, r) in rows.iter().enumerate() {
-        let y = 60.0 + row_h * i as f64;
-        s += &format!("<text x=\"10\" y=\"{}\">{}</text>\n", y + 22.0, r.name);
-        let bars = [
-            Some(("#2b6cb0", r.podid.0, r.podid.1)),
-            r.other.as_ref().map(|o| ("#c05621", o.1, o.2)),
-        ];
-        for (j, b) in bars.iter().flatten().enumerate() {
-            let by = y + 4.0 + 24.0 * j as f64;
-            let (ws, wm) = (
-                (b.1 / max_s * (half - 60.0)).max(1.0),
-                (b.2 / max_m * (half - 60.0)).max(1.0),
-            );
-            s += &format!(
-                "<rect x=\"{left}\" y=\"{by}\" width=\"{ws:.1}\" height=\"18\" fill=\"{c}\"/><text x=\"{}\" y=\"{}\">{:.2}</text>\n\
-                 <rect x=\"{}\" y=\"{by}\" width=\"{wm:.1}\" height=\"18\" fill=\"{c}\"/><text x=\"{}\" y=\"{}\">{:.0}</text>\n",
-                left + ws + 4.0,
-                by + 13.0,
-                b.1,
-                left + half + 20.0,
-                left + half + 24.0 + wm,
-                by + 13.0,
-                b.2,
-                c = b.0,
-            );
-        }
-    }
-    s + "</svg>\n"
+        .map(|r| ChartRow {
+            name: r.name.clone(),
+            values: vec![
+                vec![Some(r.podid.0), Some(r.podid.1)],
+                vec![r.other.as_ref().map(|o| o.1), r.other.as_ref().map(|o| o.2)],
+            ],
+        })
+        .collect();
+    bar_chart(&series, &panels, &rows)
 }

@@ -11,6 +11,7 @@
 //! # }
 //! ```
 
+pub mod bench;
 pub mod builders;
 pub mod exposition;
 mod pki;
