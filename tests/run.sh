@@ -42,9 +42,10 @@ status=0
 cargo test --workspace --locked "$@" || status=$?
 
 # The compatibility selection on the oldest Kubernetes podid is tested on (docs/compatibility.md):
-# the CRD tests, the chart's profiles and NET_RAW policy, and one operator, node-agent and
-# report scenario, against its kube-apiserver
-# (etcd, kwok and the controllers stay the current ones). Skipped when arguments narrow the run.
+# the CRD tests (the committed file for that server and `podid crds apply`), the chart's profiles
+# and NET_RAW policy, and one operator, node-agent and report scenario, against its
+# kube-apiserver, kube-controller-manager and kube-scheduler (etcd and kwok stay the current
+# ones). Skipped when arguments narrow the run.
 if [ $# -eq 0 ] && [ -x tests/cluster/build.sh ]; then
   PODID_K8S_APISERVER="$(tests/cluster/build.sh --oldest | tail -n 1)"
   export PODID_K8S_APISERVER
@@ -56,7 +57,8 @@ if [ $# -eq 0 ] && [ -x tests/cluster/build.sh ]; then
     generated_crd_yaml_applies malformed_objects_are_rejected objects_written_by_the_original \
     every_profile_applies_server_side the_net_raw_policy_rejects_pods_keeping_net_raw \
     a_bound_pod_gets_its_identity_on_the_scale_set workloads_on_pod_identity_get_proven \
-    managed_mode_security_matrix live_report_equals_report_of_its_snapshot || status=$?
+    managed_mode_security_matrix live_report_equals_report_of_its_snapshot \
+    crds_apply_picks_the_variant_for_the_server || status=$?
   unset PODID_K8S_APISERVER
 fi
 if [ -s "$PODID_SKIP_LOG" ]; then

@@ -137,6 +137,15 @@ pub fn crds_for(minor: u32) -> Vec<CustomResourceDefinition> {
 /// The file of the CRDs for servers before [`SELECTABLE_FIELDS_MINOR`], next to `crds.yaml`.
 pub const PRE_SELECTABLE_FIELDS_FILE: &str = "crds-pre-1.31.yaml";
 
+/// The committed file holding [`crds_yaml_for`]`(minor)`, relative to `crds/`.
+pub fn crds_file_for(minor: u32) -> &'static str {
+    if minor >= SELECTABLE_FIELDS_MINOR {
+        "crds.yaml"
+    } else {
+        PRE_SELECTABLE_FIELDS_FILE
+    }
+}
+
 /// [`crds_for`] as YAML: `crds/crds.yaml` for 1.31 and later, `crds/crds-pre-1.31.yaml` before.
 pub fn crds_yaml_for(minor: u32) -> Result<String, Error> {
     if minor >= SELECTABLE_FIELDS_MINOR {

@@ -332,3 +332,61 @@ async fn a_fleet_of_contexts_is_one_report_and_one_cluster_reached_twice_counts_
     assert!(table.contains(&format!("two       {n}")), "{table}");
     assert!(table.contains("CLUSTER FINDINGS"), "{table}");
 }
+
+/// `podid crds apply` reads the server's version and applies the CRDs made for it: on a server
+/// before 1.31 the variant without `selectableFields` (a 1.30 server would drop the field, or
+/// refuse it under strict validation), from 1.31 on the full one; each is Established after.
+#[tokio::test]
+async fn crds_apply_picks_the_variant_for_the_server_and_each_is_established() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let cluster = tokio::task::spawn_blocking(Cluster::shared).await.unwrap();
+    let client = cluster.client().await.unwrap();
+    let version = client.apiserver_version().await.unwrap();
+    let minor = podid_crds::kube_minor(&version.minor).expect("a known minor");
+
+    let dry = podid(cluster, &["crds", "apply", "--dry-run"]);
+    assert!(dry.status.success(), "{}", String::from_utf8_lossy(&dry.stderr));
+    let dry = String::from_utf8_lossy(&dry.stdout).into_owned();
+    let out = podid(cluster, &["crds", "apply"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let ours = podid_crds::crds_for(minor);
+    assert!(ours.len() >= 4, "{ours:?}");
+    for crd in &ours {
+        let name = crd.metadata.name.as_deref().unwrap();
+        assert!(
+            dry.contains(&format!("{name} would be applied (for {})", version.git_version)),
+            "{dry}"
+        );
+        assert!(
+            out.contains(&format!("{name} applied (for {})", version.git_version)),
+            "{out}"
+        );
+        let live = crds.get(name).await.unwrap();
+        let established = live
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Established" && c.status == "True"));
+        assert!(established, "{name} is not Established");
+        // What the server kept of `selectableFields` is what was sent for its version.
+        let kept = live
+            .spec
+            .versions
+            .iter()
+            .any(|v| v.selectable_fields.as_ref().is_some_and(|f| !f.is_empty()));
+        let sent = crd
+            .spec
+            .versions
+            .iter()
+            .any(|v| v.selectable_fields.as_ref().is_some_and(|f| !f.is_empty()));
+        assert_eq!(
+            sent,
+            minor >= podid_crds::SELECTABLE_FIELDS_MINOR,
+            "{name}: the variant for 1.{minor}"
+        );
+        assert_eq!(kept, sent, "{name} on {}", version.git_version);
+    }
+}

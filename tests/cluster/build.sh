@@ -41,13 +41,17 @@ build() { # name module-dir package ldflags
   echo "built $name in $((SECONDS - t0))s" >&2
 }
 
-# `--oldest`: only the kube-apiserver of the oldest Kubernetes podid is tested on
-# (tests/cluster/k8s-oldest, docs/compatibility.md); prints its path on the last line.
+# `--oldest`: the kube-apiserver, kube-controller-manager and kube-scheduler of the oldest
+# Kubernetes podid is tested on (tests/cluster/k8s-oldest, docs/compatibility.md), side by side;
+# prints the kube-apiserver's path on the last line.
 if [ "${1:-}" = "--oldest" ]; then
   K8S_VERSION="$(modver k8s-oldest k8s.io/kubernetes)"
   bin="$cache/k8s-$K8S_VERSION/bin"
   mkdir -p "$bin"
-  build kube-apiserver k8s-oldest k8s.io/kubernetes/cmd/kube-apiserver "$(stamp_k8s)"
+  oldest_flags="$(stamp_k8s)"
+  build kube-apiserver k8s-oldest k8s.io/kubernetes/cmd/kube-apiserver "$oldest_flags"
+  build kube-controller-manager k8s-oldest k8s.io/kubernetes/cmd/kube-controller-manager "$oldest_flags"
+  build kube-scheduler k8s-oldest k8s.io/kubernetes/cmd/kube-scheduler "$oldest_flags"
   echo "$bin/kube-apiserver"
   exit 0
 fi

@@ -152,15 +152,19 @@ fn cache_dir() -> PathBuf {
 }
 
 /// `$PODID_K8S_APISERVER`: another kube-apiserver (the oldest supported Kubernetes, built by
-/// tests/cluster/build.sh) with the same etcd, kwok and controllers; `tests/run.sh` runs the
-/// compatibility selection with it (docs/compatibility.md).
+/// tests/cluster/build.sh), with the kube-controller-manager and kube-scheduler of its release
+/// from the same directory (the control plane's version-skew rule: none newer than the API
+/// server) and the same etcd and kwok; `tests/run.sh` runs the compatibility selection with it
+/// (docs/compatibility.md).
 pub const APISERVER_ENV: &str = "PODID_K8S_APISERVER";
 
 fn binary(name: &str) -> Result<PathBuf, Error> {
-    if name == "kube-apiserver"
-        && let Some(p) = std::env::var_os(APISERVER_ENV).filter(|p| !p.is_empty())
+    if matches!(
+        name,
+        "kube-apiserver" | "kube-controller-manager" | "kube-scheduler"
+    ) && let Some(apiserver) = std::env::var_os(APISERVER_ENV).filter(|p| !p.is_empty())
     {
-        let p = PathBuf::from(p);
+        let p = PathBuf::from(apiserver).with_file_name(name);
         return match p.is_file() {
             true => Ok(p),
             false => Err(Error::MissingBinary(p.display().to_string())),
