@@ -28,7 +28,7 @@ use podid_testkit::{Cluster, NodePool};
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
-use common::process::{Running, cloud_config, free_port};
+use common::process::{Running, cloud_config, free_port, podid_nmi_binary};
 use common::{
     APP, binding, clean_slate, delete_pod, identity, on_machine, one_controller_at_a_time, pod,
     wait_assigned,
@@ -247,17 +247,7 @@ fn subjects(emu: &Emulator, identity_id: &str) -> BTreeMap<String, usize> {
 /// for `node` with the emulator's IMDS for the scale set's first instance (no iptables: pods
 /// call it directly). Returns the process and its address.
 fn agent(cluster: &Cluster, dir: &Path, node: &str, imds: &str) -> (Running, String) {
-    let bin = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .and_then(|d| d.parent())
-        .unwrap()
-        .join("podid-nmi");
-    assert!(
-        bin.is_file(),
-        "{} is not built: run the workspace's tests (tests/run.sh) or cargo build -p podid-nmi",
-        bin.display()
-    );
+    let bin = podid_nmi_binary().unwrap_or_else(|e| panic!("{e}"));
     let port = free_port();
     let mut cmd = std::process::Command::new(bin);
     cmd.arg(format!("--node={node}"))

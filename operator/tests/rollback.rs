@@ -13,7 +13,7 @@ mod live;
 use std::process::Command;
 use std::time::Duration;
 
-use common::process::{Running, cloud_config, free_port};
+use common::process::{Running, cloud_config, free_port, podid_nmi_binary};
 use common::*;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
@@ -201,12 +201,7 @@ async fn the_original_nmi_serves_pods_from_what_podid_left() {
     // The original NMI; then podid-nmi's binary exactly as the original's DaemonSet runs its
     // image (tests/fixtures/original-deployment-args.yaml: its arguments and environment, the
     // kubelet's /etc/default/kubelet mounted, here in a mount namespace of its own).
-    let podid_nmi = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .and_then(|d| d.parent())
-        .unwrap()
-        .join("podid-nmi");
+    let podid_nmi = podid_nmi_binary();
     for who in [
         "the original NMI",
         "podid-nmi with the original's DaemonSet arguments",
@@ -214,16 +209,16 @@ async fn the_original_nmi_serves_pods_from_what_podid_left() {
         let mut agent = if who == "the original NMI" {
             net.original_nmi(&nmi, cluster, &node, &ns.name)
         } else {
-            if !podid_nmi.is_file() {
-                podid_testkit::prereq::skip(
-                    "rollback::the_original_nmi_serves_pods_from_what_podid_left",
-                    &format!(
-                        "{} is not built (cargo build -p podid-nmi)",
-                        podid_nmi.display()
-                    ),
-                );
-                break;
-            }
+            let podid_nmi = match &podid_nmi {
+                Ok(bin) => bin,
+                Err(e) => {
+                    podid_testkit::prereq::skip(
+                        "rollback::the_original_nmi_serves_pods_from_what_podid_left",
+                        e,
+                    );
+                    break;
+                }
+            };
             let script = "mount -t tmpfs tmpfs /etc/default && echo 'KUBELET_FLAGS=--network-plugin=azure' > /etc/default/kubelet && exec \"$0\" \"$@\"";
             let mut args: Vec<String> = ["-m", "sh", "-c", script].map(str::to_owned).to_vec();
             args.push(podid_nmi.display().to_string());

@@ -123,3 +123,21 @@ pub fn cloud_config(
     .unwrap();
     (azure_json, env_file, ca)
 }
+
+/// podid-nmi's binary, which `cargo test --workspace` builds beside the test binaries
+/// (`target/<profile>/podid-nmi`); an error naming how to build it when it is not there.
+pub fn podid_nmi_binary() -> Result<PathBuf, String> {
+    let bin = std::env::current_exe()
+        .expect("test binary path")
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>")
+        .join("podid-nmi");
+    match bin.is_file() {
+        true => Ok(bin),
+        false => Err(format!(
+            "{} is not built: run the workspace's tests (tests/run.sh) or cargo build -p podid-nmi",
+            bin.display()
+        )),
+    }
+}
