@@ -54,7 +54,8 @@ impl ProcUsage {
         let rest = &stat[stat.rfind(')')? + 2..];
         let fields: Vec<&str> = rest.split_whitespace().collect();
         // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
-        let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        let ticks: u64 =
+            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -202,12 +203,24 @@ mod tests {
     fn the_chart_draws_a_labelled_bar_per_value_scaled_per_panel() {
         let svg = bar_chart(
             &[
-                Series { name: "podid".into(), color: "#2b6cb0" },
-                Series { name: "original <v1>".into(), color: "#c05621" },
+                Series {
+                    name: "podid".into(),
+                    color: "#2b6cb0",
+                },
+                Series {
+                    name: "original <v1>".into(),
+                    color: "#c05621",
+                },
             ],
             &[
-                Panel { title: "req/s".into(), decimals: 0 },
-                Panel { title: "MiB".into(), decimals: 1 },
+                Panel {
+                    title: "req/s".into(),
+                    decimals: 0,
+                },
+                Panel {
+                    title: "MiB".into(),
+                    decimals: 1,
+                },
             ],
             &[ChartRow {
                 name: "warm".into(),
@@ -215,9 +228,15 @@ mod tests {
             }],
         );
         assert_eq!(svg.matches("<rect").count(), 2 + 3, "{svg}");
-        assert!(svg.contains(">2000</text>") && svg.contains(">20.0</text>"), "{svg}");
+        assert!(
+            svg.contains(">2000</text>") && svg.contains(">20.0</text>"),
+            "{svg}"
+        );
         assert!(svg.contains("original &lt;v1&gt;"), "{svg}");
         // The largest of a panel spans the panel; half of it, half as wide.
-        assert!(svg.contains("width=\"230.0\"") && svg.contains("width=\"115.0\""), "{svg}");
+        assert!(
+            svg.contains("width=\"230.0\"") && svg.contains("width=\"115.0\""),
+            "{svg}"
+        );
     }
 }
