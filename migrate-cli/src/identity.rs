@@ -983,22 +983,28 @@ pub fn identity_rows(
                         .is_some_and(|v| selectors.contains(v))
                 })
                 .count();
+            // The bridge names the identity `<namespace>/<name>`; the workload may live in
+            // another namespace (a binding that is not namespaced), which is then shown.
+            let full = format!("{ns}/{name}");
             let migration = records
                 .iter()
-                .filter(|r| r.metadata.namespace.as_deref() == Some(ns.as_str()))
                 .filter_map(|r| {
                     let status = r.status.as_ref()?;
                     status
                         .identities
                         .iter()
-                        .any(|m| m.azure_identity == name)
+                        .any(|m| m.azure_identity == full)
                         .then(|| {
                             let stage = status
                                 .stage
                                 .or(r.spec.stage)
                                 .map_or("Recorded", podid_crds::migration::Stage::as_str);
+                            let workload_ns = match r.metadata.namespace.as_deref() {
+                                Some(w) if w != ns => format!("{w}/"),
+                                _ => String::new(),
+                            };
                             format!(
-                                "{}/{} {stage}",
+                                "{workload_ns}{}/{} {stage}",
                                 r.spec.workload.kind.to_ascii_lowercase(),
                                 r.spec.workload.name
                             )
@@ -1526,14 +1532,48 @@ mod tests {
             pod("apps", "api"),
             pod("other", "web"),
         ];
-        let rows = identity_rows(&[i], &[b], &pods, &[], None);
+        // The bridge's records name the AzureIdentity `<namespace>/<name>`.
+        let record = |ns: &str, workload: &str, identity: &str, stage: Option<&str>| {
+            serde_json::from_value::<podid_crds::migration::WorkloadMigration>(serde_json::json!({
+                "metadata": {"name": format!("deployment-{workload}"), "namespace": ns},
+                "spec": {"workload": {"kind": "Deployment", "name": workload}},
+                "status": {
+                    "identities": [{"azureIdentity": identity, "clientID": "c"}],
+                    "stage": stage,
+                },
+            }))
+            .unwrap()
+        };
+        let records = [
+            record("apps", "web", "apps/app", Some("Bridged")),
+            record("apps", "api", "apps/other", Some("Switched")),
+            record("other", "batch", "apps/app", None),
+            record("other", "cron", "other/app", Some("Completed")),
+        ];
+        let rows = identity_rows(&[i], &[b], &pods, &records, None);
         assert_eq!(rows[0].pods, 2);
         assert_eq!(rows[0].selectors, ["web"]);
+        assert_eq!(
+            rows[0].migration,
+            ["deployment/web Bridged", "other/deployment/batch Recorded"]
+        );
         let table = render_identities(&rows, Output::Table).unwrap();
         assert!(table.starts_with("NAMESPACE"), "{table}");
-        assert!(table.contains("apps"), "{table}");
+        let header: Vec<&str> = table.lines().next().unwrap().split("   ").collect();
+        assert_eq!(
+            header.last().map(|h| h.trim()),
+            Some("MIGRATION"),
+            "{table}"
+        );
+        let row = table.lines().nth(1).unwrap();
+        assert!(row.starts_with("apps"), "{table}");
+        assert!(
+            row.ends_with("deployment/web Bridged,other/deployment/batch Recorded"),
+            "{table}"
+        );
         let json: serde_json::Value =
             serde_json::from_str(&render_identities(&rows, Output::Json).unwrap()).unwrap();
         assert_eq!(json[0]["pods"], 2);
+        assert_eq!(json[0]["migration"][0], "deployment/web Bridged");
     }
 }
