@@ -356,15 +356,17 @@ pub fn add_objects(
 pub struct DeletePlan {
     /// podid's bindings of the identity (in its namespace).
     pub bindings: Vec<String>,
-    /// Node-pool targets to take the Azure identity off: all but the pre-existing ones, and
-    /// none while another managed AzureIdentity of the same Azure identity remains.
+    /// Node-pool targets to take the Azure identity off: the node pools and those recorded as
+    /// given it by podid (a pool scaled to zero has no node), all but the pre-existing ones,
+    /// and none while another managed AzureIdentity of the same Azure identity remains.
     pub unassign: Vec<AssignmentTarget>,
     /// The role assignment to delete (podid's, and only with the last such AzureIdentity).
     pub role_assignment: Option<String>,
 }
 
 /// Decides what deleting managed AzureIdentity `target` removes, given every AzureIdentity and
-/// binding in the cluster and the node-pool targets.
+/// binding in the cluster and the node-pool targets (from the nodes; the targets recorded in
+/// its assigned-targets annotation are added).
 pub fn plan_delete(
     target: &AzureIdentity,
     identities: &[AzureIdentity],
@@ -394,10 +396,19 @@ pub fn plan_delete(
         return plan;
     }
     let kept = preexisting_targets(target);
+    let mut seen = BTreeSet::new();
     plan.unassign = pools
         .iter()
-        .filter(|t| !kept.contains(&t.arm_id().to_ascii_lowercase()))
         .cloned()
+        .chain(
+            assigned_targets(target)
+                .iter()
+                .filter_map(|id| AssignmentTarget::from_arm_id(id)),
+        )
+        .filter(|t| {
+            let id = t.arm_id().to_ascii_lowercase();
+            !kept.contains(&id) && seen.insert(id)
+        })
         .collect();
     plan.role_assignment = role_assignment(target).map(str::to_owned);
     plan
@@ -819,7 +830,12 @@ pub async fn run_delete(
     let mut unassign = Vec::new();
     if let Some(azure) = azure {
         for t in &plan.unassign {
-            let current = azure.arm.identities(t).await?;
+            let current = match azure.arm.identities(t).await {
+                Ok(c) => c,
+                // A recorded pool that is gone carries nothing.
+                Err(e) if arm_not_found(&e) => continue,
+                Err(e) => return Err(e.into()),
+            };
             if current.user_assigned.contains(&rid.to_ascii_lowercase()) {
                 unassign.push((t.clone(), current));
             }
@@ -1491,6 +1507,46 @@ mod tests {
         let plan = plan_delete(&target, &[target.clone(), other], &[binding], &pools);
         assert!(plan.unassign.is_empty());
         assert_eq!(plan.role_assignment, None);
+    }
+
+    #[test]
+    fn delete_takes_the_identity_off_recorded_pools_without_nodes() {
+        let pool = |n: &str| AssignmentTarget {
+            subscription: "s".into(),
+            resource_group: "MC_rg".into(),
+            name: n.into(),
+            is_scale_set: true,
+        };
+        let lower = |t: AssignmentTarget| t.arm_id().to_ascii_lowercase();
+        let target = add_objects(
+            "apps",
+            "app",
+            RID,
+            "c",
+            None,
+            &BTreeSet::from([lower(pool("pre"))]),
+            &BTreeSet::from([lower(pool("a")), lower(pool("zero"))]),
+            None,
+        )
+        .identity;
+        // Pool "zero" was scaled to zero: no node names it, the annotation does.
+        let plan = plan_delete(
+            &target,
+            std::slice::from_ref(&target),
+            &[],
+            &[pool("a"), pool("pre")].into(),
+        );
+        let names: Vec<&str> = plan.unassign.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["a", "zero"], "each once, the pre-existing one kept");
+        // No node at all.
+        let plan = plan_delete(
+            &target,
+            std::slice::from_ref(&target),
+            &[],
+            &BTreeSet::new(),
+        );
+        let ids: Vec<String> = plan.unassign.into_iter().map(lower).collect();
+        assert_eq!(ids, [lower(pool("a")), lower(pool("zero"))]);
     }
 
     fn podid_testkit_free_binding(ns: &str, name: &str, identity: &str) -> AzureIdentityBinding {
