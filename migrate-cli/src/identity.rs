@@ -356,15 +356,17 @@ pub fn add_objects(
 pub struct DeletePlan {
     /// podid's bindings of the identity (in its namespace).
     pub bindings: Vec<String>,
-    /// Node-pool targets to take the Azure identity off: all but the pre-existing ones, and
-    /// none while another managed AzureIdentity of the same Azure identity remains.
+    /// Node-pool targets to take the Azure identity off: the node pools and those recorded as
+    /// given it by podid (a pool scaled to zero has no node), all but the pre-existing ones,
+    /// and none while another managed AzureIdentity of the same Azure identity remains.
     pub unassign: Vec<AssignmentTarget>,
     /// The role assignment to delete (podid's, and only with the last such AzureIdentity).
     pub role_assignment: Option<String>,
 }
 
 /// Decides what deleting managed AzureIdentity `target` removes, given every AzureIdentity and
-/// binding in the cluster and the node-pool targets.
+/// binding in the cluster and the node-pool targets (from the nodes; the targets recorded in
+/// its assigned-targets annotation are added).
 pub fn plan_delete(
     target: &AzureIdentity,
     identities: &[AzureIdentity],
@@ -394,10 +396,19 @@ pub fn plan_delete(
         return plan;
     }
     let kept = preexisting_targets(target);
+    let mut seen = BTreeSet::new();
     plan.unassign = pools
         .iter()
-        .filter(|t| !kept.contains(&t.arm_id().to_ascii_lowercase()))
         .cloned()
+        .chain(
+            assigned_targets(target)
+                .iter()
+                .filter_map(|id| AssignmentTarget::from_arm_id(id)),
+        )
+        .filter(|t| {
+            let id = t.arm_id().to_ascii_lowercase();
+            !kept.contains(&id) && seen.insert(id)
+        })
         .collect();
     plan.role_assignment = role_assignment(target).map(str::to_owned);
     plan
@@ -819,7 +830,12 @@ pub async fn run_delete(
     let mut unassign = Vec::new();
     if let Some(azure) = azure {
         for t in &plan.unassign {
-            let current = azure.arm.identities(t).await?;
+            let current = match azure.arm.identities(t).await {
+                Ok(c) => c,
+                // A recorded pool that is gone carries nothing.
+                Err(e) if arm_not_found(&e) => continue,
+                Err(e) => return Err(e.into()),
+            };
             if current.user_assigned.contains(&rid.to_ascii_lowercase()) {
                 unassign.push((t.clone(), current));
             }
@@ -983,22 +999,28 @@ pub fn identity_rows(
                         .is_some_and(|v| selectors.contains(v))
                 })
                 .count();
+            // The bridge names the identity `<namespace>/<name>`; the workload may live in
+            // another namespace (a binding that is not namespaced), which is then shown.
+            let full = format!("{ns}/{name}");
             let migration = records
                 .iter()
-                .filter(|r| r.metadata.namespace.as_deref() == Some(ns.as_str()))
                 .filter_map(|r| {
                     let status = r.status.as_ref()?;
                     status
                         .identities
                         .iter()
-                        .any(|m| m.azure_identity == name)
+                        .any(|m| m.azure_identity == full)
                         .then(|| {
                             let stage = status
                                 .stage
                                 .or(r.spec.stage)
                                 .map_or("Recorded", podid_crds::migration::Stage::as_str);
+                            let workload_ns = match r.metadata.namespace.as_deref() {
+                                Some(w) if w != ns => format!("{w}/"),
+                                _ => String::new(),
+                            };
                             format!(
-                                "{}/{} {stage}",
+                                "{workload_ns}{}/{} {stage}",
                                 r.spec.workload.kind.to_ascii_lowercase(),
                                 r.spec.workload.name
                             )
@@ -1487,6 +1509,46 @@ mod tests {
         assert_eq!(plan.role_assignment, None);
     }
 
+    #[test]
+    fn delete_takes_the_identity_off_recorded_pools_without_nodes() {
+        let pool = |n: &str| AssignmentTarget {
+            subscription: "s".into(),
+            resource_group: "MC_rg".into(),
+            name: n.into(),
+            is_scale_set: true,
+        };
+        let lower = |t: AssignmentTarget| t.arm_id().to_ascii_lowercase();
+        let target = add_objects(
+            "apps",
+            "app",
+            RID,
+            "c",
+            None,
+            &BTreeSet::from([lower(pool("pre"))]),
+            &BTreeSet::from([lower(pool("a")), lower(pool("zero"))]),
+            None,
+        )
+        .identity;
+        // Pool "zero" was scaled to zero: no node names it, the annotation does.
+        let plan = plan_delete(
+            &target,
+            std::slice::from_ref(&target),
+            &[],
+            &[pool("a"), pool("pre")].into(),
+        );
+        let names: Vec<&str> = plan.unassign.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["a", "zero"], "each once, the pre-existing one kept");
+        // No node at all.
+        let plan = plan_delete(
+            &target,
+            std::slice::from_ref(&target),
+            &[],
+            &BTreeSet::new(),
+        );
+        let ids: Vec<String> = plan.unassign.into_iter().map(lower).collect();
+        assert_eq!(ids, [lower(pool("a")), lower(pool("zero"))]);
+    }
+
     fn podid_testkit_free_binding(ns: &str, name: &str, identity: &str) -> AzureIdentityBinding {
         AzureIdentityBinding {
             metadata: kube::api::ObjectMeta {
@@ -1526,14 +1588,48 @@ mod tests {
             pod("apps", "api"),
             pod("other", "web"),
         ];
-        let rows = identity_rows(&[i], &[b], &pods, &[], None);
+        // The bridge's records name the AzureIdentity `<namespace>/<name>`.
+        let record = |ns: &str, workload: &str, identity: &str, stage: Option<&str>| {
+            serde_json::from_value::<podid_crds::migration::WorkloadMigration>(serde_json::json!({
+                "metadata": {"name": format!("deployment-{workload}"), "namespace": ns},
+                "spec": {"workload": {"kind": "Deployment", "name": workload}},
+                "status": {
+                    "identities": [{"azureIdentity": identity, "clientID": "c"}],
+                    "stage": stage,
+                },
+            }))
+            .unwrap()
+        };
+        let records = [
+            record("apps", "web", "apps/app", Some("Bridged")),
+            record("apps", "api", "apps/other", Some("Switched")),
+            record("other", "batch", "apps/app", None),
+            record("other", "cron", "other/app", Some("Completed")),
+        ];
+        let rows = identity_rows(&[i], &[b], &pods, &records, None);
         assert_eq!(rows[0].pods, 2);
         assert_eq!(rows[0].selectors, ["web"]);
+        assert_eq!(
+            rows[0].migration,
+            ["deployment/web Bridged", "other/deployment/batch Recorded"]
+        );
         let table = render_identities(&rows, Output::Table).unwrap();
         assert!(table.starts_with("NAMESPACE"), "{table}");
-        assert!(table.contains("apps"), "{table}");
+        let header: Vec<&str> = table.lines().next().unwrap().split("   ").collect();
+        assert_eq!(
+            header.last().map(|h| h.trim()),
+            Some("MIGRATION"),
+            "{table}"
+        );
+        let row = table.lines().nth(1).unwrap();
+        assert!(row.starts_with("apps"), "{table}");
+        assert!(
+            row.ends_with("deployment/web Bridged,other/deployment/batch Recorded"),
+            "{table}"
+        );
         let json: serde_json::Value =
             serde_json::from_str(&render_identities(&rows, Output::Json).unwrap()).unwrap();
         assert_eq!(json[0]["pods"], 2);
+        assert_eq!(json[0]["migration"][0], "deployment/web Bridged");
     }
 }

@@ -605,6 +605,45 @@ fn cli_reference_is_current() {
     }
 }
 
+/// Each `podid identity` and `podid exception` command's `--help` ends with an example of
+/// itself, and docs/cli.md carries the same examples.
+#[test]
+fn identity_and_exception_help_shows_examples() {
+    let reference = String::from_utf8(podid(&["reference"]).stdout).unwrap();
+    for command in [
+        "identity add",
+        "identity delete",
+        "identity list",
+        "exception add",
+        "exception update",
+        "exception delete",
+        "exception list",
+    ] {
+        let mut args: Vec<&str> = command.split(' ').collect();
+        args.push("--help");
+        let out = podid(&args);
+        assert_eq!(out.status.code(), Some(0), "{command}: {}", stderr(&out));
+        let help = stdout(&out);
+        let (_, examples) = help
+            .split_once("\nExample")
+            .unwrap_or_else(|| panic!("`podid {command} --help` shows no example:\n{help}"));
+        let invocation = format!("\n  podid {command} ");
+        assert!(
+            examples.contains(&invocation),
+            "`podid {command} --help` has no example running it:\n{help}"
+        );
+        let section = reference
+            .split(&format!("# `podid {command}`\n"))
+            .nth(1)
+            .and_then(|s| s.split("\n#").next())
+            .unwrap_or_default();
+        assert!(
+            section.contains(&invocation),
+            "docs/cli.md has no example of `podid {command}`"
+        );
+    }
+}
+
 #[test]
 fn completions_and_man_pages_are_generated() {
     for shell in ["bash", "zsh", "fish"] {

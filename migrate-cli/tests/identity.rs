@@ -646,6 +646,36 @@ async fn exception_flows() {
     let rows: Value = serde_yaml::from_slice(&out.stdout).unwrap();
     assert_eq!(rows[0]["podLabels"]["team"], "ops", "{rows}");
 
+    // An update's dry run says what would change and changes nothing.
+    let added = snapshot().await;
+    let out = az.podid(
+        cluster,
+        &[
+            "exception",
+            "update",
+            "-n",
+            n,
+            "--name",
+            "probes",
+            "--pod-labels",
+            "app=probe2",
+            "--dry-run",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains("update (dry run)")
+            && printed.contains("app=probe,team=ops -> app=probe2")
+            && printed.contains("dry run: nothing was changed"),
+        "{printed}"
+    );
+    assert_eq!(
+        snapshot().await,
+        added,
+        "an update's dry run writes nothing"
+    );
+
     let out = az.podid(
         cluster,
         &[
@@ -665,6 +695,7 @@ async fn exception_flows() {
         e.spec.pod_labels,
         [("app".to_owned(), "probe2".to_owned())].into()
     );
+    let updated = snapshot().await;
 
     let out = az.podid(
         cluster,
@@ -679,7 +710,16 @@ async fn exception_flows() {
         ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(api.get_opt("probes").await.unwrap().is_some());
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains("delete (dry run)") && printed.contains(&format!("{n}/probes")),
+        "{printed}"
+    );
+    assert_eq!(
+        snapshot().await,
+        updated,
+        "a delete's dry run writes nothing"
+    );
     let out = az.podid(
         cluster,
         &["exception", "delete", "-n", n, "--name", "probes"],

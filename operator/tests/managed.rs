@@ -2,17 +2,19 @@
 //! emulator: the identities `podid identity add` manages appear on both pools' scale sets and on
 //! a pool with no node that ARM lists (scaled to zero); a third pool added later gets them;
 //! deleting an AzureIdentity takes its identity off every pool, except where someone else had
-//! put it, and the AzureIdentity goes only then.
+//! put it, and the AzureIdentity goes only then. No AzureAssignedIdentity is written for a bound
+//! pod.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::api::{Api, DeleteParams, PostParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::wait::conditions;
 use podid_azure::Arm;
 use podid_azure_emulator::{Emulator, Settings};
-use podid_crds::AzureIdentity;
 use podid_crds::managed::{assigned_targets, has_finalizer, preexisting_targets};
+use podid_crds::{AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding};
 use podid_operator::controller::LoopSettings;
 use podid_operator::leader::{self, Election};
 use podid_operator::managed::{ManagedOptions, ManagedPlanner};
@@ -93,6 +95,31 @@ async fn managed_identities_follow_the_node_pools() {
                 "apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzureIdentity",
                 "metadata": {"name": "unmanaged"},
                 "spec": {"type": 0, "resourceID": unmanaged.id, "clientID": unmanaged.client_id}
+            })),
+        )
+        .await
+        .unwrap();
+
+    // A pod bound to `payments`, on pool one: standard mode would write its
+    // AzureAssignedIdentity; managed mode writes none (the node agent reads the bindings).
+    Api::<AzureIdentityBinding>::namespaced(client.clone(), &ns.name)
+        .create(
+            &PostParams::default(),
+            &obj(json!({
+                "apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzureIdentityBinding",
+                "metadata": {"name": "payments-binding"},
+                "spec": {"azureIdentity": "payments", "selector": "payments"}
+            })),
+        )
+        .await
+        .unwrap();
+    Api::<Pod>::namespaced(client.clone(), &ns.name)
+        .create(
+            &PostParams::default(),
+            &obj(json!({
+                "metadata": {"name": "checkout", "labels": {"aadpodidbinding": "payments"}},
+                "spec": {"nodeName": one.node_name(0), "automountServiceAccountToken": false,
+                         "containers": [{"name": "c", "image": "registry.invalid/app:1"}]}
             })),
         )
         .await
@@ -186,6 +213,21 @@ async fn managed_identities_follow_the_node_pools() {
         [lower(&vmss_one), lower(&vmss_zero)].into_iter().collect()
     );
     assert!(!has_finalizer(&identities.get("unmanaged").await.unwrap()));
+    // No AzureAssignedIdentity for the bound pod, in any namespace.
+    let records: Vec<AzureAssignedIdentity> = Api::<AzureAssignedIdentity>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|a| {
+            a.spec.pod_namespace == ns.name || a.metadata.namespace == Some(ns.name.clone())
+        })
+        .collect();
+    assert!(
+        records.is_empty(),
+        "managed mode writes no AzureAssignedIdentity: {records:?}"
+    );
 
     // A third pool, added later with a node: it gets them.
     let vmss_three = emu.add_scale_set(rg, &three.scale_set, 1);

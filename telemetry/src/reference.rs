@@ -1,6 +1,7 @@
 //! Command-line references generated from the clap definitions so they cannot drift
-//! (`docs/cli.md`, `docs/operator-flags.md`, `docs/nmi-flags.md`): every command, its usage and
-//! every flag with its value, default and environment variable.
+//! (`docs/cli.md`, `docs/podid-operator-flags.md`, `docs/podid-nmi-flags.md`): every command, its usage,
+//! every flag with its value, default and environment variable, and the examples its `--help`
+//! shows after the flags.
 
 use std::fmt::Write;
 
@@ -87,6 +88,10 @@ fn command(out: &mut String, cmd: &Command, path: String) {
             );
         }
         out.push('\n');
+    }
+    // Examples and exit codes, as `--help` prints them after the flags.
+    if let Some(after) = cmd.get_after_long_help().or(cmd.get_after_help()) {
+        let _ = writeln!(out, "```text\n{}\n```\n", after.to_string().trim());
     }
     for sub in cmd
         .get_subcommands()
