@@ -346,10 +346,32 @@ async fn the_original_nmi_and_podid_nmi_answer_the_same_requests_alike() {
         metric_differences.is_empty(),
         "metrics unlike the original's: {metric_differences:#?}"
     );
+    // podid's own additions are named podid_*: no other family a dashboard could mistake for
+    // the original's.
+    let unknown = podid_testkit::exposition::unknown_families(
+        &original_metrics,
+        &our_metrics.render(),
+        podid_testkit::exposition::AAD_POD_IDENTITY_FAMILIES,
+        "podid_",
+    );
+    assert!(
+        unknown.is_empty(),
+        "families podid-nmi exposes that are neither the original's nor podid_*: {unknown:?}"
+    );
 
+    let expected = expected_verdicts(&layout);
+    assert_eq!(
+        expected.keys().collect::<Vec<_>>(),
+        reqs.iter()
+            .map(|r| &r.label)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>(),
+        "every request has exactly one expected verdict"
+    );
     let mut table = String::new();
-    let mut unexplained = Vec::new();
-    let mut counts = BTreeMap::<&str, usize>::new();
+    let mut wrong = Vec::new();
+    let mut counts = BTreeMap::<String, usize>::new();
     for ((r, t), o) in reqs.iter().zip(&theirs).zip(&ours_answers) {
         // Ours was pointed at the emulator where the original has 169.254.169.254 built in.
         let (t, o) = (
@@ -357,28 +379,18 @@ async fn the_original_nmi_and_podid_nmi_answer_the_same_requests_alike() {
             normal(o).replace(&emu.arm_endpoint(), "http://169.254.169.254"),
         );
         let verdict = if t == o {
-            "same"
+            Some(Expected::Same)
         } else {
-            // Whether the request names an identity the pod's bindings grant (Assigned or
-            // still Created): only one they do not grant may be refused at once.
-            let named = r.label.split_once(' ').and_then(|(pod, q)| {
-                let name = q
-                    .strip_prefix("client_id=")
-                    .or_else(|| q.strip_prefix("msi_res_id="))?;
-                let granted = layout
-                    .iter()
-                    .find(|(p, _, _)| *p == pod)
-                    .is_some_and(|(_, _, a)| a.iter().any(|(i, _)| *i == name));
-                Some(granted)
-            });
-            deliberate(&r.label, named, &t, &o).unwrap_or_else(|| {
-                unexplained.push(r.label.clone());
-                "UNEXPLAINED"
-            })
+            deliberate(&t, &o)
         };
-        *counts.entry(verdict).or_default() += 1;
+        let want = expected[&r.label];
+        let shown = verdict.map_or("UNEXPLAINED".to_owned(), |v| format!("{v:?}"));
+        if verdict != Some(want) {
+            wrong.push(format!("{}: {shown}, expected {want:?}", r.label));
+        }
+        *counts.entry(shown.clone()).or_default() += 1;
         table.push_str(&format!(
-            "{} [{verdict}]\n    original: {t}\n    podid:    {o}\n",
+            "{} [{shown}]\n    original: {t}\n    podid:    {o}\n",
             r.label
         ));
     }
@@ -394,21 +406,74 @@ async fn the_original_nmi_and_podid_nmi_answer_the_same_requests_alike() {
         "with --wait-for-unbound-pods a pod without binding gets the original's answer"
     );
     assert!(
-        unexplained.is_empty(),
-        "answers differ for {unexplained:?}:\n{table}\noriginal NMI log: {}",
+        wrong.is_empty(),
+        "answers not as expected: {wrong:#?}\n{table}\noriginal NMI log: {}",
         log
     );
 }
 
-/// The differences docs/parity.md ("Node agent (NMI)") lists as deliberate, recognised by what
-/// each side answers; `None` for anything else.
-/// `named_granted`: for a request naming an identity, whether the pod's bindings grant it.
-fn deliberate(
-    label: &str,
-    named_granted: Option<bool>,
-    original: &str,
-    ours: &str,
-) -> Option<&'static str> {
+/// The verdict expected for one request: the original's answer, or one of the differences
+/// docs/parity.md ("Node agent (NMI)") lists as deliberate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expected {
+    Same,
+    /// A named identity the pod has no binding for: 403 at once instead of a wait and 404.
+    NotBound,
+    /// A pod no binding grants an identity: 404 at once instead of a wait.
+    NoBinding,
+    /// A caller that is no pod of the node: 403 instead of 500.
+    UnknownCaller,
+    /// Several identities, none named: IMDS's 400 instead of a random one.
+    SeveralIdentities,
+}
+
+/// The expected verdict of every request, by label, from the pods' layout: a pod asking for an
+/// identity its bindings grant (assigned or still being assigned) gets the original's answer;
+/// one asking for any other identity is refused at once.
+fn expected_verdicts(
+    layout: &[(&'static str, &'static str, Assignments)],
+) -> BTreeMap<String, Expected> {
+    let mut out = BTreeMap::new();
+    for (pod, _, assignments) in layout {
+        let default = match assignments.len() {
+            0 => Expected::NoBinding,
+            1 => Expected::Same,
+            _ => Expected::SeveralIdentities,
+        };
+        out.insert(format!("{pod} default"), default);
+        for name in ["a", "b", "c", "sp"] {
+            let granted = assignments.iter().any(|(i, _)| *i == name);
+            let verdict = if granted {
+                Expected::Same
+            } else {
+                Expected::NotBound
+            };
+            out.insert(format!("{pod} client_id={name}"), verdict);
+            if name != "sp" {
+                out.insert(format!("{pod} msi_res_id={name}"), verdict);
+            }
+        }
+    }
+    for label in [
+        "no Metadata header",
+        "no resource",
+        "legacy /host/token",
+        "legacy /host/token without pod headers",
+        "instance metadata",
+        "an unknown path",
+    ] {
+        out.insert(label.to_owned(), Expected::Same);
+    }
+    out.insert(
+        "a caller that is no pod".to_owned(),
+        Expected::UnknownCaller,
+    );
+    out
+}
+
+/// Which deliberate difference two unlike answers are, recognised by what each side answers;
+/// `None` for anything else.
+fn deliberate(original: &str, ours: &str) -> Option<Expected> {
     // "<status> (<content type>) <body>" -> "<status> <body>"
     let drop_type = |s: &str| {
         let (status, rest) = s.split_once(' ').unwrap_or((s, ""));
@@ -417,29 +482,22 @@ fn deliberate(
     };
     let (original, ours) = (&drop_type(original)[..], &drop_type(ours)[..]);
     let waited = |s: &str| s.starts_with("404 ") && s.contains("in CREATED state failed after");
-    // Only for an identity the pod is not bound to: a bound one still waiting for its
-    // assignment must be answered as the original answers it.
-    if named_granted == Some(false)
-        && waited(original)
+    if waited(original)
         && original.contains("clientID in request:")
         && ours.starts_with("403 the requested identity is not bound to pod ")
     {
-        return Some("not bound: 403 at once instead of a wait and 404");
+        return Some(Expected::NotBound);
     }
-    if label == "pod-none default"
-        && waited(original)
-        && ours.starts_with("404 no azure identity found for pod ")
+    if waited(original) && ours.starts_with("404 no azure identity found for pod ") {
+        return Some(Expected::NoBinding);
+    }
+    if original == "500 pod list is empty" && ours.starts_with("403 no pod on this node has IP ") {
+        return Some(Expected::UnknownCaller);
+    }
+    if original.starts_with("200 token ")
+        && ours.starts_with("400 {\"error\":\"invalid_request\",\"error_description\":\"Multiple user assigned identities exist for pod ")
     {
-        return Some("no binding: 404 at once instead of a wait");
-    }
-    if label == "a caller that is no pod"
-        && original == "500 pod list is empty"
-        && ours.starts_with("403 no pod on this node has IP ")
-    {
-        return Some("unknown caller: 403 instead of 500");
-    }
-    if label == "pod-ab default" && original.starts_with("200 token ") && ours.starts_with("400 {\"error\":\"invalid_request\",\"error_description\":\"Multiple user assigned identities exist for pod ") {
-        return Some("several identities, none named: IMDS's 400 instead of a random one");
+        return Some(Expected::SeveralIdentities);
     }
     None
 }

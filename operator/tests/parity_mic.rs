@@ -505,6 +505,18 @@ async fn podid_operator_matches_the_original_mic() {
         metric_differences.is_empty(),
         "metrics unlike the original's: {metric_differences:#?}\noriginal:\n{original_metrics}"
     );
+    // podid's own additions are named podid_*: no other family a dashboard could mistake for
+    // the original's.
+    let unknown = podid_testkit::exposition::unknown_families(
+        &original_metrics,
+        &our_metrics,
+        podid_testkit::exposition::AAD_POD_IDENTITY_FAMILIES,
+        "podid_",
+    );
+    assert!(
+        unknown.is_empty(),
+        "families podid-operator exposes that are neither the original's nor podid_*: {unknown:?}\noriginal:\n{original_metrics}"
+    );
     // Both sides on disk, for `diff` when something differs.
     let out = out_dir();
     for (name, snaps) in [("mic.json", &original), ("podid.json", &ours)] {

@@ -73,6 +73,45 @@ pub fn differences(original: &str, ours: &str, prefix: &str) -> Vec<String> {
     out
 }
 
+/// Every family aad-pod-identity v1.8.17 defines (`pkg/metrics`), MIC's and NMI's together. Its
+/// exporter leaves out a family no sample was recorded in, so a run's scrape can lack some.
+pub const AAD_POD_IDENTITY_FAMILIES: &[&str] = &[
+    "aadpodidentity_assigned_identity_addition_count",
+    "aadpodidentity_assigned_identity_addition_duration_seconds",
+    "aadpodidentity_assigned_identity_deletion_count",
+    "aadpodidentity_assigned_identity_deletion_duration_seconds",
+    "aadpodidentity_assigned_identity_update_count",
+    "aadpodidentity_assigned_identity_update_duration_seconds",
+    "aadpodidentity_cloud_provider_operations_duration_seconds",
+    "aadpodidentity_cloud_provider_operations_errors_count",
+    "aadpodidentity_imds_operations_duration_seconds",
+    "aadpodidentity_imds_operations_errors_count",
+    "aadpodidentity_kubernetes_api_operations_errors_count",
+    "aadpodidentity_mic_cycle_count",
+    "aadpodidentity_mic_cycle_duration_seconds",
+    "aadpodidentity_mic_new_leader_election_count",
+    "aadpodidentity_nmi_operations_duration_seconds",
+];
+
+/// The families `ours` exposes that are neither in `original`'s exposition nor in `known` (the
+/// original's families a run may leave unscraped) and not named with `own_prefix` (podid's
+/// additions go under `podid_`): a name an existing dashboard would not know and could mistake
+/// for the original's. Empty when every family is the original's or plainly podid's own.
+pub fn unknown_families(
+    original: &str,
+    ours: &str,
+    known: &[&str],
+    own_prefix: &str,
+) -> Vec<String> {
+    let theirs = families(original);
+    families(ours)
+        .into_keys()
+        .filter(|n| {
+            !n.starts_with(own_prefix) && !theirs.contains_key(n) && !known.contains(&n.as_str())
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,5 +129,24 @@ mod tests {
         assert_eq!(differences(original, &relabelled, "a_").len(), 1);
         let gauge = original.replace("a_x_count counter", "a_x_count gauge");
         assert_eq!(differences(original, &gauge, "a_").len(), 1);
+    }
+
+    #[test]
+    fn a_family_neither_the_originals_nor_podids_own_is_named() {
+        let original = "# TYPE a_x counter\na_x 1\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total 2\n";
+        let ours = "# TYPE a_x counter\na_x 1\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total 2\n# TYPE podid_cache_hits counter\npodid_cache_hits 3\n";
+        assert!(unknown_families(original, ours, &[], "podid_").is_empty());
+        let extra = format!(
+            "{ours}# TYPE a_y_total counter\na_y_total 1\n# TYPE cache_hits gauge\ncache_hits 1\n"
+        );
+        assert_eq!(
+            unknown_families(original, &extra, &[], "podid_"),
+            vec!["a_y_total", "cache_hits"]
+        );
+        // One of the original's families that this run left without samples on its side.
+        assert_eq!(
+            unknown_families(original, &extra, &["a_y_total"], "podid_"),
+            vec!["cache_hits"]
+        );
     }
 }

@@ -13,11 +13,22 @@ pub fn in_ci() -> bool {
 /// and records it in `$PODID_SKIP_LOG`. Call it, then `return` from the test.
 #[track_caller]
 pub fn skip(test: &str, reason: &str) {
-    if in_ci() {
+    record_skip(
+        test,
+        reason,
+        in_ci(),
+        std::env::var_os("PODID_SKIP_LOG").as_deref(),
+    );
+}
+
+/// [`skip`] with its environment passed in: `ci` (a missing prerequisite fails) and the skip log.
+#[track_caller]
+fn record_skip(test: &str, reason: &str, ci: bool, log: Option<&std::ffi::OsStr>) {
+    if ci {
         panic!("{test}: prerequisite missing under CI=true: {reason}");
     }
     eprintln!("skipping {test}: {reason}");
-    if let Some(path) = std::env::var_os("PODID_SKIP_LOG")
+    if let Some(path) = log
         && let Ok(mut f) = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -50,4 +61,37 @@ pub fn netns_available(test: &str) -> bool {
         );
     }
     ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::record_skip;
+
+    #[test]
+    #[should_panic(expected = "conntrack_test: prerequisite missing under CI=true: no conntrack")]
+    fn under_ci_a_missing_prerequisite_fails_the_test_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("skips");
+        record_skip(
+            "conntrack_test",
+            "no conntrack",
+            true,
+            Some(log.as_os_str()),
+        );
+    }
+
+    #[test]
+    fn outside_ci_each_skip_is_appended_to_the_skip_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("skips");
+        std::fs::write(&log, "earlier: kept\n").unwrap();
+        record_skip("a", "needs root", false, Some(log.as_os_str()));
+        record_skip("b", "no openssl", false, Some(log.as_os_str()));
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            "earlier: kept\na: needs root\nb: no openssl\n"
+        );
+        // Without a log the skip is only printed.
+        record_skip("c", "needs root", false, None);
+    }
 }
