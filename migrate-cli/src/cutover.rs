@@ -201,6 +201,12 @@ impl PlanEntry {
             && self.template_kind != TemplateKind::NotInPlace
             && self.holds.iter().all(|h| h.code == HoldCode::Managed)
     }
+
+    /// True when its Workload ID side is not ready yet (no record, credentials not all proven,
+    /// or the target ServiceAccount without its client ID): what `prepare` builds.
+    pub fn unprepared(&self) -> bool {
+        self.holds.iter().any(|h| h.code == HoldCode::NotBridged)
+    }
 }
 
 /// `podid cutover plan`'s document.

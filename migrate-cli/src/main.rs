@@ -458,6 +458,9 @@ enum CutoverCommand {
         /// How long to wait for the bridge in all (e.g. 300s, 5m).
         #[arg(long, default_value = "5m", value_parser = parse_duration)]
         timeout: std::time::Duration,
+        /// With --direct: build for more than one workload without asking.
+        #[arg(short = 'y', long)]
+        yes: bool,
         #[command(flatten)]
         direct: DirectFlags,
     },
@@ -1119,6 +1122,7 @@ async fn run_cutover(command: CutoverCommand) -> anyhow::Result<ExitCode> {
             scope,
             dry_run,
             timeout,
+            yes,
             direct,
         } => {
             // Azure first: bad flags are refused before anything is read.
@@ -1183,6 +1187,10 @@ async fn run_cutover(command: CutoverCommand) -> anyhow::Result<ExitCode> {
                 let issuer = (!scope.source.oidc_issuers.is_empty())
                     .then(|| ctx.oidc_issuer.clone())
                     .flatten();
+                if !dry_run {
+                    let changing = entries.iter().filter(|e| e.unprepared()).count();
+                    confirm("prepare", changing, yes)?;
+                }
                 let azure = direct.direct(access, issuer, ctx.match_options)?;
                 let started = std::time::Instant::now();
                 let built = prepare_direct(&c, &entries, &azure, dry_run, timeout).await?;

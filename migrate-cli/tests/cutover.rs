@@ -1401,6 +1401,24 @@ async fn prepare_direct_builds_and_proves_without_the_operator() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("--cloud-config"), "{}", text(&out));
 
+    // Two workloads to build, no terminal to confirm on and no --yes: refused (exit 2), naming
+    // --yes, before anything is written.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_podid"))
+        .args(["cutover", "prepare", "-n", n, "-q", "--direct", &cloud])
+        .env("KUBECONFIG", cluster.kubeconfig())
+        .env("AZURE_ENVIRONMENT_FILEPATH", &env_file)
+        .env_remove("AZURE_CLIENT_SECRET")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("prepare would change 2 workloads") && text(&out).contains("--yes"),
+        "{}",
+        text(&out)
+    );
+    assert!(out.stdout.is_empty(), "{}", text(&out));
+
     // Dry run: what a pass would write; nothing written.
     let out = prepare(&["--direct", &cloud, "--dry-run"]);
     println!("prepare --direct --dry-run:\n{}", text(&out));
@@ -1412,6 +1430,7 @@ async fn prepare_direct_builds_and_proves_without_the_operator() {
         "{stdout}"
     );
     assert!(emu.federated_credentials(&ident.id).is_empty());
+    assert!(emu.federated_credentials(&other.id).is_empty());
     let records: kube::Api<podid_crds::migration::WorkloadMigration> =
         kube::Api::namespaced(c.clone(), n);
     assert!(
