@@ -438,6 +438,9 @@ enum CutoverCommand {
         /// Helm management (or that can switch) into DIR, to commit instead of switching live.
         #[arg(long, value_name = "DIR")]
         patches: Option<PathBuf>,
+        /// Accepted like every cutover command's: plan changes nothing in the cluster anyway.
+        #[arg(long, hide = true)]
+        dry_run: bool,
     },
     /// Where every workload in scope stands, from the WorkloadMigrations and the live workloads.
     Status {
@@ -445,6 +448,9 @@ enum CutoverCommand {
         scope: CutoverSource,
         #[arg(short, long, value_enum, default_value = "table")]
         output: CutoverFormat,
+        /// Accepted like every cutover command's: status changes nothing anyway.
+        #[arg(long, hide = true)]
+        dry_run: bool,
     },
     /// Wait until podid-operator's bridge has built and proven each workload's ServiceAccount,
     /// federated credentials and annotations; say what is still unproven and why. Writes
@@ -1033,6 +1039,7 @@ async fn run_cutover(command: CutoverCommand) -> anyhow::Result<ExitCode> {
             output,
             write,
             patches,
+            dry_run: _,
         } => {
             if let Some(file) = &write {
                 check_output_file("--write", file)?;
@@ -1071,7 +1078,11 @@ async fn run_cutover(command: CutoverCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(code(plan.has_held()))
         }
-        CutoverCommand::Status { scope, output } => {
+        CutoverCommand::Status {
+            scope,
+            output,
+            dry_run: _,
+        } => {
             let (_, _, inv, ctx, records, scope) = cutover_view(&scope).await?;
             let status = build_status(&inv, &ctx, &records, &scope);
             match output {

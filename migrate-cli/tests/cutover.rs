@@ -95,8 +95,15 @@ async fn plan_switch_status_rerun_and_rollback() {
             .contains("no-matching-binding"),
         "{broken}"
     );
-    let table = podid(cluster, &["cutover", "plan", "-n", n, "-q"]);
+    // --dry-run, accepted by every cutover command, changes nothing for a plan.
+    let table = podid(cluster, &["cutover", "plan", "-n", n, "-q", "--dry-run"]);
     println!("{}", String::from_utf8_lossy(&table.stdout));
+    assert_eq!(table.status.code(), Some(3), "{}", text(&table));
+    assert!(
+        stdout_of(&table).contains("deployment/web"),
+        "{}",
+        text(&table)
+    );
 
     // Patches to commit instead: one per switchable workload.
     let dir = tempfile::tempdir().unwrap();
@@ -265,10 +272,10 @@ async fn plan_switch_status_rerun_and_rollback() {
         ]
         .map(|(a, b)| (a.to_string(), b.to_string()))
     );
-    println!(
-        "{}",
-        String::from_utf8_lossy(&podid(cluster, &["cutover", "status", "-n", n, "-q"]).stdout)
-    );
+    let table = podid(cluster, &["cutover", "status", "-n", n, "-q", "--dry-run"]);
+    println!("{}", stdout_of(&table));
+    assert_eq!(table.status.code(), Some(3), "{}", text(&table));
+    assert!(stdout_of(&table).contains("switched"), "{}", text(&table));
 
     // A rerun converges and never overwrites the recorded template.
     let out = podid(cluster, &["cutover", "switch", "-n", n, "-q", "--yes"]);
