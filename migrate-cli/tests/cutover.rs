@@ -95,6 +95,35 @@ async fn plan_switch_status_rerun_and_rollback() {
             .contains("no-matching-binding"),
         "{broken}"
     );
+    // The same plan as YAML, on stdout and written to a file: the same workloads, the same
+    // decisions.
+    let plan_dir = tempfile::tempdir().unwrap();
+    let file = plan_dir.path().join("plan.yaml");
+    let out = podid(
+        cluster,
+        &[
+            "cutover",
+            "plan",
+            "-n",
+            n,
+            "-q",
+            "-o",
+            "yaml",
+            "--write",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let as_json: podid_cli::cutover::CutoverPlan = serde_json::from_value(plan.clone()).unwrap();
+    for doc in [stdout_of(&out), std::fs::read_to_string(&file).unwrap()] {
+        let p: podid_cli::cutover::CutoverPlan = serde_yaml::from_str(&doc).unwrap();
+        assert_eq!(
+            (p.kind.as_str(), &p.workloads),
+            ("CutoverPlan", &as_json.workloads),
+            "{doc}"
+        );
+    }
+
     // --dry-run, accepted by every cutover command, changes nothing for a plan.
     let table = podid(cluster, &["cutover", "plan", "-n", n, "-q", "--dry-run"]);
     println!("{}", String::from_utf8_lossy(&table.stdout));
