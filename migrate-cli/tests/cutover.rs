@@ -958,10 +958,51 @@ async fn prepare_switch_verify_finalize_end_on_workload_id_and_roll_back_exactly
         text(&out)
     );
 
-    // Verify: pods Ready on the new template, the webhook's injection, a real exchange.
-    emu.reset_calls();
-    let start = Instant::now();
-    let out = run(&[
+    let switched = {
+        let mut m = std::collections::BTreeMap::new();
+        for (kind, name, _) in wave {
+            m.insert(name, get(c, n, kind, name).await);
+        }
+        m
+    };
+    // Each of the wave where a stage left it: its template as just after the switch, its stage.
+    let unchanged = |stage: Stage, why: &'static str| {
+        let switched = &switched;
+        async move {
+            for (kind, name, _) in wave {
+                let now = get(c, n, kind, name).await;
+                assert_eq!(
+                    (tmpl(&now, kind), &now["metadata"]["generation"]),
+                    (
+                        tmpl(&switched[name], kind),
+                        &switched[name]["metadata"]["generation"]
+                    ),
+                    "{name}: {why}"
+                );
+                let r = record(c, n, &format!("{}-{name}", kind.to_lowercase())).await;
+                assert_eq!(r.spec.stage, Some(stage), "{name}: {why}");
+            }
+        }
+    };
+
+    // Finalize before verify: each switched workload held, named as not verified; nothing
+    // changed.
+    let out = run(&["finalize", "--yes", "--timeout", "120s"]);
+    println!("finalize before verify:\n{}", text(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    for (kind, name, _) in wave {
+        let w = format!("{}/{name}", kind.to_lowercase());
+        assert!(
+            stdout_of(&out)
+                .lines()
+                .any(|l| l.contains(&w) && l.contains("held") && l.contains("not verified")),
+            "{w}: {}",
+            text(&out)
+        );
+    }
+    unchanged(Stage::Switched, "finalize refused before verify").await;
+
+    let verify_args = [
         "verify",
         "--timeout",
         "120s",
@@ -969,7 +1010,28 @@ async fn prepare_switch_verify_finalize_end_on_workload_id_and_roll_back_exactly
         &emu.authority_host(),
         "--extra-ca-file",
         ca.to_str().unwrap(),
-    ]);
+    ];
+    // Verify --dry-run: verified, nothing recorded.
+    let mut args = verify_args.to_vec();
+    args.push("--dry-run");
+    let out = run(&args);
+    println!("verify --dry-run:\n{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        stdout_of(&out)
+            .lines()
+            .filter(|l| l.split_whitespace().nth(2) == Some("dry-run"))
+            .count(),
+        3,
+        "{}",
+        text(&out)
+    );
+    unchanged(Stage::Switched, "verify --dry-run records nothing").await;
+
+    // Verify: pods Ready on the new template, the webhook's injection, a real exchange.
+    emu.reset_calls();
+    let start = Instant::now();
+    let out = run(&verify_args);
     let verify_took = start.elapsed();
     println!("verify took {verify_took:?}\n{}", text(&out));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -1022,6 +1084,25 @@ async fn prepare_switch_verify_finalize_end_on_workload_id_and_roll_back_exactly
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // Finalize --dry-run: every write a server-side dry run; templates, stages and bindings
+    // stay.
+    let out = run(&[
+        "finalize",
+        "--yes",
+        "--delete-bindings",
+        "--dry-run",
+        "--timeout",
+        "120s",
+    ]);
+    println!("finalize --dry-run:\n{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    unchanged(Stage::Verified, "finalize --dry-run changes nothing").await;
+    let bindings: kube::Api<kube::api::DynamicObject> =
+        kube::Api::namespaced_with(c.clone(), n, &ar("AzureIdentityBinding"));
+    for b in ["app-binding", "cron-binding"] {
+        assert!(bindings.get_opt(b).await.unwrap().is_some(), "{b}");
+    }
+
     // Finalize: aadpodidbinding goes; cron-binding with it (no one else matches it), while
     // app-binding and app-id stay (keeper still uses them).
     let out = run(&[
@@ -1053,8 +1134,6 @@ async fn prepare_switch_verify_finalize_end_on_workload_id_and_roll_back_exactly
         let r = record(c, n, &format!("{}-{name}", kind.to_lowercase())).await;
         assert_eq!(r.spec.stage, Some(Stage::Completed), "{name}");
     }
-    let bindings: kube::Api<kube::api::DynamicObject> =
-        kube::Api::namespaced_with(c.clone(), n, &ar("AzureIdentityBinding"));
     assert!(bindings.get_opt("cron-binding").await.unwrap().is_none());
     assert!(bindings.get_opt("app-binding").await.unwrap().is_some());
     let identities: kube::Api<kube::api::DynamicObject> =
