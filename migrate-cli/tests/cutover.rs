@@ -414,6 +414,7 @@ async fn a_switch_killed_midway_converges_on_rerun() {
         "killed before the last workload: {s}"
     );
 
+    // The rerun, two rollouts at a time: the one recorded before the kill and the rest.
     let out = podid(
         cluster,
         &[
@@ -425,6 +426,8 @@ async fn a_switch_killed_midway_converges_on_rerun() {
             "--yes",
             "--timeout",
             "120s",
+            "--max-parallel",
+            "2",
         ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
