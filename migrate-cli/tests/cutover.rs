@@ -1171,6 +1171,52 @@ async fn prepare_switch_verify_finalize_end_on_workload_id_and_roll_back_exactly
     assert_eq!(by("broken").unwrap()["verdict"], "blocked", "{report}");
     assert_eq!(out.status.code(), Some(3));
 
+    // The CronJob's next run, now: a Job from its jobTemplate, as `kubectl create job
+    // --from=cronjob/report` makes it. Its pod, a real one, goes through the webhook: the
+    // injected environment and token, on ServiceAccount report, off pod identity.
+    let cj = get(c, n, "CronJob", "report").await;
+    apply(
+        c,
+        n,
+        json!({"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": "report-now",
+                "annotations": {"cronjob.kubernetes.io/instantiate": "manual"},
+                "ownerReferences": [{"apiVersion": "batch/v1", "kind": "CronJob", "name": "report",
+                    "uid": cj["metadata"]["uid"], "controller": true}]},
+            "spec": cj["spec"]["jobTemplate"]["spec"]}),
+    )
+    .await;
+    // Its pod as created (what the webhook mutates); kwok may complete it at once.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let run_pod = loop {
+        let lp = kube::api::ListParams::default().labels("job-name=report-now");
+        if let Some(p) = pods.list(&lp).await.unwrap().items.into_iter().next() {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "the Job made no pod in 60s");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let spec = serde_json::to_value(run_pod.spec.as_ref().unwrap()).unwrap();
+    assert_eq!(
+        podid_crds::cutover::injection_problems(&spec, Some(&ident.client_id)),
+        Vec::<String>::new(),
+        "{spec}"
+    );
+    assert_eq!(spec["serviceAccountName"], "report");
+    let labels = run_pod.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(
+        labels
+            .get("azure.workload.identity/use")
+            .map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(labels.get("aadpodidbinding"), None, "{labels:?}");
+    let jobs: kube::Api<kube::api::DynamicObject> =
+        kube::Api::namespaced_with(c.clone(), n, &ar("Job"));
+    jobs.delete("report-now", &kube::api::DeleteParams::background())
+        .await
+        .unwrap();
+
     // Rollback from Completed restores each recorded template (with aadpodidbinding) exactly.
     let out = run(&["rollback", "--yes", "--timeout", "120s"]);
     println!("rollback:\n{}", text(&out));

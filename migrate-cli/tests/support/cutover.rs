@@ -21,7 +21,7 @@ pub const RID: &str = "/subscriptions/s/resourcegroups/rg/providers/Microsoft.Ma
 pub fn ar(kind: &str) -> ApiResource {
     let (group, version) = match kind {
         "Deployment" | "StatefulSet" => ("apps", "v1"),
-        "CronJob" => ("batch", "v1"),
+        "CronJob" | "Job" => ("batch", "v1"),
         "AzureIdentity" | "AzureIdentityBinding" => ("aadpodidentity.k8s.io", "v1"),
         "WorkloadMigration" => ("podid.dev", "v1alpha1"),
         _ => ("", "v1"),
