@@ -12,10 +12,6 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use support::*;
 
-fn tmpl(o: &Value, kind: &str) -> Value {
-    podid_crds::cutover::template_of(kind, o).unwrap().clone()
-}
-
 #[tokio::test]
 async fn plan_switch_status_rerun_and_rollback() {
     let cluster = cluster().await;
@@ -359,19 +355,7 @@ async fn a_switch_killed_midway_converges_on_rerun() {
     let _wh = webhook(cluster, TENANT).await;
     let ns = cluster.namespace("cutover-kill").await;
     let (c, n) = (&ns.client, ns.name.as_str());
-    identity(c, n).await;
-    let names = ["a", "b", "c"];
-    let mut before = Vec::new();
-    for w in names {
-        workload(c, n, "Deployment", w, 1, "app", None).await;
-        bridged(c, n, "Deployment", w, w).await;
-    }
-    for w in names {
-        before.push(tmpl(
-            &rolled_out(c, n, "Deployment", w, 90).await,
-            "Deployment",
-        ));
-    }
+    let before = three_bridged(c, n).await;
     // Kill the CLI (SIGKILL) as soon as the first workload's record says Switched.
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_podid"))
         .args([
@@ -431,22 +415,7 @@ async fn a_switch_killed_midway_converges_on_rerun() {
         ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    for (w, b) in names.iter().zip(&before) {
-        let o = rolled_out(c, n, "Deployment", w, 5).await;
-        assert_eq!(tmpl(&o, "Deployment")["spec"]["serviceAccountName"], *w);
-        let r = record(c, n, &format!("deployment-{w}")).await;
-        assert_eq!(r.spec.stage, Some(podid_crds::migration::Stage::Switched));
-        assert_eq!(
-            r.spec.recorded_template.as_ref(),
-            Some(b),
-            "{w}: the template from before, once"
-        );
-    }
-    let out = podid(cluster, &["cutover", "rollback", "-n", n, "-q", "--yes"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    for (w, b) in names.iter().zip(&before) {
-        assert_eq!(&tmpl(&get(c, n, "Deployment", w).await, "Deployment"), b);
-    }
+    switched_once_then_rolled_back(cluster, c, n, &before).await;
 }
 
 /// The API server becomes unreachable for the CLI in the middle of a switch (its connections
@@ -459,19 +428,7 @@ async fn a_switch_cut_off_from_the_api_server_and_killed_converges_on_rerun() {
     let _wh = webhook(cluster, TENANT).await;
     let ns = cluster.namespace("cutover-cut").await;
     let (c, n) = (&ns.client, ns.name.as_str());
-    identity(c, n).await;
-    let names = ["a", "b", "c"];
-    let mut before = Vec::new();
-    for w in names {
-        workload(c, n, "Deployment", w, 1, "app", None).await;
-        bridged(c, n, "Deployment", w, w).await;
-    }
-    for w in names {
-        before.push(tmpl(
-            &rolled_out(c, n, "Deployment", w, 90).await,
-            "Deployment",
-        ));
-    }
+    let before = three_bridged(c, n).await;
     let proxy = podid_testkit::proxy::CutProxy::start(cluster.server_addr())
         .await
         .unwrap();
@@ -558,22 +515,7 @@ async fn a_switch_cut_off_from_the_api_server_and_killed_converges_on_rerun() {
     .await
     .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    for (w, b) in names.iter().zip(&before) {
-        let o = rolled_out(c, n, "Deployment", w, 5).await;
-        assert_eq!(tmpl(&o, "Deployment")["spec"]["serviceAccountName"], *w);
-        let r = record(c, n, &format!("deployment-{w}")).await;
-        assert_eq!(r.spec.stage, Some(podid_crds::migration::Stage::Switched));
-        assert_eq!(
-            r.spec.recorded_template.as_ref(),
-            Some(b),
-            "{w}: the template from before, once"
-        );
-    }
-    let out = podid(cluster, &["cutover", "rollback", "-n", n, "-q", "--yes"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    for (w, b) in names.iter().zip(&before) {
-        assert_eq!(&tmpl(&get(c, n, "Deployment", w).await, "Deployment"), b);
-    }
+    switched_once_then_rolled_back(cluster, c, n, &before).await;
 }
 
 #[tokio::test]
