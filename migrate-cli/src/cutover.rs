@@ -201,6 +201,12 @@ impl PlanEntry {
             && self.template_kind != TemplateKind::NotInPlace
             && self.holds.iter().all(|h| h.code == HoldCode::Managed)
     }
+
+    /// True when its Workload ID side is not ready yet (no record, credentials not all proven,
+    /// or the target ServiceAccount without its client ID): what `prepare` builds.
+    pub fn unprepared(&self) -> bool {
+        self.holds.iter().any(|h| h.code == HoldCode::NotBridged)
+    }
 }
 
 /// `podid cutover plan`'s document.
@@ -1146,5 +1152,107 @@ mod removed_tests {
             "app=web,tier in (a,b),!canary,zone notin (x),owner"
         );
         assert_eq!(selector_query(&json!({})), "");
+    }
+}
+
+#[cfg(test)]
+mod plan_tests {
+    use super::*;
+    use crate::inventory::ContextFromInventory;
+    use podid_crds::policy::MatchOptions;
+    use serde_json::json;
+
+    /// A Deployment on pod identity that Argo CD manages, its Workload ID side ready (the
+    /// bridge's record Bridged, its target ServiceAccount annotated).
+    fn managed_and_bridged() -> (Inventory, ClusterContext, Vec<WorkloadMigration>) {
+        let objects = json!({"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+             "metadata": {"name": "azure-wi-webhook-mutating-webhook-configuration"},
+             "webhooks": [{"name": "mutation.azure-workload-identity.io", "admissionReviewVersions": ["v1"],
+                           "sideEffects": "None", "clientConfig": {"url": "https://127.0.0.1/mutate"}}]},
+            {"apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzureIdentity",
+             "metadata": {"name": "app-id", "namespace": "shop"},
+             "spec": {"type": 0, "clientID": "c1",
+                      "resourceID": "/subscriptions/s/resourcegroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/app-id"}},
+            {"apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzureIdentityBinding",
+             "metadata": {"name": "app-binding", "namespace": "shop"},
+             "spec": {"azureIdentity": "app-id", "selector": "app"}},
+            {"apiVersion": "v1", "kind": "ServiceAccount",
+             "metadata": {"name": "web", "namespace": "shop",
+                          "annotations": {"azure.workload.identity/client-id": "c1"}}},
+            {"apiVersion": "apps/v1", "kind": "Deployment",
+             "metadata": {"name": "web", "namespace": "shop",
+                          "labels": {"argocd.argoproj.io/instance": "shop-apps"}},
+             "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                      "template": {"metadata": {"labels": {"app": "web", "aadpodidbinding": "app"}},
+                                   "spec": {"containers": [{"name": "app", "image": "app:1"}]}}}}
+        ]});
+        let mut inv = Inventory::default();
+        inv.add_text(&objects.to_string(), "<test>").unwrap();
+        inv.cluster.oidc_issuer = Some("https://issuer.example/".into());
+        inv.facts_recorded = true;
+        let ctx = ClusterContext::from_inventory(&inv, MatchOptions::standard(false));
+        let record: WorkloadMigration = serde_json::from_value(json!({
+            "apiVersion": "podid.dev/v1alpha1", "kind": "WorkloadMigration",
+            "metadata": {"name": "deployment-web", "namespace": "shop"},
+            "spec": {"workload": {"kind": "Deployment", "name": "web"}},
+            "status": {"stage": "Bridged", "targetServiceAccount": "web", "proven": "1/1",
+                "credentials": [{"name": "podid-shop-web-1", "identity": "/sub/app-id",
+                    "issuer": "https://issuer.example/",
+                    "subject": "system:serviceaccount:shop:web", "ready": true}]}
+        }))
+        .unwrap();
+        (inv, ctx, vec![record])
+    }
+
+    #[test]
+    fn a_managed_workload_is_held_unless_allowed_and_gets_its_patch_either_way() {
+        let (inv, ctx, records) = managed_and_bridged();
+        let plan = build_plan(&inv, &ctx, &records, &Scope::default(), false);
+        let [web] = plan.workloads.as_slice() else {
+            panic!("one workload: {plan:?}")
+        };
+        assert_eq!(
+            web.managed_by,
+            Some(ManagedBy {
+                tool: "argocd".into(),
+                name: "shop-apps".into()
+            })
+        );
+        assert_eq!(web.action, Action::Hold);
+        let codes: Vec<HoldCode> = web.holds.iter().map(|h| h.code).collect();
+        assert_eq!(codes, [HoldCode::Managed], "{:?}", web.holds);
+        assert!(
+            web.holds[0].message.contains("--patches")
+                && web.holds[0].message.contains("--allow-managed"),
+            "{:?}",
+            web.holds
+        );
+        assert!(plan.has_held());
+        let patch = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"template": {"metadata": {"labels": {"azure.workload.identity/use": "true"}},
+                                  "spec": {"serviceAccountName": "web"}}}});
+        assert!(
+            web.patchable(),
+            "held only for being managed: --patches writes it"
+        );
+        assert_eq!(kustomize_patch(web), Some(patch.clone()));
+        assert_eq!(patch_file_name(web), "shop.deployment.web.yaml");
+
+        // --allow-managed: the same workload switches live, still marked, its patch the same.
+        let plan = build_plan(&inv, &ctx, &records, &Scope::default(), true);
+        let web = &plan.workloads[0];
+        assert_eq!(
+            (web.action, web.holds.as_slice()),
+            (Action::Switch, &[][..])
+        );
+        assert_eq!(
+            web.managed_by.as_ref().map(|m| m.tool.as_str()),
+            Some("argocd")
+        );
+        assert!(!plan.has_held());
+        assert!(web.patchable());
+        assert_eq!(kustomize_patch(web), Some(patch));
     }
 }

@@ -438,6 +438,9 @@ enum CutoverCommand {
         /// Helm management (or that can switch) into DIR, to commit instead of switching live.
         #[arg(long, value_name = "DIR")]
         patches: Option<PathBuf>,
+        /// Accepted like every cutover command's: plan changes nothing in the cluster anyway.
+        #[arg(long, hide = true)]
+        dry_run: bool,
     },
     /// Where every workload in scope stands, from the WorkloadMigrations and the live workloads.
     Status {
@@ -445,6 +448,9 @@ enum CutoverCommand {
         scope: CutoverSource,
         #[arg(short, long, value_enum, default_value = "table")]
         output: CutoverFormat,
+        /// Accepted like every cutover command's: status changes nothing anyway.
+        #[arg(long, hide = true)]
+        dry_run: bool,
     },
     /// Wait until podid-operator's bridge has built and proven each workload's ServiceAccount,
     /// federated credentials and annotations; say what is still unproven and why. Writes
@@ -458,6 +464,9 @@ enum CutoverCommand {
         /// How long to wait for the bridge in all (e.g. 300s, 5m).
         #[arg(long, default_value = "5m", value_parser = parse_duration)]
         timeout: std::time::Duration,
+        /// With --direct: build for more than one workload without asking.
+        #[arg(short = 'y', long)]
+        yes: bool,
         #[command(flatten)]
         direct: DirectFlags,
     },
@@ -1030,6 +1039,7 @@ async fn run_cutover(command: CutoverCommand) -> anyhow::Result<ExitCode> {
             output,
             write,
             patches,
+            dry_run: _,
         } => {
             if let Some(file) = &write {
                 check_output_file("--write", file)?;
@@ -1068,7 +1078,11 @@ async fn run_cutover(command: CutoverCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(code(plan.has_held()))
         }
-        CutoverCommand::Status { scope, output } => {
+        CutoverCommand::Status {
+            scope,
+            output,
+            dry_run: _,
+        } => {
             let (_, _, inv, ctx, records, scope) = cutover_view(&scope).await?;
             let status = build_status(&inv, &ctx, &records, &scope);
             match output {
@@ -1119,6 +1133,7 @@ async fn run_cutover(command: CutoverCommand) -> anyhow::Result<ExitCode> {
             scope,
             dry_run,
             timeout,
+            yes,
             direct,
         } => {
             // Azure first: bad flags are refused before anything is read.
@@ -1183,6 +1198,10 @@ async fn run_cutover(command: CutoverCommand) -> anyhow::Result<ExitCode> {
                 let issuer = (!scope.source.oidc_issuers.is_empty())
                     .then(|| ctx.oidc_issuer.clone())
                     .flatten();
+                if !dry_run {
+                    let changing = entries.iter().filter(|e| e.unprepared()).count();
+                    confirm("prepare", changing, yes)?;
+                }
                 let azure = direct.direct(access, issuer, ctx.match_options)?;
                 let started = std::time::Instant::now();
                 let built = prepare_direct(&c, &entries, &azure, dry_run, timeout).await?;

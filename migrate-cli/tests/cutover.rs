@@ -12,10 +12,6 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use support::*;
 
-fn tmpl(o: &Value, kind: &str) -> Value {
-    podid_crds::cutover::template_of(kind, o).unwrap().clone()
-}
-
 #[tokio::test]
 async fn plan_switch_status_rerun_and_rollback() {
     let cluster = cluster().await;
@@ -95,8 +91,44 @@ async fn plan_switch_status_rerun_and_rollback() {
             .contains("no-matching-binding"),
         "{broken}"
     );
-    let table = podid(cluster, &["cutover", "plan", "-n", n, "-q"]);
+    // The same plan as YAML, on stdout and written to a file: the same workloads, the same
+    // decisions.
+    let plan_dir = tempfile::tempdir().unwrap();
+    let file = plan_dir.path().join("plan.yaml");
+    let out = podid(
+        cluster,
+        &[
+            "cutover",
+            "plan",
+            "-n",
+            n,
+            "-q",
+            "-o",
+            "yaml",
+            "--write",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let as_json: podid_cli::cutover::CutoverPlan = serde_json::from_value(plan.clone()).unwrap();
+    for doc in [stdout_of(&out), std::fs::read_to_string(&file).unwrap()] {
+        let p: podid_cli::cutover::CutoverPlan = serde_yaml::from_str(&doc).unwrap();
+        assert_eq!(
+            (p.kind.as_str(), &p.workloads),
+            ("CutoverPlan", &as_json.workloads),
+            "{doc}"
+        );
+    }
+
+    // --dry-run, accepted by every cutover command, changes nothing for a plan.
+    let table = podid(cluster, &["cutover", "plan", "-n", n, "-q", "--dry-run"]);
     println!("{}", String::from_utf8_lossy(&table.stdout));
+    assert_eq!(table.status.code(), Some(3), "{}", text(&table));
+    assert!(
+        stdout_of(&table).contains("deployment/web"),
+        "{}",
+        text(&table)
+    );
 
     // Patches to commit instead: one per switchable workload.
     let dir = tempfile::tempdir().unwrap();
@@ -265,10 +297,10 @@ async fn plan_switch_status_rerun_and_rollback() {
         ]
         .map(|(a, b)| (a.to_string(), b.to_string()))
     );
-    println!(
-        "{}",
-        String::from_utf8_lossy(&podid(cluster, &["cutover", "status", "-n", n, "-q"]).stdout)
-    );
+    let table = podid(cluster, &["cutover", "status", "-n", n, "-q", "--dry-run"]);
+    println!("{}", stdout_of(&table));
+    assert_eq!(table.status.code(), Some(3), "{}", text(&table));
+    assert!(stdout_of(&table).contains("switched"), "{}", text(&table));
 
     // A rerun converges and never overwrites the recorded template.
     let out = podid(cluster, &["cutover", "switch", "-n", n, "-q", "--yes"]);
@@ -323,19 +355,7 @@ async fn a_switch_killed_midway_converges_on_rerun() {
     let _wh = webhook(cluster, TENANT).await;
     let ns = cluster.namespace("cutover-kill").await;
     let (c, n) = (&ns.client, ns.name.as_str());
-    identity(c, n).await;
-    let names = ["a", "b", "c"];
-    let mut before = Vec::new();
-    for w in names {
-        workload(c, n, "Deployment", w, 1, "app", None).await;
-        bridged(c, n, "Deployment", w, w).await;
-    }
-    for w in names {
-        before.push(tmpl(
-            &rolled_out(c, n, "Deployment", w, 90).await,
-            "Deployment",
-        ));
-    }
+    let before = three_bridged(c, n).await;
     // Kill the CLI (SIGKILL) as soon as the first workload's record says Switched.
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_podid"))
         .args([
@@ -378,6 +398,7 @@ async fn a_switch_killed_midway_converges_on_rerun() {
         "killed before the last workload: {s}"
     );
 
+    // The rerun, two rollouts at a time: the one recorded before the kill and the rest.
     let out = podid(
         cluster,
         &[
@@ -389,25 +410,12 @@ async fn a_switch_killed_midway_converges_on_rerun() {
             "--yes",
             "--timeout",
             "120s",
+            "--max-parallel",
+            "2",
         ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    for (w, b) in names.iter().zip(&before) {
-        let o = rolled_out(c, n, "Deployment", w, 5).await;
-        assert_eq!(tmpl(&o, "Deployment")["spec"]["serviceAccountName"], *w);
-        let r = record(c, n, &format!("deployment-{w}")).await;
-        assert_eq!(r.spec.stage, Some(podid_crds::migration::Stage::Switched));
-        assert_eq!(
-            r.spec.recorded_template.as_ref(),
-            Some(b),
-            "{w}: the template from before, once"
-        );
-    }
-    let out = podid(cluster, &["cutover", "rollback", "-n", n, "-q", "--yes"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    for (w, b) in names.iter().zip(&before) {
-        assert_eq!(&tmpl(&get(c, n, "Deployment", w).await, "Deployment"), b);
-    }
+    switched_once_then_rolled_back(cluster, c, n, &before).await;
 }
 
 /// The API server becomes unreachable for the CLI in the middle of a switch (its connections
@@ -420,19 +428,7 @@ async fn a_switch_cut_off_from_the_api_server_and_killed_converges_on_rerun() {
     let _wh = webhook(cluster, TENANT).await;
     let ns = cluster.namespace("cutover-cut").await;
     let (c, n) = (&ns.client, ns.name.as_str());
-    identity(c, n).await;
-    let names = ["a", "b", "c"];
-    let mut before = Vec::new();
-    for w in names {
-        workload(c, n, "Deployment", w, 1, "app", None).await;
-        bridged(c, n, "Deployment", w, w).await;
-    }
-    for w in names {
-        before.push(tmpl(
-            &rolled_out(c, n, "Deployment", w, 90).await,
-            "Deployment",
-        ));
-    }
+    let before = three_bridged(c, n).await;
     let proxy = podid_testkit::proxy::CutProxy::start(cluster.server_addr())
         .await
         .unwrap();
@@ -519,22 +515,7 @@ async fn a_switch_cut_off_from_the_api_server_and_killed_converges_on_rerun() {
     .await
     .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    for (w, b) in names.iter().zip(&before) {
-        let o = rolled_out(c, n, "Deployment", w, 5).await;
-        assert_eq!(tmpl(&o, "Deployment")["spec"]["serviceAccountName"], *w);
-        let r = record(c, n, &format!("deployment-{w}")).await;
-        assert_eq!(r.spec.stage, Some(podid_crds::migration::Stage::Switched));
-        assert_eq!(
-            r.spec.recorded_template.as_ref(),
-            Some(b),
-            "{w}: the template from before, once"
-        );
-    }
-    let out = podid(cluster, &["cutover", "rollback", "-n", n, "-q", "--yes"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    for (w, b) in names.iter().zip(&before) {
-        assert_eq!(&tmpl(&get(c, n, "Deployment", w).await, "Deployment"), b);
-    }
+    switched_once_then_rolled_back(cluster, c, n, &before).await;
 }
 
 #[tokio::test]
@@ -922,10 +903,51 @@ async fn prepare_switch_verify_finalize_end_on_workload_id_and_roll_back_exactly
         text(&out)
     );
 
-    // Verify: pods Ready on the new template, the webhook's injection, a real exchange.
-    emu.reset_calls();
-    let start = Instant::now();
-    let out = run(&[
+    let switched = {
+        let mut m = std::collections::BTreeMap::new();
+        for (kind, name, _) in wave {
+            m.insert(name, get(c, n, kind, name).await);
+        }
+        m
+    };
+    // Each of the wave where a stage left it: its template as just after the switch, its stage.
+    let unchanged = |stage: Stage, why: &'static str| {
+        let switched = &switched;
+        async move {
+            for (kind, name, _) in wave {
+                let now = get(c, n, kind, name).await;
+                assert_eq!(
+                    (tmpl(&now, kind), &now["metadata"]["generation"]),
+                    (
+                        tmpl(&switched[name], kind),
+                        &switched[name]["metadata"]["generation"]
+                    ),
+                    "{name}: {why}"
+                );
+                let r = record(c, n, &format!("{}-{name}", kind.to_lowercase())).await;
+                assert_eq!(r.spec.stage, Some(stage), "{name}: {why}");
+            }
+        }
+    };
+
+    // Finalize before verify: each switched workload held, named as not verified; nothing
+    // changed.
+    let out = run(&["finalize", "--yes", "--timeout", "120s"]);
+    println!("finalize before verify:\n{}", text(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    for (kind, name, _) in wave {
+        let w = format!("{}/{name}", kind.to_lowercase());
+        assert!(
+            stdout_of(&out)
+                .lines()
+                .any(|l| l.contains(&w) && l.contains("held") && l.contains("not verified")),
+            "{w}: {}",
+            text(&out)
+        );
+    }
+    unchanged(Stage::Switched, "finalize refused before verify").await;
+
+    let verify_args = [
         "verify",
         "--timeout",
         "120s",
@@ -933,7 +955,28 @@ async fn prepare_switch_verify_finalize_end_on_workload_id_and_roll_back_exactly
         &emu.authority_host(),
         "--extra-ca-file",
         ca.to_str().unwrap(),
-    ]);
+    ];
+    // Verify --dry-run: verified, nothing recorded.
+    let mut args = verify_args.to_vec();
+    args.push("--dry-run");
+    let out = run(&args);
+    println!("verify --dry-run:\n{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        stdout_of(&out)
+            .lines()
+            .filter(|l| l.split_whitespace().nth(2) == Some("dry-run"))
+            .count(),
+        3,
+        "{}",
+        text(&out)
+    );
+    unchanged(Stage::Switched, "verify --dry-run records nothing").await;
+
+    // Verify: pods Ready on the new template, the webhook's injection, a real exchange.
+    emu.reset_calls();
+    let start = Instant::now();
+    let out = run(&verify_args);
     let verify_took = start.elapsed();
     println!("verify took {verify_took:?}\n{}", text(&out));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -986,6 +1029,25 @@ async fn prepare_switch_verify_finalize_end_on_workload_id_and_roll_back_exactly
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // Finalize --dry-run: every write a server-side dry run; templates, stages and bindings
+    // stay.
+    let out = run(&[
+        "finalize",
+        "--yes",
+        "--delete-bindings",
+        "--dry-run",
+        "--timeout",
+        "120s",
+    ]);
+    println!("finalize --dry-run:\n{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    unchanged(Stage::Verified, "finalize --dry-run changes nothing").await;
+    let bindings: kube::Api<kube::api::DynamicObject> =
+        kube::Api::namespaced_with(c.clone(), n, &ar("AzureIdentityBinding"));
+    for b in ["app-binding", "cron-binding"] {
+        assert!(bindings.get_opt(b).await.unwrap().is_some(), "{b}");
+    }
+
     // Finalize: aadpodidbinding goes; cron-binding with it (no one else matches it), while
     // app-binding and app-id stay (keeper still uses them).
     let out = run(&[
@@ -1017,8 +1079,6 @@ async fn prepare_switch_verify_finalize_end_on_workload_id_and_roll_back_exactly
         let r = record(c, n, &format!("{}-{name}", kind.to_lowercase())).await;
         assert_eq!(r.spec.stage, Some(Stage::Completed), "{name}");
     }
-    let bindings: kube::Api<kube::api::DynamicObject> =
-        kube::Api::namespaced_with(c.clone(), n, &ar("AzureIdentityBinding"));
     assert!(bindings.get_opt("cron-binding").await.unwrap().is_none());
     assert!(bindings.get_opt("app-binding").await.unwrap().is_some());
     let identities: kube::Api<kube::api::DynamicObject> =
@@ -1052,6 +1112,52 @@ async fn prepare_switch_verify_finalize_end_on_workload_id_and_roll_back_exactly
     }
     assert_eq!(by("broken").unwrap()["verdict"], "blocked", "{report}");
     assert_eq!(out.status.code(), Some(3));
+
+    // The CronJob's next run, now: a Job from its jobTemplate, as `kubectl create job
+    // --from=cronjob/report` makes it. Its pod, a real one, goes through the webhook: the
+    // injected environment and token, on ServiceAccount report, off pod identity.
+    let cj = get(c, n, "CronJob", "report").await;
+    apply(
+        c,
+        n,
+        json!({"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": "report-now",
+                "annotations": {"cronjob.kubernetes.io/instantiate": "manual"},
+                "ownerReferences": [{"apiVersion": "batch/v1", "kind": "CronJob", "name": "report",
+                    "uid": cj["metadata"]["uid"], "controller": true}]},
+            "spec": cj["spec"]["jobTemplate"]["spec"]}),
+    )
+    .await;
+    // Its pod as created (what the webhook mutates); kwok may complete it at once.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let run_pod = loop {
+        let lp = kube::api::ListParams::default().labels("job-name=report-now");
+        if let Some(p) = pods.list(&lp).await.unwrap().items.into_iter().next() {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "the Job made no pod in 60s");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let spec = serde_json::to_value(run_pod.spec.as_ref().unwrap()).unwrap();
+    assert_eq!(
+        podid_crds::cutover::injection_problems(&spec, Some(&ident.client_id)),
+        Vec::<String>::new(),
+        "{spec}"
+    );
+    assert_eq!(spec["serviceAccountName"], "report");
+    let labels = run_pod.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(
+        labels
+            .get("azure.workload.identity/use")
+            .map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(labels.get("aadpodidbinding"), None, "{labels:?}");
+    let jobs: kube::Api<kube::api::DynamicObject> =
+        kube::Api::namespaced_with(c.clone(), n, &ar("Job"));
+    jobs.delete("report-now", &kube::api::DeleteParams::background())
+        .await
+        .unwrap();
 
     // Rollback from Completed restores each recorded template (with aadpodidbinding) exactly.
     let out = run(&["rollback", "--yes", "--timeout", "120s"]);
@@ -1401,6 +1507,24 @@ async fn prepare_direct_builds_and_proves_without_the_operator() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("--cloud-config"), "{}", text(&out));
 
+    // Two workloads to build, no terminal to confirm on and no --yes: refused (exit 2), naming
+    // --yes, before anything is written.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_podid"))
+        .args(["cutover", "prepare", "-n", n, "-q", "--direct", &cloud])
+        .env("KUBECONFIG", cluster.kubeconfig())
+        .env("AZURE_ENVIRONMENT_FILEPATH", &env_file)
+        .env_remove("AZURE_CLIENT_SECRET")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("prepare would change 2 workloads") && text(&out).contains("--yes"),
+        "{}",
+        text(&out)
+    );
+    assert!(out.stdout.is_empty(), "{}", text(&out));
+
     // Dry run: what a pass would write; nothing written.
     let out = prepare(&["--direct", &cloud, "--dry-run"]);
     println!("prepare --direct --dry-run:\n{}", text(&out));
@@ -1412,6 +1536,7 @@ async fn prepare_direct_builds_and_proves_without_the_operator() {
         "{stdout}"
     );
     assert!(emu.federated_credentials(&ident.id).is_empty());
+    assert!(emu.federated_credentials(&other.id).is_empty());
     let records: kube::Api<podid_crds::migration::WorkloadMigration> =
         kube::Api::namespaced(c.clone(), n);
     assert!(

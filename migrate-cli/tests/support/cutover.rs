@@ -21,7 +21,7 @@ pub const RID: &str = "/subscriptions/s/resourcegroups/rg/providers/Microsoft.Ma
 pub fn ar(kind: &str) -> ApiResource {
     let (group, version) = match kind {
         "Deployment" | "StatefulSet" => ("apps", "v1"),
-        "CronJob" => ("batch", "v1"),
+        "CronJob" | "Job" => ("batch", "v1"),
         "AzureIdentity" | "AzureIdentityBinding" => ("aadpodidentity.k8s.io", "v1"),
         "WorkloadMigration" => ("podid.dev", "v1alpha1"),
         _ => ("", "v1"),
@@ -41,6 +41,11 @@ pub fn ar(kind: &str) -> ApiResource {
             k => format!("{}s", k.to_lowercase()),
         },
     }
+}
+
+/// A workload's pod template (`kind` as the API names it).
+pub fn tmpl(o: &Value, kind: &str) -> Value {
+    podid_crds::cutover::template_of(kind, o).unwrap().clone()
 }
 
 /// Server-side apply of `obj` in `ns` as `manager`.
@@ -334,4 +339,52 @@ pub fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
+}
+
+/// The Deployments `a`, `b` and `c` of the interruption tests: on pod identity (`app-binding`),
+/// bridged, rolled out. Their templates, in that order.
+pub async fn three_bridged(client: &Client, ns: &str) -> Vec<Value> {
+    identity(client, ns).await;
+    for w in ["a", "b", "c"] {
+        workload(client, ns, "Deployment", w, 1, "app", None).await;
+        bridged(client, ns, "Deployment", w, w).await;
+    }
+    let mut before = Vec::new();
+    for w in ["a", "b", "c"] {
+        before.push(tmpl(
+            &rolled_out(client, ns, "Deployment", w, 90).await,
+            "Deployment",
+        ));
+    }
+    before
+}
+
+/// After an interrupted switch was run again: each of [`three_bridged`]'s Deployments rolled
+/// out on its own ServiceAccount, its record `Switched` holding its template from `before`
+/// (recorded once, never overwritten); then a rollback restores each template exactly.
+pub async fn switched_once_then_rolled_back(
+    cluster: &Cluster,
+    client: &Client,
+    ns: &str,
+    before: &[Value],
+) {
+    for (w, b) in ["a", "b", "c"].iter().zip(before) {
+        let o = rolled_out(client, ns, "Deployment", w, 5).await;
+        assert_eq!(tmpl(&o, "Deployment")["spec"]["serviceAccountName"], *w);
+        let r = record(client, ns, &format!("deployment-{w}")).await;
+        assert_eq!(r.spec.stage, Some(podid_crds::migration::Stage::Switched));
+        assert_eq!(
+            r.spec.recorded_template.as_ref(),
+            Some(b),
+            "{w}: the template from before, once"
+        );
+    }
+    let out = podid(cluster, &["cutover", "rollback", "-n", ns, "-q", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for (w, b) in ["a", "b", "c"].iter().zip(before) {
+        assert_eq!(
+            &tmpl(&get(client, ns, "Deployment", w).await, "Deployment"),
+            b
+        );
+    }
 }
