@@ -27,8 +27,8 @@ use anyhow::{Context, bail};
 use futures::{StreamExt, TryStreamExt};
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::discovery::ApiResource;
-use serde_json::{Value, json};
 use podid_testkit::bench::{ChartRow, Panel, Series, bar_chart, env_usize, median};
+use serde_json::{Value, json};
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -439,12 +439,24 @@ fn main() -> anyhow::Result<()> {
 /// A bar chart of the medians: wall time (left) and peak RSS (right) per row, podid and azwi.
 fn chart(rows: &[Row]) -> String {
     let series = [
-        Series { name: "podid".into(), color: "#2b6cb0" },
-        Series { name: "azwi podidentity detect".into(), color: "#c05621" },
+        Series {
+            name: "podid".into(),
+            color: "#2b6cb0",
+        },
+        Series {
+            name: "azwi podidentity detect".into(),
+            color: "#c05621",
+        },
     ];
     let panels = [
-        Panel { title: "wall time, s (median)".into(), decimals: 2 },
-        Panel { title: "peak RSS, MiB (median)".into(), decimals: 0 },
+        Panel {
+            title: "wall time, s (median)".into(),
+            decimals: 2,
+        },
+        Panel {
+            title: "peak RSS, MiB (median)".into(),
+            decimals: 0,
+        },
     ];
     let rows: Vec<ChartRow> = rows
         .iter()

@@ -117,16 +117,30 @@ mod tests {
     async fn the_server_version_picks_the_variant_and_an_older_server_is_refused() {
         assert_eq!(server_minor(&server("30", "v1.30.14")).await.unwrap().0, 30);
         // Managed offerings report a `+` after the minor.
-        assert_eq!(server_minor(&server("34+", "v1.34.4-eks")).await.unwrap().0, 34);
-        let e = server_minor(&server("29", "v1.29.9")).await.unwrap_err().to_string();
+        assert_eq!(
+            server_minor(&server("34+", "v1.34.4-eks")).await.unwrap().0,
+            34
+        );
+        let e = server_minor(&server("29", "v1.29.9"))
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(
-            e.contains("v1.29.9") && e.contains("1.30 and later") && e.contains("docs/compatibility.md"),
+            e.contains("v1.29.9")
+                && e.contains("1.30 and later")
+                && e.contains("docs/compatibility.md"),
             "{e}"
         );
         // Nothing is applied to a server podid does not support.
-        let e = apply(&server("29", "v1.29.9"), true).await.unwrap_err().to_string();
+        let e = apply(&server("29", "v1.29.9"), true)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("1.30 and later"), "{e}");
-        let e = server_minor(&server("x", "v1.x")).await.unwrap_err().to_string();
+        let e = server_minor(&server("x", "v1.x"))
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a Kubernetes version podid knows"), "{e}");
     }
 }

@@ -345,10 +345,18 @@ async fn crds_apply_picks_the_variant_for_the_server_and_each_is_established() {
     let minor = podid_crds::kube_minor(&version.minor).expect("a known minor");
 
     let dry = podid(cluster, &["crds", "apply", "--dry-run"]);
-    assert!(dry.status.success(), "{}", String::from_utf8_lossy(&dry.stderr));
+    assert!(
+        dry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
     let dry = String::from_utf8_lossy(&dry.stdout).into_owned();
     let out = podid(cluster, &["crds", "apply"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = String::from_utf8_lossy(&out.stdout).into_owned();
 
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
@@ -357,7 +365,10 @@ async fn crds_apply_picks_the_variant_for_the_server_and_each_is_established() {
     for crd in &ours {
         let name = crd.metadata.name.as_deref().unwrap();
         assert!(
-            dry.contains(&format!("{name} would be applied (for {})", version.git_version)),
+            dry.contains(&format!(
+                "{name} would be applied (for {})",
+                version.git_version
+            )),
             "{dry}"
         );
         assert!(
@@ -369,7 +380,10 @@ async fn crds_apply_picks_the_variant_for_the_server_and_each_is_established() {
             .status
             .as_ref()
             .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Established" && c.status == "True"));
+            .is_some_and(|c| {
+                c.iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+            });
         assert!(established, "{name} is not Established");
         // What the server kept of `selectableFields` is what was sent for its version.
         let kept = live

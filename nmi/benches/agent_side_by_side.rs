@@ -36,7 +36,9 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use podid_azure_emulator::{Emulator, Settings};
-use podid_testkit::bench::{ChartRow, Panel, ProcUsage, Series, bar_chart, env_usize, median, quantile};
+use podid_testkit::bench::{
+    ChartRow, Panel, ProcUsage, Series, bar_chart, env_usize, median, quantile,
+};
 use podid_testkit::{Cluster, NodePool};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -61,9 +63,8 @@ impl Agent {
         self.process.child.id().expect("agent running")
     }
     fn usage(&self) -> ProcUsage {
-        ProcUsage::of(self.pid()).unwrap_or_else(|| {
-            panic!("{} is gone; its log:\n{}", self.name, self.process.log())
-        })
+        ProcUsage::of(self.pid())
+            .unwrap_or_else(|| panic!("{} is gone; its log:\n{}", self.name, self.process.log()))
     }
 }
 
@@ -400,7 +401,9 @@ fn main() {
         .ok()
         .filter(|p| p.is_file())
         .unwrap_or_else(|| {
-            eprintln!("the original NMI is not built: run tests/peers/build.sh (or set PODID_PEERS_BIN)");
+            eprintln!(
+                "the original NMI is not built: run tests/peers/build.sh (or set PODID_PEERS_BIN)"
+            );
             std::process::exit(1)
         });
 
@@ -426,10 +429,15 @@ fn main() {
             )
             .await;
             client_ids.push(ident.client_id.clone());
-            labels.push((format!("pod-{i}"), json!({"aadpodidbinding": format!("sel-{i}")})));
+            labels.push((
+                format!("pod-{i}"),
+                json!({"aadpodidbinding": format!("sel-{i}")}),
+            ));
         }
-        let labels: Vec<(&str, Value)> =
-            labels.iter().map(|(n, l)| (n.as_str(), l.clone())).collect();
+        let labels: Vec<(&str, Value)> = labels
+            .iter()
+            .map(|(n, l)| (n.as_str(), l.clone()))
+            .collect();
         let ips = live::run_pods(
             &Api::<Pod>::namespaced(ns.client.clone(), &ns.name),
             &pool.node_name(0),
@@ -586,7 +594,10 @@ fn main() {
                     s.p999_us as f64 / 1000.0,
                     s.cpu_secs,
                     if unexpected + s.errors > 0 {
-                        format!("  (unexpected answers {:?}, {} errors)", s.statuses, s.errors)
+                        format!(
+                            "  (unexpected answers {:?}, {} errors)",
+                            s.statuses, s.errors
+                        )
                     } else {
                         String::new()
                     }
@@ -634,19 +645,53 @@ fn main() {
     let warm = |agent| get(0, agent, "perSec").unwrap_or(f64::NAN);
     let goals = [
         // (goal, value, bound, whether the value must reach the bound or stay at most at it)
-        ("warm answers/s ≥ 10× the original's", warm("podid") / warm("original"), 10.0, true),
+        (
+            "warm answers/s ≥ 10× the original's",
+            warm("podid") / warm("original"),
+            10.0,
+            true,
+        ),
         ("warm answers/s ≥ 25,000", warm("podid"), 25_000.0, true),
-        ("warm p99 at 64 workers < 5 ms", get(0, "podid", "p99Ms").unwrap_or(f64::NAN), 5.0, false),
-        ("warm p99 at 1 worker < 1 ms", get(1, "podid", "p99Ms").unwrap_or(f64::NAN), 1.0, false),
-        ("cache off answers/s ≥ 3× the original's", warm("podid, cache off") / warm("original"), 3.0, true),
-        ("peak RSS ≤ ½ the original's", rss["podid"] / rss["original"], 0.5, false),
+        (
+            "warm p99 at 64 workers < 5 ms",
+            get(0, "podid", "p99Ms").unwrap_or(f64::NAN),
+            5.0,
+            false,
+        ),
+        (
+            "warm p99 at 1 worker < 1 ms",
+            get(1, "podid", "p99Ms").unwrap_or(f64::NAN),
+            1.0,
+            false,
+        ),
+        (
+            "cache off answers/s ≥ 3× the original's",
+            warm("podid, cache off") / warm("original"),
+            3.0,
+            true,
+        ),
+        (
+            "peak RSS ≤ ½ the original's",
+            rss["podid"] / rss["original"],
+            0.5,
+            false,
+        ),
     ];
     println!("\ngoals (podid against the original, same run):");
     let goals: Vec<Value> = goals
         .iter()
         .map(|(what, value, bound, at_least)| {
-            let met = if *at_least { value >= bound } else { value <= bound };
-            println!("  {:<44} {:>10.2}  {}", what, value, if met { "met" } else { "NOT met" });
+            let met = if *at_least {
+                value >= bound
+            } else {
+                value <= bound
+            };
+            println!(
+                "  {:<44} {:>10.2}  {}",
+                what,
+                value,
+                if met { "met" } else { "NOT met" }
+            );
             json!({"goal": what, "value": value, "bound": bound, "met": met})
         })
         .collect();
@@ -667,25 +712,48 @@ fn main() {
     if let Some(dir) = out_path.parent() {
         std::fs::create_dir_all(dir).unwrap();
     }
-    std::fs::write(&out_path, serde_json::to_string_pretty(&report).unwrap() + "\n").unwrap();
+    std::fs::write(
+        &out_path,
+        serde_json::to_string_pretty(&report).unwrap() + "\n",
+    )
+    .unwrap();
     let series: Vec<Series> = names
         .iter()
         .map(|n| match *n {
-            "original" => Series { name: "original NMI v1.8.17".into(), color: "#c05621" },
-            "podid" => Series { name: "podid-nmi".into(), color: "#2b6cb0" },
-            _ => Series { name: "podid-nmi, cache off".into(), color: "#63b3ed" },
+            "original" => Series {
+                name: "original NMI v1.8.17".into(),
+                color: "#c05621",
+            },
+            "podid" => Series {
+                name: "podid-nmi".into(),
+                color: "#2b6cb0",
+            },
+            _ => Series {
+                name: "podid-nmi, cache off".into(),
+                color: "#63b3ed",
+            },
         })
         .collect();
     let panels = [
-        Panel { title: "answers/s (median)".into(), decimals: 0 },
-        Panel { title: "p99 latency, ms (median)".into(), decimals: 2 },
+        Panel {
+            title: "answers/s (median)".into(),
+            decimals: 0,
+        },
+        Panel {
+            title: "p99 latency, ms (median)".into(),
+            decimals: 2,
+        },
     ];
     let mut rows: Vec<ChartRow> = scenarios
         .iter()
         .enumerate()
         .map(|(si, sc)| ChartRow {
             name: sc.name().split(',').next().unwrap_or_default().to_owned()
-                + if *sc == Scenario::Warm1 { ", 1 worker" } else { "" },
+                + if *sc == Scenario::Warm1 {
+                    ", 1 worker"
+                } else {
+                    ""
+                },
             values: names
                 .iter()
                 .map(|n| vec![get(si, n, "perSec"), get(si, n, "p99Ms")])
