@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmark 2, "Controller": podid-operator against the original MIC on one control plane with
-# 5,000 pods on 100 kwok nodes in 5 scale sets, 200 identities and bindings, from empty and after
+# 5,000 pods on 100 nodes in 5 scale sets, 200 identities and bindings, from empty and after
 # churn, with ARM answering as slowly as Azure (a scale-set PATCH takes 2.5 s). Release build.
 # Prints the table; writes bench/results/controller.json and bench/results/controller.svg.
 # Prerequisites: tests/cluster/build.sh (Kubernetes binaries) and tests/peers/build.sh (the

@@ -3,8 +3,9 @@
 //! tests/peers/build.sh), in one run, on one control plane. `bench/controller.sh` runs it
 //! (`cargo bench -p podid-operator --bench controller_side_by_side`).
 //!
-//! The scene, made once: `PODID_BENCH_NODES` (100) kwok nodes in `PODID_BENCH_SCALE_SETS` (5)
-//! scale sets, `PODID_BENCH_IDENTITIES` (200) user-assigned identities, each with its
+//! The scene, made once: `PODID_BENCH_NODES` (100) nodes (Node objects with AKS names and
+//! provider IDs; nothing runs on them, the pods stay Pending, as neither controller minds) in
+//! `PODID_BENCH_SCALE_SETS` (5) scale sets, `PODID_BENCH_IDENTITIES` (200) user-assigned identities, each with its
 //! AzureIdentity and one binding, and `PODID_BENCH_PODS` (5,000) pods with `spec.nodeName` set
 //! (no scheduler), each matching exactly one binding; a binding's pods lie on two neighbouring
 //! scale sets, so every scale set needs 2/5 of the identities (80).
@@ -37,7 +38,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Endpoints, Pod};
+use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, ServiceAccount};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use podid_azure_emulator::{Emulator, Fault, IdentitySeed, Seed, Settings};
@@ -602,6 +603,45 @@ fn print_phase(which: Which, name: &str, p: &Phase) {
     );
 }
 
+/// The pools' nodes as AKS names them, with their `providerID` (all either controller reads of
+/// a node). Nothing runs on them: the pods stay Pending, which neither controller looks at
+/// (only a finished pod needs no identity), and no kubelet stand-in rewrites pod status under
+/// the controllers' watches.
+async fn create_nodes(client: &kube::Client, pools: &[NodePool]) -> anyhow::Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let all: Vec<(String, String, String)> = pools
+        .iter()
+        .flat_map(|pool| {
+            (0..pool.count).map(|i| {
+                (
+                    pool.node_name(i),
+                    pool.provider_id(i),
+                    pool.scale_set.clone(),
+                )
+            })
+        })
+        .collect();
+    futures::stream::iter(all.into_iter().map(|(name, provider_id, pool)| {
+        let nodes = nodes.clone();
+        async move {
+            let node: Node = obj(json!({
+                "metadata": {"name": name, "labels": {
+                    "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                    "kubernetes.azure.com/agentpool": pool}},
+                "spec": {"providerID": provider_id}
+            }));
+            match nodes.create(&PostParams::default(), &node).await {
+                Err(kube::Error::Api(e)) if e.code == 409 => anyhow::Ok(()),
+                r => r.map(|_| ()).with_context(|| format!("node {name}")),
+            }
+        }
+    }))
+    .buffer_unordered(32)
+    .try_collect::<Vec<()>>()
+    .await?;
+    Ok(())
+}
+
 /// Creates the pods, 32 at a time.
 async fn create_pods(client: &kube::Client, scene: &Scene) -> anyhow::Result<()> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), &scene.ns);
@@ -708,11 +748,13 @@ fn main() -> anyhow::Result<()> {
         let pools: Vec<NodePool> = (0..sets)
             .map(|p| NodePool::aks(&format!("bench{p}"), per_pool))
             .collect();
-        for pool in &pools {
-            cluster.add_nodes(pool).await?;
-        }
         let ns = cluster.namespace("ctl-bench").await;
         let client = ns.client.clone();
+        create_nodes(&client, &pools).await?;
+        // Admission wants the namespace's default ServiceAccount (no controller-manager here).
+        Api::<ServiceAccount>::namespaced(client.clone(), &ns.name)
+            .create(&PostParams::default(), &obj(json!({"metadata": {"name": "default"}})))
+            .await?;
         let mut scene = Scene::new(ns.name.clone(), pools, identities, pods);
         // The subscription is the emulator's default, the same for every emulator.
         let sub = Settings::default().subscription_id;
