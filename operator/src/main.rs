@@ -152,9 +152,10 @@ async fn core_event(
 }
 
 /// The Kubernetes client: from `--kubeconfig` when given (and not empty, as the original's
-/// manifests pass it), else the in-cluster configuration (or the default kubeconfig).
+/// manifests pass it), else the in-cluster configuration (or the default kubeconfig). Its
+/// requests say `User-Agent: podid-operator/<version>` (as the API server's audit log shows).
 async fn kube_client(flags: &Flags) -> anyhow::Result<kube::Client> {
-    match flags
+    let mut config = match flags
         .kubeconfig
         .as_ref()
         .filter(|p| !p.as_os_str().is_empty())
@@ -162,13 +163,20 @@ async fn kube_client(flags: &Flags) -> anyhow::Result<kube::Client> {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("reading --kubeconfig {}", path.display()))?;
-            let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
                 .await
-                .with_context(|| format!("using --kubeconfig {}", path.display()))?;
-            Ok(kube::Client::try_from(config)?)
+                .with_context(|| format!("using --kubeconfig {}", path.display()))?
         }
-        None => Ok(kube::Client::try_default().await?),
-    }
+        None => kube::Config::infer().await?,
+    };
+    config.headers.push((
+        reqwest::header::USER_AGENT,
+        reqwest::header::HeaderValue::from_static(concat!(
+            "podid-operator/",
+            env!("CARGO_PKG_VERSION")
+        )),
+    ));
+    Ok(kube::Client::try_from(config)?)
 }
 
 /// ARM, and what the bridge's token exchange needs, from the cloud config.

@@ -25,6 +25,11 @@ impl Running {
         Running { child, log }
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGTERM (as Kubernetes stops a pod), then wait; SIGKILL after 10 s.
     pub fn stop(mut self) {
         let pid = self.child.id().to_string();

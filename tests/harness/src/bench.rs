@@ -167,6 +167,80 @@ pub fn bar_chart(series: &[Series], panels: &[Panel], rows: &[ChartRow]) -> Stri
     s + "</svg>\n"
 }
 
+/// The audit policy of [`crate::AUDIT_LOG_ENV`]: every request at Metadata level (who, verb,
+/// resource, user agent; no bodies), one event when its response is complete (and one when a
+/// watch's response starts).
+pub const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+";
+
+/// Requests counted from an API server audit log (JSON lines): per user agent, per verb. A
+/// request counts once however many stages of it were logged (by its `auditID`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AuditCounts {
+    /// user agent → verb → requests.
+    pub by_agent: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>,
+}
+
+impl AuditCounts {
+    /// Counts the events of `text` (lines that are not JSON events are skipped).
+    pub fn parse(text: &str) -> Self {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Self::default();
+        for line in text.lines() {
+            let Ok(ev) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let Some(id) = ev["auditID"].as_str() else {
+                continue;
+            };
+            if !seen.insert(id.to_string()) {
+                continue;
+            }
+            let agent = ev["userAgent"].as_str().unwrap_or_default().to_string();
+            let verb = ev["verb"].as_str().unwrap_or_default().to_string();
+            *out.by_agent
+                .entry(agent)
+                .or_default()
+                .entry(verb)
+                .or_default() += 1;
+        }
+        out
+    }
+
+    /// The events of the file at `path` from byte `from` on (what was logged since a
+    /// [`std::fs::metadata`] length taken earlier).
+    pub fn read(path: &std::path::Path, from: u64) -> std::io::Result<Self> {
+        use std::io::{Read, Seek};
+        let mut f = std::fs::File::open(path)?;
+        f.seek(std::io::SeekFrom::Start(from))?;
+        let mut text = String::new();
+        f.read_to_string(&mut text)?;
+        Ok(Self::parse(&text))
+    }
+
+    /// Requests per verb of the user agents starting with `prefix`.
+    pub fn verbs(&self, prefix: &str) -> std::collections::BTreeMap<String, u64> {
+        let mut out = std::collections::BTreeMap::new();
+        for (agent, verbs) in &self.by_agent {
+            if agent.starts_with(prefix) {
+                for (verb, n) in verbs {
+                    *out.entry(verb.clone()).or_default() += n;
+                }
+            }
+        }
+        out
+    }
+
+    /// All requests of the user agents starting with `prefix`.
+    pub fn total(&self, prefix: &str) -> u64 {
+        self.verbs(prefix).values().sum()
+    }
+}
+
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -197,6 +271,34 @@ mod tests {
         assert!(u.cpu > Duration::ZERO, "{u:?}");
         assert!(u.rss_kib > 0 && u.peak_rss_kib >= u.rss_kib, "{u:?}");
         assert_eq!(ProcUsage::of(u32::MAX), None);
+    }
+
+    #[test]
+    fn audit_events_count_once_per_request_by_agent_and_verb() {
+        let log = [
+            r#"{"auditID":"a","stage":"ResponseStarted","verb":"watch","userAgent":"mic/v0.0.0"}"#,
+            r#"{"auditID":"a","stage":"ResponseComplete","verb":"watch","userAgent":"mic/v0.0.0"}"#,
+            r#"{"auditID":"b","stage":"ResponseComplete","verb":"create","userAgent":"mic/v0.0.0"}"#,
+            r#"{"auditID":"c","stage":"ResponseComplete","verb":"create","userAgent":"mic/v0.0.0"}"#,
+            r#"{"auditID":"d","stage":"ResponseComplete","verb":"patch","userAgent":"podid-operator/0.1.0"}"#,
+            "not json",
+        ]
+        .join("\n");
+        let c = AuditCounts::parse(&log);
+        assert_eq!(c.total("mic/"), 3);
+        assert_eq!(c.verbs("mic/")["create"], 2);
+        assert_eq!(c.verbs("mic/")["watch"], 1);
+        assert_eq!(c.total("podid-operator/"), 1);
+        assert_eq!(c.total("kube-scheduler/"), 0);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        std::fs::write(&path, &log).unwrap();
+        let from = log.find(r#"{"auditID":"d""#).unwrap() as u64;
+        let since = AuditCounts::read(&path, from).unwrap();
+        assert_eq!(
+            (since.total("mic/"), since.total("podid-operator/")),
+            (0, 1)
+        );
     }
 
     #[test]

@@ -151,6 +151,11 @@ fn cache_dir() -> PathBuf {
         })
 }
 
+/// `$PODID_K8S_AUDIT_LOG`: when set, the API server writes an audit log there (JSON lines, one
+/// event per request at Metadata level; [`bench::AuditCounts`] reads it), as the benchmarks count
+/// the requests a controller makes.
+pub const AUDIT_LOG_ENV: &str = "PODID_K8S_AUDIT_LOG";
+
 /// `$PODID_K8S_APISERVER`: another kube-apiserver (the oldest supported Kubernetes, built by
 /// tests/cluster/build.sh), with the kube-controller-manager and kube-scheduler of its release
 /// from the same directory (the control plane's version-skew rule: none newer than the API
@@ -385,6 +390,16 @@ impl Cluster {
         let server = format!("https://127.0.0.1:{port}");
         let issuer = server.clone();
         let p = |f: &str| dir.join(f).display().to_string();
+        let mut audit = Vec::new();
+        if let Some(log) = std::env::var_os(AUDIT_LOG_ENV).filter(|v| !v.is_empty()) {
+            std::fs::write(dir.join("audit-policy.yaml"), bench::AUDIT_POLICY)?;
+            audit = vec![
+                format!("--audit-policy-file={}", p("audit-policy.yaml")),
+                format!("--audit-log-path={}", Path::new(&log).display()),
+                "--audit-log-format=json".into(),
+                "--audit-log-maxsize=0".into(),
+            ];
+        }
         process::spawn(
             "kube-apiserver",
             &binary("kube-apiserver")?,
@@ -409,7 +424,10 @@ impl Cluster {
                 "--allow-privileged=true".into(),
                 "--storage-media-type=application/json".into(),
                 "--v=1".into(),
-            ],
+            ]
+            .into_iter()
+            .chain(audit)
+            .collect::<Vec<String>>(),
             &dir,
             process::Order::First,
         )?;
