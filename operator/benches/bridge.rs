@@ -35,7 +35,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod common;
 
 /// One round's figures.
