@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
-use podid_crds::index::IdentityIndex;
+use podid_crds::index::{IdentityIndex, IndexObjects, ObjectKey};
 use podid_crds::migration::WorkloadMigration;
 use podid_crds::policy::PodFacts;
 use podid_crds::{
@@ -65,11 +65,74 @@ pub fn pod_info(pod: &Pod) -> PodInfo {
     }
 }
 
-/// A [`ClusterView`] backed by watches: pods and assignments in reflector stores, bindings,
-/// identities and exceptions in an index updated in place.
+/// The node's pods, each converted to a [`PodInfo`] once as its watch event arrives, and found
+/// by address: every token request looks its caller up here, so a lookup is a hash probe, not a
+/// walk over the node's pods.
+#[derive(Debug, Default)]
+pub struct PodIndex {
+    pods: HashMap<ObjectKey, PodInfo>,
+    by_ip: HashMap<IpAddr, BTreeSet<ObjectKey>>,
+}
+
+impl PodIndex {
+    /// The running or pending pods, not on the host network, at `ip` (normally one; more only
+    /// while the API server holds a stale pod).
+    pub fn with_ip(&self, ip: IpAddr) -> Vec<PodInfo> {
+        self.by_ip
+            .get(&ip)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.pods.get(k))
+            .filter(|p| p.active && !p.host_network)
+            .cloned()
+            .collect()
+    }
+
+    pub fn get(&self, namespace: &str, name: &str) -> Option<PodInfo> {
+        self.pods.get(&ObjectKey::new(namespace, name)).cloned()
+    }
+
+    fn unlink(&mut self, key: &ObjectKey) {
+        if let Some(ip) = self.pods.get(key).and_then(|p| p.ip)
+            && let Some(keys) = self.by_ip.get_mut(&ip)
+        {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.by_ip.remove(&ip);
+            }
+        }
+    }
+}
+
+impl IndexObjects<Pod> for PodIndex {
+    fn apply(&mut self, pod: Pod) {
+        let key = ObjectKey::of(&pod);
+        let info = pod_info(&pod);
+        self.unlink(&key);
+        if let Some(ip) = info.ip {
+            self.by_ip.entry(ip).or_default().insert(key.clone());
+        }
+        self.pods.insert(key, info);
+    }
+
+    fn delete(&mut self, key: &ObjectKey) {
+        self.unlink(key);
+        self.pods.remove(key);
+    }
+
+    fn reset(&mut self, pods: Vec<Pod>) {
+        *self = Self::default();
+        for p in pods {
+            self.apply(p);
+        }
+    }
+}
+
+/// A [`ClusterView`] backed by watches: pods in a [`PodIndex`], assignments in reflector
+/// stores, bindings, identities and exceptions in an index updated in place.
 #[derive(Clone)]
 pub struct KubeView {
-    pods: Store<Pod>,
+    pods: Arc<RwLock<PodIndex>>,
     assigned: Option<Store<AzureAssignedIdentity>>,
     migrations: Option<Store<WorkloadMigration>>,
     index: Arc<RwLock<IdentityIndex>>,
@@ -88,12 +151,14 @@ impl KubeView {
     ) -> anyhow::Result<Self> {
         // The first list is a consistent read (served from the API server's cache once it has
         // caught up): a pod started just before the agent must be known when it first calls.
-        let pods = watch::store(
-            Api::<Pod>::all(client.clone()),
+        let pods = Arc::new(RwLock::new(PodIndex::default()));
+        let pods_synced = watch::index::<Pod, _>(
+            Api::all(client.clone()),
             watcher::Config::default()
                 .fields(&format!("spec.nodeName={node}"))
                 .list_semantic(watcher::ListSemantic::MostRecent),
             "pods",
+            pods.clone(),
             None,
             shutdown.clone(),
         );
@@ -149,7 +214,7 @@ impl KubeView {
             index,
         };
         tokio::time::timeout(SYNC_TIMEOUT, async {
-            view.pods.wait_until_ready().await?;
+            pods_synced.wait().await;
             if let Some(a) = &view.assigned {
                 a.wait_until_ready().await?;
             }
@@ -169,18 +234,14 @@ impl KubeView {
 
 impl ClusterView for KubeView {
     fn pods_with_ip(&self, ip: IpAddr) -> Vec<PodInfo> {
-        self.pods
-            .state()
-            .iter()
-            .map(|p| pod_info(p))
-            .filter(|p| p.active && !p.host_network && p.ip == Some(ip))
-            .collect()
+        self.pods.read().expect("pod index lock").with_ip(ip)
     }
 
     fn pod(&self, namespace: &str, name: &str) -> Option<PodInfo> {
         self.pods
-            .get(&reflector::ObjectRef::new(name).within(namespace))
-            .map(|p| pod_info(&p))
+            .read()
+            .expect("pod index lock")
+            .get(namespace, name)
     }
 
     fn index(&self) -> RwLockReadGuard<'_, IdentityIndex> {
@@ -409,5 +470,62 @@ impl SecretSource for SecretCache {
                 _ => self.get_directly(namespace, name).await,
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(ns: &str, name: &str, ip: &str, phase: &str, host_network: bool) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"namespace": ns, "name": name, "labels": {"aadpodidbinding": "web"}},
+            "spec": {"hostNetwork": host_network, "containers": []},
+            "status": {"phase": phase, "podIP": ip},
+        }))
+        .unwrap()
+    }
+
+    fn names(pods: Vec<PodInfo>) -> Vec<String> {
+        pods.iter().map(PodInfo::key).collect()
+    }
+
+    #[test]
+    fn pods_are_found_by_address_and_follow_their_changes() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut index = PodIndex::default();
+        index.reset(vec![
+            pod("a", "web", "10.0.0.1", "Running", false),
+            pod("a", "done", "10.0.0.2", "Succeeded", false),
+            pod("kube-system", "proxy", "10.0.0.9", "Running", true),
+        ]);
+        assert_eq!(names(index.with_ip(ip("10.0.0.1"))), ["a/web"]);
+        // A finished pod and a host-network pod prove nothing by their address.
+        assert!(index.with_ip(ip("10.0.0.2")).is_empty());
+        assert!(index.with_ip(ip("10.0.0.9")).is_empty());
+        assert_eq!(index.get("a", "done").map(|p| p.active), Some(false));
+
+        // The finished pod's address is reused: the new pod answers for it.
+        index.apply(pod("b", "api", "10.0.0.2", "Pending", false));
+        assert_eq!(names(index.with_ip(ip("10.0.0.2"))), ["b/api"]);
+
+        // A pod given a new address is no longer found at its old one.
+        index.apply(pod("a", "web", "10.0.0.3", "Running", false));
+        assert!(index.with_ip(ip("10.0.0.1")).is_empty());
+        assert_eq!(names(index.with_ip(ip("10.0.0.3"))), ["a/web"]);
+
+        index.delete(&ObjectKey::new("a", "web"));
+        assert!(index.with_ip(ip("10.0.0.3")).is_empty());
+        assert!(index.get("a", "web").is_none());
+        assert!(
+            !index.by_ip.contains_key(&ip("10.0.0.1")),
+            "no empty entries left"
+        );
+
+        // A relist replaces everything.
+        index.reset(vec![pod("c", "new", "10.0.0.1", "Running", false)]);
+        assert!(index.get("b", "api").is_none());
+        assert_eq!(names(index.with_ip(ip("10.0.0.1"))), ["c/new"]);
     }
 }
