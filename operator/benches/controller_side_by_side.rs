@@ -73,11 +73,12 @@ impl Which {
             Which::Original => "mic",
         }
     }
-    /// The start of its requests' User-Agent.
-    fn user_agent(self) -> &'static str {
+    /// The starts of its requests' User-Agent: the original MIC sets its own
+    /// (`aad-pod-identity/MIC/<version>/…`); `mic/` is client-go's default, for a build without it.
+    fn user_agents(self) -> &'static [&'static str] {
         match self {
-            Which::Podid => "podid-operator/",
-            Which::Original => "mic/",
+            Which::Podid => &["podid-operator/"],
+            Which::Original => &["aad-pod-identity/", "mic/"],
         }
     }
 }
@@ -483,7 +484,13 @@ impl Bench {
         let usage = ProcUsage::of(pid).context("controller gone")?;
         phase.cpu_seconds = usage.cpu.as_secs_f64() - cpu_before;
         phase.peak_rss_mib = usage.peak_rss_kib as f64 / 1024.0;
-        phase.api = AuditCounts::read(&self.audit_log, audit_from)?.verbs(which.user_agent());
+        let audit = AuditCounts::read(&self.audit_log, audit_from)?;
+        phase.api = BTreeMap::new();
+        for ua in which.user_agents() {
+            for (verb, n) in audit.verbs(ua) {
+                *phase.api.entry(verb).or_default() += n;
+            }
+        }
         Ok(phase)
     }
 

@@ -130,6 +130,32 @@ pub struct BridgePlan {
     pub delete_service_accounts: Vec<(String, String)>,
 }
 
+/// How many identities the bridge writes credentials to at once. Azure takes one write at a time
+/// per identity (a concurrent second one is refused with 409), but identities are independent.
+pub const CREDENTIAL_WRITERS: usize = 16;
+
+/// One identity's credential writes in a pass, in order: creations, then deletions.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct IdentityWrites<'a> {
+    pub put: Vec<&'a FederatedCredential>,
+    pub delete: Vec<&'a str>,
+}
+
+impl BridgePlan {
+    /// The credential writes grouped by identity (resource ID): each group must be written one
+    /// call at a time; groups may be written side by side.
+    pub fn writes_by_identity(&self) -> BTreeMap<&str, IdentityWrites<'_>> {
+        let mut out: BTreeMap<&str, IdentityWrites<'_>> = BTreeMap::new();
+        for (identity, c) in &self.put {
+            out.entry(identity).or_default().put.push(c);
+        }
+        for (identity, name) in &self.delete {
+            out.entry(identity).or_default().delete.push(name);
+        }
+        out
+    }
+}
+
 impl BridgePlan {
     /// This plan for the workloads in `scope` only, as (namespace, kind, name): their records,
     /// the credentials and ServiceAccounts they need; no deletion (what is out of scope is not

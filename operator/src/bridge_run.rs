@@ -38,7 +38,9 @@ use podid_telemetry::watch as watches;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::bridge::{self, BridgePlan, Observed, Sharing, WorkloadBridge};
+use crate::bridge::{
+    self, BridgePlan, CREDENTIAL_WRITERS, IdentityWrites, Observed, Sharing, WorkloadBridge,
+};
 use crate::metrics::Metrics;
 
 /// Label podid puts on the records it writes.
@@ -540,34 +542,60 @@ impl<F: FederatedCredentials> Bridge<F> {
     }
 
     async fn write_credentials(&self, plan: &BridgePlan, report: &mut BridgeReport) {
-        // One write at a time: Azure answers 409 to concurrent writes on one identity.
-        for (identity, c) in &plan.put {
+        use futures::StreamExt;
+        // One write at a time per identity (Azure answers 409 to concurrent writes on one
+        // identity); up to CREDENTIAL_WRITERS identities side by side.
+        let writes: Vec<_> = plan
+            .writes_by_identity()
+            .into_iter()
+            .map(|(identity, writes)| self.write_identity(identity, writes))
+            .collect();
+        let outcomes: Vec<(usize, usize, usize)> = futures::stream::iter(writes)
+            .buffer_unordered(CREDENTIAL_WRITERS)
+            .collect()
+            .await;
+        for (created, deleted, errors) in outcomes {
+            report.credentials_created += created;
+            report.credentials_deleted += deleted;
+            report.errors += errors;
+        }
+    }
+
+    /// One identity's credential writes, one call at a time: (created, deleted, errors).
+    async fn write_identity(
+        &self,
+        identity: &str,
+        writes: IdentityWrites<'_>,
+    ) -> (usize, usize, usize) {
+        let (mut created, mut deleted, mut errors) = (0, 0, 0);
+        for c in writes.put {
             match self.arm.put(identity, c).await {
                 Ok(()) => {
-                    report.credentials_created += 1;
+                    created += 1;
                     self.metrics.bridge_credential("created");
                     tracing::info!(identity = %identity, name = %c.name, subject = %c.subject, "federated credential created");
                 }
                 Err(e) => {
-                    report.errors += 1;
+                    errors += 1;
                     self.metrics.bridge_credential("failed");
                     tracing::warn!(identity = %identity, name = %c.name, error = %e, "creating federated credential");
                 }
             }
         }
-        for (identity, name) in &plan.delete {
+        for name in writes.delete {
             match self.arm.delete(identity, name).await {
                 Ok(()) => {
-                    report.credentials_deleted += 1;
+                    deleted += 1;
                     self.metrics.bridge_credential("deleted");
                     tracing::info!(identity = %identity, name = %name, "federated credential no longer needed: deleted");
                 }
                 Err(e) => {
-                    report.errors += 1;
+                    errors += 1;
                     tracing::warn!(identity = %identity, name = %name, error = %e, "deleting federated credential");
                 }
             }
         }
+        (created, deleted, errors)
     }
 
     /// Proves each credential within budget once; returns the (identity, subject) pairs proven.

@@ -529,3 +529,31 @@ fn a_scoped_plan_writes_only_for_its_workloads_and_deletes_nothing() {
     );
     assert!(p.delete.is_empty() && p.delete_service_accounts.is_empty());
 }
+
+#[test]
+fn writes_are_grouped_per_identity_creations_before_deletions() {
+    let (a, b) = (rid("a"), rid("b"));
+    let plan = podid_operator::bridge::BridgePlan {
+        put: vec![
+            (a.clone(), foreign("one", "system:serviceaccount:ns:one")),
+            (b.clone(), foreign("two", "system:serviceaccount:ns:two")),
+            (
+                a.clone(),
+                foreign("three", "system:serviceaccount:ns:three"),
+            ),
+        ],
+        delete: vec![(a.clone(), "old".into())],
+        ..Default::default()
+    };
+    let groups = plan.writes_by_identity();
+    assert_eq!(groups.len(), 2, "one group per identity: {groups:?}");
+    let names = |id: &str| {
+        let g = &groups[id];
+        (
+            g.put.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+            g.delete.clone(),
+        )
+    };
+    assert_eq!(names(&a), (vec!["one", "three"], vec!["old"]));
+    assert_eq!(names(&b), (vec!["two"], vec![]));
+}
