@@ -465,8 +465,18 @@ impl<F: FederatedCredentials> Bridge<F> {
                 .filter(|i| !i.spec.resource_id.is_empty())
                 .map(|i| i.spec.resource_id.to_ascii_lowercase()),
         );
-        for id in ids {
-            match self.arm.list(&id).await {
+        // Reads go side by side (Azure paces writes per identity, not reads).
+        let reads: Vec<_> = ids
+            .into_iter()
+            .map(|id| self.list_credentials(id))
+            .collect();
+        let listed: Vec<_> = futures::StreamExt::collect(futures::StreamExt::buffer_unordered(
+            futures::stream::iter(reads),
+            CREDENTIAL_WRITERS,
+        ))
+        .await;
+        for (id, result) in listed {
+            match result {
                 Ok(c) => {
                     observed.credentials.insert(id, c);
                 }
@@ -480,6 +490,17 @@ impl<F: FederatedCredentials> Bridge<F> {
                 }
             }
         }
+    }
+
+    async fn list_credentials(
+        &self,
+        id: String,
+    ) -> (
+        String,
+        Result<Vec<podid_azure::FederatedCredential>, podid_azure::Error>,
+    ) {
+        let result = self.arm.list(&id).await;
+        (id, result)
     }
 
     async fn write_service_accounts(&self, plan: &BridgePlan, report: &mut BridgeReport) {
@@ -607,6 +628,7 @@ impl<F: FederatedCredentials> Bridge<F> {
     ) -> BTreeSet<(String, String)> {
         let mut ready = BTreeSet::new();
         let mut tried = BTreeSet::new();
+        let mut proofs = Vec::new();
         for w in &plan.workloads {
             for c in w.credentials.iter().filter(|c| c.within_budget) {
                 let key = (
@@ -625,22 +647,44 @@ impl<F: FederatedCredentials> Bridge<F> {
                 let Some((ns, sa)) = parse_service_account_subject(&c.credential.subject) else {
                     continue;
                 };
-                match self.prove_with_retry(&ns, &sa, &c.client_id).await {
-                    Ok(()) => {
-                        report.proven += 1;
-                        self.metrics.bridge_exchange("proven");
-                        self.proven.lock().expect("proven lock").insert(key);
-                        ready.insert((c.identity.clone(), c.credential.subject.clone()));
-                    }
-                    Err(e) => {
-                        report.errors += 1;
-                        self.metrics.bridge_exchange("failed");
-                        tracing::warn!(identity = %c.identity, subject = %c.credential.subject, error = %e, "token exchange failed");
-                    }
+                proofs.push(self.prove_one(key, ns, sa, &c.client_id));
+            }
+        }
+        // Exchanges go side by side: each is a ServiceAccount token and one call to Entra.
+        let outcomes: Vec<_> = futures::StreamExt::collect(futures::StreamExt::buffer_unordered(
+            futures::stream::iter(proofs),
+            CREDENTIAL_WRITERS,
+        ))
+        .await;
+        for (key, result) in outcomes {
+            let (identity, _, subject) = &key;
+            match result {
+                Ok(()) => {
+                    report.proven += 1;
+                    self.metrics.bridge_exchange("proven");
+                    ready.insert((identity.clone(), subject.clone()));
+                    self.proven.lock().expect("proven lock").insert(key);
+                }
+                Err(e) => {
+                    report.errors += 1;
+                    self.metrics.bridge_exchange("failed");
+                    tracing::warn!(identity = %identity, subject = %subject, error = %e, "token exchange failed");
                 }
             }
         }
         ready
+    }
+
+    /// One credential's proof, with its key (identity, issuer, subject).
+    async fn prove_one(
+        &self,
+        key: (String, String, String),
+        ns: String,
+        sa: String,
+        client_id: &str,
+    ) -> ((String, String, String), Result<(), String>) {
+        let result = self.prove_with_retry(&ns, &sa, client_id).await;
+        (key, result)
     }
 
     async fn prove_with_retry(&self, ns: &str, sa: &str, client_id: &str) -> Result<(), String> {
