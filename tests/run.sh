@@ -39,7 +39,7 @@ fi
 PODID_SKIP_LOG="$(mktemp "${TMPDIR:-/tmp}/podid-skips.XXXXXX")"
 export PODID_SKIP_LOG
 status=0
-cargo test --workspace --locked "$@" || status=$?
+cargo test --workspace --locked --no-fail-fast "$@" || status=$?
 
 # The compatibility selection on the oldest Kubernetes podid is tested on (docs/compatibility.md):
 # the CRD tests (the committed file for that server and `podid crds apply`), the chart's profiles
