@@ -143,19 +143,32 @@ impl BridgeStores {
             jobs: watches::store(Api::all(client.clone()), all(), "jobs", n(), s()),
             cron_jobs: watches::store(Api::all(client.clone()), all(), "cronjobs", n(), s()),
             replica_sets: watches::store(Api::all(client.clone()), all(), "replicasets", n(), s()),
-            pods: watches::store(
+            // The plan reads a pod's metadata and spec, never its status.
+            pods: watches::store_trimmed(
                 Api::all(client.clone()),
                 all().labels(POD_LABEL),
                 "pods",
                 n(),
                 s(),
+                |p: &mut Pod| p.status = None,
             ),
-            workload_id_pods: watches::store(
+            // Only which ServiceAccounts pods on Workload ID run as.
+            workload_id_pods: watches::store_trimmed(
                 Api::all(client.clone()),
                 all().labels(&format!("{WI_USE_LABEL}=true")),
                 "workload-id-pods",
                 n(),
                 s(),
+                |p: &mut Pod| {
+                    let service_account_name =
+                        p.spec.as_mut().and_then(|s| s.service_account_name.take());
+                    p.spec = Some(k8s_openapi::api::core::v1::PodSpec {
+                        service_account_name,
+                        ..Default::default()
+                    });
+                    p.status = None;
+                    p.metadata.annotations = None;
+                },
             ),
             service_accounts: watches::store(
                 Api::all(client.clone()),

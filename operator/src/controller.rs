@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::planner::{
-    AssignmentPlanner, NodeInfo, ObjectKey, Plan, PodInfo, Skip, TargetWrite, World,
+    AssignmentPlanner, NodeInfo, ObjectKey, Plan, PodInfo, Skip, TargetWrite, World, trim_pod,
 };
 
 /// The watched objects: pods, nodes and assignments in reflector stores, bindings and
@@ -66,12 +66,13 @@ impl Stores {
         ];
         Self {
             // Only pods carrying the label can be bound (the original lists the same set).
-            pods: watches::store(
+            pods: watches::store_trimmed(
                 Api::all(client.clone()),
                 watcher::Config::default().labels(POD_LABEL),
                 "pods",
                 Some(notify.clone()),
                 shutdown.clone(),
+                trim_pod,
             ),
             nodes: watches::store(
                 Api::all(client.clone()),
@@ -212,7 +213,7 @@ impl<A: NodePoolIdentities> Controller<A> {
             .iter()
             .map(|n| NodeInfo::from(n.as_ref()))
             .collect();
-        let assigned: Vec<AzureAssignedIdentity> = cloned(&self.stores.assigned);
+        let assigned = self.stores.assigned.state();
         // The index is read in place, never across a wait: targets under one read, the ARM
         // reads without it, the plan under another (an object changed meanwhile whose target
         // was not read is left for the next pass, which its event triggers).
@@ -252,12 +253,12 @@ impl<A: NodePoolIdentities> Controller<A> {
     async fn apply(
         &self,
         plan: &Plan,
-        existing: &[AzureAssignedIdentity],
+        existing: &[Arc<AzureAssignedIdentity>],
         current: &BTreeMap<AssignmentTarget, IdentityState>,
         r: &mut PassReport,
     ) {
         let by_key: BTreeMap<ObjectKey, &AzureAssignedIdentity> =
-            existing.iter().map(|a| (key(a), a)).collect();
+            existing.iter().map(|a| (key(a), a.as_ref())).collect();
         let created = self.create_records(plan, r).await;
         let failed: std::collections::BTreeSet<ObjectKey> = plan
             .create
@@ -797,13 +798,6 @@ fn key(obj: &AzureAssignedIdentity) -> ObjectKey {
         namespace: obj.namespace().unwrap_or_default(),
         name: obj.name_any(),
     }
-}
-
-fn cloned<K: Clone + Resource>(store: &Store<K>) -> Vec<K>
-where
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    store.state().iter().map(|o| o.as_ref().clone()).collect()
 }
 
 /// Logs what the plan skipped and, when it has work, what it will do.

@@ -7,8 +7,9 @@
 //! [`Plan`]: creations, one write per target, then the actions gated on that write.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, PodSpec, PodStatus};
 use kube::ResourceExt;
 use kube::api::ObjectMeta;
 use podid_azure::IdentityState;
@@ -44,6 +45,26 @@ impl From<&Pod> for PodInfo {
     }
 }
 
+/// Strips a watched pod down to what [`PodInfo`] reads (name, namespace, labels, node, phase),
+/// so the controller's cache of every labelled pod stays small: a pod's containers, volumes and
+/// conditions are most of its size and the controller never reads them.
+pub fn trim_pod(pod: &mut Pod) {
+    let node_name = pod.spec.as_mut().and_then(|s| s.node_name.take());
+    let phase = pod.status.as_mut().and_then(|s| s.phase.take());
+    pod.spec = Some(PodSpec {
+        node_name,
+        ..PodSpec::default()
+    });
+    pod.status = Some(PodStatus {
+        phase,
+        ..PodStatus::default()
+    });
+    let meta = &mut pod.metadata;
+    meta.annotations = None;
+    meta.managed_fields = None;
+    meta.owner_references = None;
+}
+
 /// A node as the planner sees it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeInfo {
@@ -72,7 +93,8 @@ pub struct World<'a> {
     pub nodes: &'a [NodeInfo],
     /// Bindings and identities.
     pub index: &'a IdentityIndex,
-    pub assigned: &'a [AzureAssignedIdentity],
+    /// The records as the watch holds them (shared, not copied for a pass).
+    pub assigned: &'a [Arc<AzureAssignedIdentity>],
 }
 
 /// The planner's settings.
@@ -182,7 +204,7 @@ impl Plan {
     pub fn writes_backed(
         &self,
         failed: &BTreeSet<ObjectKey>,
-        existing: &[AzureAssignedIdentity],
+        existing: &[Arc<AzureAssignedIdentity>],
     ) -> BTreeMap<AssignmentTarget, TargetWrite> {
         if failed.is_empty() {
             return self.writes.clone();
@@ -209,7 +231,7 @@ impl Plan {
         let recorded: BTreeSet<String> = existing
             .iter()
             .filter(|e| e.metadata.deletion_timestamp.is_none())
-            .filter_map(record_identity)
+            .filter_map(|e| record_identity(e))
             .collect();
         let mut writes = self.writes.clone();
         for (t, w) in writes.iter_mut() {
@@ -642,7 +664,7 @@ impl AssignmentPlanner {
     /// else its node's.
     fn existing_records<'a>(
         &self,
-        assigned: &'a [AzureAssignedIdentity],
+        assigned: &'a [Arc<AzureAssignedIdentity>],
         nodes: &BTreeMap<&str, &NodeInfo>,
     ) -> BTreeMap<ObjectKey, Existing<'a>> {
         let mut existing = BTreeMap::new();
@@ -936,11 +958,11 @@ fn plan_released(a: &Analysis<'_>, reads: &mut Reads<'_>, plan: &mut Plan) {
 /// record is ever rewritten for another pod.
 fn name_records<'a>(
     wanted: Vec<(WantedRecord, Desired<'a>)>,
-    assigned: &[AzureAssignedIdentity],
+    assigned: &[Arc<AzureAssignedIdentity>],
     a: &mut Analysis<'a>,
 ) {
     let records: Vec<WantedRecord> = wanted.iter().map(|(w, _)| w.clone()).collect();
-    let existing: Vec<ExistingRecord> = assigned.iter().map(Into::into).collect();
+    let existing: Vec<ExistingRecord> = assigned.iter().map(|a| a.as_ref().into()).collect();
     let names = assigned_identity_names(&records, &existing);
     for ((w, d), name) in wanted.into_iter().zip(names) {
         match name {

@@ -2,6 +2,7 @@
 //! applies each plan to an in-memory cluster and ARM, the way the controller's I/O edge does.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use kube::api::ObjectMeta;
 use podid_azure::IdentityState;
@@ -131,7 +132,7 @@ impl Sim {
     }
 
     fn pass_with(&mut self, full: bool) -> Plan {
-        let assigned: Vec<_> = self.aais.values().cloned().collect();
+        let assigned: Vec<_> = self.aais.values().cloned().map(Arc::new).collect();
         let index =
             podid_crds::index::IdentityIndex::from_objects(&self.bindings, &self.identities, []);
         let world = World {
@@ -153,7 +154,8 @@ impl Sim {
     }
 
     fn apply(&mut self, plan: &Plan) {
-        let before: Vec<AzureAssignedIdentity> = self.aais.values().cloned().collect();
+        let before: Vec<Arc<AzureAssignedIdentity>> =
+            self.aais.values().cloned().map(Arc::new).collect();
         let mut failed = BTreeSet::new();
         for c in &plan.create {
             let key = (c.item.namespace().unwrap(), c.item.name_any());
@@ -783,7 +785,7 @@ fn unreadable_targets_wait_for_the_next_pass() {
     sim.identities.push(msi("app", "id1"));
     sim.bindings.push(binding("app", "b1", "id1", "sel"));
     sim.pods.push(pod("app", "a", "sel", "aks-np-vmss000000"));
-    let assigned: Vec<AzureAssignedIdentity> = Vec::new();
+    let assigned: Vec<Arc<AzureAssignedIdentity>> = Vec::new();
     let index = podid_crds::index::IdentityIndex::from_objects(&sim.bindings, &sim.identities, []);
     let world = World {
         pods: &sim.pods,
@@ -1089,4 +1091,47 @@ fn a_flip_keeps_what_another_pod_needs_and_never_removes_a_preexisting_assignmen
     sim.pass();
     assert!(sim.aais.is_empty());
     assert_eq!(sim.on(&t), [lrid("kubelet")]);
+}
+
+#[test]
+fn a_trimmed_pod_reads_as_the_same_pod_to_the_planner_and_keeps_nothing_else() {
+    use k8s_openapi::api::core::v1::Pod;
+    for phase in ["Running", "Succeeded", "Failed"] {
+        let full: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "web-0", "namespace": "shop", "uid": "u1", "resourceVersion": "7",
+                "labels": {POD_LABEL: "web", "app": "web"},
+                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "x".repeat(4096)},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "web", "uid": "s1", "controller": true}],
+                "managedFields": [{"manager": "kubectl", "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}]
+            },
+            "spec": {
+                "nodeName": "aks-np-vmss000003",
+                "serviceAccountName": "web",
+                "containers": [{"name": "app", "image": "web:1", "env": [{"name": "A", "value": "b"}]}],
+                "volumes": [{"name": "v", "emptyDir": {}}]
+            },
+            "status": {
+                "phase": phase, "podIP": "10.0.0.5",
+                "conditions": [{"type": "Ready", "status": "True"}]
+            }
+        }))
+        .unwrap();
+        let mut trimmed = full.clone();
+        trim_pod(&mut trimmed);
+        assert_eq!(PodInfo::from(&trimmed), PodInfo::from(&full), "{phase}");
+        assert_eq!(PodInfo::from(&trimmed).terminated, phase != "Running");
+        let spec = trimmed.spec.as_ref().unwrap();
+        assert!(spec.containers.is_empty() && spec.volumes.is_none());
+        assert!(trimmed.metadata.annotations.is_none());
+        assert!(trimmed.metadata.managed_fields.is_none());
+        assert!(trimmed.status.as_ref().unwrap().conditions.is_none());
+        let size = |p: &Pod| serde_json::to_vec(p).unwrap().len();
+        assert!(
+            size(&trimmed) * 10 < size(&full),
+            "{} of {} bytes kept",
+            size(&trimmed),
+            size(&full)
+        );
+    }
 }

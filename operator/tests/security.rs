@@ -10,6 +10,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use kube::ResourceExt;
@@ -142,9 +143,9 @@ impl Sim {
             .map(|i| self.tenants[i].binding.clone())
             .collect();
         let all: Vec<AzureAssignedIdentity> = self.records.values().cloned().collect();
-        let assigned: Vec<AzureAssignedIdentity> = pick(order(all.len()), all.len())
+        let assigned: Vec<Arc<AzureAssignedIdentity>> = pick(order(all.len()), all.len())
             .into_iter()
-            .map(|i| all[i].clone())
+            .map(|i| Arc::new(all[i].clone()))
             .collect();
         let nodes = [node()];
         let index = podid_crds::index::IdentityIndex::from_objects(&bindings, &identities, []);

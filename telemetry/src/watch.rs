@@ -23,7 +23,8 @@ impl<K> Watched for K where
 }
 
 /// Starts a watch into a reflector store; every event wakes `notify` when given. `what` names
-/// the watch in logs.
+/// the watch in logs. Objects are stored without `metadata.managedFields`, which no podid
+/// service reads and which is often the largest part of an object.
 pub fn store<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -35,8 +36,31 @@ where
     K: Watched,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
+    store_trimmed(api, config, what, notify, shutdown, |_| {})
+}
+
+/// [`store`], with `trim` applied to every object before it is stored: a service keeps only
+/// the fields it reads (a cluster's pods are most of a controller's memory otherwise).
+pub fn store_trimmed<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    what: &'static str,
+    notify: Option<Arc<Notify>>,
+    shutdown: CancellationToken,
+    mut trim: impl FnMut(&mut K) + Send + 'static,
+) -> Store<K>
+where
+    K: Watched,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
     let (reader, writer) = reflector::store();
-    let stream = watcher(api, config).default_backoff().reflect(writer);
+    let stream = watcher(api, config)
+        .default_backoff()
+        .modify(move |obj| {
+            obj.meta_mut().managed_fields = None;
+            trim(obj);
+        })
+        .reflect(writer);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         loop {
@@ -90,7 +114,10 @@ where
     I: IndexObjects<K> + Send + Sync + 'static,
 {
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let stream = watcher(api, config).default_backoff();
+    // As in [`store`]: nothing reads managedFields.
+    let stream = watcher(api, config)
+        .default_backoff()
+        .modify(|obj| obj.meta_mut().managed_fields = None);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         let mut relist: Option<Vec<K>> = None;
