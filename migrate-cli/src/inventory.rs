@@ -1,13 +1,15 @@
 //! What the report reads: every object that bears on a move to Workload ID, from snapshot files
 //! (`kubectl get -o yaml|json` output, or `podid snapshot`) or from a live cluster.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
-use podid_crds::plan::{ClusterContext, WorkloadObjects};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use podid_crds::plan::{ClusterContext, ControllerKey, WorkloadObjects};
 use podid_crds::policy::MatchOptions;
 use podid_crds::{
     AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding, AzurePodIdentityException,
@@ -58,7 +60,21 @@ pub struct Inventory {
     pub webhooks: Vec<MutatingWebhookConfiguration>,
     pub nodes: Vec<Node>,
     /// Kinds seen in input but not used (`apiVersion/kind` → count), reported as a note.
-    pub skipped_kinds: std::collections::BTreeMap<String, usize>,
+    pub skipped_kinds: BTreeMap<String, usize>,
+    /// Pods read from files, per controller (namespace, kind, name) one of whose pods is kept
+    /// whole in `pods`: how many more it has. The plan reads one pod per controller and only
+    /// counts the others, so a file's pods are kept that way ([`Inventory::add`]); a live scan
+    /// keeps every pod whole.
+    pub more_pods: BTreeMap<ControllerKey, usize>,
+    /// ReplicaSets (any controller) and Jobs (a CronJob's) read from files, known only by
+    /// their controller: (namespace, kind, name) → the controller's (kind, name). The plan
+    /// reads nothing else of them; a live scan keeps them whole.
+    pub owned: BTreeMap<ControllerKey, (String, String)>,
+    /// Objects read from text are kept only as far as the report reads them: pods once per
+    /// controller (`more_pods`), owned ReplicaSets and Jobs by their controller (`owned`).
+    /// Set by the report's readers ([`Inventory::clusters_from_files`],
+    /// [`Inventory::from_files`]); such an inventory is not written as a snapshot.
+    pub compact: bool,
     /// The cluster-wide facts were recorded (a snapshot header, or a live scan): without them
     /// (plain `kubectl get` output) the OIDC issuer is unknown rather than absent.
     pub facts_recorded: bool,
@@ -103,6 +119,38 @@ impl ContextFromInventory for ClusterContext {
     }
 }
 
+/// `a` then `b`, moving `b` whole when `a` is empty (merging a file's objects into an empty
+/// inventory copies nothing).
+fn append<T>(a: &mut Vec<T>, b: Vec<T>) {
+    if a.is_empty() {
+        *a = b;
+    } else {
+        a.extend(b);
+    }
+}
+
+/// The controller (kind, name) an object's owner references name.
+fn controller_of(meta: &ObjectMeta) -> Option<(&str, &str)> {
+    meta.owner_references
+        .as_ref()?
+        .iter()
+        .find(|r| r.controller == Some(true))
+        .map(|r| (r.kind.as_str(), r.name.as_str()))
+}
+
+/// Drops what nothing of podid reads from an object read from a file (its managed fields and
+/// kubectl's copy of the last applied object, often most of its size); true when a controller
+/// owns it.
+fn shed_if_controlled(meta: &mut ObjectMeta) -> bool {
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove(LAST_APPLIED_ANNOTATION);
+    }
+    controller_of(meta).is_some()
+}
+
+const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 /// True for a `podid snapshot` header document.
 fn is_header(v: &serde_json::Value) -> bool {
     v.get("kind").and_then(|k| k.as_str()) == Some(SNAPSHOT_KIND)
@@ -122,6 +170,13 @@ impl Inventory {
             jobs: self.jobs.iter().collect(),
             cron_jobs: self.cron_jobs.iter().collect(),
             replica_sets: self.replica_sets.iter().collect(),
+            more_pods: self
+                .more_pods
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(k, n)| (k, *n))
+                .collect(),
+            owned: self.owned.iter().collect(),
         }
     }
 
@@ -182,7 +237,12 @@ impl Inventory {
                 self.cluster = cluster;
                 self.facts_recorded = true;
             }
-            ("v1", "Pod") => self.pods.push(typed(v, file, doc, &what)?),
+            ("v1", "Pod") => {
+                let mut pod: Pod = typed(v, file, doc, &what)?;
+                if !self.compact || self.keep_whole(&mut pod) {
+                    self.pods.push(pod)
+                }
+            }
             ("v1", "ServiceAccount") => self.service_accounts.push(typed(v, file, doc, &what)?),
             ("v1", "Node") => self.nodes.push(typed(v, file, doc, &what)?),
             ("v1", "Secret") => {
@@ -190,10 +250,24 @@ impl Inventory {
                 *self.skipped_kinds.entry("v1/Secret".into()).or_default() += 1;
             }
             ("apps", "Deployment") => self.deployments.push(typed(v, file, doc, &what)?),
-            ("apps", "ReplicaSet") => self.replica_sets.push(typed(v, file, doc, &what)?),
+            ("apps", "ReplicaSet") => {
+                let mut rs: ReplicaSet = typed(v, file, doc, &what)?;
+                if !self.compact
+                    || !self.known_by_controller(&mut rs.metadata, "ReplicaSet", |_| true)
+                {
+                    self.replica_sets.push(rs)
+                }
+            }
             ("apps", "StatefulSet") => self.stateful_sets.push(typed(v, file, doc, &what)?),
             ("apps", "DaemonSet") => self.daemon_sets.push(typed(v, file, doc, &what)?),
-            ("batch", "Job") => self.jobs.push(typed(v, file, doc, &what)?),
+            ("batch", "Job") => {
+                let mut job: Job = typed(v, file, doc, &what)?;
+                if !self.compact
+                    || !self.known_by_controller(&mut job.metadata, "Job", |kind| kind == "CronJob")
+                {
+                    self.jobs.push(job)
+                }
+            }
             ("batch", "CronJob") => self.cron_jobs.push(typed(v, file, doc, &what)?),
             ("aadpodidentity.k8s.io", "AzureIdentity") => {
                 self.identities.push(typed(v, file, doc, &what)?)
@@ -222,8 +296,8 @@ impl Inventory {
 
     /// Reads one snapshot text (YAML, multi-document YAML, or JSON). `file` names it in errors.
     pub fn add_text(&mut self, text: &str, file: &str) -> Result<(), Error> {
-        let mut read = Inventory::default();
-        if fast::each_document(text, file, |_, doc| {
+        let mut read = self.empty_like();
+        if fast::each_document(text, file, self.compact, |_, doc| {
             match doc {
                 fast::Doc::Object(v, doc_no) => read.add(v, file, doc_no)?,
                 fast::Doc::List(items) => read.merge(*items),
@@ -248,22 +322,79 @@ impl Inventory {
             self.cluster = other.cluster;
             self.facts_recorded = true;
         }
-        self.pods.extend(other.pods);
-        self.service_accounts.extend(other.service_accounts);
-        self.deployments.extend(other.deployments);
-        self.replica_sets.extend(other.replica_sets);
-        self.stateful_sets.extend(other.stateful_sets);
-        self.daemon_sets.extend(other.daemon_sets);
-        self.jobs.extend(other.jobs);
-        self.cron_jobs.extend(other.cron_jobs);
-        self.identities.extend(other.identities);
-        self.bindings.extend(other.bindings);
-        self.assigned.extend(other.assigned);
-        self.exceptions.extend(other.exceptions);
-        self.webhooks.extend(other.webhooks);
-        self.nodes.extend(other.nodes);
+        append(&mut self.pods, other.pods);
+        append(&mut self.service_accounts, other.service_accounts);
+        append(&mut self.deployments, other.deployments);
+        append(&mut self.replica_sets, other.replica_sets);
+        append(&mut self.stateful_sets, other.stateful_sets);
+        append(&mut self.daemon_sets, other.daemon_sets);
+        append(&mut self.jobs, other.jobs);
+        append(&mut self.cron_jobs, other.cron_jobs);
+        append(&mut self.identities, other.identities);
+        append(&mut self.bindings, other.bindings);
+        append(&mut self.assigned, other.assigned);
+        append(&mut self.exceptions, other.exceptions);
+        append(&mut self.webhooks, other.webhooks);
+        append(&mut self.nodes, other.nodes);
         for (k, n) in other.skipped_kinds {
             *self.skipped_kinds.entry(k).or_default() += n;
+        }
+        self.owned.extend(other.owned);
+        for (k, n) in other.more_pods {
+            *self.more_pods.entry(k).or_default() += n;
+        }
+    }
+
+    /// Records a ReplicaSet or Job read from a file in `owned` when a controller of a kind
+    /// `by` accepts owns it (true: the object itself is not kept).
+    fn known_by_controller(
+        &mut self,
+        meta: &mut ObjectMeta,
+        kind: &str,
+        by: impl Fn(&str) -> bool,
+    ) -> bool {
+        if !shed_if_controlled(meta) {
+            return false;
+        }
+        let Some((up_kind, up_name)) = controller_of(meta).filter(|(k, _)| by(k)) else {
+            return false;
+        };
+        let up = (up_kind.to_owned(), up_name.to_owned());
+        let child = (
+            meta.namespace.clone().unwrap_or_default(),
+            kind.to_owned(),
+            meta.name.clone().unwrap_or_default(),
+        );
+        self.owned.insert(child, up);
+        true
+    }
+
+    /// Whether to keep a pod read from a file: yes for the first pod of each controller and
+    /// for pods without one (the plan takes a workload's template from one of its pods when
+    /// the workload itself is not in the input); the others are only counted in `more_pods`.
+    /// A 50,000-pod cluster's snapshot is mostly pods of a few thousand controllers.
+    fn keep_whole(&mut self, pod: &mut Pod) -> bool {
+        pod.status = None;
+        if !shed_if_controlled(&mut pod.metadata) {
+            return true;
+        }
+        let Some((kind, name)) = controller_of(&pod.metadata) else {
+            return true;
+        };
+        let key = (
+            pod.metadata.namespace.clone().unwrap_or_default(),
+            kind.to_owned(),
+            name.to_owned(),
+        );
+        match self.more_pods.get_mut(&key) {
+            Some(n) => {
+                *n += 1;
+                false
+            }
+            None => {
+                self.more_pods.insert(key, 0);
+                true
+            }
         }
     }
 
@@ -282,12 +413,12 @@ impl Inventory {
                 file: file.clone(),
                 source: e,
             })?;
-            let mut sections = vec![Inventory::default()];
-            let fast_read = fast::each_document(&text, &file, |_, doc| {
+            let mut sections = vec![Inventory::compact()];
+            let fast_read = fast::each_document(&text, &file, true, |_, doc| {
                 match doc {
                     fast::Doc::Object(v, doc_no) => {
                         if is_header(&v) && sections.last().is_some_and(|s| s.facts_recorded) {
-                            sections.push(Inventory::default());
+                            sections.push(Inventory::compact());
                         }
                         if let Some(s) = sections.last_mut() {
                             s.add(v, &file, doc_no)?;
@@ -303,10 +434,10 @@ impl Inventory {
             });
             if fast_read.is_err() {
                 // The reader that names every error the same way, whatever the input.
-                sections = vec![Inventory::default()];
+                sections = vec![Inventory::compact()];
                 for (doc_no, v) in documents(&text, &file)? {
                     if is_header(&v) && sections.last().is_some_and(|s| s.facts_recorded) {
-                        sections.push(Inventory::default());
+                        sections.push(Inventory::compact());
                     }
                     if let Some(s) = sections.last_mut() {
                         s.add(v, &file, doc_no)?;
@@ -349,6 +480,9 @@ impl Inventory {
         }
         for (_, s) in loose {
             clusters[0].merge(s);
+        }
+        for c in &mut clusters {
+            c.shrink();
         }
         Ok(clusters)
     }
@@ -393,7 +527,7 @@ fn documents(text: &str, file: &str) -> Result<Vec<(usize, serde_json::Value)>, 
 impl Inventory {
     /// Reads snapshot files into one inventory.
     pub fn from_files(paths: &[impl AsRef<Path>]) -> Result<Self, Error> {
-        let mut inv = Inventory::default();
+        let mut inv = Inventory::compact();
         for p in paths {
             let p = p.as_ref();
             let text = std::fs::read_to_string(p).map_err(|e| Error::Read {
@@ -402,12 +536,42 @@ impl Inventory {
             })?;
             inv.add_text(&text, &p.display().to_string())?;
         }
+        inv.shrink();
         Ok(inv)
+    }
+
+    /// An empty inventory that keeps what it reads only as far as the report reads it.
+    pub fn compact() -> Self {
+        Inventory {
+            compact: true,
+            ..Default::default()
+        }
+    }
+
+    fn empty_like(&self) -> Self {
+        Inventory {
+            compact: self.compact,
+            ..Default::default()
+        }
+    }
+
+    /// Gives back the room the lists grew into while reading (a pod is over 2 KiB even
+    /// without its spec): the report then works with only what was read.
+    fn shrink(&mut self) {
+        self.pods.shrink_to_fit();
+        self.service_accounts.shrink_to_fit();
+        self.deployments.shrink_to_fit();
+        self.replica_sets.shrink_to_fit();
+        self.stateful_sets.shrink_to_fit();
+        self.daemon_sets.shrink_to_fit();
+        self.jobs.shrink_to_fit();
+        self.cron_jobs.shrink_to_fit();
     }
 
     /// Writes the inventory as a snapshot: a header, then one List per kind. Secrets are never
     /// part of an inventory, so never part of a snapshot.
     pub fn to_snapshot_yaml(&self) -> Result<String, Error> {
+        debug_assert!(!self.compact, "a compact inventory is not a whole snapshot");
         fn list<T: Serialize>(
             out: &mut String,
             api_version: &str,
@@ -499,13 +663,18 @@ mod fast {
     pub fn each_document(
         text: &str,
         file: &str,
+        compact: bool,
         mut f: impl FnMut(usize, Doc) -> Result<(), Error>,
     ) -> Result<(), GaveUp> {
         if text.trim_start().starts_with('{') {
             let mut de = serde_json::Deserializer::from_str(text);
-            let doc = DocSeed { file, doc: 1 }
-                .deserialize(&mut de)
-                .map_err(|_| GaveUp)?;
+            let doc = DocSeed {
+                file,
+                doc: 1,
+                compact,
+            }
+            .deserialize(&mut de)
+            .map_err(|_| GaveUp)?;
             de.end().map_err(|_| GaveUp)?;
             return match doc {
                 Some(Some(d)) => Ok(f(1, d)?),
@@ -515,7 +684,11 @@ mod fast {
         }
         for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
             let doc_no = i + 1;
-            let seed = DocSeed { file, doc: doc_no };
+            let seed = DocSeed {
+                file,
+                doc: doc_no,
+                compact,
+            };
             match seed.deserialize(de).map_err(|_| GaveUp)? {
                 Some(Some(d)) => f(doc_no, d)?,
                 Some(None) => {}
@@ -529,6 +702,7 @@ mod fast {
     struct DocSeed<'a> {
         file: &'a str,
         doc: usize,
+        compact: bool,
     }
 
     impl<'de> DeserializeSeed<'de> for DocSeed<'_> {
@@ -568,6 +742,7 @@ mod fast {
                     items = Some(map.next_value_seed(ItemsSeed {
                         file: self.file,
                         doc: self.doc,
+                        compact: self.compact,
                     })?);
                 } else {
                     let v: Value = map.next_value()?;
@@ -595,6 +770,7 @@ mod fast {
     struct ItemsSeed<'a> {
         file: &'a str,
         doc: usize,
+        compact: bool,
     }
 
     impl<'de> DeserializeSeed<'de> for ItemsSeed<'_> {
@@ -620,7 +796,10 @@ mod fast {
         }
 
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            let mut inv = Some(Inventory::default());
+            let mut inv = Some(Inventory {
+                compact: self.compact,
+                ..Default::default()
+            });
             while let Some(item) = seq.next_element::<Value>()? {
                 if let Some(i) = inv.as_mut()
                     && i.add(item, self.file, self.doc).is_err()

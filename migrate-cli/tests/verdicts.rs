@@ -587,3 +587,95 @@ fn an_annotation_naming_another_identity_is_not_counted_as_done() {
         a.findings
     );
 }
+
+/// A file's pods are kept whole once per controller and counted otherwise (and owned ReplicaSets and Jobs
+/// without theirs, which the plan never reads): the report is the same as from every object
+/// kept whole, also where a workload is absent and its template comes from a pod.
+#[test]
+fn a_snapshot_read_keeping_one_pod_per_controller_reports_as_if_read_whole() {
+    let mut objects = support::synth::scale_objects(4, 120);
+    // Some Deployments absent from the input: their pods' specs stand in for the template.
+    let mut n = 0;
+    objects.retain(|o| {
+        if o["kind"] != "Deployment" {
+            return true;
+        }
+        n += 1;
+        n % 3 != 0
+    });
+    // A CronJob's Job and pod, and a bare pod, with kubectl's bulky bookkeeping.
+    let tpl = json!({"metadata": {"labels": {"aadpodidbinding": "app-team-000"}},
+        "spec": {"serviceAccountName": "nightly", "containers": [{"name": "c", "image": "c:1"}]}});
+    let owner = |kind: &str, name: &str| json!([{"apiVersion": "batch/v1", "kind": kind, "name": name, "uid": name, "controller": true}]);
+    objects.push(json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "nightly", "namespace": "team-000"},
+        "spec": {"schedule": "@daily", "jobTemplate": {"spec": {"template": tpl}}}}));
+    objects.push(json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "nightly-29000000", "namespace": "team-000",
+        "ownerReferences": owner("CronJob", "nightly")}, "spec": {"template": tpl}}));
+    for (name, refs) in [
+        ("nightly-29000000-abcde", owner("Job", "nightly-29000000")),
+        ("bare", Value::Null),
+    ] {
+        let mut pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "team-000",
+            "labels": {"aadpodidbinding": "app-team-000"},
+            "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"},
+            "managedFields": [{"manager": "kubectl", "operation": "Update"}]},
+            "spec": tpl["spec"], "status": {"phase": "Running"}});
+        if !refs.is_null() {
+            pod["metadata"]["ownerReferences"] = refs;
+        }
+        objects.push(pod);
+    }
+
+    let text =
+        serde_json::to_string(&json!({"apiVersion": "v1", "kind": "List", "items": objects}))
+            .unwrap();
+    // As the report reads files.
+    let mut read = Inventory::compact();
+    read.add_text(&text, "cluster.json").unwrap();
+    // The same objects, every one kept whole.
+    let mut whole = Inventory::default();
+    fn typed<T: serde::de::DeserializeOwned>(o: &Value) -> T {
+        serde_json::from_value(o.clone()).unwrap()
+    }
+    for o in &objects {
+        match o["kind"].as_str().unwrap() {
+            "Pod" => whole.pods.push(typed(o)),
+            "ServiceAccount" => whole.service_accounts.push(typed(o)),
+            "Node" => whole.nodes.push(typed(o)),
+            "Deployment" => whole.deployments.push(typed(o)),
+            "ReplicaSet" => whole.replica_sets.push(typed(o)),
+            "Job" => whole.jobs.push(typed(o)),
+            "CronJob" => whole.cron_jobs.push(typed(o)),
+            "AzureIdentity" => whole.identities.push(typed(o)),
+            "AzureIdentityBinding" => whole.bindings.push(typed(o)),
+            "MutatingWebhookConfiguration" => whole.webhooks.push(typed(o)),
+            k => panic!("the test does not sort {k}"),
+        }
+    }
+    let counted: usize = read.more_pods.values().sum();
+    assert_eq!(read.pods.len() + counted, whole.pods.len());
+    assert!(
+        read.pods.len() * 3 < whole.pods.len(),
+        "{} of {} pods kept whole",
+        read.pods.len(),
+        whole.pods.len()
+    );
+    assert!(
+        read.pods
+            .iter()
+            .all(|p| p.metadata.managed_fields.is_none() && p.status.is_none())
+    );
+    // Owned ReplicaSets and a CronJob's Job are known by their controller only.
+    assert!(read.replica_sets.is_empty() && read.jobs.is_empty());
+    assert_eq!(
+        read.owned.len(),
+        whole.replica_sets.len() + whole.jobs.len()
+    );
+    let report = |inv: &Inventory| {
+        let ctx = ClusterContext::from_inventory(inv, MatchOptions::standard(false));
+        serde_json::to_value(Report::build(inv, &ctx, &[])).unwrap()
+    };
+    let (from_file, from_whole) = (report(&read), report(&whole));
+    assert!(from_whole["workloads"].as_array().unwrap().len() > 20);
+    assert_eq!(from_file, from_whole);
+}

@@ -376,6 +376,8 @@ impl<F: FederatedCredentials> Bridge<F> {
             jobs: j.iter().map(|o| o.as_ref()).collect(),
             cron_jobs: cj.iter().map(|o| o.as_ref()).collect(),
             replica_sets: rs.iter().map(|o| o.as_ref()).collect(),
+            // The watches keep every object whole.
+            ..Default::default()
         };
         let all = workloads(&objects);
         let sas = self.stores.service_accounts.state();
