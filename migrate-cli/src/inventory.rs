@@ -9,7 +9,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet}
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use podid_crds::plan::{ClusterContext, ControllerKey, WorkloadObjects};
+use podid_crds::plan::{ClusterContext, ControllerKey, WorkloadObjects, controller_of};
 use podid_crds::policy::MatchOptions;
 use podid_crds::{
     AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding, AzurePodIdentityException,
@@ -129,24 +129,13 @@ fn append<T>(a: &mut Vec<T>, b: Vec<T>) {
     }
 }
 
-/// The controller (kind, name) an object's owner references name.
-fn controller_of(meta: &ObjectMeta) -> Option<(&str, &str)> {
-    meta.owner_references
-        .as_ref()?
-        .iter()
-        .find(|r| r.controller == Some(true))
-        .map(|r| (r.kind.as_str(), r.name.as_str()))
-}
-
-/// Drops what nothing of podid reads from an object read from a file (its managed fields and
-/// kubectl's copy of the last applied object, often most of its size); true when a controller
-/// owns it.
-fn shed_if_controlled(meta: &mut ObjectMeta) -> bool {
+/// Drops what nothing of podid reads from an object read from a file: its managed fields and
+/// kubectl's copy of the last applied object, often most of its size.
+fn shed(meta: &mut ObjectMeta) {
     meta.managed_fields = None;
     if let Some(a) = meta.annotations.as_mut() {
         a.remove(LAST_APPLIED_ANNOTATION);
     }
-    controller_of(meta).is_some()
 }
 
 const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -353,9 +342,7 @@ impl Inventory {
         kind: &str,
         by: impl Fn(&str) -> bool,
     ) -> bool {
-        if !shed_if_controlled(meta) {
-            return false;
-        }
+        shed(meta);
         let Some((up_kind, up_name)) = controller_of(meta).filter(|(k, _)| by(k)) else {
             return false;
         };
@@ -375,9 +362,7 @@ impl Inventory {
     /// A 50,000-pod cluster's snapshot is mostly pods of a few thousand controllers.
     fn keep_whole(&mut self, pod: &mut Pod) -> bool {
         pod.status = None;
-        if !shed_if_controlled(&mut pod.metadata) {
-            return true;
-        }
+        shed(&mut pod.metadata);
         let Some((kind, name)) = controller_of(&pod.metadata) else {
             return true;
         };

@@ -15,6 +15,7 @@ use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use podid_crds::index::{IdentityIndex, IndexObjects, ObjectKey};
 use podid_crds::migration::WorkloadMigration;
+use podid_crds::plan::controller_of;
 use podid_crds::policy::PodFacts;
 use podid_crds::{
     AzureAssignedIdentity, AzureIdentity, AzureIdentityBinding, AzurePodIdentityException,
@@ -56,11 +57,7 @@ pub fn pod_info(pod: &Pod) -> PodInfo {
             .and_then(|s| s.service_account_name.clone())
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "default".into()),
-        controller: pod
-            .owner_references()
-            .iter()
-            .find(|o| o.controller == Some(true))
-            .map(|o| (o.kind.clone(), o.name.clone())),
+        controller: controller_of(&pod.metadata).map(|(k, n)| (k.to_owned(), n.to_owned())),
         template_hash: pod.labels().get("pod-template-hash").cloned(),
     }
 }

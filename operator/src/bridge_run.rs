@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use futures::StreamExt;
 use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::authentication::v1::TokenRequest;
@@ -485,11 +486,10 @@ impl<F: FederatedCredentials> Bridge<F> {
             .into_iter()
             .map(|id| self.list_credentials(id))
             .collect();
-        let listed: Vec<_> = futures::StreamExt::collect(futures::StreamExt::buffer_unordered(
-            futures::stream::iter(reads),
-            CREDENTIAL_WRITERS,
-        ))
-        .await;
+        let listed: Vec<_> = futures::stream::iter(reads)
+            .buffer_unordered(CREDENTIAL_WRITERS)
+            .collect()
+            .await;
         for (id, result) in listed {
             match result {
                 Ok(c) => {
@@ -578,7 +578,6 @@ impl<F: FederatedCredentials> Bridge<F> {
     }
 
     async fn write_credentials(&self, plan: &BridgePlan, report: &mut BridgeReport) {
-        use futures::StreamExt;
         // One write at a time per identity (Azure answers 409 to concurrent writes on one
         // identity); up to CREDENTIAL_WRITERS identities side by side.
         let writes: Vec<_> = plan
@@ -666,11 +665,10 @@ impl<F: FederatedCredentials> Bridge<F> {
             }
         }
         // Exchanges go side by side: each is a ServiceAccount token and one call to Entra.
-        let outcomes: Vec<_> = futures::StreamExt::collect(futures::StreamExt::buffer_unordered(
-            futures::stream::iter(proofs),
-            CREDENTIAL_WRITERS,
-        ))
-        .await;
+        let outcomes: Vec<_> = futures::stream::iter(proofs)
+            .buffer_unordered(CREDENTIAL_WRITERS)
+            .collect()
+            .await;
         for (key, result) in outcomes {
             let (identity, _, subject) = &key;
             match result {

@@ -35,7 +35,9 @@ pub use context::{ClusterContext, issuer_problem};
 pub use fleet::{
     ClusterAssessments, FleetCredentials, apply_fleet_limit, fleet_credentials, identity_key,
 };
-pub use workload::{ControllerKey, Workload, WorkloadObjects, pod_workload_candidates, workloads};
+pub use workload::{
+    ControllerKey, Workload, WorkloadObjects, controller_of, pod_workload_candidates, workloads,
+};
 
 pub use crate::migration::MAX_FEDERATED_CREDENTIALS;
 

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Pod, PodSpec, PodTemplateSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
 
@@ -131,8 +131,13 @@ fn from_template(
     )
 }
 
-fn controller(refs: Option<&Vec<OwnerReference>>) -> Option<&OwnerReference> {
-    refs?.iter().find(|r| r.controller == Some(true))
+/// The controller (kind, name) an object's owner references name, if any.
+pub fn controller_of(meta: &ObjectMeta) -> Option<(&str, &str)> {
+    meta.owner_references
+        .as_ref()?
+        .iter()
+        .find(|r| r.controller == Some(true))
+        .map(|r| (r.kind.as_str(), r.name.as_str()))
 }
 
 type Key = (String, String, String); // namespace, kind, name
@@ -183,7 +188,7 @@ pub fn workloads(objs: &WorkloadObjects<'_>) -> Vec<Workload> {
     }
     for j in &objs.jobs {
         let n = ns(&|| j.namespace());
-        if controller(j.metadata.owner_references.as_ref()).is_some_and(|o| o.kind == "CronJob") {
+        if controller_of(&j.metadata).is_some_and(|(kind, _)| kind == "CronJob") {
             continue;
         }
         if let Some(spec) = &j.spec {
@@ -195,11 +200,11 @@ pub fn workloads(objs: &WorkloadObjects<'_>) -> Vec<Workload> {
     let mut parent: HashMap<(String, String, String), (String, String)> = HashMap::new();
     for rs in &objs.replica_sets {
         let n = ns(&|| rs.namespace());
-        match controller(rs.metadata.owner_references.as_ref()) {
-            Some(o) => {
+        match controller_of(&rs.metadata) {
+            Some((kind, name)) => {
                 parent.insert(
                     (n, "ReplicaSet".into(), rs.name_any()),
-                    (o.kind.clone(), o.name.clone()),
+                    (kind.to_owned(), name.to_owned()),
                 );
             }
             None => {
@@ -213,10 +218,10 @@ pub fn workloads(objs: &WorkloadObjects<'_>) -> Vec<Workload> {
         }
     }
     for j in &objs.jobs {
-        if let Some(o) = controller(j.metadata.owner_references.as_ref()) {
+        if let Some((kind, name)) = controller_of(&j.metadata) {
             parent.insert(
                 (ns(&|| j.namespace()), "Job".into(), j.name_any()),
-                (o.kind.clone(), o.name.clone()),
+                (kind.to_owned(), name.to_owned()),
             );
         }
     }
@@ -225,9 +230,13 @@ pub fn workloads(objs: &WorkloadObjects<'_>) -> Vec<Workload> {
     }
     for pod in &objs.pods {
         let n = ns(&|| pod.namespace());
-        let pod_controller = controller(pod.metadata.owner_references.as_ref())
-            .map(|o| (o.kind.as_str(), o.name.as_str()));
-        let key = owner_of(&pod.name_any(), pod_controller, &n, &parent, &out);
+        let key = owner_of(
+            &pod.name_any(),
+            controller_of(&pod.metadata),
+            &n,
+            &parent,
+            &out,
+        );
         let entry = out.entry(key.clone()).or_insert_with(|| {
             let mut w = from_spec(
                 &n,
